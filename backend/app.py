@@ -1,0 +1,86 @@
+"""The application factory: ``gunicorn 'backend.app:create_app()'``."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from backend.auth import check_basic_auth
+from backend.errors import APIError, Unauthorized
+from backend.routes import bp
+from backend.service import Service
+from backend.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# Label Studio's automatic webhook carries no credentials: /webhook is a
+# trigger only (it reads nothing but the project id and the action).
+_OPEN_ENDPOINTS = {"backend.webhook"}
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the Flask app from ``settings`` (default: the environment, read once)."""
+    settings = settings or Settings.from_env()
+    _configure_logging(settings.log_level)
+    app = Flask(__name__)
+    app.extensions["hua"] = Service.create(settings)
+    app.register_blueprint(bp)
+    app.before_request(_start_timer)
+    app.before_request(_authenticate)
+    app.after_request(_observe)
+    app.register_error_handler(APIError, _api_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    logger.info("backend ready: %r", settings)
+    return app
+
+
+def _configure_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root.setLevel(level.upper())
+
+
+def _authenticate() -> None:
+    settings: Settings = _settings()
+    if request.endpoint in _OPEN_ENDPOINTS:
+        return
+    if not check_basic_auth(request, settings.basic_auth_user, settings.basic_auth_pass):
+        raise Unauthorized()
+
+
+def _settings() -> Settings:
+    from flask import current_app
+
+    return current_app.extensions["hua"].settings
+
+
+def _start_timer() -> None:
+    g.started = time.perf_counter()
+
+
+def _observe(response: Response) -> Response:
+    from flask import current_app
+
+    started = g.get("started")
+    if started is not None:
+        route = request.url_rule.rule if request.url_rule else "unknown"
+        current_app.extensions["hua"].metrics.observe_request(route, response.status_code, time.perf_counter() - started)
+    return response
+
+
+def _api_error(error: APIError) -> tuple[Response, int]:
+    return jsonify(error.to_dict()), error.status_code
+
+
+def _http_error(error: HTTPException) -> tuple[Response, int]:
+    return jsonify({"error": error.description, "status": error.code}), error.code or 500
+
+
+def _unexpected_error(error: Exception) -> tuple[Response, int]:
+    logger.exception("unhandled error on %s %s", request.method, request.path)
+    return jsonify({"error": "internal server error", "status": 500}), 500

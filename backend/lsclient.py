@@ -1,0 +1,74 @@
+"""Talking to Label Studio's API with the backend's own token.
+
+Label Studio 1.2x has two kinds of token (LABEL_STUDIO.md): legacy tokens, sent
+as ``Authorization: Token <key>``, and personal access tokens (a refresh JWT),
+exchanged at ``/api/token/refresh/`` for a short-lived access JWT sent as
+``Bearer``. ``LabelStudioAuth`` hides the difference.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import jwt
+import requests
+
+# Refresh an access token this many seconds before it expires.
+_EXPIRY_MARGIN_S = 30.0
+
+
+def is_personal_access_token(key: str) -> bool:
+    """A personal access token is a JWT; a legacy token is an opaque string."""
+    try:
+        jwt.get_unverified_header(key)
+        return True
+    except jwt.PyJWTError:
+        return False
+
+
+class LabelStudioAuth:
+    """Produces a token Label Studio accepts, refreshing PAT access tokens when due.
+
+    Args:
+        url (str): LABEL_STUDIO_URL.
+        api_key (str): a legacy token or a personal access token.
+        timeout (float): seconds for the refresh request.
+    """
+
+    def __init__(self, url: str, api_key: str, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self._key = api_key
+        self._timeout = timeout
+        self._access: str = ""
+        self._expires = 0.0
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:  # never show the key
+        return f"LabelStudioAuth(url={self.url!r})"
+
+    def access_token(self) -> str:
+        """The legacy token as is, or a valid access JWT for a PAT ('' when no key is set)."""
+        if not self._key or not is_personal_access_token(self._key):
+            return self._key
+        with self._lock:
+            if time.time() > self._expires - _EXPIRY_MARGIN_S:
+                self._refresh()
+            return self._access
+
+    def _refresh(self) -> None:
+        response = requests.post(
+            f"{self.url}/api/token/refresh/", json={"refresh": self._key}, timeout=self._timeout
+        )
+        response.raise_for_status()
+        self._access = response.json()["access"]
+        claims = jwt.decode(self._access, options={"verify_signature": False})
+        self._expires = float(claims.get("exp", time.time() + 300))
+
+    def headers(self) -> dict[str, str]:
+        """The Authorization header for an API request."""
+        token = self.access_token()
+        if not token:
+            return {}
+        scheme = "Bearer" if is_personal_access_token(token) else "Token"
+        return {"Authorization": f"{scheme} {token}"}

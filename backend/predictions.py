@@ -1,0 +1,119 @@
+"""From Label Studio tasks to Label Studio predictions.
+
+One ``/predict`` call may hold every task of a project ("Retrieve
+predictions"): images are fetched concurrently, run through the detector in
+batches, and every task gets exactly one item in the answer, in order. A task
+whose image fails gets an empty result (and the error is logged with its id);
+the other tasks are unaffected.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from PIL import Image
+from torchvision.transforms.functional import to_tensor
+
+from backend.errors import ImageError
+from backend.images import ImageLoader
+from backend.labels import ProjectLabels
+from model.detections import Detections
+from model.hua import image_entropy
+from model.registry import ServedModel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskImage:
+    """A task's id and its decoded image, or the reason it has none."""
+
+    task_id: int | None
+    image: Image.Image | None
+    error: str | None = None
+
+
+def box_result(box: Sequence[float], label: str, score: float, width: int, height: int, names: ProjectLabels) -> dict:
+    """One rectanglelabels region in Label Studio's percent coordinates.
+
+    Args:
+        box (Sequence[float]): x1, y1, x2, y2 in pixels of the image as displayed.
+        width (int), height (int): that image's size in pixels.
+    """
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return {
+        "from_name": names.from_name,
+        "to_name": names.to_name,
+        "type": "rectanglelabels",
+        "value": {
+            "x": 100.0 * x1 / width,
+            "y": 100.0 * y1 / height,
+            "width": 100.0 * (x2 - x1) / width,
+            "height": 100.0 * (y2 - y1) / height,
+            "rotation": 0,
+            "rectanglelabels": [label],
+        },
+        "score": float(score),
+        "original_width": width,
+        "original_height": height,
+        "image_rotation": 0,
+    }
+
+
+def task_prediction(detections: Detections, labels: Sequence[str], names: ProjectLabels, version: str) -> dict:
+    """A task's prediction: its boxes and a task-level confidence.
+
+    The task score is ``1 - H(x)``, H the retrieval gate's normalised entropy
+    (METHOD.md section 1): lower means less certain, which is the order Label
+    Studio's uncertainty sampling and prediction-score column use.
+    """
+    result = [
+        box_result(box.tolist(), labels[int(cls) - 1], float(score), detections.width, detections.height, names)
+        for box, cls, score in zip(detections.boxes, detections.labels, detections.scores)
+    ]
+    return {"result": result, "score": 1.0 - float(image_entropy(detections.top_probs)), "model_version": version}
+
+
+def empty_prediction(version: str) -> dict:
+    """The item of a task that could not be predicted: no boxes, no score."""
+    return {"result": [], "score": None, "model_version": version}
+
+
+def load_task_images(tasks: Sequence[dict], names: ProjectLabels, loader: ImageLoader, workers: int) -> list[TaskImage]:
+    """Fetch every task's image concurrently; failures are kept per task."""
+    items = [(task.get("data", {}).get(names.value_key), task.get("id")) for task in tasks]
+    loaded = loader.load_many(items, workers)
+    images = []
+    for (_, task_id), item in zip(items, loaded):
+        if isinstance(item, ImageError):
+            logger.warning("task %s: %s", task_id, item)
+            images.append(TaskImage(task_id, None, str(item)))
+        else:
+            images.append(TaskImage(task_id, item))
+    return images
+
+
+def _batches(indices: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(indices), size):
+        yield indices[start : start + size]
+
+
+def predict_tasks(
+    tasks: Sequence[dict], names: ProjectLabels, served: ServedModel, loader: ImageLoader, batch_size: int, workers: int
+) -> list[dict]:
+    """One prediction per task, in order (see the module docstring)."""
+    images = load_task_images(tasks, names, loader, workers)
+    results = [empty_prediction(served.name) for _ in tasks]
+    ok = [i for i, item in enumerate(images) if item.image is not None]
+    labels = served.detector.labels
+    for batch in _batches(ok, batch_size):
+        try:
+            detections = served.detector.predict([to_tensor(images[i].image) for i in batch])
+        except RuntimeError:  # e.g. out of memory: these tasks stay empty, the others go on
+            logger.exception("prediction failed for tasks %s", [images[i].task_id for i in batch])
+            continue
+        for i, det in zip(batch, detections):
+            results[i] = task_prediction(det, labels, names, served.name)
+    return results

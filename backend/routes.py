@@ -1,0 +1,132 @@
+"""The HTTP contract Label Studio expects of an ML backend (LABEL_STUDIO.md).
+
+Routes and payloads keep label-studio-ml 2.x's names. Every handler validates
+its body first and answers 400 naming the field at fault; domain errors are
+``backend.errors.APIError`` subclasses turned into JSON by ``backend.app``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from backend.errors import BadRequest
+from backend.labels import ProjectLabels, parse_label_config
+from backend.predictions import predict_tasks
+from backend.service import Service
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("backend", __name__)
+
+MODEL_CLASS = "HUAFasterRCNN"
+NO_VERSION = "v0000"
+
+
+def _service() -> Service:
+    return current_app.extensions["hua"]
+
+
+def json_body() -> dict:
+    """The request's JSON object, or a 400 that says what is wrong with it."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def project_id(body: dict) -> str:
+    """Label Studio's ``project`` is ``"<id>.<created_at>"`` or an int; the id names the folder."""
+    raw = body.get("project")
+    if raw is None or raw == "":
+        raise BadRequest("field 'project' is required")
+    if not isinstance(raw, (str, int)) or isinstance(raw, bool):
+        raise BadRequest("field 'project' must be a string or an integer")
+    pid = str(raw).split(".")[0]
+    if not pid.isdigit():
+        raise BadRequest("field 'project' must start with the numeric project id")
+    return pid
+
+
+def _labels(body: dict, field: str) -> ProjectLabels:
+    config = body.get(field)
+    if not isinstance(config, str):
+        raise BadRequest(f"field '{field}' must be the project's label config (an XML string)")
+    return parse_label_config(config)
+
+
+def _tasks(body: dict) -> list[dict]:
+    tasks = body.get("tasks")
+    if not isinstance(tasks, list):
+        raise BadRequest("field 'tasks' must be a list")
+    for i, task in enumerate(tasks):
+        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+            raise BadRequest(f"field 'tasks[{i}]' must be an object with a 'data' object")
+    return tasks
+
+
+@bp.get("/")
+@bp.get("/health")
+def health() -> Response:
+    """Liveness plus what a user needs to see: device, weights fallbacks, versions."""
+    service = _service()
+    registry = service.__dict__.get("registry")  # not created yet: report without creating it
+    body = {"status": "UP", "model_class": MODEL_CLASS, "backbone": service.settings.backbone}
+    if registry is not None:
+        body["device"] = str(registry.device)
+        body["weights"] = {p: r.__dict__ for p, r in registry.weights_reports.items()}
+        body["serving"] = {p: registry.peek(p).name for p in list(registry._served)}
+    return jsonify(body)
+
+
+@bp.post("/setup")
+def setup() -> Response:
+    """Fast: checks the label config and names the newest version; loads nothing."""
+    body = json_body()
+    pid = project_id(body)
+    if body.get("schema") is not None:
+        _labels(body, "schema")
+    latest = _service().store.latest(pid)
+    return jsonify({"model_version": latest.name if latest else NO_VERSION})
+
+
+@bp.post("/predict")
+def predict() -> Response:
+    """One prediction per task, in the order of ``tasks``."""
+    body = json_body()
+    tasks = _tasks(body)
+    names = _labels(body, "label_config")
+    pid = project_id(body)
+    service = _service()
+    served = service.registry.get(pid, names.labels, names.aliases)
+    service.metrics.set_version(pid, served.name)
+    results = predict_tasks(
+        tasks, names, served, service.images, service.settings.batch_size, service.settings.fetch_workers
+    )
+    failed = sum(1 for r in results if r["score"] is None)
+    service.metrics.predictions.labels(outcome="ok").inc(len(results) - failed)
+    service.metrics.predictions.labels(outcome="failed").inc(failed)
+    return jsonify({"results": results, "model_version": served.name})
+
+
+@bp.post("/webhook")
+def webhook() -> Response:
+    """Acknowledge Label Studio's events at once (training is scheduled elsewhere)."""
+    body = json_body()
+    action = body.get("action")
+    if not isinstance(action, str):
+        raise BadRequest("field 'action' must be a string")
+    return jsonify({"status": "ok", "action": action}), 200
+
+
+@bp.post("/versions")
+def versions() -> Response:
+    """The project's model versions on disk, oldest first."""
+    pid = project_id(json_body())
+    return jsonify({"versions": [v.name for v in _service().store.versions(pid)]})
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    return Response(_service().metrics.render(), mimetype="text/plain; version=0.0.4")

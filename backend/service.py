@@ -1,0 +1,57 @@
+"""The long-lived parts of one backend process, built once from Settings."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+
+from backend.images import ImageLoader, ImagePolicy
+from backend.lsclient import LabelStudioAuth
+from backend.metrics import ServiceMetrics
+from backend.settings import Settings
+from model.detector import select_device
+from model.registry import ModelRegistry
+from model.versions import VersionStore
+
+
+@dataclass
+class Service:
+    """Settings plus what they build: version store, models, image loader, metrics.
+
+    The model registry is created on first use, so building the app (and
+    answering /health or /setup) never imports weights or touches the GPU.
+    """
+
+    settings: Settings
+    metrics: ServiceMetrics
+
+    @classmethod
+    def create(cls, settings: Settings) -> "Service":
+        return cls(settings=settings, metrics=ServiceMetrics())
+
+    @cached_property
+    def store(self) -> VersionStore:
+        return VersionStore(self.settings.model_dir)
+
+    @cached_property
+    def registry(self) -> ModelRegistry:
+        device = select_device(self.settings.device)
+        return ModelRegistry(self.store, self.settings.detector_config(), device)
+
+    @cached_property
+    def auth(self) -> LabelStudioAuth:
+        return LabelStudioAuth(self.settings.label_studio_url, self.settings.api_key)
+
+    @cached_property
+    def images(self) -> ImageLoader:
+        s = self.settings
+        policy = ImagePolicy(
+            label_studio_url=s.label_studio_url,
+            allowed_hosts=s.image_hosts,
+            document_root=os.path.abspath(s.local_files_document_root) if s.local_files_document_root else "",
+            max_pixels=s.max_image_pixels,
+            timeout=s.fetch_timeout,
+            cache_dir=s.image_cache_dir or os.path.join(s.model_dir, ".cache", "images"),
+        )
+        return ImageLoader(policy, self.auth.access_token)

@@ -1,0 +1,151 @@
+"""Every setting of the service, read from the environment once.
+
+Names follow label-studio-ml 2.x where it has one (BASIC_AUTH_USER,
+BASIC_AUTH_PASS, LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY, MODEL_DIR, LOG_LEVEL,
+WORKERS, THREADS); the rest are ours and documented in the README's table,
+which mirrors ``ENVIRONMENT`` below.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from urllib.parse import urlparse
+
+from model.detector import DetectorConfig
+
+
+class SettingsError(ValueError):
+    """An environment variable with a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration. Build it with ``Settings.from_env``.
+
+    Secrets (``api_key``, ``basic_auth_pass``, ``webhook_secret``) are excluded
+    from ``repr`` so that logging a Settings object never leaks them.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 9090
+    model_dir: str = "./data/models"
+    log_level: str = "INFO"
+    workers: int = 1
+    threads: int = 8
+    label_studio_url: str = ""
+    api_key: str = field(default="", repr=False)
+    basic_auth_user: str = ""
+    basic_auth_pass: str = field(default="", repr=False)
+    webhook_secret: str = field(default="", repr=False)
+    device: str = "auto"
+    backbone: str = "mobilenet_v3_fpn"
+    weights: str = "coco"
+    allow_weights_download: bool = True
+    score_threshold: float = 0.5
+    batch_size: int = 8
+    fetch_workers: int = 8
+    fetch_timeout: float = 30.0
+    allowed_image_hosts: tuple[str, ...] = ()
+    local_files_document_root: str = ""
+    max_image_pixels: int = 50_000_000
+    image_cache_dir: str = ""
+    model_title: str = "HUA Faster R-CNN"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Read the variables of ``ENVIRONMENT`` from ``environ`` (default: os.environ)."""
+        env = os.environ if environ is None else environ
+        values = {}
+        types = {f.name: f.type for f in fields(cls)}
+        for name, attr in ENVIRONMENT.items():
+            if env.get(name, "") != "":
+                values[attr] = _parse(name, env[name], types[attr])
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Refuse combinations that cannot work, naming the variable."""
+        if self.label_studio_url and urlparse(self.label_studio_url).scheme not in ("http", "https"):
+            raise SettingsError("LABEL_STUDIO_URL must start with http:// or https://")
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise SettingsError("DEVICE must be auto, cpu or cuda")
+        for name in ("batch_size", "fetch_workers", "workers", "threads", "max_image_pixels"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{_env_name(name)} must be at least 1")
+        try:
+            self.detector_config()
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from exc
+
+    def detector_config(self) -> DetectorConfig:
+        """The slice of the settings that ``model.detector`` needs."""
+        return DetectorConfig(
+            backbone=self.backbone,
+            weights=self.weights,
+            score_threshold=self.score_threshold,
+            allow_download=self.allow_weights_download,
+        )
+
+    @property
+    def image_hosts(self) -> frozenset[str]:
+        """Hosts (host[:port]) images may be fetched from: Label Studio's and the allowed ones."""
+        hosts = {h.lower() for h in self.allowed_image_hosts}
+        if self.label_studio_url:
+            hosts.add(urlparse(self.label_studio_url).netloc.lower())
+        return frozenset(hosts)
+
+
+# Environment variable -> Settings attribute.
+ENVIRONMENT: dict[str, str] = {
+    "HOST": "host",
+    "PORT": "port",
+    "MODEL_DIR": "model_dir",
+    "LOG_LEVEL": "log_level",
+    "WORKERS": "workers",
+    "THREADS": "threads",
+    "LABEL_STUDIO_URL": "label_studio_url",
+    "LABEL_STUDIO_API_KEY": "api_key",
+    "BASIC_AUTH_USER": "basic_auth_user",
+    "BASIC_AUTH_PASS": "basic_auth_pass",
+    "WEBHOOK_SECRET": "webhook_secret",
+    "DEVICE": "device",
+    "BACKBONE": "backbone",
+    "WEIGHTS": "weights",
+    "ALLOW_WEIGHTS_DOWNLOAD": "allow_weights_download",
+    "SCORE_THRESHOLD": "score_threshold",
+    "BATCH_SIZE": "batch_size",
+    "FETCH_WORKERS": "fetch_workers",
+    "FETCH_TIMEOUT": "fetch_timeout",
+    "ALLOWED_IMAGE_HOSTS": "allowed_image_hosts",
+    "LOCAL_FILES_DOCUMENT_ROOT": "local_files_document_root",
+    "MAX_IMAGE_PIXELS": "max_image_pixels",
+    "IMAGE_CACHE_DIR": "image_cache_dir",
+    "MODEL_TITLE": "model_title",
+}
+
+
+def _env_name(attr: str) -> str:
+    return next(k for k, v in ENVIRONMENT.items() if v == attr)
+
+
+def _parse(name: str, raw: str, kind: str) -> object:
+    """Convert one variable to the attribute's type (annotations are strings here)."""
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            if raw.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes", "on")
+        if kind.startswith("tuple"):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind}") from None
+    return raw

@@ -1,0 +1,81 @@
+"""What the detector returns for one image: the common currency of inference,
+HUA ranking and the service.
+
+Kept free of any model code so that ranking (``model.hua``) and the HTTP layer
+can be written and tested on constructed detections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Detections of one image, after score thresholding and NMS.
+
+    Attributes:
+        boxes (Tensor[D, 4]): (x1, y1, x2, y2) in pixels of the original image,
+            0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height.
+        labels (Tensor[D]): int64 class indices in 1..C (0 is background).
+        scores (Tensor[D]): the detector's confidence of ``labels``.
+        probs (Tensor[D, C+1]): the full softmax of each detection, background
+            in column 0. Rows sum to 1.
+        sigmas (Tensor[D, 4]): per-edge standard deviation of the box in the
+            box-delta space (``exp(alpha / 2)``); zeros when the box head has no
+            log-variance output.
+        top_probs (Tensor[K, C+1]): softmax rows of the K RoIs with the highest
+            foreground probability, taken before the score threshold, so that an
+            image with no confident detection still has a defined entropy
+            (METHOD.md section 1). K <= the configured gate size.
+        width (int): width of the original image in pixels.
+        height (int): height of the original image in pixels.
+    """
+
+    boxes: Tensor
+    labels: Tensor
+    scores: Tensor
+    probs: Tensor
+    sigmas: Tensor
+    top_probs: Tensor
+    width: int
+    height: int
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        """C, the number of foreground classes."""
+        return int(self.top_probs.shape[-1]) - 1
+
+    @classmethod
+    def empty(cls, num_classes: int, width: int, height: int) -> "Detections":
+        """Detections of an image where the detector found nothing at all."""
+        c1 = num_classes + 1
+        return cls(
+            boxes=torch.zeros((0, 4)),
+            labels=torch.zeros((0,), dtype=torch.int64),
+            scores=torch.zeros((0,)),
+            probs=torch.zeros((0, c1)),
+            sigmas=torch.zeros((0, 4)),
+            top_probs=torch.zeros((0, c1)),
+            width=width,
+            height=height,
+        )
+
+    def to(self, device: torch.device | str) -> "Detections":
+        """A copy with every tensor on ``device``."""
+        return Detections(
+            self.boxes.to(device),
+            self.labels.to(device),
+            self.scores.to(device),
+            self.probs.to(device),
+            self.sigmas.to(device),
+            self.top_probs.to(device),
+            self.width,
+            self.height,
+        )

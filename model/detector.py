@@ -1,0 +1,304 @@
+"""Construction of the Faster R-CNN detector and batched inference.
+
+A detector is built for one project: its box head has one row per project
+label (plus background). The backbone is a setting; the initial weights are
+resolved in the order the user asked for and, when a file is not available
+(no network, no cache), the next best source is used and the fallback reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import MobileNet_V2_Weights, MobileNet_V3_Large_Weights, ResNet50_Weights
+from torchvision.models._api import WeightsEnum
+from torchvision.models.detection import faster_rcnn as frcnn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import mobilenet_backbone
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from model.detections import Detections
+from model.heads import UncertainBoxPredictor, UncertaintyRoIHeads
+from model.losses import LossConfig
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_SOURCES = ("coco", "imagenet", "none")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """How to build and run a detector.
+
+    ``weights`` is "coco", "imagenet", "none" or a path to a checkpoint of ours.
+    ``allow_download`` lets torchvision fetch a missing weights file; when False
+    (tests, offline servers) only files already in torch's cache are used.
+    """
+
+    backbone: str = "mobilenet_v3_fpn"
+    weights: str = "coco"
+    score_threshold: float = 0.5
+    nms_iou: float = 0.5
+    max_detections: int = 100
+    gate_top_k: int = 10
+    min_size: int | None = None
+    max_size: int | None = None
+    sampled_rois: int = 256
+    loss: LossConfig = LossConfig()
+    allow_download: bool = True
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {sorted(BACKBONES)}")
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A torchvision detection builder and the weights it can start from."""
+
+    build: Callable[..., frcnn.FasterRCNN]
+    coco: WeightsEnum | None
+    imagenet: WeightsEnum
+
+
+def _mobilenet_v2_fpn(*, weights: None, weights_backbone: WeightsEnum | None, num_classes: int, **kwargs) -> frcnn.FasterRCNN:
+    """MobileNetV2 + FPN (torchvision has no builder for it; its ImageNet file is the one available offline)."""
+    backbone = mobilenet_backbone(backbone_name="mobilenet_v2", weights=weights_backbone, fpn=True, trainable_layers=3)
+    anchors = AnchorGenerator(((32, 64, 128, 256, 512),) * 3, ((0.5, 1.0, 2.0),) * 3)
+    kwargs.setdefault("min_size", 320)
+    kwargs.setdefault("max_size", 640)
+    return frcnn.FasterRCNN(backbone, num_classes, rpn_anchor_generator=anchors, **kwargs)
+
+
+BACKBONES: dict[str, Backbone] = {
+    "mobilenet_v3_320_fpn": Backbone(
+        frcnn.fasterrcnn_mobilenet_v3_large_320_fpn,
+        frcnn.FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1,
+        MobileNet_V3_Large_Weights.IMAGENET1K_V1,
+    ),
+    "mobilenet_v3_fpn": Backbone(
+        frcnn.fasterrcnn_mobilenet_v3_large_fpn,
+        frcnn.FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1,
+        MobileNet_V3_Large_Weights.IMAGENET1K_V1,
+    ),
+    "resnet50_fpn_v2": Backbone(
+        frcnn.fasterrcnn_resnet50_fpn_v2,
+        frcnn.FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
+        ResNet50_Weights.IMAGENET1K_V1,
+    ),
+    "mobilenet_v2_fpn": Backbone(_mobilenet_v2_fpn, None, MobileNet_V2_Weights.IMAGENET1K_V1),
+}
+
+
+@dataclass(frozen=True)
+class WeightsReport:
+    """Which initial weights were asked for and which were used, and why."""
+
+    requested: str
+    used: str
+    reasons: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def fell_back(self) -> bool:
+        return self.requested != self.used
+
+
+def _weights_file_available(weights: WeightsEnum | None, allow_download: bool) -> bool:
+    if weights is None:
+        return False
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+    return allow_download or os.path.exists(cached)
+
+
+def _build_base(
+    config: DetectorConfig, source: str, num_classes: int, backbone: Backbone
+) -> frcnn.FasterRCNN:
+    kwargs = {"box_batch_size_per_image": config.sampled_rois}
+    kwargs.update({k: v for k, v in (("min_size", config.min_size), ("max_size", config.max_size)) if v})
+    if source == "coco":
+        return backbone.build(weights=backbone.coco, weights_backbone=None, **kwargs)
+    weights_backbone = backbone.imagenet if source == "imagenet" else None
+    return backbone.build(weights=None, weights_backbone=weights_backbone, num_classes=num_classes, **kwargs)
+
+
+def build_base_model(config: DetectorConfig, num_classes: int) -> tuple[frcnn.FasterRCNN, WeightsReport]:
+    """Build torchvision's detector from the best available initial weights.
+
+    Tries ``config.weights`` then the sources after it in ``WEIGHT_SOURCES``;
+    a source whose file is missing, or whose load fails, is skipped with a reason.
+    With "coco" the head keeps COCO's 91 classes (see ``adapt_head``).
+    """
+    backbone = BACKBONES[config.backbone]
+    start = WEIGHT_SOURCES.index(config.weights) if config.weights in WEIGHT_SOURCES else 0
+    reasons: list[str] = []
+    for source in WEIGHT_SOURCES[start:]:
+        file = {"coco": backbone.coco, "imagenet": backbone.imagenet}.get(source)
+        if source != "none" and not _weights_file_available(file, config.allow_download):
+            reasons.append(f"{source} weights for {config.backbone} are not available offline")
+            continue
+        try:
+            model = _build_base(config, source, num_classes, backbone)
+        except Exception as exc:  # a download or hash failure: fall back, and say why
+            reasons.append(f"{source} weights for {config.backbone} failed to load: {exc}")
+            continue
+        return model, WeightsReport(config.weights, source, tuple(reasons))
+    raise AssertionError("'none' weights cannot fail")
+
+
+def coco_head_rows(labels: Sequence[str], aliases: dict[str, list[str]], categories: Sequence[str]) -> dict[int, list[int]]:
+    """Map project classes (1..C) to COCO head rows that initialise them.
+
+    A label's aliases (Label Studio's ``predicted_values``) name the model
+    classes it stands for; without aliases the label's own name is matched,
+    exactly first, then case-insensitively. Labels with no match are absent.
+    """
+    exact = {name: i for i, name in enumerate(categories) if name != "N/A"}
+    folded = {name.lower(): i for name, i in reversed(list(exact.items()))}
+    rows: dict[int, list[int]] = {}
+    for cls, label in enumerate(labels, start=1):
+        names = aliases.get(label) or [label]
+        found = [exact.get(n, folded.get(n.lower())) for n in names]
+        found = [i for i in found if i is not None]
+        if found:
+            rows[cls] = found
+    return rows
+
+
+def _init_from_rows(new: nn.Linear, old: nn.Linear, rows: dict[int, list[int]], width: int) -> None:
+    """Copy (the mean of) old class rows into new class rows; ``width`` rows per class."""
+    with torch.no_grad():
+        for target, sources in [(0, [0])] + list(rows.items()):
+            src = torch.stack([old.weight[s * width : (s + 1) * width] for s in sources]).mean(0)
+            bias = torch.stack([old.bias[s * width : (s + 1) * width] for s in sources]).mean(0)
+            new.weight[target * width : (target + 1) * width] = src
+            new.bias[target * width : (target + 1) * width] = bias
+
+
+def adapt_head(
+    model: frcnn.FasterRCNN, num_classes: int, rows: dict[int, list[int]], config: DetectorConfig
+) -> frcnn.FasterRCNN:
+    """Replace the box predictor by an uncertainty-aware one with ``num_classes`` + 1 rows.
+
+    ``rows`` (from ``coco_head_rows``) initialises the classes that a pretrained
+    head already knows; background always comes from the old head's row 0.
+    """
+    old = model.roi_heads.box_predictor
+    predictor = UncertainBoxPredictor(old.cls_score.in_features, num_classes + 1)
+    if old.cls_score.out_features != predictor.cls_score.out_features or rows:
+        _init_from_rows(predictor.cls_score, old.cls_score, rows, 1)
+        _init_from_rows(predictor.bbox_pred, old.bbox_pred, rows, 4)
+    else:
+        predictor.load_state_dict(old.state_dict(), strict=False)
+    heads = UncertaintyRoIHeads.from_torchvision(
+        model.roi_heads, predictor, gate_top_k=config.gate_top_k, loss=config.loss
+    )
+    heads.score_thresh = config.score_threshold
+    heads.nms_thresh = config.nms_iou
+    heads.detections_per_img = config.max_detections
+    model.roi_heads = heads
+    return _freeze_batchnorm(model)
+
+
+def _freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d by torchvision's FrozenBatchNorm2d with the same statistics.
+
+    Detection batches are a few images: batch statistics are noise, which is why
+    torchvision freezes them for pretrained backbones. Doing it for every source
+    also gives all checkpoints of a backbone the same state-dict keys.
+    """
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            frozen.weight.copy_(child.weight.detach())
+            frozen.bias.copy_(child.bias.detach())
+            frozen.running_mean.copy_(child.running_mean)
+            frozen.running_var.copy_(child.running_var)
+            setattr(module, name, frozen)
+        else:
+            _freeze_batchnorm(child)
+    return module
+
+
+def build_model(
+    config: DetectorConfig, labels: Sequence[str], aliases: dict[str, list[str]] | None = None
+) -> tuple[frcnn.FasterRCNN, WeightsReport]:
+    """A detector for ``labels`` from the configured base weights."""
+    model, report = build_base_model(config, len(labels) + 1)
+    rows: dict[int, list[int]] = {}
+    if report.used == "coco":
+        categories = BACKBONES[config.backbone].coco.meta["categories"]
+        rows = coco_head_rows(labels, aliases or {}, categories)
+    return adapt_head(model, len(labels), rows, config), report
+
+
+def build_empty_model(config: DetectorConfig, num_labels: int) -> frcnn.FasterRCNN:
+    """The architecture only, to load a checkpoint into."""
+    model, _ = build_base_model(replace(config, weights="none"), num_labels + 1)
+    return adapt_head(model, num_labels, {}, config)
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("DEVICE=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+class Detector:
+    """A built model, its labels and its device: batched inference on images.
+
+    Args:
+        model (FasterRCNN): with ``UncertaintyRoIHeads`` (see ``build_model``).
+        labels (list[str]): project class names; class i is ``labels[i - 1]``.
+        device (torch.device): where inference runs; CUDA runs under autocast.
+    """
+
+    def __init__(self, model: frcnn.FasterRCNN, labels: Sequence[str], device: torch.device) -> None:
+        self.model = model.to(device).eval()
+        self.labels = list(labels)
+        self.device = device
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def predict(self, images: Sequence[Tensor], flip: bool = False) -> list[Detections]:
+        """Detect objects in float images ``Tensor[3, H, W]`` in [0, 1].
+
+        With ``flip`` the images are mirrored horizontally first and the boxes
+        are returned in the mirrored image's coordinates (HUA maps them back).
+        """
+        if not images:
+            return []
+        batch = [img.to(self.device, non_blocking=True) for img in images]
+        if flip:
+            batch = [img.flip(-1) for img in batch]
+        with self._autocast():
+            outputs = self.model(batch)
+        return [_to_detections(out, img) for out, img in zip(outputs, images)]
+
+
+def _to_detections(out: dict[str, Tensor], image: Tensor) -> Detections:
+    return Detections(
+        boxes=out["boxes"].float().cpu(),
+        labels=out["labels"].cpu(),
+        scores=out["scores"].float().cpu(),
+        probs=out["probs"].float().cpu(),
+        sigmas=out["sigmas"].float().cpu(),
+        top_probs=out["top_probs"].float().cpu(),
+        width=int(image.shape[-1]),
+        height=int(image.shape[-2]),
+    )
+

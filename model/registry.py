@@ -1,0 +1,119 @@
+"""The model each project is served with, loaded from the version store.
+
+Serving reads ``registry.get(...)`` once per request and keeps that object for
+the whole request, so swapping in a new version (``reload``) is atomic for
+readers: requests in flight finish on the model they started with.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from model.detector import Detector, DetectorConfig, WeightsReport, build_empty_model, build_model
+from model.versions import CheckpointError, Version, VersionStore, check_meta, load_weights
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A loaded version: the detector and the version it came from."""
+
+    detector: Detector
+    version: Version
+
+    @property
+    def name(self) -> str:
+        return self.version.name
+
+
+class ModelRegistry:
+    """Loads, creates and caches one serving model per project.
+
+    A project without a version gets one made from the configured base
+    weights (saved as its first version, so that what serves is always on
+    disk). A version whose labels no longer match the project's label config
+    is replaced the same way, with a warning.
+
+    Args:
+        store (VersionStore): where versions live.
+        config (DetectorConfig): backbone, base weights, thresholds.
+        device (torch.device): where models run.
+    """
+
+    def __init__(self, store: VersionStore, config: DetectorConfig, device: torch.device) -> None:
+        self.store = store
+        self.config = config
+        self.device = device
+        self._served: dict[str, ServedModel] = {}
+        self._lock = threading.Lock()
+        self._project_locks: dict[str, threading.Lock] = {}
+        self.weights_reports: dict[str, WeightsReport] = {}
+
+    def _project_lock(self, project: str) -> threading.Lock:
+        with self._lock:
+            return self._project_locks.setdefault(project, threading.Lock())
+
+    def peek(self, project: str) -> ServedModel | None:
+        """The model serving ``project`` now, without loading anything."""
+        return self._served.get(project)
+
+    def get(self, project: str, labels: Sequence[str], aliases: dict[str, list[str]] | None = None) -> ServedModel:
+        """The model serving ``project`` for these labels, loading or creating it once."""
+        served = self._served.get(project)
+        if served is not None and served.detector.labels == list(labels):
+            return served
+        with self._project_lock(project):
+            served = self._served.get(project)
+            if served is None or served.detector.labels != list(labels):
+                served = self._load_or_create(project, list(labels), aliases or {})
+                self._served[project] = served
+            return served
+
+    def reload(self, project: str) -> ServedModel | None:
+        """Swap to the newest version on disk, if it differs from the one serving."""
+        latest = self.store.latest(project)
+        current = self._served.get(project)
+        if latest is None or (current is not None and current.name == latest.name):
+            return current
+        with self._project_lock(project):
+            served = self._load(latest)
+            self._served[project] = served
+            logger.info("project %s now serves %s", project, latest.name)
+            return served
+
+    def _load_or_create(self, project: str, labels: list[str], aliases: dict[str, list[str]]) -> ServedModel:
+        latest = self.store.latest(project)
+        if latest is not None:
+            try:
+                check_meta(latest.meta, labels, self.config.backbone)
+                return self._load(latest)
+            except CheckpointError as exc:
+                logger.warning("project %s: %s; starting a new model from base weights", project, exc)
+        return self._create(project, labels, aliases)
+
+    def _load(self, version: Version) -> ServedModel:
+        model = build_empty_model(self.config, len(version.meta["labels"]))
+        model.load_state_dict(load_weights(version))
+        return ServedModel(Detector(model, version.meta["labels"], self.device), version)
+
+    def _create(self, project: str, labels: list[str], aliases: dict[str, list[str]]) -> ServedModel:
+        model, report = build_model(self.config, labels, aliases)
+        if report.fell_back:
+            logger.warning("weights %s unavailable, using %s: %s", report.requested, report.used, "; ".join(report.reasons))
+        self.weights_reports[project] = report
+        meta = {
+            "labels": labels,
+            "backbone": self.config.backbone,
+            "weights": report.used,
+            "weights_requested": report.requested,
+            "parent": None,
+        }
+        version = self.store.save(project, model.state_dict(), meta)
+        logger.info("project %s: created %s from %s weights", project, version.name, report.used)
+        return ServedModel(Detector(model, labels, self.device), version)

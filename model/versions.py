@@ -1,0 +1,170 @@
+"""Model versions on disk: ``<root>/<project>/<version>/{weights.pt, meta.json}``.
+
+A version is written into a hidden temporary folder and renamed into place, so
+a crash mid-write never leaves a half-written version that could be loaded:
+readers only ever see folders whose name is a version and whose meta.json exists.
+Several processes (gunicorn workers, RQ workers) share one store; a lock file
+per project serialises the choice of the next version name.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+WEIGHTS_FILE = "weights.pt"
+META_FILE = "meta.json"
+_VERSION = re.compile(r"^v(\d{4,})$")
+_PROJECT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the detector it should be loaded into."""
+
+
+@dataclass(frozen=True)
+class Version:
+    """One complete version of a project's model."""
+
+    project: str
+    name: str
+    path: Path
+    meta: dict
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path / WEIGHTS_FILE
+
+
+def version_name(number: int) -> str:
+    """``v0001``, ``v0002``...: zero-padded so that name order is creation order."""
+    return f"v{number:04d}"
+
+
+class VersionStore:
+    """Versions of every project's model under one root folder.
+
+    Args:
+        root (Path): MODEL_DIR; created when missing.
+    """
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _project_dir(self, project: str) -> Path:
+        if not _PROJECT.match(project):
+            raise ValueError(f"invalid project id {project!r}")
+        return self.root / project
+
+    def projects(self) -> list[str]:
+        """Projects that have at least one complete version."""
+        return sorted(p.name for p in self.root.iterdir() if _PROJECT.match(p.name) and self.versions(p.name))
+
+    def versions(self, project: str) -> list[Version]:
+        """Complete versions of ``project``, oldest first."""
+        folder = self._project_dir(project)
+        if not folder.is_dir():
+            return []
+        found = []
+        for path in sorted(folder.iterdir()):
+            meta = path / META_FILE
+            if _VERSION.match(path.name) and meta.is_file() and (path / WEIGHTS_FILE).is_file():
+                found.append(Version(project, path.name, path, json.loads(meta.read_text())))
+        return found
+
+    def latest(self, project: str) -> Version | None:
+        """The newest complete version, or None."""
+        versions = self.versions(project)
+        return versions[-1] if versions else None
+
+    def get(self, project: str, name: str) -> Version | None:
+        """A version by name, or None when it does not exist (or is incomplete)."""
+        return next((v for v in self.versions(project) if v.name == name), None)
+
+    @contextmanager
+    def _locked(self, project: str) -> Iterator[Path]:
+        folder = self._project_dir(project)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield folder
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def save(self, project: str, state_dict: dict[str, torch.Tensor], meta: dict) -> Version:
+        """Write a new version atomically and return it.
+
+        ``meta`` is stored with ``model_version``, ``project`` and ``created`` added.
+        """
+        folder = self._project_dir(project)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
+        try:
+            torch.save(state_dict, tmp / WEIGHTS_FILE)
+            with self._locked(project):
+                existing = self.versions(project)
+                name = version_name(int(_VERSION.match(existing[-1].name).group(1)) + 1 if existing else 1)
+                full_meta = {**meta, "model_version": name, "project": project, "created": _now()}
+                _write_json(tmp / META_FILE, full_meta)
+                os.rename(tmp, folder / name)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return Version(project, name, folder / name, full_meta)
+
+    def update_meta(self, version: Version, **changes) -> Version:
+        """Add keys to a version's meta.json (atomically: write then rename)."""
+        meta = {**version.meta, **changes}
+        tmp = version.path / f".{META_FILE}.tmp"
+        _write_json(tmp, meta)
+        os.replace(tmp, version.path / META_FILE)
+        return Version(version.project, version.name, version.path, meta)
+
+    def clean_partial(self, project: str) -> int:
+        """Remove temporary folders left by killed writers; returns how many."""
+        folder = self._project_dir(project)
+        stale = [p for p in folder.glob(".tmp-*") if p.is_dir()] if folder.is_dir() else []
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True)
+        return len(stale)
+
+
+def load_weights(version: Version, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The state dict of a version (tensors only: ``weights_only`` loading)."""
+    return torch.load(version.weights_path, map_location=map_location, weights_only=True)
+
+
+def check_meta(meta: dict, labels: list[str], backbone: str) -> None:
+    """Refuse a checkpoint whose classes or backbone differ from what is asked.
+
+    Raises:
+        CheckpointError: naming the field that disagrees.
+    """
+    if meta.get("backbone") != backbone:
+        raise CheckpointError(f"checkpoint backbone {meta.get('backbone')!r} differs from {backbone!r}")
+    if list(meta.get("labels", [])) != list(labels):
+        raise CheckpointError(f"checkpoint labels {meta.get('labels')} differ from the project's {list(labels)}")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
