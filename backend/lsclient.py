@@ -72,3 +72,48 @@ class LabelStudioAuth:
             return {}
         scheme = "Bearer" if is_personal_access_token(token) else "Token"
         return {"Authorization": f"{scheme} {token}"}
+
+
+class LabelStudioError(RuntimeError):
+    """Label Studio answered with an error or could not be reached."""
+
+
+class LabelStudioClient:
+    """The few Label Studio API calls the backend makes, with its own token.
+
+    label-studio-sdk's generated client covers the same endpoints, but it does
+    not expose the project export nor the bulk prediction import in a stable
+    shape across 1.2x servers, and wraps every payload in pydantic models we
+    would convert straight back to dicts; plain requests keep this small.
+
+    Args:
+        auth (LabelStudioAuth): base URL and token.
+        timeout (float): seconds per request.
+    """
+
+    def __init__(self, auth: LabelStudioAuth, timeout: float = 60.0) -> None:
+        if not auth.url:
+            raise LabelStudioError("LABEL_STUDIO_URL is not set: the backend cannot read annotations")
+        self.auth = auth
+        self.timeout = timeout
+        self.session = requests.Session()
+
+    def request(self, method: str, path: str, **kwargs) -> requests.Response:
+        """One API call; raises LabelStudioError with the status (never the token) on failure."""
+        kwargs.setdefault("timeout", self.timeout)
+        try:
+            response = self.session.request(method, f"{self.auth.url}{path}", headers=self.auth.headers(), **kwargs)
+        except requests.RequestException as exc:
+            raise LabelStudioError(f"{method} {path}: {type(exc).__name__}") from None
+        if response.status_code >= 400:
+            raise LabelStudioError(f"{method} {path}: HTTP {response.status_code} {response.text[:200]}")
+        return response
+
+    def project(self, project: str | int) -> dict:
+        """The project, with its ``label_config``."""
+        return self.request("GET", f"/api/projects/{project}/").json()
+
+    def labeled_tasks(self, project: str | int) -> list[dict]:
+        """Every task of the project that has at least one annotation, with its annotations."""
+        params = {"exportType": "JSON", "download_all_tasks": "false"}
+        return self.request("GET", f"/api/projects/{project}/export", params=params).json()

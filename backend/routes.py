@@ -7,14 +7,18 @@ its body first and answers 400 naming the field at fault; domain errors are
 
 from __future__ import annotations
 
+import hmac
 import logging
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from backend.errors import BadRequest
+from backend.auth import check_basic_auth
+from backend.errors import BadRequest, Unauthorized
+from backend.jobs import ANNOTATION_EVENTS, TRAIN_NOW
 from backend.labels import ProjectLabels, parse_label_config
 from backend.predictions import predict_tasks
 from backend.service import Service
+from backend.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +26,21 @@ bp = Blueprint("backend", __name__)
 
 MODEL_CLASS = "HUAFasterRCNN"
 NO_VERSION = "v0000"
+
+
+WEBHOOK_ACTIONS = TRAIN_NOW | ANNOTATION_EVENTS
+
+
+def check_webhook_secret(settings: Settings) -> None:
+    """With WEBHOOK_SECRET set, /webhook needs it (header) or the basic-auth pair."""
+    if not settings.webhook_secret:
+        return
+    given = request.headers.get("X-Webhook-Secret", "")
+    if hmac.compare_digest(given.encode(), settings.webhook_secret.encode()):
+        return
+    if settings.basic_auth_user and check_basic_auth(request, settings.basic_auth_user, settings.basic_auth_pass):
+        return
+    raise Unauthorized()
 
 
 def _service() -> Service:
@@ -39,6 +58,8 @@ def json_body() -> dict:
 def project_id(body: dict) -> str:
     """Label Studio's ``project`` is ``"<id>.<created_at>"`` or an int; the id names the folder."""
     raw = body.get("project")
+    if isinstance(raw, dict):  # webhooks carry the serialised project
+        raw = raw.get("id")
     if raw is None or raw == "":
         raise BadRequest("field 'project' is required")
     if not isinstance(raw, (str, int)) or isinstance(raw, bool):
@@ -112,12 +133,22 @@ def predict() -> Response:
 
 @bp.post("/webhook")
 def webhook() -> Response:
-    """Acknowledge Label Studio's events at once (training is scheduled elsewhere)."""
+    """Schedule work for Label Studio's events and answer at once (LS waits 1 s).
+
+    Unauthenticated calls are accepted as a trigger only: nothing but the
+    project id and the action is read, the data come from Label Studio's API.
+    With WEBHOOK_SECRET set, the X-Webhook-Secret header (or basic auth) is required.
+    """
+    service = _service()
+    check_webhook_secret(service.settings)
     body = json_body()
     action = body.get("action")
     if not isinstance(action, str):
         raise BadRequest("field 'action' must be a string")
-    return jsonify({"status": "ok", "action": action}), 200
+    if action not in WEBHOOK_ACTIONS:
+        return jsonify({"status": "ignored", "action": action}), 200
+    outcome = service.scheduler.on_event(project_id(body), action)
+    return jsonify({"status": outcome, "action": action}), 202 if outcome in ("scheduled", "coalesced") else 200
 
 
 @bp.post("/versions")
@@ -125,6 +156,22 @@ def versions() -> Response:
     """The project's model versions on disk, oldest first."""
     pid = project_id(json_body())
     return jsonify({"versions": [v.name for v in _service().store.versions(pid)]})
+
+
+@bp.get("/versions")
+def all_versions() -> Response:
+    """Label Studio's GET /versions names no project: every version name known, or one project's."""
+    store = _service().store
+    pid = request.args.get("project")
+    projects = [project_id({"project": pid})] if pid else store.projects()
+    names = sorted({v.name for p in projects for v in store.versions(p)})
+    return jsonify({"versions": names})
+
+
+@bp.get("/jobs")
+def jobs() -> Response:
+    """Per project, the running or last job of each kind: status, progress, error."""
+    return jsonify({"jobs": _service().board.all()})
 
 
 @bp.get("/metrics")

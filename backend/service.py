@@ -7,12 +7,15 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from backend.images import ImageLoader, ImagePolicy
-from backend.lsclient import LabelStudioAuth
+from backend.jobs import EmbeddedRunner, JobBoard, RQRunner, Scheduler
+from backend.lsclient import LabelStudioAuth, LabelStudioClient
 from backend.metrics import ServiceMetrics
 from backend.settings import Settings
 from model.detector import select_device
 from model.registry import ModelRegistry
 from model.versions import VersionStore
+
+RQ_QUEUE = "hua"
 
 
 @dataclass
@@ -42,6 +45,28 @@ class Service:
     @cached_property
     def auth(self) -> LabelStudioAuth:
         return LabelStudioAuth(self.settings.label_studio_url, self.settings.api_key)
+
+    @cached_property
+    def ls_client(self) -> LabelStudioClient:
+        return LabelStudioClient(self.auth)
+
+    @cached_property
+    def board(self) -> JobBoard:
+        return JobBoard(self.settings.model_dir, stale_after=self.settings.job_timeout)
+
+    @cached_property
+    def scheduler(self) -> Scheduler:
+        """Jobs go to RQ when REDIS_URL is set, else to child processes of this one."""
+        if self.settings.redis_url:
+            runner = RQRunner(self.settings.redis_url, RQ_QUEUE, self.settings.job_timeout)
+        else:
+            runner = EmbeddedRunner(self.board, self._job_finished)
+        return Scheduler(self.board, runner.submit, self.settings.train_every)
+
+    def _job_finished(self, project: str, kind: str, ok: bool) -> None:
+        """Swap the serving model as soon as an embedded job wrote a new version."""
+        if ok and "registry" in self.__dict__:
+            self.registry.reload(project)
 
     @cached_property
     def images(self) -> ImageLoader:

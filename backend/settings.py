@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from urllib.parse import urlparse
 
 from model.detector import DetectorConfig
+from model.losses import LossConfig
+from model.train import TrainConfig
 
 
 class SettingsError(ValueError):
@@ -52,6 +54,17 @@ class Settings:
     max_image_pixels: int = 50_000_000
     image_cache_dir: str = ""
     model_title: str = "HUA Faster R-CNN"
+    train_every: int = 10
+    train_reinit: bool = False
+    loss: str = "synchronic"
+    eiou_gamma: float = 0.8
+    sync_lambda: float | None = None
+    epochs: int = 8
+    learning_rate: float = 0.01
+    train_batch_size: int = 2
+    train_seed: int | None = None
+    redis_url: str = ""
+    job_timeout: int = 6 * 3600
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -77,8 +90,11 @@ class Settings:
         for name in ("batch_size", "fetch_workers", "workers", "threads", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env_name(name)} must be at least 1")
+        if self.train_every < 1:
+            raise SettingsError("TRAIN_EVERY must be at least 1")
         try:
             self.detector_config()
+            self.train_config()
         except ValueError as exc:
             raise SettingsError(str(exc)) from exc
 
@@ -89,6 +105,22 @@ class Settings:
             weights=self.weights,
             score_threshold=self.score_threshold,
             allow_download=self.allow_weights_download,
+            loss=self.loss_config(),
+        )
+
+    def loss_config(self) -> LossConfig:
+        """LOSS, EIOU_GAMMA and SYNC_LAMBDA (empty: dynamic matching)."""
+        return LossConfig(kind=self.loss, eiou_gamma=self.eiou_gamma, lambda_fixed=self.sync_lambda)
+
+    def train_config(self) -> TrainConfig:
+        """The slice of the settings that ``model.train`` needs."""
+        return TrainConfig(
+            epochs=self.epochs,
+            lr=self.learning_rate,
+            batch_size=self.train_batch_size,
+            seed=self.train_seed,
+            reinit=self.train_reinit,
+            loss=self.loss_config(),
         )
 
     @property
@@ -126,6 +158,17 @@ ENVIRONMENT: dict[str, str] = {
     "MAX_IMAGE_PIXELS": "max_image_pixels",
     "IMAGE_CACHE_DIR": "image_cache_dir",
     "MODEL_TITLE": "model_title",
+    "TRAIN_EVERY": "train_every",
+    "TRAIN_REINIT": "train_reinit",
+    "LOSS": "loss",
+    "EIOU_GAMMA": "eiou_gamma",
+    "SYNC_LAMBDA": "sync_lambda",
+    "EPOCHS": "epochs",
+    "LEARNING_RATE": "learning_rate",
+    "TRAIN_BATCH_SIZE": "train_batch_size",
+    "TRAIN_SEED": "train_seed",
+    "REDIS_URL": "redis_url",
+    "JOB_TIMEOUT": "job_timeout",
 }
 
 
@@ -135,6 +178,7 @@ def _env_name(attr: str) -> str:
 
 def _parse(name: str, raw: str, kind: str) -> object:
     """Convert one variable to the attribute's type (annotations are strings here)."""
+    kind = kind.replace(" | None", "")
     try:
         if kind == "int":
             return int(raw)

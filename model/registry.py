@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torchvision.models.detection import FasterRCNN
 
 from model.detector import Detector, DetectorConfig, WeightsReport, build_empty_model, build_model
 from model.versions import CheckpointError, Version, VersionStore, check_meta, load_weights
@@ -32,6 +34,13 @@ class ServedModel:
         return self.version.name
 
 
+def load_version_model(config: DetectorConfig, version: Version) -> FasterRCNN:
+    """The model of a stored version (architecture from ``config``, classes from its meta)."""
+    model = build_empty_model(config, len(version.meta["labels"]))
+    model.load_state_dict(load_weights(version))
+    return model
+
+
 class ModelRegistry:
     """Loads, creates and caches one serving model per project.
 
@@ -46,10 +55,14 @@ class ModelRegistry:
         device (torch.device): where models run.
     """
 
-    def __init__(self, store: VersionStore, config: DetectorConfig, device: torch.device) -> None:
+    def __init__(
+        self, store: VersionStore, config: DetectorConfig, device: torch.device, refresh_every: float = 2.0
+    ) -> None:
         self.store = store
         self.config = config
         self.device = device
+        self.refresh_every = refresh_every
+        self._checked: dict[str, float] = {}
         self._served: dict[str, ServedModel] = {}
         self._lock = threading.Lock()
         self._project_locks: dict[str, threading.Lock] = {}
@@ -67,13 +80,24 @@ class ModelRegistry:
         """The model serving ``project`` for these labels, loading or creating it once."""
         served = self._served.get(project)
         if served is not None and served.detector.labels == list(labels):
-            return served
+            return self._refreshed(project, served)
         with self._project_lock(project):
             served = self._served.get(project)
             if served is None or served.detector.labels != list(labels):
                 served = self._load_or_create(project, list(labels), aliases or {})
                 self._served[project] = served
             return served
+
+    def _refreshed(self, project: str, served: ServedModel) -> ServedModel:
+        """``served``, or a newer version another process wrote (checked every ``refresh_every`` s)."""
+        now = time.monotonic()
+        if now - self._checked.get(project, 0.0) < self.refresh_every:
+            return served
+        self._checked[project] = now
+        latest = self.store.latest(project)
+        if latest is None or latest.name == served.name or latest.meta.get("labels") != served.detector.labels:
+            return served
+        return self.reload(project) or served
 
     def reload(self, project: str) -> ServedModel | None:
         """Swap to the newest version on disk, if it differs from the one serving."""
@@ -98,8 +122,7 @@ class ModelRegistry:
         return self._create(project, labels, aliases)
 
     def _load(self, version: Version) -> ServedModel:
-        model = build_empty_model(self.config, len(version.meta["labels"]))
-        model.load_state_dict(load_weights(version))
+        model = load_version_model(self.config, version)
         return ServedModel(Detector(model, version.meta["labels"], self.device), version)
 
     def _create(self, project: str, labels: list[str], aliases: dict[str, list[str]]) -> ServedModel:

@@ -82,7 +82,7 @@ class VersionStore:
             meta = path / META_FILE
             if _VERSION.match(path.name) and meta.is_file() and (path / WEIGHTS_FILE).is_file():
                 found.append(Version(project, path.name, path, json.loads(meta.read_text())))
-        return found
+        return sorted(found, key=lambda v: int(_VERSION.match(v.name).group(1)))  # v10000 after v9999
 
     def latest(self, project: str) -> Version | None:
         """The newest complete version, or None."""

@@ -37,8 +37,9 @@ differences are marked "NOTE"):
   ``model_version`` is what /setup returned; the *project's* model_version becomes
   the ML backend's title.
 - NOTE: ``GET /api/ml/{id}/versions`` makes Label Studio call the backend with
-  **GET** /versions (no body), not POST. A 404 falls back to the ML backend's
-  model_version; any other error (e.g. 405) is passed on as an error.
+  **GET** /versions, not POST, and WITHOUT the project (no body, no query string).
+  A 404 falls back to ``[<ML backend's model_version>]`` (the /setup answer at
+  connect time); any other error (e.g. 405) is passed on as an error.
 - ``POST /api/ml/{id}/train`` answers 200 with an empty body and sends
   ``/webhook {"action": "START_TRAINING"}`` with basic auth; annotation webhooks
   (``ANNOTATION_CREATED``) come without any auth header.
@@ -742,7 +743,8 @@ def ls_venv() -> Path:
     try:
         return ensure_ls_venv()
     except RuntimeError as e:
-        pytest.fail(f"cannot set up the Label Studio venv: {e}", pytrace=False)
+        error = str(e)
+    pytest.fail(f"cannot set up the Label Studio venv: {error}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -751,7 +753,9 @@ def label_studio(ls_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     try:
         server = start_label_studio(ls_venv, base)
     except RuntimeError as e:
-        pytest.fail(f"Label Studio did not start: {e}", pytrace=False)
+        server, error = None, str(e)
+    if server is None:
+        pytest.fail(f"Label Studio did not start: {error}", pytrace=False)
     print(f"\nLabel Studio {server.url} up after {server.start_seconds:.1f} s, log {server.log_path}")
     try:
         yield server
@@ -764,9 +768,10 @@ def ls_client(label_studio: LabelStudioServer) -> LabelStudio:
     client = label_studio.client()
     try:
         client.whoami()
+        return client
     except LabelStudioError as e:
-        pytest.fail(f"the legacy token is refused: {e}\n{label_studio.log_tail()}", pytrace=False)
-    return client
+        error = str(e)
+    pytest.fail(f"the legacy token is refused: {error}\n{label_studio.log_tail()}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -775,7 +780,9 @@ def ml_backend(label_studio: LabelStudioServer, tmp_path_factory: pytest.TempPat
     try:
         server = start_ml_backend(label_studio, base / "model", base / "gunicorn.log")
     except RuntimeError as e:
-        pytest.fail(f"the ML backend did not start: {e}", pytrace=False)
+        server, error = None, str(e)
+    if server is None:
+        pytest.fail(f"the ML backend did not start: {error}", pytrace=False)
     print(f"\nML backend {server.url} up after {server.start_seconds:.1f} s, log {server.log_path}")
     try:
         yield server

@@ -1,0 +1,104 @@
+"""From Label Studio's annotated tasks to training samples.
+
+Per task the newest annotation that was not cancelled counts. Its
+rectanglelabels regions are converted from percent of the displayed image to
+pixels; rotated boxes, unknown labels and images that cannot be fetched are
+skipped with a warning naming the task, never fatal to the training.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from backend.errors import ImageError
+from backend.images import ImageLoader
+from backend.labels import ProjectLabels
+from model.train import Sample
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingSet:
+    """Samples plus what was left out and why (for the job's record)."""
+
+    samples: list[Sample] = field(default_factory=list)
+    annotation_ids: list[int] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
+def newest_annotation(task: dict) -> dict | None:
+    """The task's newest annotation that was not cancelled (skipped), or None."""
+    kept = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+    if not kept:
+        return None
+    return max(kept, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id") or 0))
+
+
+def region_box(value: dict, width: int, height: int) -> list[float]:
+    """A region's percent x/y/width/height as pixel x1, y1, x2, y2, clipped to the image."""
+    x1 = max(0.0, float(value["x"]) * width / 100.0)
+    y1 = max(0.0, float(value["y"]) * height / 100.0)
+    x2 = min(float(width), (float(value["x"]) + float(value["width"])) * width / 100.0)
+    y2 = min(float(height), (float(value["y"]) + float(value["height"])) * height / 100.0)
+    return [x1, y1, x2, y2]
+
+
+def annotation_boxes(
+    annotation: dict, names: ProjectLabels, width: int, height: int, task_id: object
+) -> tuple[list[list[float]], list[int]]:
+    """Pixel boxes and class indices (1..C) of one annotation's rectangles."""
+    boxes, labels = [], []
+    for region in annotation.get("result") or []:
+        if region.get("type") != "rectanglelabels" or region.get("from_name") != names.from_name:
+            continue
+        value = region.get("value") or {}
+        if abs(float(value.get("rotation") or 0.0)) > 1e-6:
+            logger.warning("task %s: rotated box refused (the detector predicts axis-aligned boxes)", task_id)
+            continue
+        label = (value.get("rectanglelabels") or [None])[0]
+        if label not in names.labels:
+            logger.warning("task %s: label %r is not in the label config, region skipped", task_id, label)
+            continue
+        box = region_box(value, width, height)
+        if box[2] - box[0] >= 1.0 and box[3] - box[1] >= 1.0:
+            boxes.append(box)
+            labels.append(names.labels.index(label) + 1)
+    return boxes, labels
+
+
+def training_set(tasks: Sequence[dict], names: ProjectLabels, loader: ImageLoader, workers: int) -> TrainingSet:
+    """Samples for every task with a usable annotation; images fetched concurrently."""
+    chosen = [(task, newest_annotation(task)) for task in tasks]
+    chosen = [(task, ann) for task, ann in chosen if ann is not None]
+    urls = [((task.get("data") or {}).get(names.value_key), task.get("id")) for task, _ in chosen]
+    paths = loader.path_many(urls, workers)
+    result = TrainingSet()
+    for (task, annotation), path in zip(chosen, paths):
+        try:
+            if isinstance(path, ImageError):
+                raise path
+            width, height = loader.size(path)
+        except ImageError as exc:
+            logger.warning("task %s: image skipped for training: %s", task.get("id"), exc)
+            result.skip("image")
+            continue
+        boxes, labels = annotation_boxes(annotation, names, width, height, task.get("id"))
+        result.samples.append(
+            Sample(
+                image_path=path,
+                boxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                labels=torch.tensor(labels, dtype=torch.int64),
+                key=str(annotation.get("id")),
+            )
+        )
+        result.annotation_ids.append(int(annotation.get("id") or 0))
+    return result
+

@@ -1,0 +1,77 @@
+"""A training job: Label Studio's annotations in, a new model version out.
+
+The data always come from Label Studio's API with the backend's own token,
+never from a webhook payload. The new version is written atomically; the
+serving model is only swapped (by the caller) once the version is complete, so
+a failed or killed training never replaces the model that is serving.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+
+from backend.annotations import training_set
+from backend.labels import ProjectLabels, parse_label_config
+from backend.service import Service
+from model.detector import build_model
+from model.registry import load_version_model
+from model.train import Progress, train
+from model.versions import CheckpointError, Version, check_meta
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """A training that cannot run (no usable annotations, no Label Studio)."""
+
+
+def _starting_point(service: Service, project: str, names: ProjectLabels) -> tuple[object, str | None, str]:
+    """(model, parent version, origin): the serving version, or the base weights.
+
+    Base weights when the project has no version yet, when its labels changed,
+    or when TRAIN_REINIT asks for the paper's protocol (re-initialise each time).
+    """
+    config = service.settings.detector_config()
+    latest = service.store.latest(project)
+    if latest is not None and not service.settings.train_reinit:
+        try:
+            check_meta(latest.meta, list(names.labels), config.backbone)
+            return load_version_model(config, latest), latest.name, latest.meta.get("weights", "unknown")
+        except CheckpointError as exc:
+            logger.warning("project %s: %s; training from base weights", project, exc)
+    model, report = build_model(config, list(names.labels), names.aliases)
+    return model, None, report.used
+
+
+def run_training(service: Service, project: str, progress: Progress | None = None) -> Version:
+    """Fetch the project's annotations, fine-tune, and save a new version.
+
+    Raises:
+        TrainingError: nothing usable to train on.
+    """
+    client = service.ls_client
+    names = parse_label_config(client.project(project)["label_config"])
+    data = training_set(client.labeled_tasks(project), names, service.images, service.settings.fetch_workers)
+    if not data.samples:
+        raise TrainingError(f"project {project} has no usable annotations (skipped: {data.skipped})")
+    logger.info("project %s: training on %d images (skipped %s)", project, len(data.samples), data.skipped)
+    model, parent, origin = _starting_point(service, project, names)
+    config = service.settings.train_config()
+    result = train(model, data.samples, config, service.registry.device, progress)
+    meta = {
+        "labels": list(names.labels),
+        "backbone": service.settings.backbone,
+        "weights": origin,
+        "parent": parent,
+        "annotation_ids": sorted(data.annotation_ids),
+        "skipped": data.skipped,
+        "metrics": result.metrics,
+        "epoch_losses": result.epoch_losses,
+        "held_out": result.held_out,
+        "train_config": {k: v for k, v in asdict(config).items() if k != "loss"},
+        "loss": asdict(config.loss),
+    }
+    version = service.store.save(project, model.cpu().state_dict(), meta)
+    logger.info("project %s: trained %s (parent %s), metrics %s", project, version.name, parent, result.metrics)
+    return version

@@ -1,0 +1,373 @@
+"""Service overhead of /predict: the bare forward pass against the HTTP round trip.
+
+In one run, side by side and interleaved (a, b, a, b, ...), for each batch size N:
+
+(a) bare: ``model.detector.Detector.predict`` on N float tensors that are already
+    decoded, in this process (what the service does after decoding);
+(b) service: ``POST /predict`` with N tasks, over real HTTP, to the backend under
+    gunicorn (``docker/gunicorn.conf.py``) in a subprocess. The tasks point at JPEG
+    files under LOCAL_FILES_DOCUMENT_ROOT (``/data/local-files/?d=<name>.jpg``), so
+    (b) also pays what the service really has to do around the model: request JSON
+    and label-config parsing, reading and decoding the JPEGs (fetch thread pool,
+    EXIF transpose, RGB), ``to_tensor``, building the answer and its JSON, HTTP.
+
+Both run the identical model: the service creates its first version from
+WEIGHTS=none on the first /predict, and the bare detector is built from that very
+``MODEL_DIR/<project>/v0001/weights.pt`` with the DetectorConfig the service derives
+from the same environment; the run checks that both give the same task scores.
+
+Torch threads: the backend has no setting for torch's thread count, so the
+gunicorn worker gets OMP_NUM_THREADS (and MKL_NUM_THREADS) and this process calls
+``torch.set_num_threads`` with the same count. (a) and (b) never run at the same
+time, so each has every core while it is measured.
+
+Usage (from the repository root)::
+
+    .venv/bin/python -m bench.bench_predict --batch-sizes 1 8 --repeats 5
+
+The issue's goal: overhead (b - a) / a at most 10 % at batch 8 on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import requests
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.transforms.functional import to_tensor
+
+from backend.settings import ENVIRONMENT, Settings
+from model.detector import Detector, build_empty_model
+from model.hua import image_entropy
+from model.versions import VersionStore, load_weights
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist_digits_10k.npz"
+PROJECT = "1"
+LABELS = [str(d) for d in range(10)]
+LABEL_CONFIG = (
+    '<View><Image name="image" value="$image"/>'
+    '<RectangleLabels name="label" toName="image">'
+    + "".join(f'<Label value="{label}"/>' for label in LABELS)
+    + "</RectangleLabels></View>"
+)
+JPEG_QUALITY = 90
+_LIBC = ctypes.CDLL(None, use_errno=True)
+SCORE_TOLERANCE = 1e-3
+
+
+# --- images -------------------------------------------------------------------------
+
+
+def _digit_source(seed: int) -> tuple[np.ndarray | None, str]:
+    """MNIST digits when the shared data set is beside the repository, else None."""
+    if MNIST.is_file():
+        return np.load(MNIST)["images"], f"MNIST digits from {MNIST.name}"
+    return None, "random rectangles (no MNIST file found)"
+
+
+def make_scene(rng: np.random.Generator, height: int, width: int, digits: np.ndarray | None) -> Image.Image:
+    """A cluttered RGB scene: a shaded, noisy background and 4-10 pasted objects.
+
+    Objects are scaled MNIST digits in random colours when ``digits`` is given, or
+    filled rectangles otherwise; either way JPEG size and decode cost are those of a
+    photo-like image rather than of flat colour or pure noise.
+    """
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = rng.uniform(40, 200, size=3)
+    tilt = rng.uniform(-60, 60, size=3)
+    canvas = base + tilt * (xx / width)[..., None] + tilt[::-1] * (yy / height)[..., None]
+    canvas += rng.normal(0, 8, size=canvas.shape)
+    for _ in range(int(rng.integers(4, 11))):
+        size = int(rng.integers(height // 12, height // 3))
+        y, x = int(rng.integers(0, height - size)), int(rng.integers(0, width - size))
+        colour = rng.uniform(0, 255, size=3)
+        if digits is not None:
+            glyph = Image.fromarray(digits[int(rng.integers(len(digits)))]).resize((size, size), Image.BILINEAR)
+            alpha = np.asarray(glyph, dtype=np.float32)[..., None] / 255.0
+        else:
+            alpha = np.ones((size, int(size * rng.uniform(0.5, 1.0)), 1), dtype=np.float32)
+        h, w = alpha.shape[:2]
+        patch = canvas[y : y + h, x : x + w]
+        canvas[y : y + h, x : x + w] = patch * (1 - alpha) + colour * alpha
+    return Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8), "RGB")
+
+
+def write_images(root: Path, count: int, height: int, width: int, seed: int) -> tuple[list[str], str]:
+    """``count`` JPEG scenes under ``root``; returns their file names and the object source."""
+    rng = np.random.default_rng(seed)
+    digits, source = _digit_source(seed)
+    names = []
+    for i in range(count):
+        name = f"bench_{i:03d}.jpg"
+        make_scene(rng, height, width, digits).save(root / name, quality=JPEG_QUALITY)
+        names.append(name)
+    return names, source
+
+
+def decoded_tensors(root: Path, names: list[str]) -> list[Tensor]:
+    """The images as (a) gets them: decoded once, outside any timing."""
+    tensors = []
+    for name in names:
+        with Image.open(root / name) as img:
+            tensors.append(to_tensor(img.convert("RGB")))
+    return tensors
+
+
+# --- the service under gunicorn ---------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def service_env(args: argparse.Namespace, model_dir: Path, doc_root: Path, port: int) -> dict[str, str]:
+    """The backend's variables for the run; every other backend variable is unset."""
+    settings = {
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "MODEL_DIR": str(model_dir),
+        "WEIGHTS": "none",
+        "ALLOW_WEIGHTS_DOWNLOAD": "false",
+        "BACKBONE": args.backbone,
+        "DEVICE": "cpu",
+        "SCORE_THRESHOLD": "0.5",
+        "LOCAL_FILES_DOCUMENT_ROOT": str(doc_root),
+        "THREADS": "4",
+        "BATCH_SIZE": "8",
+    }
+    threads = str(args.torch_threads)
+    inherited = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT}
+    return {**inherited, **settings, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
+@dataclass
+class Service:
+    """A running gunicorn with the backend, and where its log goes."""
+
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+    session: requests.Session = field(default_factory=requests.Session)
+
+    @classmethod
+    def start(cls, env: dict[str, str], log_path: Path, timeout_s: float = 120.0) -> "Service":
+        gunicorn = Path(sys.executable).parent / "gunicorn"
+        cmd = [str(gunicorn), "-c", "docker/gunicorn.conf.py", "backend.app:create_app()"]
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        service = cls(f"http://{env['HOST']}:{env['PORT']}", proc, log_path)
+        service.wait_ready(timeout_s)
+        return service
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.process.returncode}; see {self.log_path}")
+            try:
+                if self.session.get(f"{self.url}/health", timeout=2).ok:
+                    return
+            except requests.RequestException:  # not listening yet, or the worker still importing torch
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"gunicorn not ready after {timeout_s} s; see {self.log_path}")
+
+    def predict(self, names: list[str]) -> dict:
+        """POST /predict for one task per image; raises unless every task got a prediction."""
+        tasks = [{"id": i + 1, "data": {"image": f"/data/local-files/?d={name}"}} for i, name in enumerate(names)]
+        body = {"tasks": tasks, "project": f"{PROJECT}.1700000000", "label_config": LABEL_CONFIG}
+        response = self.session.post(f"{self.url}/predict", json=body, timeout=300)
+        response.raise_for_status()
+        answer = response.json()
+        if len(answer["results"]) != len(names) or any(r["score"] is None for r in answer["results"]):
+            raise RuntimeError(f"/predict did not predict every task; see {self.log_path}")
+        return answer
+
+    def pids(self) -> tuple[int, ...]:
+        """gunicorn's master and its worker(s)."""
+        master = self.process.pid
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        return (master, *(int(pid) for pid in children))
+
+    def stop(self) -> None:
+        self.session.close()
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+# --- the bare model -----------------------------------------------------------------
+
+
+def bare_detector(env: dict[str, str]) -> Detector:
+    """The service's first version, loaded as the service would load it, on the CPU."""
+    settings = Settings.from_env(env)
+    version = VersionStore(settings.model_dir).latest(PROJECT)
+    if version is None:
+        raise RuntimeError("the service wrote no model version")
+    model = build_empty_model(settings.detector_config(), len(version.meta["labels"]))
+    model.load_state_dict(load_weights(version))
+    return Detector(model, version.meta["labels"], torch.device("cpu"))
+
+
+def check_same_model(detector: Detector, tensors: list[Tensor], answer: dict) -> None:
+    """Task scores and box counts of (a) must be those of (b): same weights, same pixels."""
+    for det, result in zip(detector.predict(tensors), answer["results"]):
+        score = 1.0 - float(image_entropy(det.top_probs))
+        if abs(score - result["score"]) > SCORE_TOLERANCE or len(det.boxes) != len(result["result"]):
+            raise RuntimeError(
+                f"bare and service disagree (score {score:.5f} vs {result['score']:.5f}, "
+                f"boxes {len(det.boxes)} vs {len(result['result'])}): not the same model or input"
+            )
+
+
+# --- measurement --------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time used so far by every thread, live or finished, of process ``pid``."""
+    clock = ctypes.c_int()
+    if _LIBC.clock_getcpuclockid(pid, ctypes.byref(clock)) != 0:
+        raise OSError(f"no CPU clock for process {pid}")
+    return time.clock_gettime(clock.value)
+
+
+def _timed(fn, pids: tuple[int, ...] = ()) -> tuple[float, float]:
+    """Wall seconds of ``fn()`` and CPU seconds it cost this process and ``pids``."""
+    cpu = time.process_time() + sum(cpu_seconds(p) for p in pids)
+    start = time.perf_counter()
+    fn()
+    wall = time.perf_counter() - start
+    return wall, time.process_time() + sum(cpu_seconds(p) for p in pids) - cpu
+
+
+def measure(detector: Detector, service: Service, tensors: list[Tensor], names: list[str],
+            batch_sizes: list[int], repeats: int, warmup: int) -> dict[int, dict[str, list[float]]]:
+    """Wall and CPU seconds per call of (a) and (b) for each batch size, taken alternately.
+
+    (b)'s CPU time is that of this process (the HTTP client) plus gunicorn's master
+    and worker: unlike wall time it hardly moves when other programs share the CPUs.
+    """
+    samples = {n: {k: [] for k in ("bare", "service", "bare_cpu", "service_cpu")} for n in batch_sizes}
+    pids = service.pids()
+    for rep in range(warmup + repeats):
+        for n in batch_sizes:
+            bare = _timed(lambda: detector.predict(tensors[:n]))
+            served = _timed(lambda: service.predict(names[:n]), pids)
+            if rep >= warmup:
+                for key, (wall, cpu) in (("bare", bare), ("service", served)):
+                    samples[n][key].append(wall)
+                    samples[n][f"{key}_cpu"].append(cpu)
+    return samples
+
+
+def summarise(samples: dict[int, dict[str, list[float]]]) -> list[dict]:
+    """Medians per batch size, and the overhead of (b) over (a) in wall and in CPU time."""
+    rows = []
+    for n, runs in samples.items():
+        med = {key: statistics.median(values) for key, values in runs.items()}
+        rows.append({
+            "batch_size": n,
+            "bare_s": med["bare"],
+            "service_s": med["service"],
+            "ratio": med["service"] / med["bare"],
+            "overhead_pct": 100.0 * (med["service"] - med["bare"]) / med["bare"],
+            "overhead_ms_per_image": 1000.0 * (med["service"] - med["bare"]) / n,
+            "bare_cpu_s": med["bare_cpu"],
+            "service_cpu_s": med["service_cpu"],
+            "cpu_overhead_pct": 100.0 * (med["service_cpu"] - med["bare_cpu"]) / med["bare_cpu"],
+        })
+    return rows
+
+
+def print_table(rows: list[dict], header: str) -> None:
+    print(header)
+    print(f"{'batch':>5}  {'(a) bare ms':>11}  {'(b) /predict ms':>15}  {'b/a':>6}  {'overhead':>8}  "
+          f"{'ms/img':>7}  {'| CPU (a) ms':>11}  {'CPU (b) ms':>10}  {'CPU overhead':>12}")
+    for r in rows:
+        print(f"{r['batch_size']:>5}  {1000 * r['bare_s']:>11.1f}  {1000 * r['service_s']:>15.1f}  "
+              f"{r['ratio']:>6.3f}  {r['overhead_pct']:>7.1f}%  {r['overhead_ms_per_image']:>7.1f}  "
+              f"| {1000 * r['bare_cpu_s']:>9.1f}  {1000 * r['service_cpu_s']:>10.1f}  {r['cpu_overhead_pct']:>11.1f}%")
+    print("(a) = Detector.predict on already-decoded float tensors, in this process.\n"
+          "(b) = POST /predict over HTTP to gunicorn: request/answer JSON, reading + JPEG decoding + to_tensor\n"
+          "      (decode cost is in (b) only), the same model. Medians; overhead = (b - a) / a.\n"
+          "CPU columns: CPU time of all threads ((b): client + gunicorn master + worker), a cross-check\n"
+          "      that other programs sharing the machine barely move.")
+
+
+# --- command line -------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone", default="mobilenet_v3_320_fpn")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=5, help="measured rounds (default 5)")
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured rounds first (default 2)")
+    parser.add_argument("--image-size", default="480x640", help="HEIGHTxWIDTH of the JPEGs (default 480x640)")
+    parser.add_argument("--torch-threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="torch threads in both processes (default: the CPUs available)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="also write the samples and the summary as JSON")
+    args = parser.parse_args(argv)
+    args.height, args.width = (int(v) for v in args.image_size.lower().split("x"))
+    return args
+
+
+def run(args: argparse.Namespace, tmp: Path) -> dict:
+    doc_root, model_dir = tmp / "files", tmp / "models"
+    doc_root.mkdir()
+    names, source = write_images(doc_root, max(args.batch_sizes), args.height, args.width, args.seed)
+    tensors = decoded_tensors(doc_root, names)
+    env = service_env(args, model_dir, doc_root, free_port())
+    service = Service.start(env, tmp / "gunicorn.log")
+    try:
+        service.predict(names[:1])  # creates MODEL_DIR/<project>/v0001 from WEIGHTS=none
+        detector = bare_detector(env)
+        check_same_model(detector, tensors, service.predict(names))
+        samples = measure(detector, service, tensors, names, args.batch_sizes, args.repeats, args.warmup)
+    finally:
+        service.stop()
+    return {"samples": samples, "rows": summarise(samples), "images": source}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.torch_threads)
+    with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
+        result = run(args, Path(tmp))
+    header = (f"/predict overhead, {args.backbone}, {args.height}x{args.width} JPEG q{JPEG_QUALITY} "
+              f"({result['images']}), CPU, {args.torch_threads} torch threads, "
+              f"{args.repeats} interleaved repeats after {args.warmup} warm-up rounds")
+    print_table(result["rows"], header)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        config = {k: v for k, v in vars(args).items() if k != "out"}
+        args.out.write_text(json.dumps({"config": config, **result}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

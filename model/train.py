@@ -1,0 +1,271 @@
+"""Fine-tuning a detector on labelled images, with the synchronic or standard loss.
+
+Used by the service's training jobs and by the active-learning benchmark, so
+nothing here knows where the images came from: a training set is a list of
+``Sample`` (an image file, its boxes in pixels, its class indices).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.models.detection import FasterRCNN
+from torchvision.transforms.functional import to_tensor
+
+from model.losses import LossConfig, combine_losses
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings; the defaults suit a labelling loop of tens to hundreds of images.
+
+    ``reinit`` re-initialises from the base weights for every training (the
+    paper's protocol) instead of fine-tuning the serving version.
+    ``holdout_fraction`` of the samples (at least ``min_holdout``, only when
+    at least ``min_samples_for_holdout`` exist) are kept out for mAP.
+    """
+
+    epochs: int = 8
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 2
+    warmup_iters: int = 50
+    lr_drop_epochs: tuple[int, ...] = ()
+    flip_prob: float = 0.5
+    seed: int | None = None
+    reinit: bool = False
+    holdout_fraction: float = 0.2
+    min_holdout: int = 2
+    min_samples_for_holdout: int = 10
+    loss: LossConfig = LossConfig()
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be at least 1")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image.
+
+    Attributes:
+        image_path (str): a local image file (EXIF orientation is applied on load).
+        boxes (Tensor[N, 4]): x1, y1, x2, y2 in pixels of the displayed image.
+        labels (Tensor[N]): int64 classes in 1..C.
+        key (str): where it came from (e.g. the annotation id), for the version's meta.
+    """
+
+    image_path: str
+    boxes: Tensor
+    labels: Tensor
+    key: str = ""
+
+
+@dataclass
+class TrainResult:
+    """What a training produced besides the weights."""
+
+    epoch_losses: list[dict[str, float]] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    trained_on: list[str] = field(default_factory=list)
+    held_out: list[str] = field(default_factory=list)
+
+
+def load_image(path: str) -> Tensor:
+    """Decode an image file as Label Studio shows it: EXIF-rotated RGB, ``Tensor[3, H, W]`` in [0, 1]."""
+    with Image.open(path) as img:
+        return to_tensor(ImageOps.exif_transpose(img).convert("RGB"))
+
+
+class DetectionDataset(Dataset):
+    """Samples as (image, target) pairs, mirrored horizontally with probability ``flip_prob``."""
+
+    def __init__(self, samples: Sequence[Sample], flip_prob: float, generator: random.Random) -> None:
+        self.samples = list(samples)
+        self.flip_prob = flip_prob
+        self.random = generator
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+        sample = self.samples[index]
+        image = load_image(sample.image_path)
+        boxes = sample.boxes.to(torch.float32).reshape(-1, 4)
+        if self.random.random() < self.flip_prob:
+            image = image.flip(-1)
+            boxes = flip_boxes(boxes, image.shape[-1])
+        return image, {"boxes": boxes, "labels": sample.labels.to(torch.int64).reshape(-1)}
+
+
+def flip_boxes(boxes: Tensor, width: int) -> Tensor:
+    """Mirror ``Tensor[N, 4]`` xyxy boxes of an image ``width`` pixels wide."""
+    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+
+
+def split_holdout(samples: Sequence[Sample], config: TrainConfig, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """(train, held out): a fixed-seed slice for mAP when there are enough samples."""
+    if len(samples) < config.min_samples_for_holdout or config.holdout_fraction == 0:
+        return list(samples), []
+    order = list(range(len(samples)))
+    random.Random(seed).shuffle(order)
+    count = max(config.min_holdout, int(len(samples) * config.holdout_fraction))
+    held = set(order[:count])
+    return [s for i, s in enumerate(samples) if i not in held], [s for i, s in enumerate(samples) if i in held]
+
+
+def _collate(batch: list[tuple[Tensor, dict[str, Tensor]]]) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+    return [item[0] for item in batch], [item[1] for item in batch]
+
+
+def _lr_factor(iteration: int, epoch: int, config: TrainConfig) -> float:
+    """Linear warm-up from 1/1000 over ``warmup_iters``, then x0.1 at each drop epoch."""
+    warm = 1.0
+    if iteration < config.warmup_iters:
+        alpha = iteration / config.warmup_iters
+        warm = 0.001 * (1 - alpha) + alpha
+    return warm * 0.1 ** sum(1 for drop in config.lr_drop_epochs if epoch >= drop)
+
+
+def _optimizer(model: FasterRCNN, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def _seed_everything(seed: int | None) -> random.Random:
+    if seed is not None:
+        torch.manual_seed(seed)
+    return random.Random(seed)
+
+
+def train_step(
+    model: FasterRCNN,
+    images: list[Tensor],
+    targets: list[dict[str, Tensor]],
+    optimizer: torch.optim.Optimizer,
+    loss_config: LossConfig,
+    scaler: torch.amp.GradScaler | None = None,
+) -> dict[str, float]:
+    """One optimisation step; returns the logged loss terms. Autocast when a scaler is given (CUDA)."""
+    device = next(model.parameters()).device
+    images = [img.to(device, non_blocking=True) for img in images]
+    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    with torch.autocast(device.type, enabled=scaler is not None):
+        total, logged = combine_losses(model(images, targets), loss_config)
+    if not math.isfinite(logged["total"]):
+        raise FloatingPointError(f"training loss is not finite: {logged}")
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(total).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        total.backward()
+        optimizer.step()
+    return logged
+
+
+def train(
+    model: FasterRCNN,
+    samples: Sequence[Sample],
+    config: TrainConfig,
+    device: torch.device,
+    progress: Progress | None = None,
+    evaluate: Callable[[FasterRCNN, Sequence[Sample]], dict[str, float]] | None = None,
+) -> TrainResult:
+    """Fine-tune ``model`` in place on ``samples``.
+
+    Args:
+        model (FasterRCNN): with ``UncertaintyRoIHeads`` whose loss matches ``config.loss``.
+        samples (Sequence[Sample]): the labelled images; images without boxes are negatives.
+        progress (Progress): called with (fraction done, message) after every step.
+        evaluate: mAP on the held-out slice (default ``evaluate_map``).
+    Raises:
+        ValueError: no samples; FloatingPointError: the loss diverged.
+    """
+    if not samples:
+        raise ValueError("nothing to train on: no labelled images")
+    rng = _seed_everything(config.seed)
+    train_set, held_out = split_holdout(samples, config, seed=config.seed or 0)
+    loader = DataLoader(
+        DetectionDataset(train_set, config.flip_prob, rng), batch_size=config.batch_size, shuffle=True,
+        collate_fn=_collate, generator=torch.Generator().manual_seed(config.seed or 0),
+    )
+    model.roi_heads.loss = config.loss
+    model.to(device).train()
+    optimizer = _optimizer(model, config)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+    result = TrainResult(trained_on=[s.key for s in train_set], held_out=[s.key for s in held_out])
+    total_steps, step = config.epochs * len(loader), 0
+    for epoch in range(config.epochs):
+        sums: dict[str, float] = {}
+        for images, targets in loader:
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * _lr_factor(step, epoch, config)
+            logged = train_step(model, images, targets, optimizer, config.loss, scaler)
+            sums = {k: sums.get(k, 0.0) + v for k, v in logged.items()}
+            step += 1
+            if progress:
+                progress(step / total_steps, f"epoch {epoch + 1}/{config.epochs} loss {logged['total']:.3f}")
+        result.epoch_losses.append({k: v / len(loader) for k, v in sums.items()})
+        logger.info("epoch %d/%d: %s", epoch + 1, config.epochs, _fmt(result.epoch_losses[-1]))
+    model.eval()
+    if held_out:
+        result.metrics = (evaluate or evaluate_map)(model, held_out)
+    return result
+
+
+def _fmt(values: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in sorted(values.items()))
+
+
+@torch.inference_mode()
+def predict_samples(model: FasterRCNN, samples: Sequence[Sample], batch_size: int = 4) -> list[dict[str, Tensor]]:
+    """Raw torchvision outputs (boxes, labels, scores, ...) for each sample's image."""
+    device = next(model.parameters()).device
+    model.eval()
+    outputs: list[dict[str, Tensor]] = []
+    for start in range(0, len(samples), batch_size):
+        images = [load_image(s.image_path).to(device) for s in samples[start : start + batch_size]]
+        outputs.extend({k: v.cpu() for k, v in out.items()} for out in model(images))
+    return outputs
+
+
+def evaluate_map(model: FasterRCNN, samples: Sequence[Sample]) -> dict[str, float]:
+    """COCO-style mAP (torchmetrics): ``map`` (AP 0.5:0.95) and ``map_50`` on ``samples``.
+
+    Evaluated with the model's score threshold lowered to 0.001 (as COCO
+    evaluation does), then restored.
+    """
+    from torchmetrics.detection import MeanAveragePrecision
+
+    threshold = model.roi_heads.score_thresh
+    model.roi_heads.score_thresh = 0.001
+    try:
+        outputs = predict_samples(model, samples)
+    finally:
+        model.roi_heads.score_thresh = threshold
+    metric = MeanAveragePrecision(iou_type="bbox")
+    preds = [{"boxes": o["boxes"], "scores": o["scores"], "labels": o["labels"]} for o in outputs]
+    truth = [{"boxes": s.boxes.reshape(-1, 4).float(), "labels": s.labels.reshape(-1)} for s in samples]
+    metric.update(preds, truth)
+    values = metric.compute()
+    return {"map": float(values["map"]), "map_50": float(values["map_50"]), "images": float(len(samples))}
+

@@ -1,0 +1,39 @@
+"""Fixtures shared by the unit tests (helpers live in tests/helpers.py)."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from helpers import make_settings, write_image_set
+
+from backend.app import create_app
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_environment(tmp_path_factory: pytest.TempPathFactory):
+    """An empty TORCH_HOME (no cached weights, nothing downloaded into the user's cache)
+    and none of the Label Studio variables that label-studio-sdk would read itself."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+        for name in ("LABEL_STUDIO_URL", "LABEL_STUDIO_HOST", "LABEL_STUDIO_API_KEY", "LABEL_STUDIO_ACCESS_TOKEN"):
+            mp.delenv(name, raising=False)
+        yield
+
+
+@pytest.fixture(scope="session")
+def image_root(tmp_path_factory: pytest.TempPathFactory):
+    """LOCAL_FILES_DOCUMENT_ROOT of the session app, holding helpers' image set."""
+    return write_image_set(tmp_path_factory.mktemp("files") / "root")
+
+
+@pytest.fixture(scope="session")
+def app(tmp_path_factory: pytest.TempPathFactory, image_root) -> Flask:
+    """One app (and so one model per project) for the whole session."""
+    models = tmp_path_factory.mktemp("models")
+    return create_app(make_settings(models, local_files_document_root=str(image_root)))
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()

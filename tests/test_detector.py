@@ -1,0 +1,170 @@
+"""Tests of model/detector.py: building (weights fallback, devices) and batched
+inference of the real small detector on the CPU (no weights are downloaded)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.detections import Detections
+from model.detector import (
+    BACKBONES,
+    Detector,
+    DetectorConfig,
+    build_base_model,
+    build_empty_model,
+    build_model,
+    select_device,
+)
+
+LABELS = ["car", "person", "dog"]
+CONFIG = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False, score_threshold=0.0)
+
+
+@pytest.fixture(scope="module")
+def detector() -> Detector:
+    torch.manual_seed(0)
+    model, _ = build_model(CONFIG, LABELS)
+    return Detector(model, LABELS, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def image() -> torch.Tensor:
+    """A 200 x 100 image (W x H) with some structure: a bright rectangle on noise."""
+    gen = torch.Generator().manual_seed(1)
+    img = torch.rand(3, 100, 200, generator=gen) * 0.3
+    img[:, 20:70, 30:90] = 0.9
+    return img
+
+
+@pytest.fixture(scope="module")
+def single(detector, image) -> Detections:
+    """The detections of ``image`` alone (computed once: inference is the slow part)."""
+    (det,) = detector.predict([image])
+    return det
+
+
+class TestDetectorConfig:
+    def test_unknown_backbone(self):
+        with pytest.raises(ValueError, match="backbone"):
+            DetectorConfig(backbone="vgg16")
+
+    @pytest.mark.parametrize("threshold", [-0.01, 1.01])
+    def test_threshold_out_of_range(self, threshold):
+        with pytest.raises(ValueError, match="score_threshold"):
+            DetectorConfig(score_threshold=threshold)
+
+
+class TestSelectDevice:
+    def test_cuda_without_cuda_raises(self, monkeypatch):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        with pytest.raises(ValueError, match="CUDA"):
+            select_device("cuda")
+
+    def test_auto_without_cuda_is_cpu(self, monkeypatch):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        assert select_device("auto") == torch.device("cpu")
+
+    def test_auto_with_cuda_is_cuda(self, monkeypatch):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        assert select_device("auto").type == "cuda"
+
+    def test_cpu(self):
+        assert select_device("cpu") == torch.device("cpu")
+
+
+class TestWeightsFallback:
+    """TORCH_HOME is an empty folder (conftest), so no weights file is cached."""
+
+    def test_coco_offline_falls_back_to_none(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+        config = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="coco", allow_download=False)
+        model, report = build_base_model(config, 3)
+        assert (report.requested, report.used, report.fell_back) == ("coco", "none", True)
+        assert len(report.reasons) == 2
+        assert "coco" in report.reasons[0] and "imagenet" in report.reasons[1]
+        assert all("mobilenet_v3_320_fpn" in r for r in report.reasons)
+        assert model.roi_heads.box_predictor.cls_score.out_features == 3
+        assert not list(tmp_path.rglob("*.pth"))  # nothing was downloaded
+
+    def test_imagenet_offline_names_only_imagenet(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+        config = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="imagenet", allow_download=False)
+        _, report = build_base_model(config, 3)
+        assert report.used == "none"
+        assert len(report.reasons) == 1 and "imagenet" in report.reasons[0]
+
+    def test_none_needs_no_fallback(self):
+        _, report = build_base_model(CONFIG, 3)
+        assert (report.used, report.fell_back, report.reasons) == ("none", False, ())
+
+    def test_corrupt_cached_file_is_skipped_with_a_reason(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+        url = BACKBONES["mobilenet_v3_320_fpn"].coco.url
+        cached = tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
+        cached.parent.mkdir(parents=True)
+        cached.write_bytes(b"not a checkpoint")
+        config = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="coco", allow_download=False)
+        _, report = build_base_model(config, 3)
+        assert report.used == "none"
+        assert "coco" in report.reasons[0] and "failed to load" in report.reasons[0]
+
+    def test_build_model_offline_gives_a_head_per_label(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+        config = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="coco", allow_download=False)
+        model, report = build_model(config, LABELS)
+        assert report.used == "none"
+        predictor = model.roi_heads.box_predictor
+        assert predictor.cls_score.out_features == len(LABELS) + 1
+        assert predictor.bbox_log_var.out_features == 4 * (len(LABELS) + 1)
+
+    def test_empty_model_has_the_same_keys_as_a_built_one(self):
+        built, _ = build_model(CONFIG, LABELS)
+        empty = build_empty_model(CONFIG, len(LABELS))
+        assert built.state_dict().keys() == empty.state_dict().keys()
+        empty.load_state_dict(built.state_dict())  # strict
+
+
+class TestDetectorPredict:
+    def test_no_images(self, detector):
+        assert detector.predict([]) == []
+
+    def test_detection_fields(self, single):
+        det = single
+        assert isinstance(det, Detections)
+        assert (det.width, det.height) == (200, 100)
+        d, c1 = len(det), len(LABELS) + 1
+        assert d > 0  # score_threshold 0: every class of every kept RoI competes
+        assert det.boxes.shape == (d, 4) and det.labels.shape == (d,) and det.scores.shape == (d,)
+        assert det.probs.shape == (d, c1) and det.sigmas.shape == (d, 4)
+        assert det.num_classes == len(LABELS)
+        assert torch.allclose(det.probs.sum(-1), torch.ones(d), atol=1e-5)
+        assert torch.allclose(det.top_probs.sum(-1), torch.ones(det.top_probs.shape[0]), atol=1e-5)
+        assert 0 < det.top_probs.shape[0] <= CONFIG.gate_top_k and det.top_probs.shape[1] == c1
+        assert (det.sigmas > 0).all()
+        assert det.labels.dtype == torch.int64
+        assert ((det.labels >= 1) & (det.labels <= len(LABELS))).all()
+        # a detection's score is its class's probability in its own softmax row
+        assert torch.allclose(det.scores, det.probs.gather(1, det.labels[:, None]).squeeze(1))
+        assert len(det) <= CONFIG.max_detections
+
+    def test_boxes_inside_the_image(self, single):
+        x1, y1, x2, y2 = single.boxes.unbind(-1)
+        assert ((0 <= x1) & (x1 < x2) & (x2 <= 200)).all()
+        assert ((0 <= y1) & (y1 < y2) & (y2 <= 100)).all()
+
+    def test_batch_keeps_each_image_size(self, detector, image):
+        tall = torch.rand(3, 90, 40)
+        wide, narrow = detector.predict([image, tall])
+        assert (wide.width, wide.height) == (200, 100)
+        assert (narrow.width, narrow.height) == (40, 90)
+        assert (narrow.boxes[:, 2] <= 40).all() and (narrow.boxes[:, 3] <= 90).all()
+
+    def test_flip_returns_boxes_of_the_mirrored_image(self, detector, image):
+        before = image.clone()
+        (flipped,) = detector.predict([image], flip=True)
+        assert torch.equal(image, before)  # the caller's tensor is not flipped in place
+        (mirrored,) = detector.predict([image.flip(-1)])
+        assert (flipped.width, flipped.height) == (200, 100)
+        assert torch.allclose(flipped.boxes, mirrored.boxes, atol=1e-3)
+        assert torch.allclose(flipped.scores, mirrored.scores, atol=1e-5)

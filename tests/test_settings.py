@@ -1,0 +1,147 @@
+"""Tests of backend/settings.py: Settings.from_env parsing and validation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from backend.settings import ENVIRONMENT, Settings, SettingsError
+
+
+class TestFromEnv:
+    def test_empty_environment_gives_the_defaults(self):
+        assert Settings.from_env({}) == Settings()
+
+    def test_reads_the_given_mapping_not_os_environ(self, monkeypatch):
+        monkeypatch.setenv("PORT", "1234")
+        assert Settings.from_env({}).port == Settings().port
+        assert Settings.from_env().port == 1234
+
+    def test_parses_each_type(self):
+        settings = Settings.from_env(
+            {
+                "PORT": "9999",
+                "BATCH_SIZE": "3",
+                "SCORE_THRESHOLD": "0.25",
+                "FETCH_TIMEOUT": "2.5",
+                "ALLOW_WEIGHTS_DOWNLOAD": "false",
+                "ALLOWED_IMAGE_HOSTS": " images.example.com , cdn.example.com:8443,,",
+                "MODEL_DIR": "/srv/models",
+                "BACKBONE": "resnet50_fpn_v2",
+            }
+        )
+        assert settings.port == 9999 and isinstance(settings.port, int)
+        assert settings.batch_size == 3
+        assert settings.score_threshold == 0.25
+        assert settings.fetch_timeout == 2.5
+        assert settings.allow_weights_download is False
+        assert settings.allowed_image_hosts == ("images.example.com", "cdn.example.com:8443")
+        assert settings.model_dir == "/srv/models"
+        assert settings.backbone == "resnet50_fpn_v2"
+
+    @pytest.mark.parametrize("raw", ["1", "true", "TRUE", "yes", "on"])
+    def test_true_spellings(self, raw):
+        assert Settings.from_env({"ALLOW_WEIGHTS_DOWNLOAD": raw}).allow_weights_download is True
+
+    @pytest.mark.parametrize("raw", ["0", "false", "False", "no", "off"])
+    def test_false_spellings(self, raw):
+        assert Settings.from_env({"ALLOW_WEIGHTS_DOWNLOAD": raw}).allow_weights_download is False
+
+    def test_an_empty_value_counts_as_unset(self):
+        assert Settings.from_env({"PORT": "", "BASIC_AUTH_USER": ""}) == Settings()
+
+    def test_every_variable_maps_to_a_field(self):
+        names = {f.name for f in dataclasses.fields(Settings)}
+        assert set(ENVIRONMENT.values()) <= names
+
+
+class TestInvalidValues:
+    @pytest.mark.parametrize(
+        "name, raw",
+        [
+            ("PORT", "ninety"),
+            ("BATCH_SIZE", "2.5"),
+            ("MAX_IMAGE_PIXELS", "1e6"),
+            ("SCORE_THRESHOLD", "high"),
+            ("FETCH_TIMEOUT", "30s"),
+            ("ALLOW_WEIGHTS_DOWNLOAD", "maybe"),
+        ],
+    )
+    def test_unparsable_value_names_the_variable(self, name, raw):
+        with pytest.raises(SettingsError, match=name):
+            Settings.from_env({name: raw})
+
+    @pytest.mark.parametrize("name", ["BATCH_SIZE", "FETCH_WORKERS", "WORKERS", "THREADS", "MAX_IMAGE_PIXELS"])
+    def test_counts_below_one_are_refused(self, name):
+        with pytest.raises(SettingsError, match=name):
+            Settings.from_env({name: "0"})
+
+    def test_unknown_device(self):
+        with pytest.raises(SettingsError, match="DEVICE"):
+            Settings.from_env({"DEVICE": "tpu"})
+
+    @pytest.mark.parametrize("name, raw", [("BACKBONE", "vgg16"), ("SCORE_THRESHOLD", "1.5"), ("SCORE_THRESHOLD", "-0.1")])
+    def test_detector_values_out_of_range(self, name, raw):
+        # the message comes from DetectorConfig; it names the setting (lower case)
+        with pytest.raises(SettingsError) as info:
+            Settings.from_env({name: raw})
+        assert name.lower() in str(info.value).lower()
+
+    def test_settings_error_is_a_value_error(self):
+        assert issubclass(SettingsError, ValueError)
+
+
+class TestValidate:
+    def test_basic_auth_user_without_password_is_refused(self):
+        with pytest.raises(SettingsError, match="BASIC_AUTH_PASS"):
+            Settings.from_env({"BASIC_AUTH_USER": "ml"})
+
+    def test_basic_auth_password_without_user_is_refused(self):
+        with pytest.raises(SettingsError, match="BASIC_AUTH_USER"):
+            Settings.from_env({"BASIC_AUTH_PASS": "secret"})
+
+    def test_basic_auth_pair_is_accepted(self):
+        settings = Settings.from_env({"BASIC_AUTH_USER": "ml", "BASIC_AUTH_PASS": "secret"})
+        assert (settings.basic_auth_user, settings.basic_auth_pass) == ("ml", "secret")
+
+    @pytest.mark.parametrize("url", ["localhost:8080", "label-studio:8080", "ftp://ls.example.com", "//ls.example.com"])
+    def test_label_studio_url_needs_an_http_scheme(self, url):
+        with pytest.raises(SettingsError, match="LABEL_STUDIO_URL"):
+            Settings.from_env({"LABEL_STUDIO_URL": url})
+
+    @pytest.mark.parametrize("url", ["http://localhost:8080", "https://ls.example.com/"])
+    def test_label_studio_url_with_scheme_is_accepted(self, url):
+        assert Settings.from_env({"LABEL_STUDIO_URL": url}).label_studio_url == url
+
+
+class TestSettingsObject:
+    def test_repr_has_no_secret(self):
+        settings = Settings(
+            api_key="tok-1234567890", basic_auth_user="ml", basic_auth_pass="pw-0987654321", webhook_secret="hook-5555"
+        )
+        text = repr(settings)
+        for secret in ("tok-1234567890", "pw-0987654321", "hook-5555"):
+            assert secret not in text
+        assert "ml" in text  # the user name is not a secret, and repr still says something
+
+    def test_is_frozen(self):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            Settings().port = 1  # type: ignore[misc]
+
+    def test_image_hosts_add_label_studio_and_fold_case(self):
+        settings = Settings(label_studio_url="http://LS.example.com:8080/", allowed_image_hosts=("CDN.example.com",))
+        assert settings.image_hosts == frozenset({"ls.example.com:8080", "cdn.example.com"})
+
+    def test_image_hosts_without_label_studio(self):
+        assert Settings().image_hosts == frozenset()
+
+    def test_detector_config_slice(self):
+        settings = Settings(backbone="mobilenet_v3_320_fpn", weights="none", score_threshold=0.3, allow_weights_download=False)
+        config = settings.detector_config()
+        assert (config.backbone, config.weights, config.score_threshold, config.allow_download) == (
+            "mobilenet_v3_320_fpn",
+            "none",
+            0.3,
+            False,
+        )

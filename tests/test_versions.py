@@ -1,0 +1,274 @@
+"""Tests of model/versions.py (the version store) and model/registry.py (the
+model each project is served with)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import torch
+
+import model.versions as versions_module
+from model.detector import DetectorConfig
+from model.registry import ModelRegistry
+from model.versions import CheckpointError, VersionStore, check_meta, load_weights, version_name
+
+META = {"labels": ["car", "person"], "backbone": "mobilenet_v3_320_fpn"}
+
+
+def _weights(value: float) -> dict[str, torch.Tensor]:
+    return {"w": torch.full((3,), value), "b": torch.tensor([value])}
+
+
+@pytest.fixture
+def store(tmp_path) -> VersionStore:
+    return VersionStore(tmp_path / "models")
+
+
+class TestVersionName:
+    @pytest.mark.parametrize("number, name", [(1, "v0001"), (42, "v0042"), (9999, "v9999"), (10000, "v10000")])
+    def test_zero_padded(self, number, name):
+        assert version_name(number) == name
+
+
+class TestVersionStore:
+    def test_empty_project(self, store):
+        assert store.versions("1") == []
+        assert store.latest("1") is None
+        assert store.get("1", "v0001") is None
+        assert store.projects() == []
+
+    def test_save_names_versions_in_order(self, store):
+        first = store.save("1", _weights(1.0), META)
+        second = store.save("1", _weights(2.0), META)
+        assert (first.name, second.name) == ("v0001", "v0002")
+        assert [v.name for v in store.versions("1")] == ["v0001", "v0002"]
+        assert store.latest("1").name == "v0002"
+        assert store.get("1", "v0001").path == first.path
+
+    def test_meta_is_stored_with_version_project_and_time(self, store):
+        before = datetime.now(timezone.utc).replace(microsecond=0)
+        saved = store.save("7", _weights(1.0), {**META, "metrics": {"map": 0.5}})
+        on_disk = json.loads((saved.path / "meta.json").read_text())
+        assert on_disk == saved.meta
+        assert on_disk["model_version"] == "v0001"
+        assert on_disk["project"] == "7"
+        assert on_disk["labels"] == ["car", "person"]
+        assert on_disk["metrics"] == {"map": 0.5}
+        created = datetime.fromisoformat(on_disk["created"])
+        assert created.tzinfo is not None
+        assert before <= created <= datetime.now(timezone.utc) + timedelta(seconds=1)
+
+    def test_weights_round_trip(self, store):
+        saved = store.save("1", _weights(3.5), META)
+        loaded = load_weights(store.get("1", saved.name))
+        assert set(loaded) == {"w", "b"}
+        assert torch.equal(loaded["w"], torch.full((3,), 3.5))
+
+    def test_projects_are_separate(self, store):
+        store.save("1", _weights(1.0), META)
+        store.save("2", _weights(1.0), META)
+        store.save("2", _weights(1.0), META)
+        assert store.projects() == ["1", "2"]
+        assert [v.name for v in store.versions("1")] == ["v0001"]
+        assert store.latest("2").name == "v0002"
+
+    def test_a_new_store_on_the_same_folder_sees_the_versions(self, store):
+        store.save("1", _weights(1.0), META)
+        assert VersionStore(store.root).latest("1").name == "v0001"
+
+    def test_update_meta(self, store):
+        saved = store.save("1", _weights(1.0), META)
+        updated = store.update_meta(saved, metrics={"map": 0.7})
+        assert updated.meta["metrics"] == {"map": 0.7}
+        assert updated.meta["labels"] == META["labels"]
+        assert store.get("1", "v0001").meta["metrics"] == {"map": 0.7}
+
+    @pytest.mark.parametrize("project", ["", "..", "../other", "a/b", "1.2", "x" * 65, "1 2", "/abs"])
+    def test_invalid_project_ids_are_refused(self, store, project):
+        with pytest.raises(ValueError, match="invalid project id"):
+            store.save(project, _weights(1.0), META)
+        with pytest.raises(ValueError, match="invalid project id"):
+            store.versions(project)
+        with pytest.raises(ValueError, match="invalid project id"):
+            store.clean_partial(project)
+        assert not (store.root.parent / "other").exists()
+
+    def test_concurrent_saves_get_distinct_names(self, store):
+        names: list[str] = []
+        errors: list[BaseException] = []
+        start = threading.Barrier(8)
+
+        def save(i: int) -> None:
+            start.wait()
+            try:
+                names.append(store.save("1", _weights(float(i)), META).name)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=save, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert sorted(names) == [version_name(i) for i in range(1, 9)]
+        assert len(store.versions("1")) == 8
+
+    def test_names_keep_counting_past_v9999(self, store):
+        """Name order must be creation order even when the number outgrows the padding."""
+        store.save("1", _weights(1.0), META)
+        (store.root / "1" / "v0001").rename(store.root / "1" / "v9999")
+        assert store.save("1", _weights(2.0), META).name == "v10000"
+        assert store.latest("1").name == "v10000"
+        assert [v.name for v in store.versions("1")] == ["v9999", "v10000"]
+        assert store.save("1", _weights(3.0), META).name == "v10001"
+
+
+class TestCrashMidWrite:
+    def _assert_unchanged(self, store):
+        assert [v.name for v in store.versions("1")] == ["v0001"]
+        assert store.latest("1").name == "v0001"
+        assert torch.equal(load_weights(store.latest("1"))["w"], torch.full((3,), 1.0))
+
+    def test_failing_weights_write(self, store, monkeypatch):
+        store.save("1", _weights(1.0), META)
+
+        def partial_save(obj, path):
+            open(path, "wb").write(b"half a checkpoint")
+            raise OSError("disk full")
+
+        monkeypatch.setattr(versions_module.torch, "save", partial_save)
+        with pytest.raises(OSError, match="disk full"):
+            store.save("1", _weights(2.0), META)
+        self._assert_unchanged(store)
+        assert list((store.root / "1").glob(".tmp-*")) == []
+
+    def test_failing_rename(self, store, monkeypatch):
+        store.save("1", _weights(1.0), META)
+
+        def failing_rename(src, dst):
+            raise OSError("killed before rename")
+
+        monkeypatch.setattr(versions_module.os, "rename", failing_rename)
+        with pytest.raises(OSError, match="killed"):
+            store.save("1", _weights(2.0), META)
+        monkeypatch.undo()
+        self._assert_unchanged(store)
+        assert not (store.root / "1" / "v0002").exists()
+        # the next save takes the name the failed one did not get
+        assert store.save("1", _weights(2.0), META).name == "v0002"
+
+    def test_leftover_temp_folder_is_ignored_then_cleaned(self, store):
+        store.save("1", _weights(1.0), META)
+        leftover = store.root / "1" / ".tmp-killed"
+        leftover.mkdir()
+        (leftover / "weights.pt").write_bytes(b"partial")
+        (leftover / "meta.json").write_text('{"model_version": "v0002"')
+        self._assert_unchanged(store)
+        assert store.clean_partial("1") == 1
+        assert not leftover.exists()
+        assert store.clean_partial("1") == 0
+        self._assert_unchanged(store)
+
+    def test_version_folder_without_meta_is_not_a_version(self, store):
+        store.save("1", _weights(1.0), META)
+        half = store.root / "1" / "v0002"
+        half.mkdir()
+        (half / "weights.pt").write_bytes(b"partial")
+        self._assert_unchanged(store)
+        assert store.get("1", "v0002") is None
+
+    def test_clean_partial_on_a_missing_project(self, store):
+        assert store.clean_partial("99") == 0
+
+
+class TestCheckMeta:
+    def test_matching_meta_passes(self):
+        check_meta(META, ["car", "person"], "mobilenet_v3_320_fpn")
+
+    @pytest.mark.parametrize("labels", [["car"], ["person", "car"], ["car", "person", "dog"], []])
+    def test_other_labels_are_refused(self, labels):
+        with pytest.raises(CheckpointError, match="labels"):
+            check_meta(META, labels, "mobilenet_v3_320_fpn")
+
+    def test_other_backbone_is_refused(self):
+        with pytest.raises(CheckpointError, match="backbone"):
+            check_meta(META, ["car", "person"], "resnet50_fpn_v2")
+
+    def test_meta_without_fields_is_refused(self):
+        with pytest.raises(CheckpointError):
+            check_meta({}, ["car"], "mobilenet_v3_320_fpn")
+
+
+CONFIG = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False, score_threshold=0.0)
+LABELS = ["car", "person"]
+
+
+@pytest.fixture
+def registry(store) -> ModelRegistry:
+    return ModelRegistry(store, CONFIG, torch.device("cpu"))
+
+
+def _bias(served) -> torch.Tensor:
+    return served.detector.model.roi_heads.box_predictor.cls_score.bias.detach().clone()
+
+
+class TestModelRegistry:
+    def test_first_get_creates_v0001_with_the_project_labels(self, registry, store):
+        assert registry.peek("1") is None
+        served = registry.get("1", LABELS)
+        assert served.name == "v0001"
+        assert served.detector.labels == LABELS
+        assert served.detector.model.roi_heads.box_predictor.cls_score.out_features == len(LABELS) + 1
+        meta = store.latest("1").meta
+        assert (meta["labels"], meta["backbone"], meta["weights"]) == (LABELS, CONFIG.backbone, "none")
+        assert registry.weights_reports["1"].used == "none"
+        assert registry.peek("1") is served
+
+    def test_same_labels_return_the_same_object(self, registry, store):
+        first = registry.get("1", LABELS)
+        assert registry.get("1", tuple(LABELS)) is first
+        assert [v.name for v in store.versions("1")] == ["v0001"]
+
+    def test_label_change_makes_a_new_version(self, registry, store, caplog):
+        first = registry.get("1", LABELS)
+        with caplog.at_level(logging.WARNING, logger="model.registry"):
+            second = registry.get("1", ["car", "person", "bike"])
+        assert second is not first
+        assert second.name == "v0002"
+        assert second.detector.labels == ["car", "person", "bike"]
+        assert second.detector.model.roi_heads.box_predictor.cls_score.out_features == 4
+        assert store.latest("1").meta["labels"] == ["car", "person", "bike"]
+        assert store.latest("1").meta["weights"] == "none"  # from base weights, not from v0001
+        assert any("labels" in r.getMessage() for r in caplog.records)
+
+    def test_a_new_registry_loads_the_saved_version(self, registry, store):
+        first = registry.get("1", LABELS)
+        again = ModelRegistry(store, CONFIG, torch.device("cpu")).get("1", LABELS)
+        assert again.name == "v0001"
+        assert torch.equal(_bias(again), _bias(first))
+        assert len(store.versions("1")) == 1
+
+    def test_reload_swaps_only_when_asked(self, registry, store):
+        served = registry.get("1", LABELS)
+        assert registry.reload("1") is served  # nothing newer
+        state = served.detector.model.state_dict()
+        state = {k: v.clone() for k, v in state.items()}
+        state["roi_heads.box_predictor.cls_score.bias"] += 1.0
+        VersionStore(store.root).save("1", state, {**served.version.meta, "parent": "v0001"})  # another process
+        assert registry.peek("1") is served
+        reloaded = registry.reload("1")
+        assert reloaded.name == "v0002"
+        assert registry.peek("1") is reloaded
+        assert torch.allclose(_bias(reloaded), _bias(served) + 1.0)
+        assert registry.get("1", LABELS) is reloaded
+
+    def test_checkpoint_of_another_backbone_is_replaced(self, registry, store):
+        store.save("1", {"w": torch.zeros(1)}, {"labels": LABELS, "backbone": "resnet50_fpn_v2"})
+        served = registry.get("1", LABELS)
+        assert served.name == "v0002"
+        assert store.latest("1").meta["backbone"] == CONFIG.backbone
