@@ -51,11 +51,12 @@ def region_box(value: dict, width: int, height: int) -> list[float]:
     return [x1, y1, x2, y2]
 
 
-def annotation_boxes(
-    annotation: dict, names: ProjectLabels, width: int, height: int, task_id: object
-) -> tuple[list[list[float]], list[int]]:
-    """Pixel boxes and class indices (1..C) of one annotation's rectangles."""
-    boxes, labels = [], []
+def annotation_regions(annotation: dict, names: ProjectLabels, task_id: object) -> list[tuple[dict, int]]:
+    """(value, class index 1..C) of an annotation's usable rectangles.
+
+    Rotated boxes are refused and unknown labels skipped, each with a warning.
+    """
+    regions = []
     for region in annotation.get("result") or []:
         if region.get("type") != "rectanglelabels" or region.get("from_name") != names.from_name:
             continue
@@ -67,10 +68,20 @@ def annotation_boxes(
         if label not in names.labels:
             logger.warning("task %s: label %r is not in the label config, region skipped", task_id, label)
             continue
+        regions.append((value, names.labels.index(label) + 1))
+    return regions
+
+
+def annotation_boxes(
+    annotation: dict, names: ProjectLabels, width: int, height: int, task_id: object
+) -> tuple[list[list[float]], list[int]]:
+    """Pixel boxes and class indices (1..C) of one annotation's rectangles."""
+    boxes, labels = [], []
+    for value, cls in annotation_regions(annotation, names, task_id):
         box = region_box(value, width, height)
         if box[2] - box[0] >= 1.0 and box[3] - box[1] >= 1.0:
             boxes.append(box)
-            labels.append(names.labels.index(label) + 1)
+            labels.append(cls)
     return boxes, labels
 
 

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 JOB_KINDS = ("train", "rank")
 TRAIN_NOW = {"START_TRAINING"}
+RANK_NEW = {"TASKS_CREATED"}
 ANNOTATION_EVENTS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"}
 
 
@@ -248,6 +249,8 @@ class Scheduler:
         """What the event did: scheduled, coalesced, counted or ignored."""
         if action in TRAIN_NOW:
             return self.request(project, "train")
+        if action in RANK_NEW:
+            return self.request(project, "rank")
         if action in ANNOTATION_EVENTS:
             if self.board.count_annotation(project, self.train_every):
                 return self.request(project, "train")

@@ -117,3 +117,52 @@ class LabelStudioClient:
         """Every task of the project that has at least one annotation, with its annotations."""
         params = {"exportType": "JSON", "download_all_tasks": "false"}
         return self.request("GET", f"/api/projects/{project}/export", params=params).json()
+
+    def tasks(self, project: str | int, page_size: int = 500) -> list[dict]:
+        """Every task of the project (paginated /api/tasks; LS answers 404 past the last page)."""
+        found: list[dict] = []
+        for page in range(1, 1_000_000):
+            response = self.session.get(
+                f"{self.auth.url}/api/tasks",
+                params={"project": project, "page": page, "page_size": page_size, "fields": "all"},
+                headers=self.auth.headers(),
+                timeout=self.timeout,
+            )
+            if response.status_code == 404:
+                break
+            if response.status_code >= 400:
+                raise LabelStudioError(f"GET /api/tasks: HTTP {response.status_code}")
+            body = response.json()
+            batch = body.get("tasks", []) if isinstance(body, dict) else body
+            found.extend(batch)
+            if len(batch) < page_size:
+                break
+        return found
+
+    def import_predictions(self, project: str | int, predictions: list[dict], chunk: int = 1000) -> int:
+        """Bulk-create predictions ({task, result, score, model_version}); returns how many."""
+        created = 0
+        for start in range(0, len(predictions), chunk):
+            body = predictions[start : start + chunk]
+            answer = self.request("POST", f"/api/projects/{project}/import/predictions", json=body).json()
+            created += int(answer.get("created", len(body))) if isinstance(answer, dict) else len(body)
+        return created
+
+    def delete_version_predictions(self, project: str | int, model_version: str) -> None:
+        """Remove every prediction of ``model_version`` (so a re-run leaves no duplicates)."""
+        self.request("DELETE", f"/api/projects/{project}/model-versions", json={"model_version": model_version})
+
+    def set_model_version(self, project: str | int, model_version: str) -> None:
+        """Make ``model_version`` the project's current one (LS knows it once predictions exist)."""
+        self.request("PATCH", f"/api/projects/{project}/", json={"model_version": model_version})
+
+    def views(self, project: str | int) -> list[dict]:
+        return self.request("GET", "/api/dm/views", params={"project": project}).json()
+
+    def save_view(self, project: str | int, title: str, data: dict) -> dict:
+        """Create the Data Manager tab ``title``, or update it in place if it exists."""
+        existing = [v for v in self.views(project) if (v.get("data") or {}).get("title") == title]
+        body = {"project": int(project), "data": {**data, "title": title}}
+        if existing:
+            return self.request("PATCH", f"/api/dm/views/{existing[0]['id']}", json=body).json()
+        return self.request("POST", "/api/dm/views", json=body).json()

@@ -13,14 +13,17 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import torch
 from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
 from backend.errors import ImageError
 from backend.images import ImageLoader
 from backend.labels import ProjectLabels
+from backend.ranking_store import StoredRanking
 from model.detections import Detections
-from model.hua import image_entropy
+from model.hua import HUAConfig, image_entropy
+from model.ranking import score_new_images
 from model.registry import ServedModel
 
 logger = logging.getLogger(__name__)
@@ -81,12 +84,16 @@ def empty_prediction(version: str) -> dict:
     return {"result": [], "score": None, "model_version": version}
 
 
+def _batches(indices: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(indices), size):
+        yield indices[start : start + size]
+
+
 def load_task_images(tasks: Sequence[dict], names: ProjectLabels, loader: ImageLoader, workers: int) -> list[TaskImage]:
-    """Fetch every task's image concurrently; failures are kept per task."""
+    """Fetch and decode the tasks' images concurrently; failures are kept per task."""
     items = [(task.get("data", {}).get(names.value_key), task.get("id")) for task in tasks]
-    loaded = loader.load_many(items, workers)
     images = []
-    for (_, task_id), item in zip(items, loaded):
+    for (_, task_id), item in zip(items, loader.load_many(items, workers)):
         if isinstance(item, ImageError):
             logger.warning("task %s: %s", task_id, item)
             images.append(TaskImage(task_id, None, str(item)))
@@ -95,25 +102,51 @@ def load_task_images(tasks: Sequence[dict], names: ProjectLabels, loader: ImageL
     return images
 
 
-def _batches(indices: list[int], size: int) -> Iterator[list[int]]:
-    for start in range(0, len(indices), size):
-        yield indices[start : start + size]
+def predict_images(
+    served: ServedModel, images: list[Image.Image], names: ProjectLabels, ranking: StoredRanking | None, hua: HUAConfig
+) -> list[dict]:
+    """Predictions of decoded images; scored on the stored ranking's scale when there is one."""
+    tensors = [to_tensor(image) for image in images]
+    labels = served.detector.labels
+    if ranking is None or ranking.scale is None:
+        return [task_prediction(det, labels, names, served.name) for det in served.detector.predict(tensors)]
+    freq = torch.tensor(ranking.labeled_freq, dtype=torch.float64)
+    scored = score_new_images(served.detector, tensors, freq, ranking.scale, hua)
+    return [{**task_prediction(det, labels, names, served.name), "score": score} for det, score in scored]
 
 
 def predict_tasks(
-    tasks: Sequence[dict], names: ProjectLabels, served: ServedModel, loader: ImageLoader, batch_size: int, workers: int
+    tasks: Sequence[dict],
+    names: ProjectLabels,
+    served: ServedModel,
+    loader: ImageLoader,
+    batch_size: int,
+    workers: int,
+    ranking: StoredRanking | None = None,
+    hua: HUAConfig = HUAConfig(),
 ) -> list[dict]:
-    """One prediction per task, in order (see the module docstring)."""
-    images = load_task_images(tasks, names, loader, workers)
+    """One prediction per task, in order (see the module docstring).
+
+    Tasks the serving version's ranking already scored are answered from it
+    without running the model; the others are fetched and predicted a batch
+    at a time (so a huge request never holds all its images in memory).
+    """
     results = [empty_prediction(served.name) for _ in tasks]
-    ok = [i for i, item in enumerate(images) if item.image is not None]
-    labels = served.detector.labels
-    for batch in _batches(ok, batch_size):
+    todo = []
+    for i, task in enumerate(tasks):
+        cached = ranking.tasks.get(task.get("id")) if ranking is not None else None
+        if cached is not None:
+            results[i] = {**cached, "model_version": served.name}
+        else:
+            todo.append(i)
+    for batch in _batches(todo, batch_size):
+        images = load_task_images([tasks[i] for i in batch], names, loader, workers)
+        ok = [(i, item.image) for i, item in zip(batch, images) if item.image is not None]
         try:
-            detections = served.detector.predict([to_tensor(images[i].image) for i in batch])
+            predictions = predict_images(served, [image for _, image in ok], names, ranking, hua) if ok else []
         except RuntimeError:  # e.g. out of memory: these tasks stay empty, the others go on
-            logger.exception("prediction failed for tasks %s", [images[i].task_id for i in batch])
+            logger.exception("prediction failed for tasks %s", [tasks[i].get("id") for i, _ in ok])
             continue
-        for i, det in zip(batch, detections):
-            results[i] = task_prediction(det, labels, names, served.name)
+        for (i, _), prediction in zip(ok, predictions):
+            results[i] = prediction
     return results

@@ -14,7 +14,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from backend.auth import check_basic_auth
 from backend.errors import BadRequest, Unauthorized
-from backend.jobs import ANNOTATION_EVENTS, TRAIN_NOW
+from backend.jobs import ANNOTATION_EVENTS, RANK_NEW, TRAIN_NOW
 from backend.labels import ProjectLabels, parse_label_config
 from backend.predictions import predict_tasks
 from backend.service import Service
@@ -28,7 +28,7 @@ MODEL_CLASS = "HUAFasterRCNN"
 NO_VERSION = "v0000"
 
 
-WEBHOOK_ACTIONS = TRAIN_NOW | ANNOTATION_EVENTS
+WEBHOOK_ACTIONS = TRAIN_NOW | ANNOTATION_EVENTS | RANK_NEW
 
 
 def check_webhook_secret(settings: Settings) -> None:
@@ -122,8 +122,10 @@ def predict() -> Response:
     service = _service()
     served = service.registry.get(pid, names.labels, names.aliases)
     service.metrics.set_version(pid, served.name)
+    settings = service.settings
+    ranking = service.rankings.get(served.version)
     results = predict_tasks(
-        tasks, names, served, service.images, service.settings.batch_size, service.settings.fetch_workers
+        tasks, names, served, service.images, settings.batch_size, settings.fetch_workers, ranking, settings.hua_config()
     )
     failed = sum(1 for r in results if r["score"] is None)
     service.metrics.predictions.labels(outcome="ok").inc(len(results) - failed)
@@ -166,6 +168,13 @@ def all_versions() -> Response:
     projects = [project_id({"project": pid})] if pid else store.projects()
     names = sorted({v.name for p in projects for v in store.versions(p)})
     return jsonify({"versions": names})
+
+
+@bp.post("/rank")
+def rank() -> Response:
+    """Schedule a ranking of the project's unlabeled tasks (the HUA queue)."""
+    outcome = _service().scheduler.request(project_id(json_body()), "rank")
+    return jsonify({"status": outcome}), 202
 
 
 @bp.get("/jobs")

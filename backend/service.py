@@ -10,6 +10,7 @@ from backend.images import ImageLoader, ImagePolicy
 from backend.jobs import EmbeddedRunner, JobBoard, RQRunner, Scheduler
 from backend.lsclient import LabelStudioAuth, LabelStudioClient
 from backend.metrics import ServiceMetrics
+from backend.ranking_store import RankingCache
 from backend.settings import Settings
 from model.detector import select_device
 from model.registry import ModelRegistry
@@ -45,6 +46,10 @@ class Service:
     @cached_property
     def auth(self) -> LabelStudioAuth:
         return LabelStudioAuth(self.settings.label_studio_url, self.settings.api_key)
+
+    @cached_property
+    def rankings(self) -> RankingCache:
+        return RankingCache()
 
     @cached_property
     def ls_client(self) -> LabelStudioClient:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from urllib.parse import urlparse
 
 from model.detector import DetectorConfig
+from model.hua import HUAConfig
 from model.losses import LossConfig
 from model.train import TrainConfig
 
@@ -65,6 +66,11 @@ class Settings:
     train_seed: int | None = None
     redis_url: str = ""
     job_timeout: int = 6 * 3600
+    hua_top_k: int = 10
+    hua_retrieval_fraction: float = 0.5
+    hua_min_candidates: int = 64
+    hua_candidates: int | None = None
+    hua_overlap_iou: float = 0.3
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -95,6 +101,7 @@ class Settings:
         try:
             self.detector_config()
             self.train_config()
+            self.hua_config()
         except ValueError as exc:
             raise SettingsError(str(exc)) from exc
 
@@ -104,6 +111,7 @@ class Settings:
             backbone=self.backbone,
             weights=self.weights,
             score_threshold=self.score_threshold,
+            gate_top_k=self.hua_top_k,
             allow_download=self.allow_weights_download,
             loss=self.loss_config(),
         )
@@ -111,6 +119,16 @@ class Settings:
     def loss_config(self) -> LossConfig:
         """LOSS, EIOU_GAMMA and SYNC_LAMBDA (empty: dynamic matching)."""
         return LossConfig(kind=self.loss, eiou_gamma=self.eiou_gamma, lambda_fixed=self.sync_lambda)
+
+    def hua_config(self) -> HUAConfig:
+        """The slice of the settings that ``model.hua`` needs (METHOD.md sections 1-2)."""
+        return HUAConfig(
+            gate_top_k=self.hua_top_k,
+            retrieval_fraction=self.hua_retrieval_fraction,
+            min_candidates=self.hua_min_candidates,
+            candidates=self.hua_candidates,
+            overlap_iou=self.hua_overlap_iou,
+        )
 
     def train_config(self) -> TrainConfig:
         """The slice of the settings that ``model.train`` needs."""
@@ -169,6 +187,11 @@ ENVIRONMENT: dict[str, str] = {
     "TRAIN_SEED": "train_seed",
     "REDIS_URL": "redis_url",
     "JOB_TIMEOUT": "job_timeout",
+    "HUA_TOP_K": "hua_top_k",
+    "HUA_RETRIEVAL_FRACTION": "hua_retrieval_fraction",
+    "HUA_MIN_CANDIDATES": "hua_min_candidates",
+    "HUA_CANDIDATES": "hua_candidates",
+    "HUA_OVERLAP_IOU": "hua_overlap_iou",
 }
 
 

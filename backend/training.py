@@ -26,6 +26,10 @@ class TrainingError(RuntimeError):
     """A training that cannot run (no usable annotations, no Label Studio)."""
 
 
+class NothingNew(Exception):
+    """The serving version was trained on exactly the annotations that exist now."""
+
+
 def _starting_point(service: Service, project: str, names: ProjectLabels) -> tuple[object, str | None, str]:
     """(model, parent version, origin): the serving version, or the base weights.
 
@@ -49,12 +53,16 @@ def run_training(service: Service, project: str, progress: Progress | None = Non
 
     Raises:
         TrainingError: nothing usable to train on.
+        NothingNew: the serving version already saw every annotation.
     """
     client = service.ls_client
     names = parse_label_config(client.project(project)["label_config"])
     data = training_set(client.labeled_tasks(project), names, service.images, service.settings.fetch_workers)
     if not data.samples:
         raise TrainingError(f"project {project} has no usable annotations (skipped: {data.skipped})")
+    latest = service.store.latest(project)
+    if latest is not None and latest.meta.get("annotation_ids") == sorted(data.annotation_ids):
+        raise NothingNew(f"{latest.name} was trained on the same {len(data.annotation_ids)} annotations")
     logger.info("project %s: training on %d images (skipped %s)", project, len(data.samples), data.skipped)
     model, parent, origin = _starting_point(service, project, names)
     config = service.settings.train_config()

@@ -1,0 +1,467 @@
+"""Tests of the HTTP contract (backend/routes.py, backend/app.py, backend/auth.py,
+backend/metrics.py) through Flask's test client, with the real small model on
+the CPU. The session ``app`` (conftest) serves project 1 with helpers.LABELS
+and reads images from helpers' image set through /data/local-files URLs.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import re
+
+import pytest
+import torch
+from helpers import (
+    CHOICES_CONFIG,
+    DISPLAYED_SIZE,
+    FROM_NAME,
+    HUGE,
+    LABEL_CONFIG,
+    LABELS,
+    OUTSIDE,
+    ROTATED,
+    SMALL,
+    TEXT,
+    TO_NAME,
+    WIDE,
+    LocalServer,
+    Route,
+    image_bytes,
+    local_task,
+    make_settings,
+    predict_body,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+from backend.app import create_app
+from backend.routes import MODEL_CLASS
+from backend.service import Service
+
+VERSION = re.compile(r"^v\d{4,}$")
+
+
+@pytest.fixture
+def fresh_app(tmp_path):
+    """An app of its own (nothing created yet), for tests that inspect or break it."""
+    return create_app(make_settings(tmp_path / "models"))
+
+
+def _service(app):
+    return app.extensions["hua"]
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _assert_region(region: dict, width: int, height: int) -> None:
+    """One Label Studio rectanglelabels region of an image displayed ``width`` x ``height``."""
+    assert region["type"] == "rectanglelabels"
+    assert (region["from_name"], region["to_name"]) == (FROM_NAME, TO_NAME)
+    assert (region["original_width"], region["original_height"]) == (width, height)
+    value = region["value"]
+    assert value["rotation"] == 0
+    assert len(value["rectanglelabels"]) == 1 and value["rectanglelabels"][0] in LABELS
+    for key in ("x", "y", "width", "height"):
+        assert _is_number(value[key]) and 0.0 <= value[key] <= 100.0, (key, value)
+    assert value["x"] + value["width"] <= 100.0 + 1e-4
+    assert value["y"] + value["height"] <= 100.0 + 1e-4
+    assert _is_number(region["score"]) and 0.0 <= region["score"] <= 1.0
+
+
+def _assert_predicted(item: dict, width: int, height: int) -> None:
+    assert VERSION.match(item["model_version"])
+    assert _is_number(item["score"]) and 0.0 <= item["score"] <= 1.0
+    assert item["result"], "score_threshold 0 keeps detections"
+    for region in item["result"]:
+        _assert_region(region, width, height)
+
+
+def _assert_empty(item: dict) -> None:
+    assert item["result"] == [] and item["score"] is None
+    assert VERSION.match(item["model_version"])
+
+
+class TestHealth:
+    @pytest.mark.parametrize("path", ["/health", "/"])
+    def test_up(self, client, path):
+        response = client.get(path)
+        assert response.status_code == 200
+        body = response.get_json()
+        assert body["status"] == "UP"
+        assert body["model_class"] == MODEL_CLASS and body["model_class"]
+
+    def test_does_not_create_the_registry(self, fresh_app):
+        assert fresh_app.test_client().get("/health").status_code == 200
+        assert "registry" not in _service(fresh_app).__dict__
+
+
+class TestSetup:
+    BODY = {
+        "project": "3.1712345678",
+        "schema": LABEL_CONFIG,
+        "hostname": "http://localhost:8080",
+        "access_token": "user-token",
+        "extra_params": {},
+    }
+
+    def test_fast_and_loads_no_model(self, fresh_app):
+        response = fresh_app.test_client().post("/setup", json=self.BODY)
+        assert response.status_code == 200
+        assert response.get_json() == {"model_version": "v0000"}  # no version yet
+        assert "registry" not in _service(fresh_app).__dict__
+
+    def test_names_the_newest_version_on_disk(self, fresh_app):
+        store = _service(fresh_app).store
+        store.save("3", {"w": torch.zeros(1)}, {"labels": list(LABELS)})
+        store.save("3", {"w": torch.zeros(1)}, {"labels": list(LABELS)})
+        response = fresh_app.test_client().post("/setup", json=self.BODY)
+        assert response.get_json() == {"model_version": "v0002"}
+        assert "registry" not in _service(fresh_app).__dict__
+
+    def test_integer_project_and_no_schema(self, fresh_app):
+        response = fresh_app.test_client().post("/setup", json={"project": 3})
+        assert response.status_code == 200
+
+    def test_config_without_rectangle_labels(self, client):
+        response = client.post("/setup", json={**self.BODY, "schema": CHOICES_CONFIG})
+        assert response.status_code == 400
+        assert "RectangleLabels" in response.get_json()["error"]
+
+    def test_invalid_xml(self, client):
+        response = client.post("/setup", json={**self.BODY, "schema": "<View><Image"})
+        assert response.status_code == 400
+        assert "label_config" in response.get_json()["error"]
+
+
+class TestPredict:
+    def test_one_item_per_task_in_order(self, client):
+        names = [WIDE, SMALL, ROTATED]
+        response = client.post("/predict", json=predict_body([local_task(11 + i, n) for i, n in enumerate(names)]))
+        assert response.status_code == 200
+        body = response.get_json()
+        assert len(body["results"]) == 3
+        for name, item in zip(names, body["results"]):
+            _assert_predicted(item, *DISPLAYED_SIZE[name])  # sizes differ: this checks the order too
+            assert item["model_version"] == body["model_version"]
+
+    def test_exif_rotated_image_reports_the_displayed_size(self, client):
+        body = client.post("/predict", json=predict_body([local_task(1, ROTATED)])).get_json()
+        region = body["results"][0]["result"][0]
+        assert (region["original_width"], region["original_height"]) == (40, 60)  # stored 60 x 40
+
+    def test_batch_larger_than_batch_size(self, app, client, monkeypatch):
+        detector = _service(app).registry.get("1", LABELS).detector
+        assert _service(app).settings.batch_size == 2
+        real_predict = detector.predict
+        batches: list[int] = []
+
+        def spy(images, flip=False):
+            batches.append(len(images))
+            return real_predict(images, flip=flip)
+
+        monkeypatch.setattr(detector, "predict", spy)
+        tasks = [local_task(i, name) for i, name in enumerate([SMALL, WIDE, SMALL])]
+        body = client.post("/predict", json=predict_body(tasks)).get_json()
+        assert batches == [2, 1]
+        assert [item["result"][0]["original_width"] for item in body["results"]] == [64, 200, 64]
+
+    def test_versions_lists_the_serving_version(self, client):
+        served = client.post("/predict", json=predict_body([])).get_json()["model_version"]
+        response = client.post("/versions", json={"project": "1.1700000000"})
+        assert response.status_code == 200
+        assert served in response.get_json()["versions"]
+
+
+class TestPredictBadImages:
+    """A bad task gets an empty item; the good task of the same request is predicted."""
+
+    BAD = {
+        "no image key": {"id": 21, "data": {}},
+        "image not a string": {"id": 21, "data": {"image": 42}},
+        "missing file": local_task(21, "nope.png"),
+        "host not allowed": {"id": 21, "data": {"image": "http://example.com/cat.png"}},
+        "file scheme": {"id": 21, "data": {"image": "file:///etc/passwd"}},
+        "path traversal": local_task(21, "../../etc/passwd"),
+        "path traversal to an image": local_task(21, f"../{OUTSIDE}"),
+        "text file": local_task(21, TEXT),
+        "too many pixels": local_task(21, HUGE),
+    }
+
+    @pytest.mark.parametrize("bad", BAD.values(), ids=BAD.keys())
+    def test_bad_task_is_empty_and_the_other_is_predicted(self, client, caplog, bad):
+        with caplog.at_level(logging.WARNING, logger="backend.predictions"):
+            response = client.post("/predict", json=predict_body([bad, local_task(22, SMALL)]))
+        assert response.status_code == 200
+        first, second = response.get_json()["results"]
+        _assert_empty(first)
+        _assert_predicted(second, *DISPLAYED_SIZE[SMALL])
+        assert any(r.getMessage().startswith("task 21:") for r in caplog.records)
+        assert not any("task 22" in r.getMessage() for r in caplog.records)
+
+
+def _post_raw(client, path: str, data: str):
+    return client.post(path, data=data, content_type="application/json")
+
+
+class TestBadRequests:
+    """Each wrong body answers 400 with a JSON error that names the field."""
+
+    def _error(self, response, status: int = 400) -> str:
+        assert response.status_code == status
+        body = response.get_json()
+        assert body["status"] == status
+        return body["error"]
+
+    @pytest.mark.parametrize("path", ["/predict", "/setup", "/webhook", "/versions"])
+    def test_malformed_json(self, client, path):
+        assert "JSON" in self._error(_post_raw(client, path, '{"tasks": [1, 2'))
+
+    @pytest.mark.parametrize("data", ["[]", '"tasks"', "null", "3"])
+    def test_body_not_an_object(self, client, data):
+        assert "JSON object" in self._error(_post_raw(client, "/predict", data))
+
+    @pytest.mark.parametrize("tasks", [None, {"id": 1}, "tasks", 3])
+    def test_tasks_not_a_list(self, client, tasks):
+        body = predict_body([])
+        body["tasks"] = tasks
+        assert "'tasks'" in self._error(client.post("/predict", json=body))
+
+    def test_tasks_missing(self, client):
+        body = predict_body([])
+        del body["tasks"]
+        assert "'tasks'" in self._error(client.post("/predict", json=body))
+
+    @pytest.mark.parametrize("task", [{"id": 2}, {"id": 2, "data": "img.png"}, {"id": 2, "data": None}, "task", None])
+    def test_task_without_data_object(self, client, task):
+        error = self._error(client.post("/predict", json=predict_body([local_task(1, SMALL), task])))
+        assert "tasks[1]" in error and "data" in error
+
+    @pytest.mark.parametrize("project", [None, "", "abc", "x.123", "-1", True, [1], {"id": "abc"}, {"title": "p"}, 1.5])
+    def test_project_missing_or_not_numeric(self, client, project):
+        body = predict_body([local_task(1, SMALL)], project=project)
+        assert "'project'" in self._error(client.post("/predict", json=body))
+
+    def test_project_absent(self, client):
+        body = predict_body([local_task(1, SMALL)])
+        del body["project"]
+        assert "'project'" in self._error(client.post("/predict", json=body))
+
+    @pytest.mark.parametrize("config", [None, 5, ["<View/>"], {"xml": "<View/>"}])
+    def test_label_config_not_a_string(self, client, config):
+        body = predict_body([local_task(1, SMALL)], label_config=config)
+        assert "'label_config'" in self._error(client.post("/predict", json=body))
+
+    def test_label_config_without_rectangle_labels(self, client):
+        body = predict_body([local_task(1, SMALL)], label_config=CHOICES_CONFIG)
+        assert "RectangleLabels" in self._error(client.post("/predict", json=body))
+
+    def test_label_config_invalid_xml(self, client):
+        body = predict_body([local_task(1, SMALL)], label_config="<View><Image name=")
+        assert "label_config" in self._error(client.post("/predict", json=body))
+
+    def test_setup_schema_not_a_string(self, client):
+        assert "'schema'" in self._error(client.post("/setup", json={"project": "1", "schema": 7}))
+
+    def test_versions_without_project(self, client):
+        assert "'project'" in self._error(client.post("/versions", json={}))
+
+    @pytest.mark.parametrize("action", [None, 5, ["ANNOTATION_CREATED"]])
+    def test_webhook_action_not_a_string(self, client, action):
+        assert "'action'" in self._error(client.post("/webhook", json={"action": action, "project": {"id": 1}}))
+
+    def test_unknown_route_and_method_are_json(self, client):
+        assert self._error(client.get("/nope"), 404)
+        assert self._error(client.get("/predict"), 405)
+
+
+class TestVersionsRoute:
+    def test_lists_versions_oldest_first(self, fresh_app):
+        store = _service(fresh_app).store
+        for _ in range(3):
+            store.save("4", {"w": torch.zeros(1)}, {"labels": list(LABELS)})
+        response = fresh_app.test_client().post("/versions", json={"project": "4.1700000000"})
+        assert response.get_json() == {"versions": ["v0001", "v0002", "v0003"]}
+        assert "registry" not in _service(fresh_app).__dict__
+
+    def test_get_names_every_project_or_one(self, fresh_app):
+        store = _service(fresh_app).store
+        store.save("4", {"w": torch.zeros(1)}, {"labels": list(LABELS)})
+        store.save("5", {"w": torch.zeros(1)}, {"labels": list(LABELS)})
+        store.save("5", {"w": torch.zeros(1)}, {"labels": list(LABELS)})
+        client = fresh_app.test_client()
+        assert client.get("/versions").get_json() == {"versions": ["v0001", "v0002"]}
+        assert client.get("/versions?project=4").get_json() == {"versions": ["v0001"]}
+
+    def test_project_without_versions(self, fresh_app):
+        response = fresh_app.test_client().post("/versions", json={"project": 9})
+        assert (response.status_code, response.get_json()) == (200, {"versions": []})
+
+
+class TestUnexpectedErrors:
+    def test_500_is_json_without_traceback(self, fresh_app, monkeypatch, caplog):
+        store = _service(fresh_app).store
+
+        def broken(project):
+            raise RuntimeError("disk /very/secret/path exploded")
+
+        monkeypatch.setattr(store, "latest", broken)
+        with caplog.at_level(logging.ERROR, logger="backend.app"):
+            response = fresh_app.test_client().post("/setup", json={"project": "1"})
+        assert response.status_code == 500
+        assert response.is_json
+        assert response.get_json()["status"] == 500
+        text = response.get_data(as_text=True)
+        assert "Traceback" not in text and "exploded" not in text and "RuntimeError" not in text
+        logged = [r for r in caplog.records if r.exc_info]
+        assert logged and "exploded" in str(logged[0].exc_info[1])  # the details go to the log
+
+
+USER, PASSWORD = "ml-user", "Pa55-word-secret"
+API_KEY = "legacy-token-abcdef123456"
+
+
+def _basic(user: str, password: str) -> dict:
+    raw = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {raw}"}
+
+
+@pytest.fixture(scope="module")
+def auth_app(tmp_path_factory):
+    return create_app(make_settings(tmp_path_factory.mktemp("auth_models"), basic_auth_user=USER, basic_auth_pass=PASSWORD))
+
+
+class TestBasicAuth:
+    @pytest.mark.parametrize("path", ["/health", "/"])
+    def test_right_credentials(self, auth_app, path):
+        assert auth_app.test_client().get(path, headers=_basic(USER, PASSWORD)).status_code == 200
+
+    def test_wrong_or_missing_credentials_look_the_same(self, auth_app):
+        client = auth_app.test_client()
+        attempts = [
+            client.get("/health"),
+            client.get("/health", headers=_basic(USER, "wrong")),
+            client.get("/health", headers=_basic("someone", PASSWORD)),
+            client.get("/health", headers=_basic("", "")),
+            client.get("/health", headers={"Authorization": f"Bearer {PASSWORD}"}),
+            client.get("/health", headers={"Authorization": "Basic not-base64!"}),
+        ]
+        assert [r.status_code for r in attempts] == [401] * len(attempts)
+        bodies = {r.get_data(as_text=True) for r in attempts}
+        assert len(bodies) == 1  # nothing tells which part was wrong
+        error = attempts[0].get_json()["error"].lower()
+        assert "password" not in error and "user" not in error
+
+    @pytest.mark.parametrize("path", ["/setup", "/predict", "/versions"])
+    def test_post_routes_need_auth(self, auth_app, path):
+        assert auth_app.test_client().post(path, json={"project": "1"}).status_code == 401
+
+    @pytest.mark.parametrize("action", ["ANNOTATION_CREATED", "START_TRAINING", "PROJECT_UPDATED"])
+    def test_webhook_acknowledges_without_auth(self, auth_app, monkeypatch, action):
+        scheduler = _StubScheduler()
+        monkeypatch.setitem(_service(auth_app).__dict__, "scheduler", scheduler)
+        body = {"action": action, "project": {"id": 1}, "annotation": {"id": 5}, "task": {"id": 7}}
+        response = auth_app.test_client().post("/webhook", json=body)
+        assert 200 <= response.status_code < 300
+        assert response.get_json()["action"] == action
+        assert scheduler.events in ([], [("1", action)])  # at most handed on, never run here
+        assert "registry" not in _service(auth_app).__dict__  # nothing trained nor loaded
+
+
+class _StubScheduler:
+    """Stands in for the job scheduler: records events, starts nothing."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def on_event(self, project: str, action: str) -> str:
+        self.events.append((project, action))
+        return "counted"
+
+
+def _formatted(record: logging.LogRecord) -> str:
+    return logging.Formatter("%(name)s %(message)s").format(record)
+
+
+class TestSecretsStayOutOfLogs:
+    def test_a_whole_request_cycle(self, tmp_path, caplog, monkeypatch):
+        def upload(seen):
+            if seen.headers.get("Authorization") == f"Token {API_KEY}":
+                return Route(200, image_bytes(48, 32), "image/png")
+            return Route(401, b"no")
+
+        routes = {"/storage-data/uploaded/": upload, "/data/upload/1/photo.png": upload}
+        caplog.set_level(logging.DEBUG)
+        monkeypatch.setattr(Service, "scheduler", _StubScheduler())
+        with LocalServer(routes) as ls:
+            settings = make_settings(
+                tmp_path / "models",
+                basic_auth_user=USER,
+                basic_auth_pass=PASSWORD,
+                label_studio_url=ls.url,
+                api_key=API_KEY,
+                log_level="DEBUG",
+            )
+            client = create_app(settings).test_client()
+            auth = _basic(USER, PASSWORD)
+            assert client.get("/health", headers=auth).status_code == 200
+            setup = {"project": "1.17", "schema": LABEL_CONFIG, "hostname": ls.url, "access_token": API_KEY}
+            assert client.post("/setup", json=setup, headers=auth).status_code == 200
+            tasks = [{"id": 1, "data": {"image": "/data/upload/1/photo.png"}}, {"id": 2, "data": {"image": "s3://b/x"}}]
+            response = client.post("/predict", json=predict_body(tasks), headers=auth)
+            assert client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 1}}).status_code == 200
+            assert client.get("/health", headers=_basic(USER, "wrong-" + PASSWORD)).status_code == 401
+        assert response.status_code == 200
+        _assert_predicted(response.get_json()["results"][0], 48, 32)  # the token was used...
+        assert caplog.records
+        secrets = [PASSWORD, API_KEY, auth["Authorization"].split()[1]]
+        for record in caplog.records:  # ...and never logged
+            text = _formatted(record)
+            assert not any(secret in text for secret in secrets), text
+
+
+def _samples(client) -> dict[tuple[str, tuple], float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.mimetype == "text/plain"
+    out = {}
+    for family in text_string_to_metric_families(response.get_data(as_text=True)):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+class TestMetrics:
+    def test_counts_requests_latency_predictions_and_version(self, client):
+        before = _samples(client)
+        tasks = [local_task(31, SMALL), local_task(32, TEXT)]
+        body = client.post("/predict", json=predict_body(tasks)).get_json()
+        client.post("/predict", json={"tasks": "nope"})
+        after = _samples(client)
+
+        def delta(name, **labels):
+            key = (name, tuple(sorted(labels.items())))
+            return after.get(key, 0.0) - before.get(key, 0.0)
+
+        assert delta("hua_http_requests_total", route="/predict", status="200") == 1
+        assert delta("hua_http_requests_total", route="/predict", status="400") == 1
+        assert delta("hua_http_request_seconds_count", route="/predict") == 2
+        assert delta("hua_http_request_seconds_bucket", route="/predict", le="+Inf") == 2
+        assert delta("hua_predictions_total", outcome="ok") == 1
+        assert delta("hua_predictions_total", outcome="failed") == 1
+        version = ("hua_model_version_info", (("model_version", body["model_version"]), ("project", "1")))
+        assert after[version] == 1.0
+
+    def test_model_version_gauge_keeps_only_the_serving_version(self, fresh_app):
+        metrics = _service(fresh_app).metrics
+        metrics.set_version("1", "v0001")
+        metrics.set_version("1", "v0002")
+        metrics.set_version("2", "v0001")
+        samples = _samples(fresh_app.test_client())
+        versions = {k[1] for k in samples if k[0] == "hua_model_version_info"}
+        assert versions == {
+            (("model_version", "v0002"), ("project", "1")),
+            (("model_version", "v0001"), ("project", "2")),
+        }
