@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import subprocess
 import sys
 from collections.abc import Callable
 
@@ -62,16 +64,56 @@ def _with_bar(work: Work, title: str) -> Work:
     return wrapped
 
 
-def run_job_from_env(project: str, kind: str, show_progress: bool = False, full: bool = False) -> dict:
+def _under_torchrun() -> bool:
+    """torchrun's launcher protocol: it sets these for each process it starts."""
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def _torchrun(project: str, processes: int) -> None:
+    """Run the training as ``processes`` data-parallel processes (one per GPU)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "backend", "train", "--project", project, "--quiet", "--no-follow-up"]
+    subprocess.run(command, check=True, stdin=subprocess.DEVNULL)
+
+
+def _distributed_rank() -> int:
+    """Join torchrun's process group (NCCL on GPUs, gloo on CPUs); returns this process's rank."""
+    import torch
+    import torch.distributed as dist
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank()
+
+
+def _worker_rank_training(service: Service, project: str) -> dict:
+    """A non-zero rank: train alongside rank 0, which alone records, saves and ranks."""
+    try:
+        run_training(service, project)
+    except NothingNew:  # rank 0 saw the same and skips too
+        pass
+    return {}
+
+
+def run_job_from_env(
+    project: str, kind: str, show_progress: bool = False, full: bool = False, follow_up: bool = True
+) -> dict:
     """Run one job, and its follow-up, with settings from this process's environment.
 
-    RQ workers call this; so does ``python -m backend``.
+    RQ workers call this; so does ``python -m backend``. With TRAIN_PROCESSES > 1
+    a training is run by torchrun, then followed up here.
     """
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service = Service.create(settings)
+    if kind == "train" and _under_torchrun() and _distributed_rank() != 0:
+        return _worker_rank_training(service, project)
+    if kind == "train" and settings.train_processes > 1 and not _under_torchrun():
+        _torchrun(project, settings.train_processes)
+        kind = "rank"
     results = {}
-    for step in (kind, FOLLOW_UP.get(kind)):
+    for step in (kind, FOLLOW_UP.get(kind) if follow_up else None):
         if step is None:
             break
         work = JOBS[step](service, project, full=full)
@@ -87,9 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project", required=True, help="Label Studio project id")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (background jobs)")
     parser.add_argument("--full", action="store_true", help="rank: re-rank every unlabeled task")
+    parser.add_argument("--no-follow-up", dest="follow_up", action="store_false", help="train: do not rank afterwards")
     args = parser.parse_args(argv)
     try:
-        result = run_job_from_env(args.project, args.job, show_progress=not args.quiet, full=args.full)
+        result = run_job_from_env(
+            args.project, args.job, show_progress=not args.quiet, full=args.full, follow_up=args.follow_up
+        )
     except Exception as exc:  # recorded in the job board by run_job; say it once, briefly
         logger.error("%s for project %s failed: %s: %s", args.job, args.project, type(exc).__name__, exc)
         return 1

@@ -65,6 +65,7 @@ class Settings:
     train_batch_size: int = 2
     train_seed: int | None = None
     redis_url: str = ""
+    train_processes: int = 1
     job_timeout: int = 6 * 3600
     hua_top_k: int = 10
     hua_retrieval_fraction: float = 0.5
@@ -93,7 +94,7 @@ class Settings:
             raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         if self.device not in ("auto", "cpu", "cuda"):
             raise SettingsError("DEVICE must be auto, cpu or cuda")
-        for name in ("batch_size", "fetch_workers", "workers", "threads", "max_image_pixels"):
+        for name in ("batch_size", "fetch_workers", "workers", "threads", "max_image_pixels", "train_processes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env_name(name)} must be at least 1")
         if self.train_every < 1:
@@ -186,6 +187,7 @@ ENVIRONMENT: dict[str, str] = {
     "TRAIN_BATCH_SIZE": "train_batch_size",
     "TRAIN_SEED": "train_seed",
     "REDIS_URL": "redis_url",
+    "TRAIN_PROCESSES": "train_processes",
     "JOB_TIMEOUT": "job_timeout",
     "HUA_TOP_K": "hua_top_k",
     "HUA_RETRIEVAL_FRACTION": "hua_retrieval_fraction",

@@ -16,7 +16,7 @@ from backend.labels import ProjectLabels, parse_label_config
 from backend.service import Service
 from model.detector import build_model
 from model.registry import load_version_model
-from model.train import Progress, train
+from model.train import Progress, is_main_process, train
 from model.versions import CheckpointError, Version, check_meta
 
 logger = logging.getLogger(__name__)
@@ -48,8 +48,11 @@ def _starting_point(service: Service, project: str, names: ProjectLabels) -> tup
     return model, None, report.used
 
 
-def run_training(service: Service, project: str, progress: Progress | None = None) -> Version:
+def run_training(service: Service, project: str, progress: Progress | None = None) -> Version | None:
     """Fetch the project's annotations, fine-tune, and save a new version.
+
+    Under torchrun every rank trains on its share; only rank 0 saves (and
+    returns the version), the other ranks return None.
 
     Raises:
         TrainingError: nothing usable to train on.
@@ -67,6 +70,8 @@ def run_training(service: Service, project: str, progress: Progress | None = Non
     model, parent, origin = _starting_point(service, project, names)
     config = service.settings.train_config()
     result = train(model, data.samples, config, service.registry.device, progress)
+    if not is_main_process():
+        return None
     meta = {
         "labels": list(names.labels),
         "backbone": service.settings.backbone,

@@ -31,7 +31,6 @@ The issue's goal: overhead (b - a) / a at most 10 % at batch 8 on the CPU.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import signal
@@ -67,7 +66,6 @@ LABEL_CONFIG = (
     + "</RectangleLabels></View>"
 )
 JPEG_QUALITY = 90
-_LIBC = ctypes.CDLL(None, use_errno=True)
 SCORE_TOLERANCE = 1e-3
 
 
@@ -202,12 +200,6 @@ class Service:
             raise RuntimeError(f"/predict did not predict every task; see {self.log_path}")
         return answer
 
-    def pids(self) -> tuple[int, ...]:
-        """gunicorn's master and its worker(s)."""
-        master = self.process.pid
-        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-        return (master, *(int(pid) for pid in children))
-
     def stop(self) -> None:
         self.session.close()
         if self.process.poll() is None:
@@ -247,58 +239,41 @@ def check_same_model(detector: Detector, tensors: list[Tensor], answer: dict) ->
 # --- measurement --------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time used so far by every thread, live or finished, of process ``pid``."""
-    clock = ctypes.c_int()
-    if _LIBC.clock_getcpuclockid(pid, ctypes.byref(clock)) != 0:
-        raise OSError(f"no CPU clock for process {pid}")
-    return time.clock_gettime(clock.value)
-
-
-def _timed(fn, pids: tuple[int, ...] = ()) -> tuple[float, float]:
-    """Wall seconds of ``fn()`` and CPU seconds it cost this process and ``pids``."""
-    cpu = time.process_time() + sum(cpu_seconds(p) for p in pids)
+def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
-    wall = time.perf_counter() - start
-    return wall, time.process_time() + sum(cpu_seconds(p) for p in pids) - cpu
+    return time.perf_counter() - start
 
 
 def measure(detector: Detector, service: Service, tensors: list[Tensor], names: list[str],
             batch_sizes: list[int], repeats: int, warmup: int) -> dict[int, dict[str, list[float]]]:
-    """Wall and CPU seconds per call of (a) and (b) for each batch size, taken alternately.
-
-    (b)'s CPU time is that of this process (the HTTP client) plus gunicorn's master
-    and worker: unlike wall time it hardly moves when other programs share the CPUs.
-    """
-    samples = {n: {k: [] for k in ("bare", "service", "bare_cpu", "service_cpu")} for n in batch_sizes}
-    pids = service.pids()
+    """Wall seconds per call of (a) and (b) for each batch size, taken alternately."""
+    samples = {n: {"bare": [], "service": []} for n in batch_sizes}
     for rep in range(warmup + repeats):
         for n in batch_sizes:
             bare = _timed(lambda: detector.predict(tensors[:n]))
-            served = _timed(lambda: service.predict(names[:n]), pids)
+            served = _timed(lambda: service.predict(names[:n]))
             if rep >= warmup:
-                for key, (wall, cpu) in (("bare", bare), ("service", served)):
-                    samples[n][key].append(wall)
-                    samples[n][f"{key}_cpu"].append(cpu)
+                samples[n]["bare"].append(bare)
+                samples[n]["service"].append(served)
     return samples
 
 
 def summarise(samples: dict[int, dict[str, list[float]]]) -> list[dict]:
-    """Medians per batch size, and the overhead of (b) over (a) in wall and in CPU time."""
+    """Per batch size: medians, the overhead of (b) over (a), and the minima as a cross-check."""
     rows = []
     for n, runs in samples.items():
-        med = {key: statistics.median(values) for key, values in runs.items()}
+        bare, served = statistics.median(runs["bare"]), statistics.median(runs["service"])
         rows.append({
             "batch_size": n,
-            "bare_s": med["bare"],
-            "service_s": med["service"],
-            "ratio": med["service"] / med["bare"],
-            "overhead_pct": 100.0 * (med["service"] - med["bare"]) / med["bare"],
-            "overhead_ms_per_image": 1000.0 * (med["service"] - med["bare"]) / n,
-            "bare_cpu_s": med["bare_cpu"],
-            "service_cpu_s": med["service_cpu"],
-            "cpu_overhead_pct": 100.0 * (med["service_cpu"] - med["bare_cpu"]) / med["bare_cpu"],
+            "bare_s": bare,
+            "service_s": served,
+            "ratio": served / bare,
+            "overhead_pct": 100.0 * (served - bare) / bare,
+            "overhead_ms_per_image": 1000.0 * (served - bare) / n,
+            "bare_min_s": min(runs["bare"]),
+            "service_min_s": min(runs["service"]),
+            "min_overhead_pct": 100.0 * (min(runs["service"]) - min(runs["bare"])) / min(runs["bare"]),
         })
     return rows
 
@@ -306,16 +281,15 @@ def summarise(samples: dict[int, dict[str, list[float]]]) -> list[dict]:
 def print_table(rows: list[dict], header: str) -> None:
     print(header)
     print(f"{'batch':>5}  {'(a) bare ms':>11}  {'(b) /predict ms':>15}  {'b/a':>6}  {'overhead':>8}  "
-          f"{'ms/img':>7}  {'| CPU (a) ms':>11}  {'CPU (b) ms':>10}  {'CPU overhead':>12}")
+          f"{'ms/img':>7}  | {'min (a)':>7}  {'min (b)':>7}  {'overhead':>8}")
     for r in rows:
         print(f"{r['batch_size']:>5}  {1000 * r['bare_s']:>11.1f}  {1000 * r['service_s']:>15.1f}  "
               f"{r['ratio']:>6.3f}  {r['overhead_pct']:>7.1f}%  {r['overhead_ms_per_image']:>7.1f}  "
-              f"| {1000 * r['bare_cpu_s']:>9.1f}  {1000 * r['service_cpu_s']:>10.1f}  {r['cpu_overhead_pct']:>11.1f}%")
+              f"| {1000 * r['bare_min_s']:>7.1f}  {1000 * r['service_min_s']:>7.1f}  {r['min_overhead_pct']:>7.1f}%")
     print("(a) = Detector.predict on already-decoded float tensors, in this process.\n"
           "(b) = POST /predict over HTTP to gunicorn: request/answer JSON, reading + JPEG decoding + to_tensor\n"
-          "      (decode cost is in (b) only), the same model. Medians; overhead = (b - a) / a.\n"
-          "CPU columns: CPU time of all threads ((b): client + gunicorn master + worker), a cross-check\n"
-          "      that other programs sharing the machine barely move.")
+          "      (decode cost is in (b) only), the same model. Medians; overhead = (b - a) / a; ms/img = (b - a) / N.\n"
+          "      The last three columns are the fastest of each, a cross-check when other programs share the CPUs.")
 
 
 # --- command line -------------------------------------------------------------------
@@ -357,11 +331,15 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.torch_threads)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
         result = run(args, Path(tmp))
+    result["load_average_1min"] = {"before": load_before, "after": os.getloadavg()[0]}
     header = (f"/predict overhead, {args.backbone}, {args.height}x{args.width} JPEG q{JPEG_QUALITY} "
               f"({result['images']}), CPU, {args.torch_threads} torch threads, "
-              f"{args.repeats} interleaved repeats after {args.warmup} warm-up rounds")
+              f"{args.repeats} interleaved repeats after {args.warmup} warm-up rounds\n"
+              f"load average (1 min) before {load_before:.2f}, after {result['load_average_1min']['after']:.2f} "
+              f"on {os.cpu_count()} CPUs (this run itself adds about {args.torch_threads})")
     print_table(result["rows"], header)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -246,12 +246,16 @@ def build_empty_model(config: DetectorConfig, num_labels: int) -> frcnn.FasterRC
 
 
 def select_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``auto`` picks CUDA when present; asking for CUDA without one is an error.
+
+    CUDA means the current device (``torch.cuda.set_device``), so each torchrun
+    process trains on its own GPU.
+    """
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("DEVICE=cuda but no CUDA device is available")
-    return torch.device(name)
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu" if name == "auto" else name)
 
 
 class Detector:

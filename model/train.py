@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.models.detection import FasterRCNN
 from torchvision.transforms.functional import to_tensor
 
@@ -156,14 +157,17 @@ def _seed_everything(seed: int | None) -> random.Random:
 
 
 def train_step(
-    model: FasterRCNN,
+    model: torch.nn.Module,
     images: list[Tensor],
     targets: list[dict[str, Tensor]],
     optimizer: torch.optim.Optimizer,
     loss_config: LossConfig,
     scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
-    """One optimisation step; returns the logged loss terms. Autocast when a scaler is given (CUDA)."""
+    """One optimisation step; returns the logged loss terms. Autocast when a scaler is given (CUDA).
+
+    ``model`` is a FasterRCNN, or DDP around one.
+    """
     device = next(model.parameters()).device
     images = [img.to(device, non_blocking=True) for img in images]
     targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
@@ -182,6 +186,35 @@ def train_step(
     return logged
 
 
+def is_distributed() -> bool:
+    """True inside a torch.distributed job (torchrun), where ``train`` uses DDP."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def is_main_process() -> bool:
+    """Rank 0, or the only process: the one that evaluates, saves and reports."""
+    return not is_distributed() or torch.distributed.get_rank() == 0
+
+
+def _loader(train_set: Sequence[Sample], config: TrainConfig, rng: random.Random) -> DataLoader:
+    dataset = DetectionDataset(train_set, config.flip_prob, rng)
+    sampler = DistributedSampler(dataset, shuffle=True, seed=config.seed or 0) if is_distributed() else None
+    return DataLoader(
+        dataset, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
+        collate_fn=_collate, generator=torch.Generator().manual_seed(config.seed or 0),
+    )
+
+
+def _parallel(model: FasterRCNN, device: torch.device, config: TrainConfig) -> torch.nn.Module:
+    """DDP around ``model`` in a distributed job; the standard loss leaves the log-variance layer unused."""
+    if not is_distributed():
+        return model
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=config.loss.kind == LossConfig.STANDARD,
+    )
+
+
 def train(
     model: FasterRCNN,
     samples: Sequence[Sample],
@@ -190,13 +223,13 @@ def train(
     progress: Progress | None = None,
     evaluate: Callable[[FasterRCNN, Sequence[Sample]], dict[str, float]] | None = None,
 ) -> TrainResult:
-    """Fine-tune ``model`` in place on ``samples``.
+    """Fine-tune ``model`` in place on ``samples`` (data-parallel under torchrun).
 
     Args:
-        model (FasterRCNN): with ``UncertaintyRoIHeads`` whose loss matches ``config.loss``.
+        model (FasterRCNN): with ``UncertaintyRoIHeads``; its loss is set from ``config.loss``.
         samples (Sequence[Sample]): the labelled images; images without boxes are negatives.
         progress (Progress): called with (fraction done, message) after every step.
-        evaluate: mAP on the held-out slice (default ``evaluate_map``).
+        evaluate: mAP on the held-out slice (default ``evaluate_map``), on rank 0 only.
     Raises:
         ValueError: no samples; FloatingPointError: the loss diverged.
     """
@@ -204,30 +237,30 @@ def train(
         raise ValueError("nothing to train on: no labelled images")
     rng = _seed_everything(config.seed)
     train_set, held_out = split_holdout(samples, config, seed=config.seed or 0)
-    loader = DataLoader(
-        DetectionDataset(train_set, config.flip_prob, rng), batch_size=config.batch_size, shuffle=True,
-        collate_fn=_collate, generator=torch.Generator().manual_seed(config.seed or 0),
-    )
+    loader = _loader(train_set, config, rng)
     model.roi_heads.loss = config.loss
     model.to(device).train()
+    network = _parallel(model, device, config)
     optimizer = _optimizer(model, config)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
     result = TrainResult(trained_on=[s.key for s in train_set], held_out=[s.key for s in held_out])
-    total_steps, step = config.epochs * len(loader), 0
+    total_steps = config.epochs * len(loader)
     for epoch in range(config.epochs):
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)
         sums: dict[str, float] = {}
-        for images, targets in loader:
+        for i, (images, targets) in enumerate(loader):
+            step = epoch * len(loader) + i
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * _lr_factor(step, epoch, config)
-            logged = train_step(model, images, targets, optimizer, config.loss, scaler)
+            logged = train_step(network, images, targets, optimizer, config.loss, scaler)
             sums = {k: sums.get(k, 0.0) + v for k, v in logged.items()}
-            step += 1
-            if progress:
-                progress(step / total_steps, f"epoch {epoch + 1}/{config.epochs} loss {logged['total']:.3f}")
+            if progress and is_main_process():
+                progress((step + 1) / total_steps, f"epoch {epoch + 1}/{config.epochs} loss {logged['total']:.3f}")
         result.epoch_losses.append({k: v / len(loader) for k, v in sums.items()})
         logger.info("epoch %d/%d: %s", epoch + 1, config.epochs, _fmt(result.epoch_losses[-1]))
     model.eval()
-    if held_out:
+    if held_out and is_main_process():
         result.metrics = (evaluate or evaluate_map)(model, held_out)
     return result
 

@@ -93,6 +93,13 @@ class TestHealth:
         assert body["status"] == "UP"
         assert body["model_class"] == MODEL_CLASS and body["model_class"]
 
+    def test_reports_device_weights_and_serving_versions_once_loaded(self, client):
+        served = client.post("/predict", json=predict_body([])).get_json()["model_version"]
+        body = client.get("/health").get_json()
+        assert body["device"] == "cpu"
+        assert body["serving"]["1"] == served
+        assert body["weights"]["1"]["used"] == "none"
+
     def test_does_not_create_the_registry(self, fresh_app):
         assert fresh_app.test_client().get("/health").status_code == 200
         assert "registry" not in _service(fresh_app).__dict__
