@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TypeVar
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
 
 import requests
 from label_studio_sdk._extensions.label_studio_tools.core.utils.io import (
@@ -57,12 +57,27 @@ class ImagePolicy:
 
 
 class _TimeoutSession(requests.Session):
-    """A session that refuses hosts outside the policy and never waits forever."""
+    """A session that refuses hosts outside the policy and never waits forever.
 
-    def __init__(self, allowed_hosts: frozenset[str], timeout: float) -> None:
+    Redirects are checked too: only Label Studio (``trusted``, whose cloud
+    presign answers redirect to the bucket's host) may send us elsewhere; any
+    other host may only redirect to an allowed host.
+    """
+
+    def __init__(self, allowed_hosts: frozenset[str], trusted: str, timeout: float) -> None:
         super().__init__()
         self._allowed = allowed_hosts
+        self._trusted = trusted
         self._timeout = timeout
+
+    def get_redirect_target(self, resp: requests.Response) -> str | None:  # noqa: D102 (requests' hook)
+        target = super().get_redirect_target(resp)
+        if target is not None:
+            source = urlparse(resp.url).netloc.lower()
+            destination = urlparse(urljoin(resp.url, target)).netloc.lower()
+            if source != self._trusted and destination not in self._allowed:
+                raise ImageError(f"image host {source!r} redirected to {destination!r}, which is not allowed")
+        return target
 
     def request(self, method: str, url: str, **kwargs):  # noqa: D102 (requests' signature)
         if urlparse(url).netloc.lower() not in self._allowed:
@@ -118,7 +133,8 @@ class ImageLoader:
             # without a document root the SDK must fetch local files from Label Studio: no resolver
             # (an installed resolver that answers None makes the SDK refuse the file instead)
             resolver = self._resolve_local if self.policy.document_root else None
-            with http_session(_TimeoutSession(hosts, self.policy.timeout)), local_files_resolver(resolver):
+            session = _TimeoutSession(hosts, urlparse(self.policy.label_studio_url).netloc.lower(), self.policy.timeout)
+            with http_session(session), local_files_resolver(resolver):
                 return get_local_path(
                     url,
                     cache_dir=self.policy.cache_dir or None,

@@ -105,6 +105,7 @@ class Route:
     status: int
     body: bytes
     content_type: str = "application/octet-stream"
+    location: str = ""  # a Location header, for redirects
 
 
 @dataclass
@@ -133,6 +134,8 @@ class LocalServer:
                 self.send_response(route.status)
                 self.send_header("Content-Type", route.content_type)
                 self.send_header("Content-Length", str(len(route.body)))
+                if route.location:
+                    self.send_header("Location", route.location)
                 self.end_headers()
                 try:
                     self.wfile.write(route.body)

@@ -7,10 +7,12 @@ Label Studio and for image hosts.
 
 from __future__ import annotations
 
+import json
 import time
 
 import jwt
 import pytest
+from PIL import Image
 from helpers import BLUE, RED, LocalServer, Route, image_bytes, make_settings, write_exif_rotated_jpeg, write_image
 
 import backend.lsclient as lsclient
@@ -119,8 +121,6 @@ class TestDecode:
 
     @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16"])
     def test_other_modes_become_rgb(self, tmp_path, mode):
-        from PIL import Image
-
         path = tmp_path / "m.png"
         Image.new(mode, (20, 10)).save(path)
         img = _loader(tmp_path).decode(str(path))
@@ -221,6 +221,28 @@ class TestFetchHttp:
                 loader.load(f"http://localhost:{other.netloc.split(':')[1]}/img.png")
         assert other.seen == []
 
+    def test_redirect_to_a_host_not_allowed_is_refused(self, tmp_path):
+        with LocalServer({"/img.png": PNG}) as target:
+            with LocalServer({"/img.png": Route(302, b"", location=f"{target.url}/img.png")}) as allowed:
+                loader = _loader(tmp_path, allowed_image_hosts=(allowed.netloc,))
+                with pytest.raises(ImageError, match="redirected"):
+                    loader.load(f"{allowed.url}/img.png")
+        assert target.seen == []
+
+    def test_redirect_between_allowed_hosts_is_followed(self, tmp_path):
+        with LocalServer({"/img.png": PNG}) as target:
+            with LocalServer({"/img.png": Route(302, b"", location=f"{target.url}/img.png")}) as allowed:
+                loader = _loader(tmp_path, allowed_image_hosts=(allowed.netloc, target.netloc))
+                assert loader.load(f"{allowed.url}/img.png").size == (30, 20)
+
+    def test_label_studio_may_redirect_anywhere(self, tmp_path):
+        # Cloud presign answers redirect from Label Studio to the bucket's host.
+        with LocalServer({"/img.png": PNG}) as bucket:
+            with LocalServer({"/img.png": Route(302, b"", location=f"{bucket.url}/img.png")}) as ls:
+                loader = _loader(tmp_path, label_studio_url=ls.url, api_key="legacy-token-123")
+                assert loader.load(f"{ls.url}/img.png").size == (30, 20)
+        assert "Authorization" not in bucket.seen[0].headers
+
     def test_http_error_message_has_no_query_string(self, tmp_path):
         with LocalServer({}) as server:
             loader = _loader(tmp_path, allowed_image_hosts=(server.netloc,))
@@ -293,8 +315,6 @@ class TestLabelStudioAuth:
         issued: list[str] = []
 
         def refresh(seen):
-            import json
-
             if seen.method != "POST" or "refresh" not in json.loads(seen.body or b"{}"):
                 return Route(400, b"{}", "application/json")
             issued.append(_jwt("access", 3600, n=len(issued)))
