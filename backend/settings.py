@@ -72,6 +72,7 @@ class Settings:
     hua_min_candidates: int = 64
     hua_candidates: int | None = None
     hua_overlap_iou: float = 0.3
+    hua_diversity: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -129,6 +130,7 @@ class Settings:
             min_candidates=self.hua_min_candidates,
             candidates=self.hua_candidates,
             overlap_iou=self.hua_overlap_iou,
+            diversity=self.hua_diversity,
         )
 
     def train_config(self) -> TrainConfig:
@@ -194,6 +196,7 @@ ENVIRONMENT: dict[str, str] = {
     "HUA_MIN_CANDIDATES": "hua_min_candidates",
     "HUA_CANDIDATES": "hua_candidates",
     "HUA_OVERLAP_IOU": "hua_overlap_iou",
+    "HUA_DIVERSITY": "hua_diversity",
 }
 
 

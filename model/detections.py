@@ -33,6 +33,8 @@ class Detections:
             (METHOD.md section 1). K <= the configured gate size.
         width (int): width of the original image in pixels.
         height (int): height of the original image in pixels.
+        features (Tensor[D] | None): the image's pooled backbone feature, when
+            asked for (HUA's optional diversity pass).
     """
 
     boxes: Tensor
@@ -43,6 +45,7 @@ class Detections:
     top_probs: Tensor
     width: int
     height: int
+    features: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -78,4 +81,5 @@ class Detections:
             self.top_probs.to(device),
             self.width,
             self.height,
+            None if self.features is None else self.features.to(device),
         )

@@ -278,23 +278,36 @@ class Detector:
         return contextlib.nullcontext()
 
     @torch.inference_mode()
-    def predict(self, images: Sequence[Tensor], flip: bool = False) -> list[Detections]:
+    def predict(self, images: Sequence[Tensor], flip: bool = False, features: bool = False) -> list[Detections]:
         """Detect objects in float images ``Tensor[3, H, W]`` in [0, 1].
 
         With ``flip`` the images are mirrored horizontally first and the boxes
         are returned in the mirrored image's coordinates (HUA maps them back).
+        With ``features`` each result carries its pooled backbone feature.
         """
         if not images:
             return []
         batch = [img.to(self.device, non_blocking=True) for img in images]
         if flip:
             batch = [img.flip(-1) for img in batch]
-        with self._autocast():
-            outputs = self.model(batch)
-        return [_to_detections(out, img) for out, img in zip(outputs, images)]
+        pooled: list[Tensor] = []
+        hook = self.model.backbone.register_forward_hook(lambda _m, _i, out: pooled.append(_pool(out))) if features else None
+        try:
+            with self._autocast():
+                outputs = self.model(batch)
+        finally:
+            if hook is not None:
+                hook.remove()
+        feats = list(pooled[0].float().cpu()) if pooled else [None] * len(images)
+        return [_to_detections(out, img, f) for out, img, f in zip(outputs, images, feats)]
 
 
-def _to_detections(out: dict[str, Tensor], image: Tensor) -> Detections:
+def _pool(features: dict[str, Tensor]) -> Tensor:
+    """Global average of the coarsest feature map: ``Tensor[B, D]``."""
+    return list(features.values())[-1].mean(dim=(-2, -1))
+
+
+def _to_detections(out: dict[str, Tensor], image: Tensor, features: Tensor | None = None) -> Detections:
     return Detections(
         boxes=out["boxes"].float().cpu(),
         labels=out["labels"].cpu(),
@@ -304,5 +317,6 @@ def _to_detections(out: dict[str, Tensor], image: Tensor) -> Detections:
         top_probs=out["top_probs"].float().cpu(),
         width=int(image.shape[-1]),
         height=int(image.shape[-2]),
+        features=features,
     )
 

@@ -110,6 +110,9 @@ class HUAConfig:
             budget B is known (benchmarks) [ours], > 0.
         overlap_iou (float): IoU at or above which two detections of one image
             overlap, for the Overlap Ratio [ours], in (0, 1].
+        diversity (bool): re-order the top of the ranking by k-center greedy
+            on pooled backbone features (``model.diversity``) [ours, beyond the paper].
+        diversity_window (int): how many of the top images that pass re-orders.
     """
 
     gate_top_k: int = 10
@@ -118,6 +121,8 @@ class HUAConfig:
     candidates: int | None = None
     retrieval_ratio: float = 4.0
     overlap_iou: float = 0.3
+    diversity: bool = False
+    diversity_window: int = 64
 
     def __post_init__(self) -> None:
         if self.gate_top_k < 1:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
 from model.detections import Detections
 from model.detector import Detector
+from model.diversity import diversify
 from model.hua import (
     HUAConfig,
     Ranking,
@@ -85,7 +86,7 @@ def _load(keys: Sequence[Hashable], source: ImageSource, failed: dict[Hashable, 
 
 def predict_pool(
     detector: Detector, keys: Sequence[Hashable], source: ImageSource, batch_size: int,
-    flip: bool = False, progress: Progress | None = None,
+    flip: bool = False, progress: Progress | None = None, features: bool = False,
 ) -> tuple[list[Hashable], list[Detections], dict[Hashable, str]]:
     """Detections of every loadable image, in batches (images are not kept in memory)."""
     done_keys: list[Hashable] = []
@@ -93,7 +94,7 @@ def predict_pool(
     failed: dict[Hashable, str] = {}
     for batch in _batches(list(keys), batch_size):
         loaded = _load(batch, source, failed)
-        detections.extend(detector.predict([image for _, image in loaded], flip=flip))
+        detections.extend(detector.predict([image for _, image in loaded], flip=flip, features=features))
         done_keys.extend(key for key, _ in loaded)
         if progress:
             progress((len(done_keys) + len(failed)) / max(1, len(keys)), "flipped pass" if flip else "first pass")
@@ -119,7 +120,9 @@ def score_pool(
         progress: (fraction, message); the first pass is the first 80%.
     """
     first = (lambda f, m: progress(0.8 * f, m)) if progress else None
-    done, detections, failed = predict_pool(detector, keys, source, batch_size, progress=first)
+    done, detections, failed = predict_pool(
+        detector, keys, source, batch_size, progress=first, features=config.diversity
+    )
     entropy = torch.stack([image_entropy(d.top_probs) for d in detections]).double() if detections else torch.zeros(0, dtype=torch.float64)
     mask = select_candidates(entropy, num_candidates(len(done), config, budget))
     candidates = [done[i] for i in torch.nonzero(mask).flatten().tolist()]
@@ -134,7 +137,16 @@ def score_pool(
     ]
     metrics = torch.stack(rows) if rows else torch.zeros((0, 4), dtype=torch.float64)
     failed.update(flip_failed)
-    return PoolScores(done, detections, entropy, rank_pool(entropy, metrics, mask), failed)
+    ranking = rank_pool(entropy, metrics, mask)
+    if config.diversity and detections:
+        ranking = _diversified(ranking, torch.stack([d.features for d in detections]), config.diversity_window)
+    return PoolScores(done, detections, entropy, ranking, failed)
+
+
+def _diversified(ranking: Ranking, features: Tensor, window: int) -> Ranking:
+    """The ranking with its top ``window`` re-ordered by k-center greedy (``model.diversity``)."""
+    order, score = diversify(ranking.order, ranking.score, features, window)
+    return replace(ranking, order=order, score=score, priority=1.0 - score)
 
 
 def score_new_images(
