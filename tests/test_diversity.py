@@ -38,3 +38,22 @@ class TestDiversify:
         order, score = torch.tensor([2, 0, 1]), torch.tensor([0.5, 0.9, 0.1])
         new_order, new_score = diversify(order, score, torch.randn(3, 4), window=2)
         assert torch.equal(new_order, order) and torch.equal(new_score, score)
+
+
+class TestScorePoolWithDiversity:
+    def test_features_flow_and_order_is_a_permutation(self) -> None:
+        from model.detector import Detector, DetectorConfig, build_model
+        from model.hua import HUAConfig
+        from model.ranking import score_pool
+
+        config = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False,
+                                score_threshold=0.0, min_size=64, max_size=96)
+        torch.manual_seed(0)
+        model, _ = build_model(config, ["a", "b"])
+        detector = Detector(model, ["a", "b"], torch.device("cpu"))
+        images = {i: torch.rand(3, 48, 64, generator=torch.Generator().manual_seed(i)) for i in range(6)}
+        hua = HUAConfig(min_candidates=0, retrieval_fraction=0.5, diversity=True, diversity_window=4)
+        pool = score_pool(detector, list(images), images.__getitem__, torch.zeros(2), hua, batch_size=3)
+        assert all(d.features is not None and d.features.dim() == 1 for d in pool.detections)
+        assert sorted(pool.ranking.order.tolist()) == list(range(6))
+        assert bool((pool.ranking.score[pool.ranking.order].diff() >= 0).all())
