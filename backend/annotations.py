@@ -28,6 +28,7 @@ class TrainingSet:
 
     samples: list[Sample] = field(default_factory=list)
     annotation_ids: list[int] = field(default_factory=list)
+    annotation_updated: dict[str, str] = field(default_factory=dict)  # id -> updated_at: edits keep the id
     skipped: dict[str, int] = field(default_factory=dict)
 
     def skip(self, reason: str) -> None:
@@ -111,5 +112,7 @@ def training_set(tasks: Sequence[dict], names: ProjectLabels, loader: ImageLoade
             )
         )
         result.annotation_ids.append(int(annotation.get("id") or 0))
+        stamp = annotation.get("updated_at") or annotation.get("created_at") or ""
+        result.annotation_updated[str(annotation.get("id"))] = str(stamp)
     return result
 

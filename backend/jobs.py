@@ -76,11 +76,42 @@ class JobBoard:
         return path
 
     def read(self, project: str, kind: str) -> JobRecord | None:
+        """The record; a "running" one whose process died (kill -9, OOM killer) reads as failed."""
         path = self.root / project / ".jobs" / f"{kind}.json"
         try:
-            return JobRecord(**json.loads(path.read_text()))
+            record = JobRecord(**json.loads(path.read_text()))
         except (FileNotFoundError, json.JSONDecodeError, TypeError):
             return None
+        if record.status == "running" and self._abandoned(project, kind):
+            record.status = "failed"
+            record.error = record.error or "the job's process died before it finished (killed?)"
+        return record
+
+    def _abandoned(self, project: str, kind: str) -> bool:
+        """True when the record says running but nobody holds the job's lock.
+
+        run_job writes "running" (and the outcome) only while it holds the lock,
+        and the kernel releases a lock when its process dies; checked again
+        with the lock held so that a job finishing meanwhile is not misread.
+        """
+        jobs = self.root / project / ".jobs"
+        try:
+            fd = os.open(jobs / f"{kind}.lock", os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # held: the job is alive
+            try:
+                return json.loads((jobs / f"{kind}.json").read_text()).get("status") == "running"
+            except (FileNotFoundError, json.JSONDecodeError):
+                return False
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def write(self, record: JobRecord) -> None:
         """Replace the record atomically (readers never see half a file)."""
@@ -204,7 +235,7 @@ class EmbeddedRunner:
         ok = code == 0
         if not ok:
             record = self.board.read(project, kind)
-            if record is None or record.status not in ("failed",):
+            if record is None or record.finished is None:  # the job recorded no outcome: killed, or never started
                 record = record or JobRecord(project, kind)
                 record.status, record.error, record.finished = "failed", f"job process exited with {code}", _now()
                 self.board.write(record)

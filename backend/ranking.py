@@ -93,11 +93,11 @@ def _rank_new(service: Service, served: ServedModel, tasks: list[dict], names: P
 
 def _push(service: Service, project: str, entries: dict[int, dict], version: str, replace: bool) -> int:
     client = service.ls_client
-    if replace:
+    if replace and entries:  # LS also clears the project's model_version when it deletes
         client.delete_version_predictions(project, version)
     body = [{"task": task_id, **entry} for task_id, entry in entries.items()]
     created = client.import_predictions(project, body) if body else 0
-    if created or replace:
+    if created:  # LS refuses (400) a model_version it holds no prediction of
         client.set_model_version(project, version)
     client.save_view(project, QUEUE_TITLE, QUEUE_VIEW)
     return created
@@ -106,7 +106,8 @@ def _push(service: Service, project: str, entries: dict[int, dict], version: str
 def run_ranking(service: Service, project: str, progress=None, full: bool = False) -> dict:
     """Bring the project's HUA queue up to date with the serving model.
 
-    A full ranking when the serving version has none yet (or ``full``);
+    A full ranking when the serving version has none yet, or one that scored
+    no task (or ``full``);
     otherwise only the unlabeled tasks the stored ranking lacks are scored,
     on its stored scale, and pushed.
     """
@@ -117,7 +118,7 @@ def run_ranking(service: Service, project: str, progress=None, full: bool = Fals
     freq = labeled_frequency([t for t in all_tasks if t.get("annotations")], names)
     pool = _unlabeled(all_tasks)
     stored = service.rankings.get(served.version)
-    if full or stored.scale is None:
+    if full or stored.scale is None or not stored.tasks:  # an empty pool's scale admits nothing later
         stored, failed = _rank_all(service, served, pool, names, freq, progress)
         created = _push(service, project, stored.tasks, served.name, replace=True)
     else:

@@ -48,6 +48,18 @@ def _starting_point(service: Service, project: str, names: ProjectLabels) -> tup
     return model, None, report.used
 
 
+def _same_data(meta: dict, ids: list[int], updated: dict[str, str], names: ProjectLabels) -> bool:
+    """A version's meta says it was trained on these annotations, unedited, with these labels.
+
+    An edited annotation (ANNOTATION_UPDATED) keeps its id: its update time tells.
+    """
+    return (
+        meta.get("annotation_ids") == sorted(ids)
+        and meta.get("annotation_updated") == updated
+        and meta.get("labels") == list(names.labels)
+    )
+
+
 def run_training(service: Service, project: str, progress: Progress | None = None) -> Version | None:
     """Fetch the project's annotations, fine-tune, and save a new version.
 
@@ -64,7 +76,7 @@ def run_training(service: Service, project: str, progress: Progress | None = Non
     if not data.samples:
         raise TrainingError(f"project {project} has no usable annotations (skipped: {data.skipped})")
     latest = service.store.latest(project)
-    if latest is not None and latest.meta.get("annotation_ids") == sorted(data.annotation_ids):
+    if latest is not None and _same_data(latest.meta, data.annotation_ids, data.annotation_updated, names):
         raise NothingNew(f"{latest.name} was trained on the same {len(data.annotation_ids)} annotations")
     logger.info("project %s: training on %d images (skipped %s)", project, len(data.samples), data.skipped)
     model, parent, origin = _starting_point(service, project, names)
@@ -78,6 +90,7 @@ def run_training(service: Service, project: str, progress: Progress | None = Non
         "weights": origin,
         "parent": parent,
         "annotation_ids": sorted(data.annotation_ids),
+        "annotation_updated": data.annotation_updated,
         "skipped": data.skipped,
         "metrics": result.metrics,
         "epoch_losses": result.epoch_losses,

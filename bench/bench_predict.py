@@ -1,6 +1,7 @@
 """Service overhead of /predict: the bare forward pass against the HTTP round trip.
 
-In one run, side by side and interleaved (a, b, a, b, ...), for each batch size N:
+In one run, side by side and interleaved (each round times (a) and (b) back to
+back, in the order a-b, then b-a, ...), for each batch size N:
 
 (a) bare: ``model.detector.Detector.predict`` on N float tensors that are already
     decoded, in this process (what the service does after decoding);
@@ -20,6 +21,12 @@ Torch threads: the backend has no setting for torch's thread count, so the
 gunicorn worker gets OMP_NUM_THREADS (and MKL_NUM_THREADS) and this process calls
 ``torch.set_num_threads`` with the same count. (a) and (b) never run at the same
 time, so each has every core while it is measured.
+
+The table gives medians and the overhead (b - a) / a, plus two cross-checks for
+a noisy machine: the median of the paired ratios b_i / a_i, and the fastest call
+of each. Expect several percent of run-to-run spread on a shared 2-core VM: use
+more --repeats (40 resolve batch 8 to a few percent), and read the load average
+printed with the table.
 
 Usage (from the repository root)::
 
@@ -247,12 +254,21 @@ def _timed(fn) -> float:
 
 def measure(detector: Detector, service: Service, tensors: list[Tensor], names: list[str],
             batch_sizes: list[int], repeats: int, warmup: int) -> dict[int, dict[str, list[float]]]:
-    """Wall seconds per call of (a) and (b) for each batch size, taken alternately."""
+    """Wall seconds per call of (a) and (b) for each batch size, taken alternately.
+
+    Each round measures (a) and (b) back to back, in turn a-b and b-a (so that
+    neither always runs right after the other): sample i of (a) and of (b) are a
+    pair taken under the same conditions.
+    """
     samples = {n: {"bare": [], "service": []} for n in batch_sizes}
     for rep in range(warmup + repeats):
         for n in batch_sizes:
-            bare = _timed(lambda: detector.predict(tensors[:n]))
-            served = _timed(lambda: service.predict(names[:n]))
+            if rep % 2 == 0:
+                bare = _timed(lambda: detector.predict(tensors[:n]))
+                served = _timed(lambda: service.predict(names[:n]))
+            else:
+                served = _timed(lambda: service.predict(names[:n]))
+                bare = _timed(lambda: detector.predict(tensors[:n]))
             if rep >= warmup:
                 samples[n]["bare"].append(bare)
                 samples[n]["service"].append(served)
@@ -260,10 +276,16 @@ def measure(detector: Detector, service: Service, tensors: list[Tensor], names: 
 
 
 def summarise(samples: dict[int, dict[str, list[float]]]) -> list[dict]:
-    """Per batch size: medians, the overhead of (b) over (a), and the minima as a cross-check."""
+    """Per batch size: medians, the overhead of (b) over (a), and two cross-checks.
+
+    ``paired_overhead_pct`` is the median over rounds of b_i / a_i - 1 (each pair
+    measured back to back, so slow drifts of the machine cancel); ``min_*`` use
+    the fastest call of each, which noise can only slow down.
+    """
     rows = []
     for n, runs in samples.items():
         bare, served = statistics.median(runs["bare"]), statistics.median(runs["service"])
+        paired = statistics.median(b / a for a, b in zip(runs["bare"], runs["service"]))
         rows.append({
             "batch_size": n,
             "bare_s": bare,
@@ -271,6 +293,7 @@ def summarise(samples: dict[int, dict[str, list[float]]]) -> list[dict]:
             "ratio": served / bare,
             "overhead_pct": 100.0 * (served - bare) / bare,
             "overhead_ms_per_image": 1000.0 * (served - bare) / n,
+            "paired_overhead_pct": 100.0 * (paired - 1.0),
             "bare_min_s": min(runs["bare"]),
             "service_min_s": min(runs["service"]),
             "min_overhead_pct": 100.0 * (min(runs["service"]) - min(runs["bare"])) / min(runs["bare"]),
@@ -281,15 +304,17 @@ def summarise(samples: dict[int, dict[str, list[float]]]) -> list[dict]:
 def print_table(rows: list[dict], header: str) -> None:
     print(header)
     print(f"{'batch':>5}  {'(a) bare ms':>11}  {'(b) /predict ms':>15}  {'b/a':>6}  {'overhead':>8}  "
-          f"{'ms/img':>7}  | {'min (a)':>7}  {'min (b)':>7}  {'overhead':>8}")
+          f"{'ms/img':>7}  | {'paired':>7}  | {'min (a)':>7}  {'min (b)':>7}  {'overhead':>8}")
     for r in rows:
         print(f"{r['batch_size']:>5}  {1000 * r['bare_s']:>11.1f}  {1000 * r['service_s']:>15.1f}  "
               f"{r['ratio']:>6.3f}  {r['overhead_pct']:>7.1f}%  {r['overhead_ms_per_image']:>7.1f}  "
+              f"| {r['paired_overhead_pct']:>6.1f}%  "
               f"| {1000 * r['bare_min_s']:>7.1f}  {1000 * r['service_min_s']:>7.1f}  {r['min_overhead_pct']:>7.1f}%")
     print("(a) = Detector.predict on already-decoded float tensors, in this process.\n"
           "(b) = POST /predict over HTTP to gunicorn: request/answer JSON, reading + JPEG decoding + to_tensor\n"
           "      (decode cost is in (b) only), the same model. Medians; overhead = (b - a) / a; ms/img = (b - a) / N.\n"
-          "      The last three columns are the fastest of each, a cross-check when other programs share the CPUs.")
+          "paired = median over rounds of b_i / a_i - 1 (each pair back to back); min = fastest call of each.\n"
+          "      Both are cross-checks for a noisy machine: trust the overhead only where the three agree.")
 
 
 # --- command line -------------------------------------------------------------------

@@ -9,6 +9,9 @@ from helpers import make_settings, write_image_set
 
 from backend.app import create_app
 
+# The Label Studio session fixtures (one server for the whole run), in tests/labelstudio.py.
+pytest_plugins = ["labelstudio"]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def offline_environment(tmp_path_factory: pytest.TempPathFactory):

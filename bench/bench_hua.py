@@ -1,0 +1,412 @@
+"""What HUA costs: scoring a pool against a plain pass and a CALD-style pass; aggregation; /predict of ranked tasks.
+
+On one pool of N synthetic scenes (coloured shapes, fixed seed, decoded once and
+kept in memory so that no step pays for loading), in one run, with the rounds
+interleaved and the order rotated each round (medians reported):
+
+(a) plain: ``model.ranking.predict_pool`` over all N images, no flip: N forward passes;
+(b) HUA: ``model.ranking.score_pool``: N forward passes, the gate, P flipped passes
+    for the candidates and their four metrics, and ``rank_pool``: N + P passes;
+(c) CALD-style consistency: the original and 4 augmentations (horizontal flip,
+    cutout, 0.8x resize, 90-degree rotation) of ALL N images, each through the
+    detector; every augmented detection set is mapped back to the original
+    image and compared with the original detections (best-IoU match, IoU x
+    (1 - JS) of the class distributions, as CALD does), the image's consistency
+    is the minimum over augmentations: 5 N passes. This is the forward-pass
+    cost of CALD's first stage, not a reimplementation of CALD's selection.
+
+Goals (from the issue): b/a <= 1 + P/N + 0.1, and c/b >= 2 (HUA at least twice
+as cheap as consistency-based scoring of the whole pool).
+
+HUA's settings for (b): retrieval_fraction 0.5 and min_candidates 0 (the default
+min_candidates = 64 would make P = N for a small pool), so P = ceil(N / 2).
+
+Also, separately:
+
+- aggregation: ``model.hua.rank_pool`` on a synthetic pool of 100,000 images
+  (``bench.bench_hua_aggregate.synthetic_pool``, default gate: P = N / 2);
+- ``POST /predict`` of 10,000 tasks that the serving version's stored ranking
+  already scored, over real HTTP to the backend under gunicorn
+  (``docker/gunicorn.conf.py``): the first version is created by one /predict,
+  then a ``ranking.json`` (``backend.ranking_store.StoredRanking``, Scale from
+  ``model.hua.fit_scale``, two rectanglelabels boxes + score per task) is
+  written into its folder. The tasks' image URLs point at a closed port: the
+  run checks that every answer is the stored prediction, i.e. that no image was
+  fetched and no model was run. Reported: the first call (which also reads
+  ranking.json) and the median of the next ``--repeats``, against Label
+  Studio's 100 s limit for /predict.
+
+Both wall and CPU seconds (``time.process_time``, all threads) are reported;
+the goals are judged on wall time. Cost: one forward pass of mobilenet_v2_fpn
+is about 0.7 CPU-seconds per image (the box head on 1000 proposals), and the
+defaults make 3 x (64 + 96 + 320) passes: about 35 minutes on 2 shared cores.
+``--n 16`` is about a quarter of that.
+
+Usage (from the repository root)::
+
+    .venv/bin/python -m bench.bench_hua --n 64 --repeats 3 --out /tmp/bench_hua.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import box_iou
+
+from bench.bench_hua_aggregate import median_seconds, synthetic_pool
+from bench.bench_predict import Service, free_port
+from bench.common import (
+    SHAPE_LABELS,
+    backend_env,
+    fmt_goal,
+    interleaved,
+    label_config,
+    median,
+    parse_size,
+    print_table,
+    synthetic_scenes,
+    use_repo_torch_home,
+    write_json,
+)
+from backend.labels import parse_label_config
+from backend.predictions import box_result
+from backend.ranking_store import StoredRanking
+from model.detections import Detections
+from model.detector import Detector, DetectorConfig, build_model
+from model.hua import HUAConfig, fit_scale, js_divergence, num_candidates, rank_pool
+from model.ranking import labeled_class_frequency, predict_pool, score_pool
+from model.versions import VersionStore
+
+PROJECT = "1"
+LS_PREDICT_TIMEOUT_S = 100.0
+#: An address nothing listens on: a task image that were fetched would fail (and show).
+UNFETCHED_URL = "http://127.0.0.1:9/never-fetched/{}.jpg"
+AUGMENTATIONS = ("flip", "cutout", "resize", "rotate90")
+RESIZE_FACTOR = 0.8
+
+
+# --- (c) CALD-style consistency -------------------------------------------------------
+
+
+def _cutout(image: Tensor, key: int, holes: int = 2, fraction: float = 0.25) -> Tensor:
+    """``image`` with ``holes`` grey rectangles of ``fraction`` of each side (seeded by ``key``)."""
+    out = image.clone()
+    _, h, w = image.shape
+    gen = torch.Generator().manual_seed(1000 + int(key))
+    ch, cw = max(1, int(h * fraction)), max(1, int(w * fraction))
+    for _ in range(holes):
+        y = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
+        x = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
+        out[:, y : y + ch, x : x + cw] = 0.5
+    return out
+
+
+def augment(image: Tensor, kind: str, key: int) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """The augmented image and the map of its boxes back to ``image``'s pixels."""
+    _, h, w = image.shape
+    if kind == "flip":
+        return image.flip(-1), lambda b: torch.stack((w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]), dim=1)
+    if kind == "cutout":
+        return _cutout(image, key), lambda b: b
+    if kind == "resize":
+        small = F.interpolate(image[None], scale_factor=RESIZE_FACTOR, mode="bilinear", align_corners=False)[0]
+        sx, sy = w / small.shape[-1], h / small.shape[-2]
+        return small, lambda b: b * torch.tensor([sx, sy, sx, sy], dtype=b.dtype)
+    if kind == "rotate90":
+        # torch.rot90(k=1) on (H, W): a point (x, y) goes to (y, W - x); back: x = W - y', y = x'.
+        return torch.rot90(image, 1, (1, 2)), lambda b: torch.stack((w - b[:, 3], b[:, 0], w - b[:, 1], b[:, 2]), dim=1)
+    raise ValueError(f"unknown augmentation {kind!r}")
+
+
+def consistency(original: Detections, boxes_back: Tensor, probs: Tensor) -> float:
+    """Mean over original detections of IoU(best match) x (1 - JS(p, p*)); 0 when either side is empty."""
+    if len(original) == 0 or boxes_back.shape[0] == 0:
+        return 0.0
+    best_iou, match = box_iou(original.boxes, boxes_back).nan_to_num(0.0).max(dim=1)
+    return float((best_iou * (1.0 - js_divergence(original.probs, probs[match]))).mean())
+
+
+def cald_pool(detector: Detector, keys: list[int], source, batch_size: int) -> Tensor:
+    """Consistency of every image over the original and its 4 augmentations (5 forward passes each).
+
+    Returns:
+        Tensor[N]: float64, the minimum over augmentations of the image's consistency
+        (lower = less consistent = more informative, in CALD's sense).
+    """
+    scores = []
+    for start in range(0, len(keys), batch_size):
+        batch = keys[start : start + batch_size]
+        images = [source(k) for k in batch]
+        originals = detector.predict(images)
+        per_aug = []
+        for kind in AUGMENTATIONS:
+            augmented = [augment(img, kind, k) for img, k in zip(images, batch)]
+            dets = detector.predict([a for a, _ in augmented])
+            per_aug.append([
+                consistency(orig, back(det.boxes), det.probs)
+                for orig, det, (_, back) in zip(originals, dets, augmented)
+            ])
+        scores.extend(min(values) for values in zip(*per_aug))
+    return torch.tensor(scores, dtype=torch.float64)
+
+
+# --- the model part -------------------------------------------------------------------
+
+
+def build_detector(args: argparse.Namespace) -> tuple[Detector, str]:
+    torch.manual_seed(args.seed)
+    config = DetectorConfig(backbone=args.backbone, weights=args.weights, allow_download=False)
+    model, report = build_model(config, list(SHAPE_LABELS))
+    used = report.used + (f" (asked for {report.requested}: {'; '.join(report.reasons)})" if report.fell_back else "")
+    return Detector(model, list(SHAPE_LABELS), torch.device("cpu")), used
+
+
+def time_scoring(args: argparse.Namespace) -> dict:
+    """(a), (b) and (c) on one pool, interleaved; medians and ratios."""
+    detector, weights_used = build_detector(args)
+    scenes = synthetic_scenes(args.n, args.width, args.height, args.seed)
+    images = [image for image, _, _ in scenes]
+    keys = list(range(args.n))
+    source = images.__getitem__
+    hua = HUAConfig(retrieval_fraction=0.5, min_candidates=0)
+    p = num_candidates(args.n, hua)
+    freq = labeled_class_frequency([], len(SHAPE_LABELS))
+    outputs: dict[str, object] = {}
+
+    def plain() -> None:
+        outputs["plain"] = predict_pool(detector, keys, source, args.batch_size)
+
+    def hua_pool() -> None:
+        outputs["hua"] = score_pool(detector, keys, source, freq, hua, args.batch_size)
+
+    def cald() -> None:
+        outputs["cald"] = cald_pool(detector, keys, source, args.batch_size)
+
+    # warm-up: every input shape each step will see (batched, flipped, rotated, resized)
+    warm = keys[: min(len(keys), 2)]
+    predict_pool(detector, warm, source, args.batch_size)
+    predict_pool(detector, warm, source, args.batch_size, flip=True)
+    cald_pool(detector, warm, source, args.batch_size)
+
+    samples = interleaved({"a": plain, "b": hua_pool, "c": cald}, args.repeats)
+    scored = outputs["hua"]
+    p_seen = int(scored.ranking.candidate_mask.sum())
+    if p_seen != p:
+        raise RuntimeError(f"score_pool ranked {p_seen} candidates, expected P = {p}")
+    _, plain_dets, _ = outputs["plain"]
+    n = args.n
+    result = {
+        "N": n,
+        "P": p,
+        "weights_used": weights_used,
+        "detections_per_image": sum(len(d) for d in plain_dets) / n,
+        "forward_passes": {"a": n, "b": n + p, "c": (1 + len(AUGMENTATIONS)) * n},
+        "samples_s": samples,
+        "b_over_a_ideal": (n + p) / n,
+        "b_over_a_goal": 1 + p / n + 0.1,
+        "c_over_b_ideal": (1 + len(AUGMENTATIONS)) * n / (n + p),
+        "c_over_b_goal": 2.0,
+        "cald_mean_consistency": float(outputs["cald"].mean()),
+    }
+    for clock in ("wall", "cpu"):
+        med = {k: median(v[clock]) for k, v in samples.items()}
+        result[clock] = {
+            "median_s": med,
+            "per_image_forward_s": med["a"] / n,
+            "b_over_a": med["b"] / med["a"],
+            "c_over_b": med["c"] / med["b"],
+            "round_b_over_a": [b / a for a, b in zip(samples["a"][clock], samples["b"][clock])],
+            "round_c_over_b": [c / b for b, c in zip(samples["b"][clock], samples["c"][clock])],
+        }
+    # the goals are judged on wall time, the time a user waits
+    result["b_over_a_met"] = result["wall"]["b_over_a"] <= result["b_over_a_goal"]
+    result["c_over_b_met"] = result["wall"]["c_over_b"] >= result["c_over_b_goal"]
+    return result
+
+
+# --- aggregation ------------------------------------------------------------------------
+
+
+def time_aggregation(n: int, seed: int, repeats: int) -> dict:
+    entropy, mask, metrics = synthetic_pool(n, seed)
+    seconds = median_seconds(lambda: rank_pool(entropy, metrics, mask), repeats)
+    return {"N": n, "P": int(mask.sum()), "median_s": seconds}
+
+
+# --- /predict of ranked tasks over HTTP ----------------------------------------------------
+
+
+def stored_ranking(num_tasks: int, seed: int, version_name: str, names) -> tuple[StoredRanking, list[int]]:
+    """A ranking of ``num_tasks`` tasks: Scale from ``fit_scale``, two boxes and a score per task."""
+    entropy, mask, metrics = synthetic_pool(num_tasks, seed)
+    cand_entropy = entropy[mask]
+    scale = fit_scale(metrics, entropy_cutoff=float(cand_entropy.min()) if cand_entropy.numel() else math.inf)
+    ranking = rank_pool(entropy, metrics, mask, scale)
+    rng = np.random.default_rng(seed)
+    width, height = 640, 480
+    task_ids = list(range(1001, 1001 + num_tasks))
+    tasks = {}
+    for i, task_id in enumerate(task_ids):
+        result = []
+        for _ in range(2):
+            x, y = rng.uniform(0, width - 100), rng.uniform(0, height - 100)
+            w, h = rng.uniform(20, 100), rng.uniform(20, 100)
+            label = SHAPE_LABELS[int(rng.integers(len(SHAPE_LABELS)))]
+            result.append(box_result((x, y, x + w, y + h), label, float(rng.uniform(0.5, 1.0)), width, height, names))
+        tasks[task_id] = {"result": result, "score": float(ranking.score[i]), "model_version": version_name}
+    freq = [1.0 / len(SHAPE_LABELS)] * len(SHAPE_LABELS)
+    return StoredRanking(scale, freq, tasks), task_ids
+
+
+def time_ranked_predict(num_tasks: int, seed: int, repeats: int, backbone: str) -> dict:
+    """Cold and warm POST /predict of ``num_tasks`` tasks answered from the stored ranking."""
+    config_xml = label_config()
+    names = parse_label_config(config_xml)
+    with tempfile.TemporaryDirectory(prefix="bench-hua-") as tmp:
+        tmp_path = Path(tmp)
+        threads = str(len(os.sched_getaffinity(0)))
+        env = backend_env(free_port(), tmp_path / "models", backbone, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        service = Service.start(env, tmp_path / "gunicorn.log")
+        try:
+            url = f"{service.url}/predict"
+            body = {"tasks": [], "project": f"{PROJECT}.1700000000", "label_config": config_xml}
+            service.session.post(url, json=body, timeout=300).raise_for_status()  # creates v0001
+            version = VersionStore(tmp_path / "models").latest(PROJECT)
+            if version is None:
+                raise RuntimeError(f"the first /predict wrote no model version; see {service.log_path}")
+            ranking, task_ids = stored_ranking(num_tasks, seed, version.name, names)
+            ranking.write(version)
+            body["tasks"] = [{"id": t, "data": {"image": UNFETCHED_URL.format(t)}} for t in task_ids]
+
+            def call() -> tuple[float, int]:
+                start = time.perf_counter()
+                response = service.session.post(url, json=body, timeout=300)
+                response.raise_for_status()
+                answer = response.json()
+                seconds = time.perf_counter() - start
+                check_answered_from_ranking(answer, ranking, task_ids, service.log_path)
+                return seconds, len(response.content)
+
+            cold, size = call()
+            warm = [call()[0] for _ in range(repeats)]
+        finally:
+            service.stop()
+    return {
+        "tasks": num_tasks,
+        "cold_s": cold,
+        "warm_median_s": median(warm),
+        "warm_s": warm,
+        "response_bytes": size,
+        "limit_s": LS_PREDICT_TIMEOUT_S,
+        "met": max(cold, *warm) < LS_PREDICT_TIMEOUT_S,
+    }
+
+
+def check_answered_from_ranking(answer: dict, ranking: StoredRanking, task_ids: list[int], log: Path) -> None:
+    """Every result must be the stored prediction: nothing fetched, no model run."""
+    results = answer["results"]
+    if len(results) != len(task_ids):
+        raise RuntimeError(f"/predict answered {len(results)} of {len(task_ids)} tasks; see {log}")
+    for task_id, result in zip(task_ids, results):
+        stored = ranking.tasks[task_id]
+        if result["score"] != stored["score"] or result["result"] != stored["result"]:
+            raise RuntimeError(f"task {task_id} was not answered from the stored ranking; see {log}")
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=64, help="images in the pool (default 64)")
+    parser.add_argument("--backbone", default="mobilenet_v2_fpn", help="detector backbone (default mobilenet_v2_fpn)")
+    parser.add_argument("--weights", default="imagenet", choices=("imagenet", "none"),
+                        help="initial weights, never downloaded (default imagenet, from TORCH_HOME)")
+    parser.add_argument("--image-size", default="320x240", help="WIDTHxHEIGHT of the scenes (default 320x240)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of (a), (b), (c) (default 3)")
+    parser.add_argument("--aggregate-n", type=int, default=100_000, help="images of the aggregation pool")
+    parser.add_argument("--predict-tasks", type=int, default=10_000, help="tasks of the ranked /predict call")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--torch-threads", type=int, default=torch.get_num_threads(),
+                        help="torch intra-op threads on the CPU (default: torch's, %(default)s here)")
+    parser.add_argument("--out", type=Path, help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    if min(args.n, args.repeats, args.batch_size, args.predict_tasks, args.aggregate_n, args.torch_threads) < 1:
+        parser.error("--n, --repeats, --batch-size, --predict-tasks, --aggregate-n and --torch-threads must be >= 1")
+    try:
+        args.width, args.height = parse_size(args.image_size)
+    except ValueError as error:
+        parser.error(str(error))
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run everything, print the table, write --out; returns the results."""
+    args = parse_args(argv)
+    use_repo_torch_home()
+    torch.set_num_threads(args.torch_threads)
+    started = time.perf_counter()
+    scoring = time_scoring(args)
+    aggregation = time_aggregation(args.aggregate_n, args.seed, max(3, args.repeats))
+    predict = time_ranked_predict(args.predict_tasks, args.seed, args.repeats, args.backbone)
+    elapsed = time.perf_counter() - started
+
+    n, p = scoring["N"], scoring["P"]
+    wall, cpu = scoring["wall"], scoring["cpu"]
+    header = (
+        f"HUA cost, {args.backbone} ({scoring['weights_used']} weights), {args.width}x{args.height} scenes, "
+        f"N={n} P={p} (retrieval_fraction 0.5, min_candidates 0), batch {args.batch_size}, CPU, "
+        f"{torch.get_num_threads()} torch threads, {args.repeats} interleaved rounds, medians; "
+        f"{scoring['detections_per_image']:.1f} detections/image"
+    )
+    columns = ["step", "forward passes", "wall s", "wall ratio", "cpu s", "cpu ratio", "goal (on wall)", "goal met"]
+    rows = [
+        ["(a) plain pass", n, f"{wall['median_s']['a']:.3f}", "", f"{cpu['median_s']['a']:.3f}", "", "", ""],
+        ["(b) HUA score_pool", n + p, f"{wall['median_s']['b']:.3f}", f"b/a = {wall['b_over_a']:.3f}",
+         f"{cpu['median_s']['b']:.3f}", f"b/a = {cpu['b_over_a']:.3f}",
+         f"<= {scoring['b_over_a_goal']:.3f} (ideal {scoring['b_over_a_ideal']:.3f})", fmt_goal(scoring["b_over_a_met"])],
+        ["(c) CALD-style 5 views", 5 * n, f"{wall['median_s']['c']:.3f}", f"c/b = {wall['c_over_b']:.3f}",
+         f"{cpu['median_s']['c']:.3f}", f"c/b = {cpu['c_over_b']:.3f}",
+         f">= 2 (ideal {scoring['c_over_b_ideal']:.3f})", fmt_goal(scoring["c_over_b_met"])],
+        [f"rank_pool, {aggregation['N']:,} images", f"0 (P={aggregation['P']:,})", f"{aggregation['median_s']:.4f}",
+         "", "", "", "", ""],
+        [f"/predict {predict['tasks']:,} ranked, 1st", 0, f"{predict['cold_s']:.3f}",
+         f"{predict['cold_s'] / LS_PREDICT_TIMEOUT_S:.2%} of 100 s", "", "", "< 100 s",
+         fmt_goal(predict["cold_s"] < LS_PREDICT_TIMEOUT_S)],
+        [f"/predict {predict['tasks']:,} ranked, next", 0, f"{predict['warm_median_s']:.3f}",
+         f"{predict['warm_median_s'] / LS_PREDICT_TIMEOUT_S:.2%} of 100 s", "", "", "< 100 s", fmt_goal(predict["met"])],
+    ]
+    print_table(header, columns, rows)
+    print(f"per-round wall ratios: b/a {[round(v, 3) for v in wall['round_b_over_a']]}, "
+          f"c/b {[round(v, 3) for v in wall['round_c_over_b']]}; "
+          f"/predict answer {predict['response_bytes'] / 1e6:.1f} MB; whole run {elapsed:.0f} s")
+    sys.stdout.flush()
+    result = {
+        "config": {k: v for k, v in vars(args).items() if k != "out"},
+        "torch_threads": torch.get_num_threads(),
+        "N": n,
+        "P": p,
+        "scoring": scoring,
+        "aggregation": aggregation,
+        "predict": predict,
+        "elapsed_s": elapsed,
+    }
+    if args.out:
+        write_json(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
