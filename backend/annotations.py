@@ -9,6 +9,7 @@ skipped with a warning naming the task, never fatal to the training.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -45,11 +46,20 @@ def newest_annotation(task: dict) -> dict | None:
 
 def region_box(value: dict, width: int, height: int) -> list[float]:
     """A region's percent x/y/width/height as pixel x1, y1, x2, y2, clipped to the image."""
-    x1 = max(0.0, float(value["x"]) * width / 100.0)
-    y1 = max(0.0, float(value["y"]) * height / 100.0)
-    x2 = min(float(width), (float(value["x"]) + float(value["width"])) * width / 100.0)
-    y2 = min(float(height), (float(value["y"]) + float(value["height"])) * height / 100.0)
+    x, y, w, h = (float(value[k]) for k in ("x", "y", "width", "height"))
+    x1 = max(0.0, x * width / 100.0)
+    y1 = max(0.0, y * height / 100.0)
+    x2 = min(float(width), (x + w) * width / 100.0)
+    y2 = min(float(height), (y + h) * height / 100.0)
     return [x1, y1, x2, y2]
+
+
+def _is_box(value: dict) -> bool:
+    """x, y, width and height all present and finite numbers (hand-made imports may lack some)."""
+    try:
+        return all(math.isfinite(float(value[k])) for k in ("x", "y", "width", "height"))
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def annotation_regions(annotation: dict, names: ProjectLabels, task_id: object) -> list[tuple[dict, int]]:
@@ -62,6 +72,9 @@ def annotation_regions(annotation: dict, names: ProjectLabels, task_id: object) 
         if region.get("type") != "rectanglelabels" or region.get("from_name") != names.from_name:
             continue
         value = region.get("value") or {}
+        if not _is_box(value):
+            logger.warning("task %s: region %s has no numeric x, y, width and height, skipped", task_id, region.get("id"))
+            continue
         if abs(float(value.get("rotation") or 0.0)) > 1e-6:
             logger.warning("task %s: rotated box refused (the detector predicts axis-aligned boxes)", task_id)
             continue
@@ -71,6 +84,14 @@ def annotation_regions(annotation: dict, names: ProjectLabels, task_id: object) 
             continue
         regions.append((value, names.labels.index(label) + 1))
     return regions
+
+
+def _has_rectangles(annotation: dict, names: ProjectLabels) -> bool:
+    """Whether the annotator drew any rectangle with the project's control (an empty result is a negative image)."""
+    return any(
+        r.get("type") == "rectanglelabels" and r.get("from_name") == names.from_name
+        for r in annotation.get("result") or []
+    )
 
 
 def annotation_boxes(
@@ -103,6 +124,11 @@ def training_set(tasks: Sequence[dict], names: ProjectLabels, loader: ImageLoade
             result.skip("image")
             continue
         boxes, labels = annotation_boxes(annotation, names, width, height, task.get("id"))
+        if not boxes and _has_rectangles(annotation, names):
+            # Every region was refused: training on it as an empty image would teach "nothing here".
+            logger.warning("task %s: no usable box in its annotation, task skipped for training", task.get("id"))
+            result.skip("no usable box")
+            continue
         result.samples.append(
             Sample(
                 image_path=path,

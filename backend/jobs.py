@@ -126,7 +126,8 @@ class JobBoard:
         for path in sorted(self.root.glob("*/.jobs/*.json")):
             record = self.read(path.parent.parent.name, path.stem)
             if record is not None:
-                found.setdefault(record.project, {})[record.kind] = asdict(record)
+                shown = asdict(record) | {"next_queued": self.is_pending(record.project, record.kind)}
+                found.setdefault(record.project, {})[record.kind] = shown
         return found
 
     def claim_pending(self, project: str, kind: str) -> bool:
@@ -294,7 +295,9 @@ class Scheduler:
             self.board.reset_annotations(project)
         if not self.board.claim_pending(project, kind):
             return "coalesced"
-        self.board.write(JobRecord(project, kind))
+        current = self.board.read(project, kind)
+        if current is None or current.status != "running":  # a running job keeps its record; the flag says one waits
+            self.board.write(JobRecord(project, kind))
         try:
             self.submit(project, kind)
         except Exception:

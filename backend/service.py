@@ -65,7 +65,7 @@ class Service:
         if self.settings.redis_url:
             runner = RQRunner(self.settings.redis_url, RQ_QUEUE, self.settings.job_timeout)
         else:
-            runner = EmbeddedRunner(self.board, self._job_finished)
+            runner = EmbeddedRunner(self.board, self._job_finished, env=os.environ | self.settings.to_env())
         return Scheduler(self.board, runner.submit, self.settings.train_every)
 
     def _job_finished(self, project: str, kind: str, ok: bool) -> None:

@@ -87,6 +87,18 @@ class Settings:
         settings.validate()
         return settings
 
+    def to_env(self) -> dict[str, str]:
+        """The inverse of ``from_env``: how a child process (a job) gets exactly these settings."""
+        env = {}
+        for name, attr in ENVIRONMENT.items():
+            value = getattr(self, attr)
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            env[name] = "" if value is None else str(value)
+        return env
+
     def validate(self) -> None:
         """Refuse combinations that cannot work, naming the variable."""
         if self.label_studio_url and urlparse(self.label_studio_url).scheme not in ("http", "https"):

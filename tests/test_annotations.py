@@ -103,6 +103,17 @@ class TestRegions:
         assert [cls for _, cls in kept] == [1]
         assert any("task 43" in r.message and "dragon" in r.message for r in caplog.records)
 
+    @pytest.mark.parametrize("broken", [{"width": None}, {"x": "left"}, {"height": float("nan")}, {"y": ...}])
+    def test_malformed_regions_are_skipped_with_a_warning(self, caplog, broken):
+        bad = region(0, 0, 10, 10)
+        for key, value in broken.items():
+            bad["value"].pop(key) if value is ... else bad["value"].update({key: value})
+        ann = annotation(1, bad, region(5, 5, 10, 10, "person"))
+        with caplog.at_level(logging.WARNING, logger="backend.annotations"):
+            kept = annotation_regions(ann, NAMES, 44)
+        assert [cls for _, cls in kept] == [2]
+        assert any("task 44" in r.message and "numeric" in r.message for r in caplog.records)
+
     def test_other_controls_are_ignored(self):
         ann = annotation(1, region(0, 0, 10, 10, from_name="other"), region(0, 0, 10, 10, kind="polygonlabels"))
         assert annotation_regions(ann, NAMES, 1) == []
@@ -144,6 +155,18 @@ class TestTrainingSet:
         data = training_set([task(1, SMALL, annotation(41))], NAMES, loader, workers=1)
         assert len(data.samples) == 1
         assert data.samples[0].boxes.shape == (0, 4) and data.samples[0].labels.shape == (0,)
+
+    def test_an_annotation_whose_every_box_was_refused_is_not_a_negative(self, loader, caplog):
+        """Rotated-only or unknown-label-only annotations would teach "nothing here": left out, counted."""
+        tasks = [
+            task(1, WIDE, annotation(61, region(0, 0, 10, 10, rotation=45.0))),
+            task(2, WIDE, annotation(62, region(0, 0, 10, 10, "dragon"))),
+            task(3, WIDE, annotation(63, region(0, 0, 10, 10))),
+        ]
+        with caplog.at_level(logging.WARNING, logger="backend.annotations"):
+            data = training_set(tasks, NAMES, loader, workers=2)
+        assert data.annotation_ids == [63]
+        assert data.skipped == {"no usable box": 2}
 
     def test_images_that_fail_are_skipped_and_counted(self, loader, caplog):
         tasks = [

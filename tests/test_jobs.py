@@ -302,6 +302,27 @@ class TestWebhookScheduling:
         assert record.status == "done" and record.result == {"annotations": 100}
         assert not service.board.is_pending(PROJECT, "train")
 
+    def test_a_trigger_during_a_running_job_keeps_its_record(self, tmp_path):
+        """/jobs goes on showing the running job's progress; the waiting one shows as next_queued."""
+        started, release = threading.Event(), threading.Event()
+
+        def work(progress):
+            progress(0.4, "epoch 2/5")
+            started.set()
+            release.wait(30)
+            return {}
+
+        app, service, runner = _app_with(tmp_path, work, train_every=1)
+        client = app.test_client()
+        client.post("/webhook", json=_webhook("START_TRAINING"))
+        assert started.wait(30)
+        assert client.post("/webhook", json=_webhook("START_TRAINING")).get_json()["status"] == "scheduled"
+        shown = client.get("/jobs").get_json()["jobs"][PROJECT]["train"]
+        assert (shown["status"], shown["progress"], shown["next_queued"]) == ("running", 0.4, True)
+        release.set()
+        runner.join()
+        assert service.board.read(PROJECT, "train").status == "done"
+
     def test_start_training_then_annotation_created_is_one_training(self, tmp_path):
         """LS with "start training on annotation" sends START_TRAINING then ANNOTATION_CREATED
         for one annotation; even with TRAIN_EVERY=1 that is one training."""

@@ -55,6 +55,20 @@ class TestFromEnv:
         names = {f.name for f in dataclasses.fields(Settings)}
         assert set(ENVIRONMENT.values()) <= names
 
+    @pytest.mark.parametrize(
+        "env",
+        [
+            {},
+            {"ALLOWED_IMAGE_HOSTS": "a.example.com,b.example.com:8443", "TRAIN_REINIT": "true", "SYNC_LAMBDA": "0.3",
+             "HUA_CANDIDATES": "12", "TRAIN_SEED": "7", "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p", "EPOCHS": "3"},
+        ],
+    )
+    def test_to_env_round_trips(self, env):
+        """Job processes are configured by to_env, so they run with the service's settings."""
+        settings = Settings.from_env(env)
+        assert Settings.from_env(settings.to_env()) == settings
+        assert set(settings.to_env()) == set(ENVIRONMENT)
+
 
 class TestInvalidValues:
     @pytest.mark.parametrize(
