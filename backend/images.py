@@ -29,6 +29,7 @@ from label_studio_sdk._extensions.label_studio_tools.core.utils.io import (
     get_local_path,
     http_session,
     local_files_resolver,
+    resolve_local_storage_file,
     safe_build_path,
 )
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -128,6 +129,8 @@ class ImageLoader:
         url = self.check_url(url)
         hosts = self.policy.allowed_hosts
         try:
+            if self._is_local_file(url):
+                return self._local_path(url)
             if self.policy.cache_dir:  # the SDK writes downloads there without creating it
                 os.makedirs(self.policy.cache_dir, exist_ok=True)
             # without a document root the SDK must fetch local files from Label Studio: no resolver
@@ -149,6 +152,14 @@ class ImageLoader:
             raise ImageError(f"could not fetch the image: {_without_query(exc)}") from None
         except Exception as exc:  # the SDK raises bare Exception for some URL kinds
             raise ImageError(f"could not fetch the image: {type(exc).__name__}") from None
+
+    def _local_path(self, url: str) -> str:
+        """The file itself, under the document root (the SDK would copy it into the cache)."""
+        with local_files_resolver(self._resolve_local):
+            filepath = resolve_local_storage_file(url)
+        if not os.path.isfile(filepath):
+            raise FileNotFoundError(f"no such local file: {os.path.relpath(filepath, self.policy.document_root)}")
+        return filepath
 
     def load(self, url: object, task_id: int | None = None) -> Image.Image:
         """Fetch and decode, with EXIF orientation applied (as browsers show it)."""

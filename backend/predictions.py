@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import torch
 from PIL import Image
-from torchvision.transforms.functional import to_tensor
 
 from backend.errors import ImageError
 from backend.images import ImageLoader
 from backend.labels import ProjectLabels
 from backend.ranking_store import StoredRanking
 from model.detections import Detections
+from model.detector import image_tensor
 from model.hua import HUAConfig, image_entropy
 from model.ranking import score_new_images
 from model.registry import ServedModel
@@ -106,7 +106,7 @@ def predict_images(
     served: ServedModel, images: list[Image.Image], names: ProjectLabels, ranking: StoredRanking | None, hua: HUAConfig
 ) -> list[dict]:
     """Predictions of decoded images; scored on the stored ranking's scale when there is one."""
-    tensors = [to_tensor(image) for image in images]
+    tensors = [image_tensor(image) for image in images]
     labels = served.detector.labels
     if ranking is None or ranking.scale is None:
         return [task_prediction(det, labels, names, served.name) for det in served.detector.predict(tensors)]

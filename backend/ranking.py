@@ -18,13 +18,13 @@ from __future__ import annotations
 import logging
 
 import torch
-from torchvision.transforms.functional import to_tensor
 
 from backend.annotations import annotation_regions, newest_annotation
 from backend.labels import ProjectLabels, parse_label_config
 from backend.ranking_store import StoredRanking
 from backend.predictions import predict_tasks, task_prediction
 from backend.service import Service
+from model.detector import image_tensor
 from model.ranking import labeled_class_frequency, score_pool
 from model.registry import ServedModel
 
@@ -69,7 +69,7 @@ def _fetch(service: Service, tasks: list[dict], names: ProjectLabels) -> tuple[d
 def _rank_all(service: Service, served: ServedModel, tasks: list[dict], names: ProjectLabels,
               freq: torch.Tensor, progress) -> tuple[StoredRanking, dict[int, str]]:
     paths, failed = _fetch(service, tasks, names)
-    source = lambda task_id: to_tensor(service.images.decode(paths[task_id]))  # noqa: E731
+    source = lambda task_id: image_tensor(service.images.decode(paths[task_id]))  # noqa: E731
     pool = score_pool(served.detector, list(paths), source, freq, service.settings.hua_config(),
                       service.settings.batch_size, progress=progress)
     failed.update({int(k): v for k, v in pool.failed.items()})

@@ -10,7 +10,7 @@ back, in the order a-b, then b-a, ...), for each batch size N:
     files under LOCAL_FILES_DOCUMENT_ROOT (``/data/local-files/?d=<name>.jpg``), so
     (b) also pays what the service really has to do around the model: request JSON
     and label-config parsing, reading and decoding the JPEGs (fetch thread pool,
-    EXIF transpose, RGB), ``to_tensor``, building the answer and its JSON, HTTP.
+    EXIF transpose, RGB), ``image_tensor``, building the answer and its JSON, HTTP.
 
 Both run the identical model: the service creates its first version from
 WEIGHTS=none on the first /predict, and the bare detector is built from that very
@@ -55,10 +55,9 @@ import requests
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.transforms.functional import to_tensor
 
 from backend.settings import ENVIRONMENT, Settings
-from model.detector import Detector, build_empty_model
+from model.detector import Detector, build_empty_model, image_tensor
 from model.hua import image_entropy
 from model.versions import VersionStore, load_weights
 
@@ -130,7 +129,7 @@ def decoded_tensors(root: Path, names: list[str]) -> list[Tensor]:
     tensors = []
     for name in names:
         with Image.open(root / name) as img:
-            tensors.append(to_tensor(img.convert("RGB")))
+            tensors.append(image_tensor(img.convert("RGB")))
     return tensors
 
 
@@ -311,7 +310,7 @@ def print_table(rows: list[dict], header: str) -> None:
               f"| {r['paired_overhead_pct']:>6.1f}%  "
               f"| {1000 * r['bare_min_s']:>7.1f}  {1000 * r['service_min_s']:>7.1f}  {r['min_overhead_pct']:>7.1f}%")
     print("(a) = Detector.predict on already-decoded float tensors, in this process.\n"
-          "(b) = POST /predict over HTTP to gunicorn: request/answer JSON, reading + JPEG decoding + to_tensor\n"
+          "(b) = POST /predict over HTTP to gunicorn: request/answer JSON, reading + JPEG decoding + image_tensor\n"
           "      (decode cost is in (b) only), the same model. Medians; overhead = (b - a) / a; ms/img = (b - a) / N.\n"
           "paired = median over rounds of b_i / a_i - 1 (each pair back to back); min = fastest call of each.\n"
           "      Both are cross-checks for a noisy machine: trust the overhead only where the three agree.")

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
-from torchvision.transforms.functional import to_tensor
 
 from backend.settings import ENVIRONMENT
+from model.detector import image_tensor
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REPO_TORCH_HOME = REPO_ROOT / ".cache" / "torch"
@@ -104,7 +104,7 @@ def synthetic_scenes(n: int, width: int, height: int, seed: int) -> list[tuple[T
     scenes = []
     for _ in range(n):
         image, boxes, labels = shape_scene(rng, width, height)
-        scenes.append((to_tensor(image), boxes, labels))
+        scenes.append((image_tensor(image), boxes, labels))
     return scenes
 
 

@@ -128,15 +128,15 @@ def score_pool(
     candidates = [done[i] for i in torch.nonzero(mask).flatten().tolist()]
     second = (lambda f, m: progress(0.8 + 0.2 * f, m)) if progress else None
     flip_keys, flipped, flip_failed = predict_pool(detector, candidates, source, batch_size, flip=True, progress=second)
+    if flip_failed:  # a candidate whose image failed on reload has no SA: it leaves the pool, listed as failed
+        failed.update(flip_failed)
+        keep = [i for i, k in enumerate(done) if k not in flip_failed]
+        done, detections, entropy, mask = [done[i] for i in keep], [detections[i] for i in keep], entropy[keep], mask[keep]
+        candidates = [k for k in candidates if k not in flip_failed]
     by_key = dict(zip(done, detections))
     flipped_by_key = dict(zip(flip_keys, flipped))
-    rows = [
-        image_metrics(by_key[k], flipped_by_key[k], labeled_freq, config)
-        if k in flipped_by_key else torch.ones(4, dtype=torch.float64)  # lost on reload: treat as maximally uncertain
-        for k in candidates
-    ]
+    rows = [image_metrics(by_key[k], flipped_by_key[k], labeled_freq, config) for k in candidates]
     metrics = torch.stack(rows) if rows else torch.zeros((0, 4), dtype=torch.float64)
-    failed.update(flip_failed)
     ranking = rank_pool(entropy, metrics, mask)
     if config.diversity and detections:
         ranking = _diversified(ranking, torch.stack([d.features for d in detections]), config.diversity_window)

@@ -19,8 +19,8 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.models.detection import FasterRCNN
-from torchvision.transforms.functional import to_tensor
 
+from model.detector import image_tensor
 from model.losses import LossConfig, combine_losses
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class TrainResult:
 def load_image(path: str) -> Tensor:
     """Decode an image file as Label Studio shows it: EXIF-rotated RGB, ``Tensor[3, H, W]`` in [0, 1]."""
     with Image.open(path) as img:
-        return to_tensor(ImageOps.exif_transpose(img).convert("RGB"))
+        return image_tensor(ImageOps.exif_transpose(img).convert("RGB"))
 
 
 class DetectionDataset(Dataset):

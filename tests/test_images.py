@@ -175,6 +175,13 @@ class TestLocalFiles:
         loader = _loader(tmp_path, local_files_document_root=str(root))
         assert loader.load("/data/local-files/?d=sub/in.png").size == (32, 16)
 
+    def test_the_file_is_read_in_place_not_copied(self, tmp_path, root):
+        """A local-files project of many gigabytes must not be duplicated into the image cache."""
+        cache = tmp_path / "cache"
+        loader = _loader(tmp_path, local_files_document_root=str(root), image_cache_dir=str(cache))
+        assert loader.path("/data/local-files/?d=sub/in.png") == str(root / "sub" / "in.png")
+        assert not cache.exists() or not any(cache.iterdir())
+
     @pytest.mark.parametrize(
         "d", ["../outside.png", "..%2Foutside.png", "sub/../../outside.png", "../../etc/passwd", "/../outside.png"]
     )

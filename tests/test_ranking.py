@@ -250,6 +250,24 @@ class TestScorePool:
         assert math.isinf(pool.ranking.scale.entropy_cutoff)
         assert counting.images(flip=False) == [] and counting.images(flip=True) == []
 
+    def test_a_candidate_that_fails_on_reload_leaves_the_pool(self, detector, images):
+        """It has no flipped pass, so no SA: listed as failed, not guessed at."""
+        keys = ["img0", "img1", "img2", "img3"]
+        seen: set[str] = set()
+
+        def source(key):
+            if key in seen:
+                raise OSError(f"{key} vanished")
+            seen.add(key)
+            return images[key]
+
+        config = HUAConfig(min_candidates=1, retrieval_fraction=0.5)
+        pool = score_pool(detector, keys, source, torch.zeros(2, dtype=torch.float64), config, batch_size=2)
+        assert len(pool.failed) == 2 and all("vanished" in why for why in pool.failed.values())
+        assert sorted(pool.keys) == sorted(set(keys) - set(pool.failed))
+        assert len(pool.detections) == 2 and pool.entropy.shape == (2,) and pool.ranking.score.shape == (2,)
+        assert int(pool.ranking.candidate_mask.sum()) == 0
+
     def test_a_pool_where_every_image_fails(self, detector):
         counting = CountingDetector(detector)
 
