@@ -64,6 +64,7 @@ class Settings:
     learning_rate: float = 0.01
     train_batch_size: int = 2
     train_seed: int | None = None
+    grad_clip: float = 10.0
     redis_url: str = ""
     train_processes: int = 1
     job_timeout: int = 6 * 3600
@@ -152,6 +153,7 @@ class Settings:
             lr=self.learning_rate,
             batch_size=self.train_batch_size,
             seed=self.train_seed,
+            grad_clip=self.grad_clip,
             reinit=self.train_reinit,
             loss=self.loss_config(),
         )
@@ -200,6 +202,7 @@ ENVIRONMENT: dict[str, str] = {
     "LEARNING_RATE": "learning_rate",
     "TRAIN_BATCH_SIZE": "train_batch_size",
     "TRAIN_SEED": "train_seed",
+    "GRAD_CLIP": "grad_clip",
     "REDIS_URL": "redis_url",
     "TRAIN_PROCESSES": "train_processes",
     "JOB_TIMEOUT": "job_timeout",

@@ -44,6 +44,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     batch_size: int = 2
     warmup_iters: int = 50
+    grad_clip: float = 10.0
     lr_drop_epochs: tuple[int, ...] = ()
     flip_prob: float = 0.5
     seed: int | None = None
@@ -58,6 +59,8 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be at least 1")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0 (0: off), got {self.grad_clip}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
 
@@ -163,10 +166,14 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     loss_config: LossConfig,
     scaler: torch.amp.GradScaler | None = None,
+    grad_clip: float = 0.0,
 ) -> dict[str, float]:
     """One optimisation step; returns the logged loss terms. Autocast when a scaler is given (CUDA).
 
-    ``model`` is a FasterRCNN, or DDP around one.
+    ``model`` is a FasterRCNN, or DDP around one. ``grad_clip`` > 0 caps the
+    gradient's global norm: the first fine-tuning steps on a handful of
+    annotations, where exp(-alpha) of L_aware can be large, cannot throw the
+    weights far (detectron2's CLIP_GRADIENTS, for the same reason).
     """
     device = next(model.parameters()).device
     images = [img.to(device, non_blocking=True) for img in images]
@@ -178,12 +185,20 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(total).backward()
+        scaler.unscale_(optimizer)  # clip the true gradient, not the scaled one
+        _clip(model, grad_clip)
         scaler.step(optimizer)
         scaler.update()
     else:
         total.backward()
+        _clip(model, grad_clip)
         optimizer.step()
     return logged
+
+
+def _clip(model: torch.nn.Module, max_norm: float) -> None:
+    if max_norm > 0:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm)
 
 
 def is_distributed() -> bool:
@@ -253,7 +268,7 @@ def train(
             step = epoch * len(loader) + i
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * _lr_factor(step, epoch, config)
-            logged = train_step(network, images, targets, optimizer, config.loss, scaler)
+            logged = train_step(network, images, targets, optimizer, config.loss, scaler, config.grad_clip)
             sums = {k: sums.get(k, 0.0) + v for k, v in logged.items()}
             if progress and is_main_process():
                 progress((step + 1) / total_steps, f"epoch {epoch + 1}/{config.epochs} loss {logged['total']:.3f}")

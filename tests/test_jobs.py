@@ -497,7 +497,7 @@ class TestTrainingJobs:
             ("out_of_memory", "RuntimeError: CUDA out of memory"),
             ("no_annotations", "TrainingError: project 5 has no usable annotations"),
             ("diverged", "FloatingPointError: training loss is not finite"),
-            ("bad_annotation", "KeyError: 'width'"),
+            ("bad_annotations", "TrainingError: project 5 has no usable annotations"),
         ],
     )
     def test_a_failed_training_keeps_the_serving_version(self, training_service, monkeypatch, break_it, expected):
@@ -509,10 +509,11 @@ class TestTrainingJobs:
             monkeypatch.setattr(backend.training, "train", oom)
         elif break_it == "no_annotations":
             monkeypatch.setattr(service.ls_client, "tasks", [_annotated(3, "missing.png", 103)])
-        elif break_it == "bad_annotation":  # a region without its width (hand-edited JSON, a broken import)
-            broken = _annotated(1, WIDE, 101)
-            del broken["annotations"][0]["result"][0]["value"]["width"]
-            monkeypatch.setattr(service.ls_client, "tasks", [broken, _annotated(2, SMALL, 102)])
+        elif break_it == "bad_annotations":  # regions without a width (hand-edited JSON, a broken import)
+            broken = [_annotated(1, WIDE, 101), _annotated(2, SMALL, 102)]
+            for task in broken:
+                del task["annotations"][0]["result"][0]["value"]["width"]
+            monkeypatch.setattr(service.ls_client, "tasks", broken)
         else:
             def nan(*args, **kwargs):
                 raise FloatingPointError("training loss is not finite: {'total': nan}")

@@ -24,9 +24,11 @@ from model.train import (
     _lr_factor,
     evaluate_map,
     flip_boxes,
+    load_image,
     predict_samples,
     split_holdout,
     train,
+    train_step,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,6 +66,7 @@ class TestTrainConfig:
             ({"lr": -0.1}, "lr"),
             ({"holdout_fraction": 1.0}, "holdout_fraction"),
             ({"holdout_fraction": -0.1}, "holdout_fraction"),
+            ({"grad_clip": -1.0}, "grad_clip"),
         ],
     )
     def test_invalid_values_are_refused(self, kwargs, match):
@@ -154,6 +157,24 @@ class TestLoopMechanics:
         model, _ = build_model(SMALL_CONFIG, ["square"])
         with pytest.raises(FloatingPointError, match="not finite"):
             train(model, [bad, samples[1]], TrainConfig(epochs=1, batch_size=2, flip_prob=0.0, seed=0), CPU)
+
+    @pytest.mark.parametrize("clip", [1e-3, 0.0])
+    def test_grad_clip_bounds_the_step(self, tmp_path, clip):
+        """Plain SGD's first step moves the weights by lr * gradient: at most lr * clip with clipping."""
+        samples = _samples(tmp_path, 2)
+        torch.manual_seed(0)
+        model, _ = build_model(SMALL_CONFIG, ["square"])
+        model.train()
+        before = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        images = [load_image(s.image_path) for s in samples]
+        targets = [{"boxes": s.boxes, "labels": s.labels} for s in samples]
+        train_step(model, images, targets, optimizer, LossConfig(), grad_clip=clip)
+        moved = float((torch.nn.utils.parameters_to_vector(model.parameters()).detach() - before).norm())
+        if clip:
+            assert 0 < moved <= clip * 1.001
+        else:
+            assert moved > 1e-2  # unclipped, the random-init model takes a large step
 
     @pytest.mark.slow
     def test_diverging_loss_raises_floating_point_error(self, tmp_path):
