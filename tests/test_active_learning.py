@@ -25,7 +25,6 @@ from bench.active_learning.strategies import (
     StrategySettings,
     cald_consistency,
     class_profile,
-    k_center_greedy,
     rotate_view,
     select,
 )
@@ -147,17 +146,6 @@ class TestStrategiesSelectValidBatches:
         monkeypatch.setitem(strategies.STRATEGIES, "random", lambda view, settings: [view.labeled[0]])
         with pytest.raises(RuntimeError, match="invalid selection"):
             select("random", _view(tiny_data, [0, 1], 2, tiny_detector), StrategySettings())
-
-
-class TestKCenterGreedy:
-    def test_picks_the_farthest_point_each_time(self) -> None:
-        points = torch.tensor([[0.0, 0.0], [0.1, 0.0], [10.0, 0.0], [5.0, 0.0], [9.9, 0.0]])
-        assert k_center_greedy(points, 3) == [0, 2, 3]
-
-    def test_never_repeats_and_clips_k(self) -> None:
-        points = torch.zeros(4, 3)  # all equal: distances tie at 0
-        assert k_center_greedy(points, 10) == [0, 1, 2, 3]
-        assert k_center_greedy(points, 0) == []
 
 
 def _detections(boxes: list[list[float]], probs: list[list[float]]) -> Detections:

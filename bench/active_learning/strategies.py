@@ -17,9 +17,9 @@ are the service's own code (``model.detector.Detector``, ``model.ranking``,
   its configured score threshold (the service's 0.5; CALD's code used 0.05).
 - ``hua``: HUA (``model.ranking.score_pool`` with P = retrieval_ratio * B): the
   top B of its ranking.
-- ``hua_kcenter``: HUA, then a diversity pass [ours, METHOD.md section 2,
-  optional]: k-center greedy on pooled backbone features over the top
-  ``diversity_ratio * B`` of the HUA ranking (``model/`` has no diversity function).
+- ``hua_kcenter``: HUA with the service's optional diversity pass
+  (``HUA_DIVERSITY``, ``model.diversity``): k-center greedy on pooled backbone
+  features over the top ``diversity_ratio * B`` of the ranking, then its top B.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -158,59 +158,15 @@ def select_hua(view: PoolView, settings: StrategySettings) -> list[int]:
     return hua_ranking(view, settings)[: view.budget]
 
 
-@torch.inference_mode()
-def pooled_features(detector: Detector, images: Sequence[Tensor]) -> Tensor:
-    """Backbone features of each image, averaged over space per FPN level and concatenated.
-
-    One image per pass, so that no padding enters the average.
-
-    Returns:
-        Tensor[N, D]: L2-normalised rows (D = 256 x levels for the FPN backbones).
-    """
-    model = detector.model
-    rows = []
-    for image in images:
-        batch, _ = model.transform([image.to(detector.device)])
-        features = model.backbone(batch.tensors)
-        rows.append(torch.cat([level.mean(dim=(-2, -1)) for level in features.values()], dim=1))
-    return F.normalize(torch.cat(rows).float().cpu(), dim=1)
-
-
-def k_center_greedy(features: Tensor, k: int, first: int = 0) -> list[int]:
-    """k-center greedy (Sener and Savarese, 2018) from the point ``first``.
-
-    Each step adds the point farthest (Euclidean) from every point chosen so
-    far; ties go to the lower index.
-
-    Args:
-        features (Tensor[N, D]): one row per point.
-        k (int): how many points to choose; clipped to [0, N].
-        first (int): the first center.
-
-    Returns:
-        list[int]: row indices in the order chosen, ``min(k, N)`` of them, distinct.
-    """
-    n = features.shape[0]
-    k = max(0, min(k, n))
-    if k == 0:
-        return []
-    chosen = [first]
-    distance = torch.cdist(features, features[first : first + 1]).squeeze(1)
-    while len(chosen) < k:
-        distance[chosen] = -1.0
-        nxt = int(torch.argmax(distance))
-        chosen.append(nxt)
-        distance = torch.minimum(distance, torch.cdist(features, features[nxt : nxt + 1]).squeeze(1))
-    return chosen
-
-
 def select_hua_kcenter(view: PoolView, settings: StrategySettings) -> list[int]:
-    """HUA, then k-center greedy over the top ``diversity_ratio * B``, starting at HUA's first [ours]."""
-    top = hua_ranking(view, settings)[: math.ceil(settings.diversity_ratio * view.budget)]
-    if len(top) <= view.budget:
-        return top
-    features = pooled_features(view.detector, [view.load(i) for i in top])
-    return [top[i] for i in k_center_greedy(features, view.budget)]
+    """The top B of the HUA ranking re-ordered by the diversity pass over its top ``diversity_ratio * B``.
+
+    k-center greedy adds one image at a time, so the first B of the re-ordered
+    window are the B most spread-out images of that window, starting at HUA's first.
+    """
+    window = math.ceil(settings.diversity_ratio * view.budget)
+    hua = replace(settings.hua, diversity=True, diversity_window=window)
+    return hua_ranking(view, replace(settings, hua=hua))[: view.budget]
 
 
 # --------------------------------------------------------------------------
