@@ -39,11 +39,5 @@ class Unauthorized(APIError):
         super().__init__("authentication required")
 
 
-class NotFound(APIError):
-    """The project or version asked for does not exist."""
-
-    status_code = 404
-
-
 class ImageError(Exception):
     """A task's image is missing, refused, unreachable, undecodable or too large."""

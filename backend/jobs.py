@@ -31,7 +31,6 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-JOB_KINDS = ("train", "rank")
 TRAIN_NOW = {"START_TRAINING"}
 RANK_NEW = {"TASKS_CREATED"}
 ANNOTATION_EVENTS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"}

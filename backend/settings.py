@@ -54,7 +54,6 @@ class Settings:
     local_files_document_root: str = ""
     max_image_pixels: int = 50_000_000
     image_cache_dir: str = ""
-    model_title: str = "HUA Faster R-CNN"
     train_every: int = 10
     train_reinit: bool = False
     loss: str = "synchronic"
@@ -192,7 +191,6 @@ ENVIRONMENT: dict[str, str] = {
     "LOCAL_FILES_DOCUMENT_ROOT": "local_files_document_root",
     "MAX_IMAGE_PIXELS": "max_image_pixels",
     "IMAGE_CACHE_DIR": "image_cache_dir",
-    "MODEL_TITLE": "model_title",
     "TRAIN_EVERY": "train_every",
     "TRAIN_REINIT": "train_reinit",
     "LOSS": "loss",

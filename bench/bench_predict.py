@@ -56,7 +56,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from backend.settings import ENVIRONMENT, Settings
+from backend.settings import Settings
+from bench.common import backend_env
 from model.detector import Detector, build_empty_model, image_tensor
 from model.hua import image_entropy
 from model.versions import VersionStore, load_weights
@@ -140,26 +141,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def service_env(args: argparse.Namespace, model_dir: Path, doc_root: Path, port: int) -> dict[str, str]:
-    """The backend's variables for the run; every other backend variable is unset."""
-    settings = {
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "MODEL_DIR": str(model_dir),
-        "WEIGHTS": "none",
-        "ALLOW_WEIGHTS_DOWNLOAD": "false",
-        "BACKBONE": args.backbone,
-        "DEVICE": "cpu",
-        "SCORE_THRESHOLD": "0.5",
-        "LOCAL_FILES_DOCUMENT_ROOT": str(doc_root),
-        "THREADS": "4",
-        "BATCH_SIZE": "8",
-    }
-    threads = str(args.torch_threads)
-    inherited = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT}
-    return {**inherited, **settings, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
 
 @dataclass
@@ -340,7 +321,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
     doc_root.mkdir()
     names, source = write_images(doc_root, max(args.batch_sizes), args.height, args.width, args.seed)
     tensors = decoded_tensors(doc_root, names)
-    env = service_env(args, model_dir, doc_root, free_port())
+    threads = str(args.torch_threads)
+    env = backend_env(free_port(), model_dir, args.backbone, SCORE_THRESHOLD="0.5", THREADS="4", BATCH_SIZE="8",
+                      LOCAL_FILES_DOCUMENT_ROOT=str(doc_root), OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     service = Service.start(env, tmp / "gunicorn.log")
     try:
         service.predict(names[:1])  # creates MODEL_DIR/<project>/v0001 from WEIGHTS=none

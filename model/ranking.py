@@ -54,9 +54,6 @@ class PoolScores:
     ranking: Ranking
     failed: dict[Hashable, str]
 
-    def score_of(self, key: Hashable) -> float:
-        return float(self.ranking.score[self.keys.index(key)])
-
 
 def labeled_class_frequency(labels: Sequence[Tensor], num_classes: int) -> Tensor:
     """Class frequency of the labelled boxes (``Tensor[C]``; zeros when nothing is labelled)."""

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -125,18 +126,15 @@ class VersionStore:
             raise
         return Version(project, name, folder / name, full_meta)
 
-    def update_meta(self, version: Version, **changes) -> Version:
-        """Add keys to a version's meta.json (atomically: write then rename)."""
-        meta = {**version.meta, **changes}
-        tmp = version.path / f".{META_FILE}.tmp"
-        _write_json(tmp, meta)
-        os.replace(tmp, version.path / META_FILE)
-        return Version(version.project, version.name, version.path, meta)
+    def clean_partial(self, project: str, older_than: float = 3600.0) -> int:
+        """Remove temporary folders left by killed writers; returns how many.
 
-    def clean_partial(self, project: str) -> int:
-        """Remove temporary folders left by killed writers; returns how many."""
+        Only folders untouched for ``older_than`` seconds: a younger one may be
+        a save in progress in another process (a first version being created).
+        """
         folder = self._project_dir(project)
-        stale = [p for p in folder.glob(".tmp-*") if p.is_dir()] if folder.is_dir() else []
+        cutoff = time.time() - older_than
+        stale = [p for p in folder.glob(".tmp-*") if p.is_dir() and p.stat().st_mtime < cutoff] if folder.is_dir() else []
         for path in stale:
             shutil.rmtree(path, ignore_errors=True)
         return len(stale)

@@ -179,6 +179,26 @@ def _child_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def job_env(label_studio: "LabelStudio", model_dir: Path, **extra: str) -> dict[str, str]:
+    """The settings of a job process (CLI, RQ worker) against this Label Studio, as variables:
+    the small random-init CPU model, one epoch, every box kept."""
+    return {
+        **_child_env(),
+        "MODEL_DIR": str(model_dir),
+        "LABEL_STUDIO_URL": label_studio.url,
+        "LABEL_STUDIO_API_KEY": label_studio.token,
+        "LOCAL_FILES_DOCUMENT_ROOT": str(label_studio.document_root),
+        "BACKBONE": "mobilenet_v3_320_fpn",
+        "WEIGHTS": "none",
+        "ALLOW_WEIGHTS_DOWNLOAD": "false",
+        "DEVICE": "cpu",
+        "EPOCHS": "1",
+        "TRAIN_BATCH_SIZE": "2",
+        "SCORE_THRESHOLD": "0.0",
+        **extra,
+    }
+
+
 def _popen_logged(cmd: Sequence[str], *, cwd: Path, env: dict[str, str], log_path: Path):
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_f = open(log_path, "ab", buffering=0)

@@ -13,16 +13,11 @@ import time
 from datetime import datetime
 
 import pytest
+from helpers import LABEL_CONFIG
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
 LABELS = ("car", "person")
-LABEL_CONFIG = (
-    '<View><Image name="image" value="$image"/>'
-    '<RectangleLabels name="label" toName="image">'
-    '<Label value="car"/><Label value="person"/>'
-    "</RectangleLabels></View>"
-)
 
 
 def _is_number(v) -> bool:

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import LABEL_CONFIG
 from test_ranking import CONFIG, calibrated_model, make_image
 from torchvision.transforms.functional import to_pil_image
 
@@ -32,12 +33,6 @@ from model.versions import VersionStore
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 LABELS = ("car", "person")
-LABEL_CONFIG = (
-    '<View><Image name="image" value="$image"/>'
-    '<RectangleLabels name="label" toName="image">'
-    '<Label value="car"/><Label value="person"/>'
-    "</RectangleLabels></View>"
-)
 QUEUE_TITLE = "HUA queue"
 FOLDER = "e2e-rank"
 # distinct sizes: distinct boxes and metrics

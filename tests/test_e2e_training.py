@@ -18,17 +18,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import LABEL_CONFIG
 
 # The harness is a plugin (one Label Studio per session, whichever module asks first);
 # it is imported by pytest, so its helpers are imported inside the functions below.
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1500)]
 
-LABEL_CONFIG = (
-    '<View><Image name="image" value="$image"/>'
-    '<RectangleLabels name="label" toName="image">'
-    '<Label value="car"/><Label value="person"/>'
-    "</RectangleLabels></View>"
-)
 JOB_TIMEOUT_S = 420.0
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,23 +35,10 @@ def _child_env() -> dict[str, str]:
 
 
 def _backend_env(label_studio, model_dir: Path) -> dict[str, str]:
-    """The settings a foreground job (CLI, RQ worker) needs, as environment variables."""
-    env = _child_env()
-    env.update({
-        "MODEL_DIR": str(model_dir),
-        "LABEL_STUDIO_URL": label_studio.url,
-        "LABEL_STUDIO_API_KEY": label_studio.token,
-        "LOCAL_FILES_DOCUMENT_ROOT": str(label_studio.document_root),
-        "BACKBONE": "mobilenet_v3_320_fpn",
-        "WEIGHTS": "none",
-        "ALLOW_WEIGHTS_DOWNLOAD": "false",
-        "DEVICE": "cpu",
-        "EPOCHS": "1",
-        "TRAIN_BATCH_SIZE": "2",
-        "SCORE_THRESHOLD": "0.0",
-        "LOG_LEVEL": "INFO",
-    })
-    return env
+    """The settings a foreground job (CLI) needs, as environment variables."""
+    from labelstudio import job_env
+
+    return job_env(label_studio, model_dir, LOG_LEVEL="INFO")
 
 
 @pytest.fixture(scope="module")

@@ -181,8 +181,6 @@ class TestScorePool:
         assert bool(((pool.ranking.score >= 0) & (pool.ranking.score <= 1)).all())
         # order is the stable ascending sort of the score: the HUA queue
         assert torch.equal(pool.ranking.order, torch.sort(pool.ranking.score, stable=True).indices)
-        with pytest.raises(ValueError):
-            pool.score_of("broken")
 
     def test_the_flipped_pass_runs_only_for_the_p_candidates(self, pool_run, images):
         pool, counting = pool_run["pool"], pool_run["counting"]

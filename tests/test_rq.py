@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import make_settings
+from helpers import LABEL_CONFIG, make_settings
 
 from backend.app import create_app
 from backend.service import RQ_QUEUE
@@ -26,12 +26,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 RQ = Path(sys.executable).parent / "rq"
-LABEL_CONFIG = (
-    '<View><Image name="image" value="$image"/>'
-    '<RectangleLabels name="label" toName="image">'
-    '<Label value="car"/><Label value="person"/>'
-    "</RectangleLabels></View>"
-)
 
 
 @pytest.fixture(scope="module")
@@ -217,20 +211,9 @@ def test_worker_trains_against_label_studio(redis, redis_url, label_studio, ls_c
     queue = _queue(redis)
     assert queue.count == 1
 
-    env = _child_env()
-    env.update({
-        "MODEL_DIR": str(model_dir),
-        "LABEL_STUDIO_URL": label_studio.url,
-        "LABEL_STUDIO_API_KEY": label_studio.token,
-        "LOCAL_FILES_DOCUMENT_ROOT": str(label_studio.document_root),
-        "BACKBONE": "mobilenet_v3_320_fpn",
-        "WEIGHTS": "none",
-        "ALLOW_WEIGHTS_DOWNLOAD": "false",
-        "DEVICE": "cpu",
-        "EPOCHS": "1",
-        "TRAIN_BATCH_SIZE": "2",
-        "SCORE_THRESHOLD": "0.0",
-    })
+    from labelstudio import job_env
+
+    env = job_env(label_studio, model_dir)
     log = tmp_path / "worker.log"
     assert _run_worker(redis_url, env, log) == 0, log_tail(log)
     assert queue.count == 0
