@@ -440,14 +440,6 @@ class LabelStudio:
     def whoami(self) -> dict:
         return self.get("/api/current-user/whoami")
 
-    def fetch(self, data_url: str) -> bytes:
-        """Download a task's file URL (relative /data/... or absolute) with the token."""
-        url = data_url if data_url.startswith("http") else self.url + data_url
-        r = self.session.get(url, timeout=self.timeout)
-        if r.status_code >= 400:
-            raise LabelStudioError(r)
-        return r.content
-
     # -- projects
 
     def create_project(self, title: str, label_config: str, **fields) -> int:
@@ -459,10 +451,6 @@ class LabelStudio:
 
     def update_project(self, project: int, **fields) -> dict:
         return self.patch(f"/api/projects/{project}", json=fields)
-
-    def set_model_version(self, project: int, model_version: str) -> dict:
-        """400 unless LS knows ``model_version`` (live ML backend or stored predictions)."""
-        return self.update_project(project, model_version=model_version)
 
     def model_versions(self, project: int) -> dict:
         """``{version: number of predictions}`` of the project's stored predictions."""
@@ -521,21 +509,9 @@ class LabelStudio:
             page += 1
         return out
 
-    def get_task(self, task: int) -> dict:
-        return self.get(f"/api/tasks/{task}")
-
     def predictions(self, *, task: int | None = None, project: int | None = None) -> list[dict]:
         params = {k: v for k, v in (("task", task), ("project", project)) if v is not None}
         return self.get("/api/predictions", params=params)
-
-    def create_prediction(self, task: int, result: list[dict], score: float | None = None,
-                          model_version: str | None = None) -> dict:
-        body = {"task": task, "result": result, "score": score, "model_version": model_version}
-        return self.post("/api/predictions", json={k: v for k, v in body.items() if v is not None})
-
-    def import_predictions(self, project: int, predictions: list[dict]) -> dict:
-        """Bulk: ``[{task, result, score, model_version}, ...]`` -> ``{"created": n}``."""
-        return self.post(f"/api/projects/{project}/import/predictions", json=predictions)
 
     def create_annotation(self, task: int, result: list[dict], **fields) -> dict:
         """Makes LS POST /webhook ANNOTATION_CREATED (no auth) to the connected backend."""
@@ -551,12 +527,6 @@ class LabelStudio:
         if user is not None:
             body.update(auth_method="BASIC_AUTH", basic_auth_user=user, basic_auth_pass=password)
         return int(self.post("/api/ml", json=body)["id"])
-
-    def ml_backends(self, project: int) -> list[dict]:
-        return self.get("/api/ml", params={"project": project})
-
-    def get_ml_backend(self, ml: int) -> dict:
-        return self.get(f"/api/ml/{ml}")
 
     def ml_versions(self, ml: int) -> requests.Response:
         """LS calls the backend's GET /versions (raw response: errors are passed on)."""
@@ -577,10 +547,6 @@ class LabelStudio:
 
     def views(self, project: int) -> list[dict]:
         return self.get("/api/dm/views", params={"project": project})
-
-    def create_view(self, project: int, data: dict) -> int:
-        """``data`` e.g. ``{"ordering": ["tasks:predictions_score"]}`` (ascending)."""
-        return int(self.post("/api/dm/views", json={"project": project, "data": data})["id"])
 
     def next_task(self, project: int, view: int | None = None) -> dict | None:
         """The next task of the label stream; NOTE it locks that task for this user."""
