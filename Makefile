@@ -42,7 +42,9 @@ $(WEIGHTS_FILE): | $(STAMP)
 
 ## The RQ tests need a real redis-server (Debian's package).
 redis-server:
-	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; } \
+		|| { sudo -n apt-get update -qq && sudo -n apt-get install -y -qq redis-server; } \
+		|| echo "redis-server could not be installed: the RQ tests will be skipped"
 
 clean:
 	rm -rf $(VENV) .pytest_cache
