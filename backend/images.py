@@ -177,9 +177,17 @@ class ImageLoader:
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise ImageError(f"not a decodable image: {type(exc).__name__}") from None
 
-    def load_many(self, items: list[tuple[object, int | None]], workers: int) -> list[Image.Image | ImageError]:
-        """Load several images concurrently; a failure is returned in its slot, not raised."""
-        return _concurrently(lambda item: self.load(*item), items, workers)
+    def load_many(
+        self, items: list[tuple[object, int | None]], workers: int, then: Callable[[Image.Image], R] | None = None
+    ) -> list[Image.Image | R | ImageError]:
+        """Load several images concurrently; a failure is returned in its slot, not raised.
+
+        ``then`` runs on each decoded image in the same worker thread (PIL and
+        torch release the GIL), so a conversion is spread over the cores too.
+        """
+        if then is None:
+            return _concurrently(lambda item: self.load(*item), items, workers)
+        return _concurrently(lambda item: then(self.load(*item)), items, workers)
 
     def path_many(self, items: list[tuple[object, int | None]], workers: int) -> list[str | ImageError]:
         """Fetch several images concurrently (see ``load_many``)."""

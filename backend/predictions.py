@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
+from torch import Tensor
 
 from backend.errors import ImageError
 from backend.images import ImageLoader
@@ -31,10 +31,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TaskImage:
-    """A task's id and its decoded image, or the reason it has none."""
+    """A task's id and its decoded image (the detector's input tensor), or the reason it has none."""
 
     task_id: int | None
-    image: Image.Image | None
+    image: Tensor | None
     error: str | None = None
 
 
@@ -90,10 +90,10 @@ def _batches(indices: list[int], size: int) -> Iterator[list[int]]:
 
 
 def load_task_images(tasks: Sequence[dict], names: ProjectLabels, loader: ImageLoader, workers: int) -> list[TaskImage]:
-    """Fetch and decode the tasks' images concurrently; failures are kept per task."""
+    """Fetch, decode and convert the tasks' images concurrently; failures are kept per task."""
     items = [(task.get("data", {}).get(names.value_key), task.get("id")) for task in tasks]
     images = []
-    for (_, task_id), item in zip(items, loader.load_many(items, workers)):
+    for (_, task_id), item in zip(items, loader.load_many(items, workers, then=image_tensor)):
         if isinstance(item, ImageError):
             logger.warning("task %s: %s", task_id, item)
             images.append(TaskImage(task_id, None, str(item)))
@@ -103,10 +103,9 @@ def load_task_images(tasks: Sequence[dict], names: ProjectLabels, loader: ImageL
 
 
 def predict_images(
-    served: ServedModel, images: list[Image.Image], names: ProjectLabels, ranking: StoredRanking | None, hua: HUAConfig
+    served: ServedModel, tensors: list[Tensor], names: ProjectLabels, ranking: StoredRanking | None, hua: HUAConfig
 ) -> list[dict]:
-    """Predictions of decoded images; scored on the stored ranking's scale when there is one."""
-    tensors = [image_tensor(image) for image in images]
+    """Predictions of decoded images (``image_tensor``); scored on the stored ranking's scale when there is one."""
     labels = served.detector.labels
     if ranking is None or ranking.scale is None:
         return [task_prediction(det, labels, names, served.name) for det in served.detector.predict(tensors)]
