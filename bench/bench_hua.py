@@ -329,7 +329,7 @@ def check_answered_from_ranking(answer: dict, ranking: StoredRanking, task_ids: 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=64, help="images in the pool (default 64)")
+    parser.add_argument("--n", type=int, default=24, help="images in the pool (default 24: about 4 minutes)")
     parser.add_argument("--backbone", default="mobilenet_v2_fpn", help="detector backbone (default mobilenet_v2_fpn)")
     parser.add_argument("--weights", default="imagenet", choices=("imagenet", "none"),
                         help="initial weights, never downloaded (default imagenet, from TORCH_HOME)")
