@@ -185,9 +185,8 @@ class ImageLoader:
         ``then`` runs on each decoded image in the same worker thread (PIL and
         torch release the GIL), so a conversion is spread over the cores too.
         """
-        if then is None:
-            return _concurrently(lambda item: self.load(*item), items, workers)
-        return _concurrently(lambda item: then(self.load(*item)), items, workers)
+        convert = then or (lambda image: image)
+        return _concurrently(lambda item: convert(self.load(*item)), items, workers)
 
     def path_many(self, items: list[tuple[object, int | None]], workers: int) -> list[str | ImageError]:
         """Fetch several images concurrently (see ``load_many``)."""
