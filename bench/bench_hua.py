@@ -166,7 +166,8 @@ def cald_pool(detector: Detector, keys: list[int], source, batch_size: int) -> T
 
 def build_detector(args: argparse.Namespace) -> tuple[Detector, str]:
     torch.manual_seed(args.seed)
-    config = DetectorConfig(backbone=args.backbone, weights=args.weights, allow_download=False)
+    config = DetectorConfig(backbone=args.backbone, weights=args.weights, allow_download=False,
+                            score_threshold=args.score_threshold)
     model, report = build_model(config, list(SHAPE_LABELS))
     used = report.used + (f" (asked for {report.requested}: {'; '.join(report.reasons)})" if report.fell_back else "")
     return Detector(model, list(SHAPE_LABELS), torch.device("cpu")), used
@@ -335,6 +336,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="initial weights, never downloaded (default imagenet, from TORCH_HOME)")
     parser.add_argument("--image-size", default="320x240", help="WIDTHxHEIGHT of the scenes (default 320x240)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    parser.add_argument("--score-threshold", type=float, default=0.05,
+                        help="detections kept (default 0.05, torchvision's: an untrained head's boxes still reach "
+                             "the metrics, so their cost is in (b))")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of (a), (b), (c) (default 3)")
     parser.add_argument("--aggregate-n", type=int, default=100_000, help="images of the aggregation pool")
     parser.add_argument("--predict-tasks", type=int, default=10_000, help="tasks of the ranked /predict call")
