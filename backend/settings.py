@@ -73,6 +73,7 @@ class Settings:
     hua_candidates: int | None = None
     hua_overlap_iou: float = 0.3
     hua_diversity: bool = False
+    hua_diversity_window: int = 64
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -107,7 +108,8 @@ class Settings:
             raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         if self.device not in ("auto", "cpu", "cuda"):
             raise SettingsError("DEVICE must be auto, cpu or cuda")
-        for name in ("batch_size", "fetch_workers", "workers", "threads", "max_image_pixels", "train_processes"):
+        for name in ("batch_size", "fetch_workers", "workers", "threads", "max_image_pixels", "train_processes",
+                     "hua_diversity_window"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env_name(name)} must be at least 1")
         if self.train_every < 1:
@@ -143,6 +145,7 @@ class Settings:
             candidates=self.hua_candidates,
             overlap_iou=self.hua_overlap_iou,
             diversity=self.hua_diversity,
+            diversity_window=self.hua_diversity_window,
         )
 
     def train_config(self) -> TrainConfig:
@@ -210,6 +213,7 @@ ENVIRONMENT: dict[str, str] = {
     "HUA_CANDIDATES": "hua_candidates",
     "HUA_OVERLAP_IOU": "hua_overlap_iou",
     "HUA_DIVERSITY": "hua_diversity",
+    "HUA_DIVERSITY_WINDOW": "hua_diversity_window",
 }
 
 

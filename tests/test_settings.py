@@ -86,7 +86,9 @@ class TestInvalidValues:
         with pytest.raises(SettingsError, match=name):
             Settings.from_env({name: raw})
 
-    @pytest.mark.parametrize("name", ["BATCH_SIZE", "FETCH_WORKERS", "WORKERS", "THREADS", "MAX_IMAGE_PIXELS"])
+    @pytest.mark.parametrize(
+        "name", ["BATCH_SIZE", "FETCH_WORKERS", "WORKERS", "THREADS", "MAX_IMAGE_PIXELS", "HUA_DIVERSITY_WINDOW"]
+    )
     def test_counts_below_one_are_refused(self, name):
         with pytest.raises(SettingsError, match=name):
             Settings.from_env({name: "0"})
@@ -159,3 +161,13 @@ class TestSettingsObject:
             0.3,
             False,
         )
+
+
+def test_hua_config_slice():
+    """Every HUA_* variable reaches model.hua's config."""
+    config = Settings.from_env({
+        "HUA_TOP_K": "5", "HUA_RETRIEVAL_FRACTION": "0.25", "HUA_MIN_CANDIDATES": "8", "HUA_CANDIDATES": "30",
+        "HUA_OVERLAP_IOU": "0.4", "HUA_DIVERSITY": "true", "HUA_DIVERSITY_WINDOW": "16",
+    }).hua_config()
+    assert (config.gate_top_k, config.retrieval_fraction, config.min_candidates, config.candidates) == (5, 0.25, 8, 30)
+    assert (config.overlap_iou, config.diversity, config.diversity_window) == (0.4, True, 16)
