@@ -44,9 +44,12 @@ def newest_annotation(task: dict) -> dict | None:
     return max(kept, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id") or 0))
 
 
+_BOX_KEYS = ("x", "y", "width", "height")
+
+
 def region_box(value: dict, width: int, height: int) -> list[float]:
     """A region's percent x/y/width/height as pixel x1, y1, x2, y2, clipped to the image."""
-    x, y, w, h = (float(value[k]) for k in ("x", "y", "width", "height"))
+    x, y, w, h = (float(value[k]) for k in _BOX_KEYS)
     x1 = max(0.0, x * width / 100.0)
     y1 = max(0.0, y * height / 100.0)
     x2 = min(float(width), (x + w) * width / 100.0)
@@ -57,9 +60,14 @@ def region_box(value: dict, width: int, height: int) -> list[float]:
 def _is_box(value: dict) -> bool:
     """x, y, width and height all present and finite numbers (hand-made imports may lack some)."""
     try:
-        return all(math.isfinite(float(value[k])) for k in ("x", "y", "width", "height"))
+        return all(math.isfinite(float(value[k])) for k in _BOX_KEYS)
     except (KeyError, TypeError, ValueError):
         return False
+
+
+def _is_rectangle(region: dict, names: ProjectLabels) -> bool:
+    """A rectangle drawn with the project's RectangleLabels control."""
+    return region.get("type") == "rectanglelabels" and region.get("from_name") == names.from_name
 
 
 def annotation_regions(annotation: dict, names: ProjectLabels, task_id: object) -> list[tuple[dict, int]]:
@@ -69,7 +77,7 @@ def annotation_regions(annotation: dict, names: ProjectLabels, task_id: object) 
     """
     regions = []
     for region in annotation.get("result") or []:
-        if region.get("type") != "rectanglelabels" or region.get("from_name") != names.from_name:
+        if not _is_rectangle(region, names):
             continue
         value = region.get("value") or {}
         if not _is_box(value):
@@ -88,10 +96,7 @@ def annotation_regions(annotation: dict, names: ProjectLabels, task_id: object) 
 
 def _has_rectangles(annotation: dict, names: ProjectLabels) -> bool:
     """Whether the annotator drew any rectangle with the project's control (an empty result is a negative image)."""
-    return any(
-        r.get("type") == "rectanglelabels" and r.get("from_name") == names.from_name
-        for r in annotation.get("result") or []
-    )
+    return any(_is_rectangle(region, names) for region in annotation.get("result") or [])
 
 
 def annotation_boxes(

@@ -239,7 +239,8 @@ class EmbeddedRunner:
                 record = record or JobRecord(project, kind)
                 record.status, record.error, record.finished = "failed", f"job process exited with {code}", _now()
                 self.board.write(record)
-            self.board.clear_pending(project, kind) if record.started is None else None
+            if record.started is None:  # it never ran: nothing will clear its pending flag
+                self.board.clear_pending(project, kind)
         self.on_done(project, kind, ok)
 
 

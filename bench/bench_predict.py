@@ -58,8 +58,9 @@ from torch import Tensor
 
 from backend.settings import Settings
 from bench.common import backend_env
-from model.detector import Detector, build_empty_model, image_tensor
+from model.detector import Detector, build_empty_model
 from model.hua import image_entropy
+from model.train import load_image
 from model.versions import VersionStore, load_weights
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -127,11 +128,7 @@ def write_images(root: Path, count: int, height: int, width: int, seed: int) -> 
 
 def decoded_tensors(root: Path, names: list[str]) -> list[Tensor]:
     """The images as (a) gets them: decoded once, outside any timing."""
-    tensors = []
-    for name in names:
-        with Image.open(root / name) as img:
-            tensors.append(image_tensor(img.convert("RGB")))
-    return tensors
+    return [load_image(str(root / name)) for name in names]
 
 
 # --- the service under gunicorn ---------------------------------------------------

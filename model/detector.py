@@ -41,6 +41,7 @@ def image_tensor(image: Image.Image) -> Tensor:
     """
     return convert_image_dtype(pil_to_tensor(image), torch.float32)
 
+
 WEIGHT_SOURCES = ("coco", "imagenet", "none")
 
 

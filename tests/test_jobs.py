@@ -565,24 +565,12 @@ class TestEmbeddedRunner:
     def test_a_killed_child_is_recorded_as_failed(self, tmp_path, monkeypatch):
         """The child is killed (-9, e.g. by the OOM killer) halfway through its job."""
         board, runner, finished = self._runner(tmp_path)
-        script = textwrap.dedent(
-            f"""
-            import os, signal
-            from backend.jobs import JobBoard, run_job
+        commands = self._fake_child(monkeypatch, tmp_path, """
             def work(progress):
                 progress(0.4, "epoch 2/5")
                 os.kill(os.getpid(), signal.SIGKILL)
-            run_job(JobBoard({str(tmp_path / "models")!r}), "1", "train", work)
-            """
-        )
-        commands = []
-        real_call = subprocess.call
-
-        def call(command, **kwargs):
-            commands.append(command)
-            return real_call([sys.executable, "-c", script], cwd=REPO, **kwargs)
-
-        monkeypatch.setattr(subprocess, "call", call)
+            run_job(board, "1", "train", work)
+            """)
         scheduler = self._submit_and_wait(board, runner, finished)
         assert commands[0][1:] == ["-m", "backend", "train", "--project", "1", "--quiet"]
         assert finished == [("1", "train", False)]
@@ -592,25 +580,33 @@ class TestEmbeddedRunner:
         assert not board.is_pending("1", "train")
         assert scheduler.request("1", "train") == "scheduled"  # the next trigger tries again
 
-    def _fake_child(self, monkeypatch, script: str) -> None:
+    def _fake_child(self, monkeypatch, tmp_path, body: str) -> list[list[str]]:
+        """Run ``body`` in place of the job process, with ``board`` (the test's JobBoard), ``run_job``,
+        os, signal and sys in scope; returns the commands the runner asked for."""
+        script = (
+            "import os, signal, sys\nfrom backend.jobs import JobBoard, run_job\n"
+            f"board = JobBoard({str(tmp_path / 'models')!r})\n" + textwrap.dedent(body)
+        )
+        commands = []
         real_call = subprocess.call
-        monkeypatch.setattr(subprocess, "call", lambda command, **kw: real_call([sys.executable, "-c", script], cwd=REPO, **kw))
+
+        def call(command, **kwargs):
+            commands.append(command)
+            return real_call([sys.executable, "-c", script], cwd=REPO, **kwargs)
+
+        monkeypatch.setattr(subprocess, "call", call)
+        return commands
 
     def test_a_failed_follow_up_does_not_fail_the_training(self, tmp_path, monkeypatch):
         """The child trains (done), then its follow-up ranking fails: exit 1, yet the training's record stays done."""
         board, runner, finished = self._runner(tmp_path)
-        self._fake_child(monkeypatch, textwrap.dedent(
-            f"""
-            import sys
-            from backend.jobs import JobBoard, run_job
-            board = JobBoard({str(tmp_path / "models")!r})
-            run_job(board, "1", "train", lambda progress: {{"model_version": "v0002"}})
+        self._fake_child(monkeypatch, tmp_path, """
+            run_job(board, "1", "train", lambda progress: {"model_version": "v0002"})
             try:
                 run_job(board, "1", "rank", lambda progress: 1 / 0)
             except ZeroDivisionError:
                 sys.exit(1)
-            """
-        ))
+            """)
         self._submit_and_wait(board, runner, finished)
         assert finished == [("1", "train", False)]
         train = board.read("1", "train")
@@ -620,15 +616,10 @@ class TestEmbeddedRunner:
 
     def test_a_child_killed_in_its_follow_up(self, tmp_path, monkeypatch):
         board, runner, finished = self._runner(tmp_path)
-        self._fake_child(monkeypatch, textwrap.dedent(
-            f"""
-            import os, signal
-            from backend.jobs import JobBoard, run_job
-            board = JobBoard({str(tmp_path / "models")!r})
-            run_job(board, "1", "train", lambda progress: {{"model_version": "v0002"}})
+        self._fake_child(monkeypatch, tmp_path, """
+            run_job(board, "1", "train", lambda progress: {"model_version": "v0002"})
             run_job(board, "1", "rank", lambda progress: os.kill(os.getpid(), signal.SIGKILL))
-            """
-        ))
+            """)
         self._submit_and_wait(board, runner, finished)
         assert board.read("1", "train").status == "done"
         rank = board.read("1", "rank")
