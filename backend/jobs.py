@@ -174,19 +174,24 @@ class JobBoard:
 
 
 class ProgressWriter:
-    """Writes a running job's progress to its record, at most once per ``interval`` seconds."""
+    """Writes a running job's progress to its record, at most once per ``interval`` seconds.
+
+    The first report is always written: ``time.monotonic`` has no defined origin
+    (on Linux it counts from boot), so no start value can stand for "never".
+    """
 
     def __init__(self, board: JobBoard, record: JobRecord, interval: float = 1.0) -> None:
         self.board = board
         self.record = record
         self.interval = interval
-        self._last = 0.0
+        self._last: float | None = None
 
     def __call__(self, fraction: float, message: str) -> None:
         self.record.progress = round(float(fraction), 4)
         self.record.message = message
-        if time.monotonic() - self._last >= self.interval or fraction >= 1.0:
-            self._last = time.monotonic()
+        now = time.monotonic()
+        if self._last is None or now - self._last >= self.interval or fraction >= 1.0:
+            self._last = now
             self.board.write(self.record)
 
 

@@ -90,8 +90,8 @@ class ModelRegistry:
 
     def _refreshed(self, project: str, served: ServedModel) -> ServedModel:
         """``served``, or a newer version another process wrote (checked every ``refresh_every`` s)."""
-        now = time.monotonic()
-        if now - self._checked.get(project, 0.0) < self.refresh_every:
+        now, last = time.monotonic(), self._checked.get(project)
+        if last is not None and now - last < self.refresh_every:  # monotonic's origin is arbitrary
             return served
         self._checked[project] = now
         latest = self.store.latest(project)

@@ -109,7 +109,8 @@ def test_retrieve_predictions_stores_boxes(label_studio, ls_client, ml_backend, 
     # NOTE: LS answers {"processed_items": <selected tasks>, "detail": "Retrieved <n>
     # predictions"} whatever the backend did: only the stored predictions tell.
     assert answer.get("processed_items") == len(tasks), answer
-    # LS waits at most 100 s for /predict: a slower batch is dropped silently
+    # The bound is the contract, not a speed figure: LS waits at most 100 s for /predict
+    # and drops a slower answer silently (nothing is stored).
     assert took < 100, f"retrieve predictions took {took:.1f} s"
 
     # Asked after predicting: before its first model exists a backend may name a

@@ -146,6 +146,14 @@ class TestJobBoard:
         write(1.0, "done")  # the end is always written
         assert board.read("1", "train").message == "done"
 
+    def test_first_report_written_just_after_boot(self, tmp_path, monkeypatch):
+        """``time.monotonic`` counts from boot: a machine up for 2 s must not lose the first report."""
+        monkeypatch.setattr("backend.jobs.time.monotonic", lambda: 2.0)
+        board = JobBoard(tmp_path)
+        record = JobRecord("1", "train", status="running")
+        ProgressWriter(board, record, interval=3600)(0.1, "first")
+        assert board.read("1", "train").progress == 0.1
+
 
 class TestRunJob:
     def test_success_is_recorded(self, tmp_path):
@@ -275,24 +283,21 @@ class TestWebhookScheduling:
 
         app, service, runner = _app_with(tmp_path, work, train_every=3)
         client = app.test_client()
-        outcomes, slowest = [], 0.0
-        burst_start = time.monotonic()
+        outcomes = []
         for i in range(100):
             with lock:
                 annotations.append(i)
-            t0 = time.monotonic()
             response = client.post("/webhook", json=_webhook("ANNOTATION_CREATED", annotation={"id": i}, task={"id": i}))
-            slowest = max(slowest, time.monotonic() - t0)
             request_threads.add(threading.get_ident())
             assert response.status_code in (200, 202), response.get_data(as_text=True)
             outcomes.append(response.get_json()["status"])
-        burst = time.monotonic() - burst_start
+        # Every answer came back while the trainings were still blocked on the burst's end:
+        # no webhook waited for the work it triggered (Label Studio waits 1 s).
+        assert not burst_over.is_set() and len(trainings) >= 1
         burst_over.set()
         runner.join()
 
-        assert burst < 10, f"100 webhooks took {burst:.1f} s"
-        assert slowest < 1.0, f"a webhook took {slowest:.2f} s (LS waits 1 s): work must not run inside the request"
-        assert not (work_threads & request_threads)
+        assert not (work_threads & request_threads), "work ran inside a request"
         assert set(outcomes) <= {"counted", "scheduled", "coalesced"}
         assert outcomes.count("scheduled") == len(trainings) == len(runner.submitted)
         assert 1 <= len(trainings) <= 2, f"{len(trainings)} trainings for one burst"
