@@ -1,14 +1,16 @@
-"""The active-learning benchmark (bench/active_learning): data, strategies, loop, report.
+"""The active-learning benchmark (bench/active_learning): data, warm start, strategies, loop, report.
 
-The simulation runs on the ``tiny`` preset (a dozen 96-pixel scenes, an untrained
-backbone, one cycle) for every strategy; the numbers it produces mean nothing,
-the mechanics are what is tested.
+The simulation runs on the ``tiny`` preset (a dozen 96-pixel scenes, a warm
+start of two steps from an untrained backbone, one cycle) for every strategy;
+the numbers it produces mean nothing, the mechanics are what is tested. The
+report is tested on constructed rows whose answers are worked out by hand.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -16,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.active_learning import configs, dataset, report
-from bench.active_learning.loop import Row, RunSpec, completed, initial_set, read_rows, run_all
+from bench.active_learning import configs, dataset, loop, pretrain, report
+from bench.active_learning.loop import Row, RunSpec, Step, initial_set, plan, read_rows, resumable, run_all, write_rows
 from bench.active_learning.strategies import (
     STRATEGIES,
     CALDConfig,
@@ -37,6 +39,12 @@ TINY = configs.tiny()
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> dataset.BenchDataset:
     return dataset.digit_scenes_dataset(TINY.digits, tmp_path_factory.mktemp("scenes"))
+
+
+def _row(strategy: str, loss: str, seed: int, cycle: int, ap50: float, boxes: int = 0, labeled: int = 0,
+         picked: tuple[int, ...] = ()) -> Row:
+    return Row(strategy, loss, seed, cycle, labeled or 40 * (cycle + 1), boxes, ap50, ap50 / 2,
+               1.0, 0.5, 0.2 if picked else 0.0, 100, picked)
 
 
 class TestDigitScenes:
@@ -77,11 +85,34 @@ class TestDigitScenes:
         assert sample.boxes.shape == (sample.labels.numel(), 4)
         assert int(sample.labels.min()) >= 1 and int(sample.labels.max()) <= 10
 
-    def test_pool_and_test_use_disjoint_digits(self) -> None:
+    def test_held_back_pool_and_test_digits_are_disjoint(self) -> None:
         _, labels = dataset.load_digits()
-        pool, test = dataset._split_digits(labels, seed=0)
-        assert not set(pool.tolist()) & set(test.tolist())
-        assert len(pool) + len(test) == len(labels)
+        split = dataset._split_digits(labels, seed=0, pretrain_share=0.3)
+        held, pool, test = (set(split[k].tolist()) for k in ("pretrain", "pool", "test"))
+        assert not held & pool and not held & test and not pool & test
+        assert len(held) + len(pool) + len(test) == len(labels)
+        assert len(held) == int(0.3 * len(labels)) and len(test) == len(labels) - int(0.8 * len(labels))
+
+    def test_pretrain_scenes_are_one_class_and_one_set_for_every_seed(self, tmp_path: Path) -> None:
+        config = dataset.DigitScenesConfig(image_size=64, pool_images=2, test_images=1, pretrain_images=3,
+                                           pretrain_share=0.3, min_scale=16, max_scale=32)
+        names, samples = dataset.pretrain_scenes(config, tmp_path)
+        assert names == (dataset.PRETRAIN_LABEL,) and len(samples) == 3
+        assert all(set(s.labels.tolist()) <= {1} for s in samples) and any(s.labels.numel() for s in samples)
+        again = dataset.pretrain_scenes(replace(config, seed=4, pool_images=9), tmp_path)[1]
+        assert [s.image_path for s in again] == [s.image_path for s in samples]
+
+    def test_each_seed_has_its_own_scenes_from_one_split(self, tmp_path: Path) -> None:
+        config = dataset.DigitScenesConfig(image_size=64, pool_images=2, test_images=1, pretrain_share=0.3,
+                                           min_scale=16, max_scale=32)
+        a = dataset.prepare_digit_scenes(config, tmp_path)
+        b = dataset.prepare_digit_scenes(replace(config, seed=1), tmp_path)
+        assert a != b and (a / "pool.json").read_text() != (b / "pool.json").read_text()
+
+    def test_pretraining_needs_held_back_digits(self, tmp_path: Path) -> None:
+        config = dataset.DigitScenesConfig(image_size=64, pretrain_images=2, min_scale=16, max_scale=32)
+        with pytest.raises(ValueError, match="pretrain_share"):
+            dataset.write_digit_scenes(config, tmp_path, ("pretrain",))
 
     def test_class_frequencies_are_skewed(self) -> None:
         import numpy as np
@@ -183,15 +214,21 @@ class TestCALDParts:
 
 
 class TestReport:
-    @staticmethod
-    def _rows() -> list[Row]:
+    """Three seeds, five cycles; random's AP50 at seed k is its cycle value + (k - 1) / 100."""
+
+    RANDOM = (0.30, 0.40, 0.46, 0.50, 0.52)
+    #: hua - random per cycle and seed: cycle 1 has mean 0.02 and standard deviation 0.01
+    HUA_DIFF = ((0.0, 0.0, 0.0), (0.01, 0.02, 0.03), (0.02, 0.02, 0.02), (-0.02, -0.01, 0.0), (0.03, 0.03, 0.03))
+
+    @classmethod
+    def _rows(cls) -> list[Row]:
         rows = []
-        curves = {"random": [0.2, 0.3, 0.4], "hua": [0.2, 0.4, 0.5]}
-        for strategy, values in curves.items():
-            for seed, shift in ((0, 0.0), (1, 0.02)):
-                for cycle, value in enumerate(values):
-                    rows.append(Row(strategy, "synchronic", seed, cycle, 10 + 10 * cycle, 40, value + shift,
-                                    value / 2, 1.0, 0.5, 0.2 if cycle < 2 else 0.0))
+        for seed in range(3):
+            for cycle, value in enumerate(cls.RANDOM):
+                base = value + (seed - 1) / 100
+                rows.append(_row("random", "synchronic", seed, cycle, base, boxes=140 * (cycle + 1)))
+                rows.append(_row("hua", "synchronic", seed, cycle, base + cls.HUA_DIFF[cycle][seed],
+                                 boxes=140 + 160 * cycle))
         return rows
 
     def test_labeled_to_reach_interpolates(self) -> None:
@@ -199,94 +236,214 @@ class TestReport:
         assert report.labeled_to_reach([10, 20, 30], [0.2, 0.4, 0.5], 0.1) == 10.0
         assert report.labeled_to_reach([10, 20, 30], [0.2, 0.4, 0.5], 0.6) is None
 
-    def test_comparison_with_random(self) -> None:
-        (cmp,) = report.comparisons(report.curves(self._rows()))
-        assert cmp.curve.strategy == "hua" and cmp.baseline.strategy == "random"
-        assert cmp.cycles_at_or_above == 3
-        assert cmp.diff_mean == pytest.approx([0.0, 0.1, 0.1])
-        # random ends at mean 0.41 with 30 images; hua's mean curve (0.21, 0.41, 0.51) gets there at 20
-        assert cmp.reach == pytest.approx(20.0) and cmp.reach_pct == pytest.approx(100 * 20 / 30)
+    def test_interval_is_students_t_over_seeds(self) -> None:
+        interval = report.Interval.of([0.01, 0.02, 0.03])
+        assert interval.mean == pytest.approx(0.02)
+        assert interval.half == pytest.approx(4.303 * 0.01 / 3 ** 0.5, rel=1e-3)  # t(0.975, 2 df) = 4.303
+        assert report.t_quantile(1000) == pytest.approx(1.96, abs=2e-3)
+        assert math.isnan(report.Interval.of([0.5]).half)
+
+    def test_paired_differences_against_random(self) -> None:
+        (cmp,) = report.selection_comparisons(report.curves(self._rows()))
+        assert (cmp.curve.name, cmp.baseline.name, cmp.seeds) == ("hua + synchronic", "random + synchronic", [0, 1, 2])
+        assert [d.mean for d in cmp.diff] == pytest.approx([0.0, 0.02, 0.02, -0.01, 0.03])
+        assert cmp.diff[0].half == pytest.approx(0.0) and cmp.diff[2].half == pytest.approx(0.0, abs=1e-12)
+        assert cmp.diff[1].half == pytest.approx(4.303 * 0.01 / 3 ** 0.5, rel=1e-3)
+
+    def test_cycles_at_or_above_count_cycles_one_to_four(self) -> None:
+        (cmp,) = report.selection_comparisons(report.curves(self._rows()))
+        assert (cmp.at_or_above, cmp.compared) == (3, 4)  # cycle 0 is equal and not counted; cycle 3 is below
+
+    def test_labels_and_boxes_to_reach_randoms_final_ap50(self) -> None:
+        (cmp,) = report.selection_comparisons(report.curves(self._rows()))
+        # random ends at 0.52 with 200 images and 700 boxes; hua's mean is 0.49 at (160, 620), 0.55 at (200, 780)
+        assert (cmp.final_labeled, cmp.final_boxes) == (200, 700)
+        assert cmp.reach_labeled == pytest.approx(180.0) and cmp.reach_boxes == pytest.approx(700.0)
+
+    @pytest.mark.parametrize(("shift", "outcome"), [(0.0, "synchronic"), (0.004, "synchronic"), (-0.004, "standard")])
+    def test_decision_rule(self, shift: float, outcome: str) -> None:
+        rows = []
+        for seed in range(5):
+            for cycle in range(5):
+                standard = 0.3 + 0.05 * cycle + seed / 100
+                # the difference alternates -0.01, +0.01 over seeds 0..3 and is 0 at seed 4, plus shift
+                diff = shift + (0.01 * (-1) ** (seed + 1) if seed < 4 else 0.0)
+                rows += [_row("random", "standard", seed, cycle, standard),
+                         _row("random", "synchronic", seed, cycle, standard + diff),
+                         _row("random", "synchronic-paper", seed, cycle, standard - 0.1)]
+        decision = report.decide(report.curves(rows))
+        assert decision.loss == outcome and decision.cycles == 5 and decision.difference.n == 5
+        assert decision.difference.mean == pytest.approx(shift, abs=1e-12)
+        text = report.markdown(rows, "t", cycles=5, seeds=5)
+        assert f"default LOSS is **{outcome}**." in text and "provisional" not in text
+        assert "| synchronic-paper | 5 | -10.0" in text
+
+    def test_decision_is_provisional_until_every_seed_is_in(self) -> None:
+        rows = [_row("random", loss, 0, c, 0.3) for loss in ("standard", "synchronic") for c in range(2)]
+        assert "provisional: 2 cycle(s), 1 seed(s)" in report.markdown(rows, "t", cycles=5, seeds=5)
+
+    def test_unfinished_seeds_leave_the_curve(self) -> None:
+        rows = self._rows() + [_row("hua", "synchronic", 3, 0, 0.9)]
+        hua = next(c for c in report.curves(rows) if c.strategy == "hua")
+        assert hua.seeds == [0, 1, 2] and len(hua.labeled) == 5
 
     def test_markdown_and_plot(self, tmp_path: Path) -> None:
         rows = self._rows()
         text = report.markdown(rows, "t", ["pre"], "p.png")
-        assert "| 0 | 10 | 21.0 ± 1.4 | 21.0 ± 1.4 |" in text
-        assert "hua + synchronic | random + synchronic | 3/3 cycles" in text
-        assert "![AP50 against labeled images](p.png)" in text
+        assert "| 0 | 40 | 30.0 ± 1.0 | 30.0 ± 1.0 |" in text
+        assert "| hua + synchronic | random + synchronic | 3 | +0.0 [+0.0, +0.0]; +2.0 [-0.5, +4.5];" in text
+        assert "| 3/4 | 180 (90 %) of 200 | 700 (100 %) of 700 |" in text
+        assert "![AP50 against labeled images and boxes](p.png)" in text
+        assert "| hua + synchronic | 1.0 | 0.5 | 0.2 | 0.002 |" in report.timing_table(rows + [
+            _row("hua", "synchronic", 0, 0, 0.3, picked=(1,))])
         png = report.plot(rows, tmp_path / "p.png", "t")
         assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 class TestLoopBookkeeping:
+    @staticmethod
+    def _data(size: int = 20) -> dict[int, dataset.BenchDataset]:
+        sample = dataset._sample("x.png", [[0, 0, 4, 4]], [1], "x")
+        return {s: dataset.BenchDataset("fake", ("0",), [sample] * size, [sample]) for s in (0, 1)}
+
     def test_initial_set_is_shared_and_seeded(self) -> None:
         assert initial_set(50, 5, seed=1) == initial_set(50, 5, seed=1)
         assert initial_set(50, 5, seed=1) != initial_set(50, 5, seed=2)
         with pytest.raises(ValueError):
             initial_set(3, 5, seed=0)
 
-    def test_csv_round_trip_and_completed_runs(self, tmp_path: Path) -> None:
-        from bench.active_learning.loop import write_rows
-
-        rows = TestReport._rows()[:3] + TestReport._rows()[3:5]  # seed 1 of random lacks its last cycle
+    def test_csv_round_trip_keeps_the_picks(self, tmp_path: Path) -> None:
+        rows = [_row("random", "synchronic", 0, 0, 0.3, picked=(7, 3)), _row("hua", "standard", 1, 1, 0.4)]
         write_rows(tmp_path / "r.csv", rows)
         assert read_rows(tmp_path / "r.csv") == sorted(rows, key=lambda r: (r.strategy, r.loss, r.seed, r.cycle))
-        assert completed(rows, cycles=2) == {("random", "synchronic", 0)}
+
+    def test_resumable_rows_stop_at_a_runs_first_gap(self) -> None:
+        rows = [_row("random", "synchronic", 0, c, 0.3) for c in (0, 1, 3)] + [_row("hua", "synchronic", 0, 1, 0.3)]
+        assert [(r.strategy, r.cycle) for r in resumable(rows, cycles=4)] == [("random", 0), ("random", 1)]
+
+    def test_cycle_zero_is_one_step_for_runs_with_the_same_loss_and_seed(self) -> None:
+        specs = [RunSpec(s, "synchronic", 0) for s in ("random", "hua", "cald")] + [RunSpec("random", "standard", 0),
+                                                                                     RunSpec("random", "synchronic", 1)]
+        steps = plan(specs, [], self._data(), replace(TINY.simulation, initial=4))
+        assert [(len(s.specs), s.loss, s.seed, s.cycle) for s in steps] == [
+            (3, "synchronic", 0, 0), (1, "standard", 0, 0), (1, "synchronic", 1, 0)]
+        assert steps[0].labeled == steps[1].labeled == tuple(initial_set(20, 4, 0))
+
+    def test_a_run_resumes_at_its_next_cycle_with_what_it_picked(self) -> None:
+        first = tuple(initial_set(20, 4, 0))
+        rows = [_row("random", "synchronic", 0, 0, 0.3, picked=tuple(i for i in range(20) if i not in first)[:3])]
+        config = replace(TINY.simulation, initial=4, cycles=2)
+        steps = plan([RunSpec("random", "synchronic", 0), RunSpec("hua", "synchronic", 0)], rows, self._data(), config)
+        resumed = next(s for s in steps if s.specs[0].strategy == "random")
+        assert resumed.cycle == 1 and resumed.labeled == first + rows[0].picked
+        assert next(s for s in steps if s.specs[0].strategy == "hua").cycle == 0
+
+    def test_time_limit_then_resume(self, tmp_path: Path, monkeypatch) -> None:
+        calls: list[Step] = []
+
+        def fake_step(step: Step, data, config, progress=None) -> list[Row]:
+            calls.append(step)
+            free = [i for i in range(len(data.pool)) if i not in step.labeled]
+            rows = []
+            for spec in step.specs:  # random picks from the front of the pool, the others from the back
+                picked = free[: config.budget] if spec.strategy == "random" else free[::-1][: config.budget]
+                rows.append(_row(spec.strategy, spec.loss, spec.seed, step.cycle, 0.1, labeled=len(step.labeled),
+                                 picked=tuple(picked) if step.cycle < config.cycles else ()))
+            return rows
+
+        monkeypatch.setattr(loop, "run_step", fake_step)
+        config = replace(TINY.simulation, initial=4, budget=2, cycles=2)
+        specs = [RunSpec("random", "synchronic", 0), RunSpec("hua", "synchronic", 0), RunSpec("random", "standard", 0)]
+        rows = run_all(specs, self._data(), config, tmp_path / "r.csv", max_minutes=0)
+        assert len(calls) == 1 and len(rows) == 2  # one step (the shared cycle 0), then the limit
+        rows = run_all(specs, self._data(), config, tmp_path / "r.csv", resume=True)
+        assert sorted((r.strategy, r.loss, r.cycle) for r in rows) == sorted(
+            (s.strategy, s.loss, c) for s in specs for c in range(3))
+        assert len(calls) == 1 + 1 + 3 * 2  # standard's cycle 0, then cycles 1-2 of each run, never cycle 0 again
+        hua_cycle_2 = next(s for s in calls if s.specs[0].strategy == "hua" and s.cycle == 2)
+        assert hua_cycle_2.labeled[4:] == (19, 18, 17, 16)
+        assert read_rows(tmp_path / "r.csv") == sorted(rows, key=lambda r: (r.strategy, r.loss, r.seed, r.cycle))
 
     def test_unknown_names_are_refused(self) -> None:
         with pytest.raises(ValueError, match="unknown strategy"):
             RunSpec("magic", "synchronic", 0)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="unknown loss"):
             RunSpec("hua", "focal", 0)
 
 
-@pytest.mark.slow
-class TestSimulation:
-    def test_one_cycle_of_every_strategy(self, tiny_data: dataset.BenchDataset, tmp_path: Path) -> None:
-        specs = TINY.specs()
-        rows = run_all(specs, tiny_data, TINY.simulation, tmp_path / "results.csv")
-        assert len(rows) == len(specs) * 2
-        sim = TINY.simulation
-        for row in rows:
-            assert row.labeled == sim.initial + row.cycle * sim.budget
-            assert 0.0 <= row.ap50 <= 1.0 and 0.0 <= row.ap <= 1.0
-            assert (row.select_s > 0) == (row.cycle < sim.cycles)
-        with (tmp_path / "results.csv").open() as handle:
-            assert len(list(csv.DictReader(handle))) == len(rows)
-        first = {(r.strategy, r.loss): r for r in rows if r.cycle == 0}
-        # the same seed gives every strategy the same first set and, with the same loss, the same model
-        assert len({(r.ap50, r.ap) for (s, loss), r in first.items() if loss == "synchronic"}) == 1
-
-    def test_resume_keeps_complete_runs(self, tiny_data, tmp_path: Path, monkeypatch) -> None:
-        from bench.active_learning import loop
-
-        spec = RunSpec("random", "standard", 0)
-        config = replace(TINY.simulation, cycles=0)
-        run_all([spec], tiny_data, config, tmp_path / "r.csv")
-        monkeypatch.setattr(loop, "simulate", lambda *a, **k: pytest.fail("a complete run was run again"))
-        rows = run_all([spec], tiny_data, config, tmp_path / "r.csv", resume=True)
-        assert [(r.strategy, r.cycle) for r in rows] == [("random", 0)]
+class TestWarmStart:
+    def test_pretrained_once_then_read_from_the_cache(self, tmp_path: Path, monkeypatch) -> None:
+        args = (TINY.pretrain, TINY.digits, TINY.simulation.detector, tmp_path, torch.device("cpu"))
+        version = pretrain.warm_start(*args)
+        assert version.meta["labels"] == [dataset.PRETRAIN_LABEL] and version.meta["parent"] is None
+        assert version.meta["backbone"] == TINY.simulation.detector.backbone and version.weights_path.exists()
+        monkeypatch.setattr(pretrain, "train", lambda *a, **k: pytest.fail("pretrained again"))
+        assert pretrain.warm_start(*args).path == version.path
+        other = replace(TINY.pretrain, seed=1)
+        assert other.fingerprint(TINY.digits, TINY.simulation.detector) != TINY.pretrain.fingerprint(
+            TINY.digits, TINY.simulation.detector)
+        assert pretrain.warm_start(replace(TINY.pretrain, seed=0), replace(TINY.digits, seed=3), *args[2:]).path \
+            == version.path  # the pool's seed does not change the pretraining scenes
 
 
 @pytest.mark.slow
-def test_command_line_writes_every_output(tmp_path: Path, monkeypatch) -> None:
+def test_one_cycle_of_every_strategy(tiny_data: dataset.BenchDataset, tmp_path: Path) -> None:
+    specs, sim = TINY.specs(), TINY.simulation
+    rows = run_all(specs, {0: tiny_data}, sim, tmp_path / "results.csv")
+    assert len(rows) == len(specs) * 2
+    for row in rows:
+        assert row.labeled == sim.initial + row.cycle * sim.budget
+        assert 0.0 <= row.ap50 <= 1.0 and 0.0 <= row.ap <= 1.0
+        assert len(row.picked) == (sim.budget if row.cycle < sim.cycles else 0)
+        assert (row.select_s > 0) == (row.cycle < sim.cycles)
+    with (tmp_path / "results.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == len(rows)
+    first = [r for r in rows if r.cycle == 0 and r.loss == "synchronic"]
+    assert len(first) == 5 and len({(r.ap50, r.ap, r.train_s) for r in first}) == 1  # one shared training
+
+
+@pytest.mark.slow
+def test_command_line_end_to_end_with_resume(tmp_path: Path, monkeypatch) -> None:
     from bench.active_learning import __main__ as cli
 
     monkeypatch.setattr(cli, "RESULTS_DIR", tmp_path / "published")
-    out = tmp_path / "out"
-    assert cli.main(["--config", "tiny", "--out", str(out), "--cache", str(tmp_path / "cache"),
-                     "--runs", "random:synchronic", "hua:synchronic", "--cycles", "1", "--publish"]) == 0
-    for name in ("results.csv", "report.md", "ap50.png", "summary.json", "meta.json"):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    base = ["--config", "tiny", "--out", str(out), "--cache", str(cache), "--seeds", "0", "1",
+            "--runs", "random:synchronic", "hua:synchronic", "random:standard"]
+    assert cli.main(base + ["--max-minutes", "0"]) == 0  # one step, then the time limit
+    first = read_rows(out / "results.csv")
+    assert [(r.strategy, r.seed, r.cycle) for r in first] == [("hua", 0, 0), ("random", 0, 0)]
+    assert cli.main(base + ["--resume", "--publish"]) == 0
+    rows = read_rows(out / "results.csv")
+    assert sorted((r.strategy, r.loss, r.seed, r.cycle) for r in rows) == sorted(
+        (s, loss, seed, c) for s, loss in (("random", "synchronic"), ("hua", "synchronic"), ("random", "standard"))
+        for seed in (0, 1) for c in (0, 1))
+    assert set(first) <= set(rows)
+    assert len(list(cache.glob("pretrain-*"))) == 1  # pretrained once for both invocations and both seeds
+    meta = json.loads((out / "meta.json").read_text())
+    assert len(meta["invocations"]) == 2 and Path(meta["warm_start"]["path"]).is_dir()
+    for name in ("report.md", "ap50.png", "summary.json"):
         assert (out / name).exists(), name
     text = (out / "report.md").read_text()
-    assert "hua + synchronic" in text and "Against random" in text
+    assert "Selection against random" in text and "Loss ablation" in text and "default LOSS is" in text
     published = tmp_path / "published"
-    assert (published / "active_learning_tiny.png").exists()
     assert "](active_learning_tiny.png)" in (published / "active_learning_tiny.md").read_text()
-    assert read_rows(published / "active_learning_tiny.csv") == read_rows(out / "results.csv")
-    # the report can be rebuilt from the CSV alone
-    (out / "report.md").unlink()
-    assert cli.main(["--config", "tiny", "--out", str(out), "--cache", str(tmp_path / "cache"), "--report-only"]) == 0
+    assert read_rows(published / "active_learning_tiny.csv") == rows
+    (out / "report.md").unlink()  # the report can be rebuilt from the CSV alone
+    assert cli.main(base + ["--report-only"]) == 0
     assert "hua + synchronic" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_calibration_writes_what_it_tried(tmp_path: Path, monkeypatch) -> None:
+    from bench.active_learning import __main__ as cli
+
+    monkeypatch.setattr(cli, "RESULTS_DIR", tmp_path / "published")
+    assert cli.main(["--config", "tiny", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
+                     "--calibrate", "1", "2", "--publish"]) == 0
+    text = (tmp_path / "published" / "active_learning_calibration.md").read_text()
+    assert "| 1 |" in text and "| 2 |" in text and "fewest iterations" in text
+    assert not (tmp_path / "out" / "results.csv").exists()
 
 
 def test_missing_weights_are_an_error_not_a_fallback(tiny_data) -> None:

@@ -2,15 +2,20 @@
 
 Usage (from the repository root)::
 
-    .venv/bin/python -m bench.active_learning --config quick --out bench/out/quick
-    .venv/bin/python -m bench.active_learning --config quick --out bench/out/quick --publish
+    .venv/bin/python -m bench.active_learning --out bench/out/warm --max-minutes 85
+    .venv/bin/python -m bench.active_learning --out bench/out/warm --max-minutes 85 --resume --publish
+    .venv/bin/python -m bench.active_learning --out bench/out/warm --calibrate 200 400 800 --publish
     .venv/bin/python -m bench.active_learning --config paper --dataset voc07 --data-root /data/voc --out bench/out/paper
-    .venv/bin/python -m bench.active_learning --config quick --seeds 0 --cycles 2 --out bench/out/smoke
+    .venv/bin/python -m bench.active_learning --config tiny --out bench/out/tiny
 
-Writes into ``--out``: ``results.csv`` (one row per strategy, loss, seed and
-cycle), ``report.md`` (tables and the comparison with random), ``ap50.png``,
-``summary.json`` and ``meta.json`` (command, machine, settings, duration).
-``--publish`` copies the report, plot and CSV to ``bench/results/`` (committed).
+The default preset is ``warm`` (METHOD.md section 6). Writes into ``--out``:
+``results.csv`` (one row per strategy, loss, seed and cycle, with the images
+each cycle picked, so that ``--resume`` continues any run at its next cycle),
+``report.md`` (tables, the paired comparisons, the loss decision), ``ap50.png``,
+``summary.json`` and ``meta.json`` (machine, settings, every invocation's
+command and duration). ``--publish`` copies the report, plot and CSV to
+``bench/results/`` (committed). The warm start and the scenes are cached under
+``--cache``.
 """
 
 from __future__ import annotations
@@ -34,30 +39,38 @@ RESULTS_DIR = REPO_ROOT / "bench" / "results"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from bench.active_learning.configs import DATASETS, PRESETS
     from bench.active_learning.strategies import STRATEGIES
+    from model.losses import LOSS_NAMES
 
     parser = argparse.ArgumentParser(prog="python -m bench.active_learning", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", choices=sorted(PRESETS), default="quick", help="preset (default: quick)")
+    parser.add_argument("--config", choices=sorted(PRESETS), default="warm", help="preset (default: warm)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (bench/out/ is git-ignored)")
     parser.add_argument("--publish", action="store_true", help="also copy report, plot and CSV to bench/results/")
-    parser.add_argument("--resume", action="store_true", help="keep the complete runs already in OUT/results.csv")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows already in OUT/results.csv and continue every run at its next cycle")
+    parser.add_argument("--max-minutes", type=float,
+                        help="start no cycle that would end after this many minutes (--resume continues)")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from OUT/results.csv")
+    parser.add_argument("--calibrate", nargs="+", type=int, metavar="ITERATIONS",
+                        help="train cycle 0 of the first seed for each number of iterations and write "
+                             "OUT/calibration.md (no comparison is run)")
     parser.add_argument("--dataset", choices=DATASETS, help="override the preset's data set")
     parser.add_argument("--data-root", type=Path, help="VOC: the folder holding VOCdevkit; COCO: the one holding "
                         "annotations/, train2017/, val2017/")
-    parser.add_argument("--cache", type=Path, default=REPO_ROOT / "bench" / "out" / "data",
-                        help="where digit scenes are rendered (default bench/out/data)")
+    parser.add_argument("--cache", type=Path, default=REPO_ROOT / "bench" / "out" / "cache",
+                        help="where digit scenes and the warm start are cached (default bench/out/cache)")
     parser.add_argument("--runs", nargs="+", metavar="STRATEGY:LOSS",
-                        help=f"override the runs; strategies {sorted(STRATEGIES)}, losses standard|synchronic")
+                        help=f"override the runs; strategies {sorted(STRATEGIES)}, losses {'|'.join(LOSS_NAMES)}")
     parser.add_argument("--seeds", nargs="+", type=int, help="override the seeds")
     parser.add_argument("--cycles", type=int, help="override the number of selection cycles")
     parser.add_argument("--initial", type=int, help="override the initial random labeled set")
     parser.add_argument("--budget", type=int, help="override the images selected per cycle")
-    parser.add_argument("--epochs", type=int, help="override the training epochs")
-    parser.add_argument("--workers", type=int, help="runs in parallel (processes)")
+    parser.add_argument("--iterations", type=int, help="override the training iterations per cycle")
+    parser.add_argument("--epochs", type=int, help="override the training epochs (presets without iterations)")
+    parser.add_argument("--workers", type=int, help="processes running cycles in parallel")
     parser.add_argument("--threads", type=int, help="torch threads per worker")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), help="override the device")
     parser.add_argument("--allow-download", action="store_true",
-                        help="let torchvision download missing backbone weights (never needed for quick)")
+                        help="let torchvision download missing backbone weights")
     return parser.parse_args(argv)
 
 
@@ -77,9 +90,8 @@ def build_config(args: argparse.Namespace):
     sim = config.simulation
     sim = replace(sim, **{k: v for k, v in (("cycles", args.cycles), ("initial", args.initial),
                                             ("budget", args.budget), ("device", args.device)) if v is not None})
-    if args.epochs is not None:
-        drops = tuple(d for d in sim.train.lr_drop_epochs if d < args.epochs)
-        sim = replace(sim, train=replace(sim.train, epochs=args.epochs, lr_drop_epochs=drops))
+    train = {k: v for k, v in (("iterations", args.iterations), ("epochs", args.epochs)) if v is not None}
+    sim = replace(sim, train=replace(sim.train, **train))
     if args.allow_download:
         sim = replace(sim, detector=replace(sim.detector, allow_download=True))
     changes = {"simulation": sim}
@@ -91,16 +103,38 @@ def build_config(args: argparse.Namespace):
     return replace(config, **changes)
 
 
-def load_dataset(config, args: argparse.Namespace):
+def load_datasets(config, args: argparse.Namespace) -> dict:
+    """Each seed's pool and test split: its own digit scenes, or the same VOC/COCO splits for all."""
     from bench.active_learning import dataset
 
     if config.dataset == "digits":
-        return dataset.digit_scenes_dataset(config.digits, args.cache)
+        return {s: dataset.digit_scenes_dataset(replace(config.digits, seed=s), args.cache) for s in config.seeds}
     if args.data_root is None:
         raise SystemExit(f"--data-root is required for --dataset {config.dataset}")
     if config.dataset == "coco":
-        return dataset.coco_dataset(args.data_root)
-    return dataset.voc_dataset(args.data_root, ("2007",) if config.dataset == "voc07" else ("2007", "2012"))
+        data = dataset.coco_dataset(args.data_root)
+    else:
+        data = dataset.voc_dataset(args.data_root, ("2007",) if config.dataset == "voc07" else ("2007", "2012"))
+    return {s: data for s in config.seeds}
+
+
+def warm_started(config, args: argparse.Namespace, data: dict) -> tuple[object, dict]:
+    """``config`` with its detector built from the cached warm start (pretrained now if missing),
+    and what the meta records about it; unchanged without a warm start."""
+    if config.pretrain is None:
+        return config, {}
+    import torch
+
+    from bench.active_learning.pretrain import warm_start
+    from model.detector import select_device
+
+    sim = config.simulation
+    torch.set_num_threads(max(1, config.workers * config.threads))
+    version = warm_start(config.pretrain, config.digits, sim.detector, args.cache, select_device(sim.device),
+                         check=data[config.seeds[0]].test)
+    detector = replace(sim.detector, weights=str(version.path))
+    info = {"path": str(version.path), "from": sim.detector.weights, **version.meta.get("pretraining", {})}
+    return replace(config, simulation=replace(sim, detector=detector)), info
 
 
 def machine() -> dict[str, object]:
@@ -120,23 +154,29 @@ def machine() -> dict[str, object]:
 
 
 def _preamble(config, meta: dict) -> list[str]:
-    sim, host = config.simulation, meta["machine"]
+    sim, host, warm = config.simulation, meta["machine"], meta.get("warm_start")
     det, tr = sim.detector, sim.train
-    minutes = meta.get("wall_s", 0.0) / 60
+    runs = meta.get("invocations", [])
+    minutes = sum(r["wall_s"] for r in runs) / 60
+    length = f"{tr.iterations} iterations" if tr.iterations else f"{tr.epochs} epochs"
+    start = (f"warm start pretrained on {warm.get('images')} scenes of held-back digits as one class "
+             f"({warm.get('iterations')} iterations from {warm.get('from')} weights, class-agnostic AP50 "
+             f"{100 * warm.get('check_ap50_agnostic', float('nan')):.1f} on seed {config.seeds[0]}'s test split)"
+             if warm else f"{det.weights} weights")
     return [
-        f"Command: `{meta['command']}`  ",
+        "Commands: " + "; ".join(f"`{r['command']}` ({r['wall_s'] / 60:.0f} min)" for r in runs) + "  ",
         f"Machine: {host['cpu']}, {host['cores']} cores"
         + (f", GPU {host['gpu']}" if host.get("gpu") else "")
         + f"; {config.workers} worker(s) x {config.threads} thread(s); torch {host['torch']}.  ",
-        f"Wall time: {minutes:.1f} min for the runs in this folder ({meta.get('finished', '')}).  ",
-        f"Data: {meta['dataset']} (pool {meta['pool']}, test {meta['test']} images, {meta['classes']} classes).  ",
-        f"Protocol: {sim.initial} random images, then {sim.cycles} cycles of +{sim.budget}; "
-        + ("detector re-initialised every cycle" if sim.reinit else "detector fine-tuned from cycle to cycle")
-        + f" ({det.backbone}, {det.weights} weights, images {det.min_size}-{det.max_size} px, "
-        f"{det.sampled_rois} sampled RoIs); {tr.epochs} epochs, SGD lr {tr.lr}, batch {tr.batch_size}, "
-        f"lr x0.1 at epochs {list(tr.lr_drop_epochs)}, flip {tr.flip_prob}; "
+        f"Wall time: {minutes:.1f} min over {len(runs)} invocation(s).  ",
+        f"Data: {meta['dataset']} (per seed: pool {meta['pool']}, test {meta['test']} images, "
+        f"{meta['classes']} classes).  ",
+        f"Protocol: {sim.initial} random images, then {sim.cycles} cycles of +{sim.budget}; every cycle's detector "
+        f"re-initialised from the {start}; {det.backbone}, images {det.min_size}-{det.max_size} px, "
+        f"{det.sampled_rois} sampled RoIs; {length} per cycle, SGD lr {tr.lr}, batch {tr.batch_size}, warm-up "
+        f"{tr.warmup_fraction:g} of the steps, lr x0.1 at fractions {list(tr.lr_drops)}, flip {tr.flip_prob}; "
         f"HUA P = {sim.strategies.hua.retrieval_ratio:g} x B; CALD mr {sim.strategies.cald.mutual_range}.  ",
-        "AP: torchmetrics MeanAveragePrecision (COCO-style) on the fixed test split, x100.",
+        "AP: torchmetrics MeanAveragePrecision (COCO-style) on the seed's test split, x100.",
     ]
 
 
@@ -144,17 +184,56 @@ def write_report(rows, config, meta: dict, out: Path, publish: bool) -> None:
     from bench.active_learning import report
 
     plot_path = report.plot(rows, out / "ap50.png", f"{config.name} ({meta['dataset']})")
-    text = report.markdown(rows, f"Active-learning benchmark: {config.name}", _preamble(config, meta), plot_path.name)
+    text = report.markdown(rows, f"Active-learning benchmark: {config.name}", _preamble(config, meta),
+                           plot_path.name, cycles=config.simulation.cycles + 1, seeds=len(config.seeds))
     text += "\n" + report.timing_table(rows) + "\n"
     (out / "report.md").write_text(text)
     (out / "summary.json").write_text(json.dumps(report.summary_numbers(rows), indent=2))
     if publish:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         stem = f"active_learning_{config.name}"
         published_plot = RESULTS_DIR / f"{stem}.png"
-        shutil.copyfile(plot_path, published_plot)
+        _publish(plot_path, published_plot.name)
+        _publish(out / "results.csv", f"{stem}.csv")
         (RESULTS_DIR / f"{stem}.md").write_text(text.replace(f"]({plot_path.name})", f"]({published_plot.name})"))
-        shutil.copyfile(out / "results.csv", RESULTS_DIR / f"{stem}.csv")
+
+
+def _publish(path: Path, name: str) -> None:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, RESULTS_DIR / name)
+
+
+def calibrate_command(config, data: dict, meta: dict, args: argparse.Namespace) -> Path:
+    """Cycle 0 of the first seed for each of ``--calibrate``; writes OUT/calibration.md (and publishes it)."""
+    import torch
+
+    from bench.active_learning import calibration
+    from bench.active_learning.loop import RunSpec
+
+    torch.set_num_threads(max(1, config.workers * config.threads))
+    seed = config.seeds[0]
+    spec = RunSpec(config.runs[0][0], config.runs[0][1], seed)
+    trials = calibration.calibrate(args.calibrate, spec, data[seed], config.simulation)
+    chosen = calibration.choose(trials)
+    first = {s: calibration.class_boxes(data[s], config.simulation.initial, s) for s in config.seeds}
+    preamble = _preamble(config, meta)[1:] + [f"Run calibrated: {spec.strategy} + {spec.loss}, seed {seed}, "
+                                              f"cycle 0 ({config.simulation.initial} images)."]
+    path = args.out / "calibration.md"
+    path.write_text(calibration.markdown(trials, chosen, preamble, first))
+    if args.publish:
+        _publish(path, "active_learning_calibration.md")
+    return path
+
+
+def _meta(args: argparse.Namespace, config, data: dict, argv: list[str] | None) -> dict:
+    """meta.json: kept across ``--resume`` and ``--report-only``, with this invocation's facts."""
+    path = args.out / "meta.json"
+    meta = json.loads(path.read_text()) if (args.resume or args.report_only) and path.exists() else {}
+    first = data[config.seeds[0]]
+    meta.update(machine=meta.get("machine") or machine(), dataset=first.name, pool=len(first.pool),
+                test=len(first.test), classes=len(first.labels),
+                command="python -m bench.active_learning " + shlex.join(sys.argv[1:] if argv is None else argv))
+    meta.setdefault("invocations", [])
+    return meta
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,21 +243,22 @@ def main(argv: list[str] | None = None) -> int:
 
     config = build_config(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(config, args)
-    meta_path = args.out / "meta.json"
-    meta = json.loads(meta_path.read_text()) if args.report_only and meta_path.exists() else {}
-    meta.update(command="python -m bench.active_learning " + shlex.join(sys.argv[1:] if argv is None else argv),
-                machine=meta.get("machine") or machine(), dataset=data.name, pool=len(data.pool),
-                test=len(data.test), classes=len(data.labels))
+    data = load_datasets(config, args)
+    meta = _meta(args, config, data, argv)
     if args.report_only:
         rows = read_rows(args.out / "results.csv")
     else:
+        config, meta["warm_start"] = warm_started(config, args, data)
+        if args.calibrate:
+            print(calibrate_command(config, data, meta, args).read_text())
+            return 0
         started = time.perf_counter()
-        rows = run_all(config.specs(), data, config.simulation, args.out / "results.csv",
-                       workers=config.workers, threads=config.threads, resume=args.resume)
-        meta.update(wall_s=time.perf_counter() - started, finished=time.strftime("%Y-%m-%d %H:%M"),
-                    config=dataclasses.asdict(config))
-    meta_path.write_text(json.dumps(meta, indent=2, default=str))
+        rows = run_all(config.specs(), data, config.simulation, args.out / "results.csv", workers=config.workers,
+                       threads=config.threads, resume=args.resume, max_minutes=args.max_minutes)
+        meta["invocations"].append({"command": meta["command"], "wall_s": time.perf_counter() - started,
+                                    "finished": time.strftime("%Y-%m-%d %H:%M")})
+        meta["config"] = dataclasses.asdict(config)
+    (args.out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     write_report(rows, config, meta, args.out, args.publish)
     print((args.out / "report.md").read_text())
     return 0

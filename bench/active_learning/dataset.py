@@ -7,9 +7,12 @@ pixels, its classes 1..C), so that the simulation never knows where images came 
   MNIST digits (``bench/data/mnist_digits_10k.npz``, CC BY-SA 3.0, see
   ``bench/data/ATTRIBUTION.md``): several digits per image at varied scales, with
   overlaps, unlabeled clutter (strokes, digit fragments) and a skewed class
-  distribution, all fixed by a seed. :func:`write_digit_scenes` writes them as
-  COCO-format json + PNG images, which :func:`load_coco` then reads back through
-  torchvision's ``CocoDetection`` like any other COCO data set.
+  distribution, all fixed by a seed. The digits are split once (``split_seed``)
+  into a share held back for pretraining, the pool's and the test split's, so a
+  warm start never sees a digit that is later selected or tested.
+  :func:`write_digit_scenes` writes them as COCO-format json + PNG images, which
+  :func:`load_coco` then reads back through torchvision's ``CocoDetection`` like
+  any other COCO data set.
 - **PASCAL VOC 2007/2012** (:func:`load_voc`, torchvision's ``VOCDetection``) and
   **COCO** (:func:`load_coco`, ``CocoDetection``) when the user has them on disk.
   Nothing is ever downloaded.
@@ -55,6 +58,12 @@ MNIST_ATTRIBUTION = (
 _INK: float = 0.25
 #: Attempts to place one digit within the overlap limit before it is skipped.
 _PLACEMENT_TRIES: int = 30
+#: Share of the digits that only the test split uses.
+_TEST_SHARE: float = 0.2
+#: The one class of the pretraining scenes (class-agnostic: every digit is "digit").
+PRETRAIN_LABEL: str = "digit"
+#: The digit splits, and the number mixed into each split's random generator.
+_SPLIT_STREAMS: dict[str, int] = {"pool": 1, "test": 2, "pretrain": 3}
 
 
 @dataclass(frozen=True)
@@ -74,8 +83,12 @@ class DigitScenesConfig:
     Attributes:
         image_size (int): scenes are ``image_size`` x ``image_size`` RGB.
         pool_images (int): images of the pool (the unlabeled set the loop selects from).
-        test_images (int): images of the fixed test split (drawn from writers' digits
-            that the pool never uses).
+        test_images (int): images of the fixed test split (drawn from digits that the
+            pool never uses).
+        pretrain_images (int): images of the pretraining split, whose digits neither the
+            pool nor the test split use (0: none).
+        pretrain_share (float): share of all digits held back for pretraining; the test
+            split gets 20 % and the pool the rest.
         min_digits (int): fewest labelled digits per scene.
         max_digits (int): most labelled digits per scene.
         min_scale (int): smallest side, in pixels, of a digit's 28x28 cell after scaling.
@@ -86,12 +99,16 @@ class DigitScenesConfig:
             frequencies fall geometrically in between, in a class order fixed by the seed.
         clutter (int): unlabelled distractors per scene (strokes and digit fragments).
         noise (float): standard deviation of the pixel noise, in [0, 1] units.
-        seed (int): fixes everything above.
+        split_seed (int): fixes which digit goes to which split, and the pretraining
+            scenes: one warm start serves every ``seed``.
+        seed (int): fixes the pool and test scenes and the class order of the skew.
     """
 
     image_size: int = 128
     pool_images: int = 300
     test_images: int = 100
+    pretrain_images: int = 0
+    pretrain_share: float = 0.0
     min_digits: int = 2
     max_digits: int = 6
     min_scale: int = 20
@@ -100,6 +117,7 @@ class DigitScenesConfig:
     class_skew: float = 8.0
     clutter: int = 3
     noise: float = 0.04
+    split_seed: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -109,11 +127,17 @@ class DigitScenesConfig:
             raise ValueError("need 8 <= min_scale <= max_scale <= image_size")
         if self.class_skew < 1.0:
             raise ValueError(f"class_skew must be >= 1, got {self.class_skew}")
+        if not 0.0 <= self.pretrain_share < 1.0 - _TEST_SHARE:
+            raise ValueError(f"pretrain_share must lie in [0, {1 - _TEST_SHARE:g}), got {self.pretrain_share}")
 
     def fingerprint(self) -> str:
         """A short hash of the settings, naming the folder the scenes are written to."""
         text = json.dumps(dataclasses.asdict(self), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+    def pretrain_fingerprint(self) -> str:
+        """A hash of what the pretraining scenes depend on: not ``seed``, nor the pool and test sizes."""
+        return dataclasses.replace(self, seed=0, pool_images=0, test_images=0).fingerprint()
 
 
 # --------------------------------------------------------------------------
@@ -247,11 +271,18 @@ def compose_scene(
     return (np.clip(canvas, 0.0, 1.0) * 255).round().astype(np.uint8), boxes, classes
 
 
-def _split_digits(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint digit indices for the pool (80 %) and the test split (20 %)."""
+def _split_digits(labels: np.ndarray, seed: int, pretrain_share: float = 0.0) -> dict[str, np.ndarray]:
+    """Disjoint digit indices: ``pretrain_share`` for pretraining, 20 % for the test split, the rest for the pool."""
     order = np.random.default_rng([seed, 7]).permutation(len(labels))
-    cut = int(0.8 * len(labels))
-    return np.sort(order[:cut]), np.sort(order[cut:])
+    held, cut = int(pretrain_share * len(labels)), int((1 - _TEST_SHARE) * len(labels))
+    return {"pretrain": np.sort(order[:held]), "pool": np.sort(order[held:cut]), "test": np.sort(order[cut:])}
+
+
+def _categories(split: str) -> list[dict]:
+    """Ten digit classes, or the pretraining split's single class-agnostic one."""
+    if split == "pretrain":
+        return [{"id": 1, "name": PRETRAIN_LABEL, "supercategory": "digit"}]
+    return [{"id": c + 1, "name": str(c), "supercategory": "digit"} for c in range(10)]
 
 
 def _coco_document(config: DigitScenesConfig, split: str) -> dict:
@@ -263,7 +294,7 @@ def _coco_document(config: DigitScenesConfig, split: str) -> dict:
             "generator": {"module": "bench.active_learning.dataset", "config": dataclasses.asdict(config)},
         },
         "licenses": [{"id": 1, "name": "CC BY-SA 3.0", "url": "https://creativecommons.org/licenses/by-sa/3.0/"}],
-        "categories": [{"id": c + 1, "name": str(c), "supercategory": "digit"} for c in range(10)],
+        "categories": _categories(split),
         "images": [],
         "annotations": [],
     }
@@ -274,7 +305,8 @@ def _write_split(
     freq: np.ndarray, config: DigitScenesConfig, folder: Path,
 ) -> None:
     """Render ``count`` scenes of one split into ``folder/images`` and ``folder/<split>.json``."""
-    rng = np.random.default_rng([config.seed, 1 if split == "pool" else 2])
+    seed = config.split_seed if split == "pretrain" else config.seed
+    rng = np.random.default_rng([seed, _SPLIT_STREAMS[split]])
     own, own_labels = images[indices], labels[indices]
     by_class = [np.flatnonzero(own_labels == c) for c in range(10)]
     doc = _coco_document(config, split)
@@ -287,42 +319,54 @@ def _write_split(
                               "height": config.image_size, "license": 1})
         for box, cls in zip(boxes, classes):
             w, h = box[2] - box[0], box[3] - box[1]
+            category = 1 if split == "pretrain" else cls + 1
             doc["annotations"].append({"id": len(doc["annotations"]) + 1, "image_id": image_id,
-                                       "category_id": cls + 1, "bbox": [box[0], box[1], w, h],
+                                       "category_id": category, "bbox": [box[0], box[1], w, h],
                                        "area": w * h, "iscrowd": 0})
     (folder / f"{split}.json").write_text(json.dumps(doc, indent=1))
 
 
-def write_digit_scenes(config: DigitScenesConfig, folder: Path | str, digits_file: Path | str = DIGITS_FILE) -> Path:
-    """Render the pool and test scenes as COCO json + PNG images into ``folder``.
+def write_digit_scenes(
+    config: DigitScenesConfig, folder: Path | str, splits: Sequence[str] = ("pool", "test"),
+    digits_file: Path | str = DIGITS_FILE,
+) -> Path:
+    """Render the scenes of ``splits`` ("pool", "test", "pretrain") as COCO json + PNG images into ``folder``.
 
-    Layout: ``folder/images/{pool,test}_NNNNN.png``, ``folder/pool.json``,
-    ``folder/test.json`` (COCO detection format, category ids 1..10 named "0".."9",
-    ``bbox`` as [x, y, w, h] of the digit's ink). The same config gives the same
-    bytes. Returns ``folder``.
+    Layout: ``folder/images/<split>_NNNNN.png`` and ``folder/<split>.json`` (COCO
+    detection format, ``bbox`` as [x, y, w, h] of the digit's ink; category ids
+    1..10 named "0".."9", or for "pretrain" the single category "digit"). The
+    same config gives the same bytes. Returns ``folder``.
     """
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     images, labels = load_digits(digits_file)
-    freq = class_frequencies(10, config.class_skew, np.random.default_rng([config.seed, 0]))
-    pool_idx, test_idx = _split_digits(labels, config.seed)
-    _write_split("pool", config.pool_images, pool_idx, images, labels, freq, config, folder)
-    _write_split("test", config.test_images, test_idx, images, labels, freq, config, folder)
+    indices = _split_digits(labels, config.split_seed, config.pretrain_share)
+    counts = {"pool": config.pool_images, "test": config.test_images, "pretrain": config.pretrain_images}
+    for split in splits:
+        if split == "pretrain" and not len(indices["pretrain"]):
+            raise ValueError("pretraining scenes need pretrain_share > 0")
+        seed = config.split_seed if split == "pretrain" else config.seed
+        freq = class_frequencies(10, config.class_skew, np.random.default_rng([seed, 0]))
+        _write_split(split, counts[split], indices[split], images, labels, freq, config, folder)
     return folder
 
 
-def prepare_digit_scenes(config: DigitScenesConfig, cache_root: Path | str) -> Path:
-    """The scenes of ``config`` under ``cache_root``, rendered once and reused.
+def prepare_digit_scenes(config: DigitScenesConfig, cache_root: Path | str, pretrain: bool = False) -> Path:
+    """The pool and test scenes of ``config`` (or, with ``pretrain``, its pretraining scenes)
+    under ``cache_root``, rendered once and reused.
 
     The folder is named by the config's fingerprint and written to a temporary
     name first, so an interrupted run never leaves a half-written set behind.
     """
-    folder = Path(cache_root) / f"digit_scenes-{config.fingerprint()}"
-    if (folder / "test.json").exists():
+    if pretrain:
+        folder, splits = Path(cache_root) / f"digit_pretrain-{config.pretrain_fingerprint()}", ("pretrain",)
+    else:
+        folder, splits = Path(cache_root) / f"digit_scenes-{config.fingerprint()}", ("pool", "test")
+    if (folder / f"{splits[-1]}.json").exists():
         return folder
     partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
-    write_digit_scenes(config, partial)
+    write_digit_scenes(config, partial, splits)
     try:
         partial.rename(folder)
     except OSError:  # another process finished the same scenes first
@@ -405,6 +449,17 @@ def digit_scenes_dataset(config: DigitScenesConfig, cache_root: Path | str) -> B
     names, pool = load_coco(folder / "images", folder / "pool.json")
     _, test = load_coco(folder / "images", folder / "test.json")
     return BenchDataset("digit-scenes", names, pool, test)
+
+
+def pretrain_scenes(config: DigitScenesConfig, cache_root: Path | str) -> tuple[tuple[str, ...], list[Sample]]:
+    """The pretraining scenes (held-back digits, every one of class "digit"), rendered once under ``cache_root``."""
+    folder = prepare_digit_scenes(config, cache_root, pretrain=True)
+    return load_coco(folder / "images", folder / "pretrain.json")
+
+
+def class_agnostic(samples: Sequence[Sample]) -> list[Sample]:
+    """``samples`` with every box of class 1: what a class-agnostic detector is evaluated on."""
+    return [dataclasses.replace(s, labels=torch.ones_like(s.labels)) for s in samples]
 
 
 def voc_dataset(root: Path | str, years: Sequence[str] = ("2007",)) -> BenchDataset:

@@ -3,17 +3,22 @@
 One *run* is one (strategy, loss, seed). It starts from ``initial`` pool images
 drawn at random with the seed (the same first set for every strategy and loss
 with that seed), then, for cycle 0..cycles: re-initialise the detector from its
-base weights (the paper's protocol; or, with ``reinit=False``, keep the previous
-cycle's model, as the service does), ``model.train.train`` on the labeled
-images, ``model.train.evaluate_map`` on the fixed test split, and, except after
-the last cycle, let the strategy pick ``budget`` more images, whose ground
-truth is then "annotated" (moved to the labeled set). Every cycle yields a
-:class:`Row`.
+base weights (the paper's protocol; the benchmark's base is a pretrained
+checkpoint), ``model.train.train`` on the labeled images, ``model.train.evaluate_map``
+on the test split, and, except after the last cycle, let the strategy pick
+``budget`` more images, whose ground truth is then "annotated" (moved to the
+labeled set). Every cycle yields a :class:`Row`, which records the images picked
+after it.
 
-Runs are independent, so :func:`run_all` spreads them over worker processes
-(one torch thread each by default: on a small CPU that scales better than
-intra-op threads), streams their rows to a CSV as they come, and shows a tqdm
-bar for the whole benchmark plus one per training in each worker.
+Because every cycle starts afresh, a cycle needs nothing from the previous one
+but its labeled set, and that is in the rows: the unit of work is one cycle (a
+:class:`Step`), a run can resume at any cycle from the CSV, and runs whose next
+training is the same (same loss, seed, cycle and labeled images: every strategy's
+cycle 0) share one training and evaluation, then each selects. :func:`run_all`
+spreads steps over worker processes (one torch thread each by default: on a
+small CPU that scales better than intra-op threads), streams their rows to a CSV
+as they come, stops starting steps that would end after a time limit, and shows
+a tqdm bar for the whole benchmark plus one per training in each worker.
 """
 
 from __future__ import annotations
@@ -23,11 +28,10 @@ import dataclasses
 import multiprocessing
 import multiprocessing.sharedctypes
 import multiprocessing.synchronize
-import queue
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -36,27 +40,32 @@ from tqdm import tqdm
 
 from bench.active_learning.dataset import BenchDataset
 from bench.active_learning.strategies import STRATEGIES, PoolView, StrategySettings, select
-from model.detector import Detector, DetectorConfig, build_model
-from model.losses import LossConfig
+from model.detector import Detector, DetectorConfig, build_model, select_device
+from model.losses import LOSS_NAMES, LossConfig
 from model.train import TrainConfig, evaluate_map, train
 
 CSV_FIELDS: tuple[str, ...] = (
     "strategy", "loss", "seed", "cycle", "labeled", "boxes", "ap50", "ap",
-    "train_s", "eval_s", "select_s",
+    "train_s", "eval_s", "select_s", "unlabeled", "picked",
 )
 
 
 @dataclass(frozen=True)
 class Row:
-    """One cycle of one run: the labeled set's size, the test mAP and what it cost.
+    """One cycle of one run: the labeled set's size, the test mAP, what it cost, what it picked.
 
     Attributes:
+        loss (str): one of ``model.losses.LOSS_NAMES``.
         labeled (int): labeled images the model of this cycle was trained on.
         boxes (int): ground-truth boxes in them (what the annotator drew).
         ap50 (float): test AP at IoU 0.5 (torchmetrics ``map_50``), in [0, 1].
         ap (float): test AP 0.5:0.95 (torchmetrics ``map``), in [0, 1].
         train_s, eval_s, select_s (float): wall seconds of the training, the
             evaluation and the selection that followed it (0 after the last cycle).
+            A training shared by several runs is counted in each of their rows.
+        unlabeled (int): pool images the strategy chose from (its cost is per image).
+        picked (tuple[int, ...]): pool indices selected after this cycle, in order
+            (empty after the last): the next cycle's labeled set is this one plus them.
     """
 
     strategy: str
@@ -70,11 +79,17 @@ class Row:
     train_s: float
     eval_s: float
     select_s: float
+    unlabeled: int
+    picked: tuple[int, ...]
+
+    @property
+    def run(self) -> tuple[str, str, int]:
+        return self.strategy, self.loss, self.seed
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """Which strategy and loss, with which seed."""
+    """Which strategy and loss (a name of ``model.losses.LOSS_NAMES``), with which seed."""
 
     strategy: str
     loss: str
@@ -83,7 +98,12 @@ class RunSpec:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {sorted(STRATEGIES)}")
-        LossConfig(kind=self.loss)  # raises for an unknown loss
+        if self.loss not in LOSS_NAMES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {LOSS_NAMES}")
+
+    @property
+    def run(self) -> tuple[str, str, int]:
+        return self.strategy, self.loss, self.seed
 
 
 @dataclass(frozen=True)
@@ -94,7 +114,8 @@ class SimulationConfig:
         initial (int): images labeled at random before cycle 0.
         budget (int): B, images selected per cycle.
         cycles (int): selections; there are ``cycles + 1`` trainings and evaluations.
-        detector (DetectorConfig): built afresh every cycle; its ``loss`` is set per run.
+        detector (DetectorConfig): built afresh every cycle from its ``weights``;
+            its ``loss`` is set per run.
         train (TrainConfig): its ``loss`` and ``seed`` are set per run and cycle.
         strategies (StrategySettings): the strategies' own settings.
         rpn_test_proposals (int | None): proposals kept by the RPN at inference
@@ -102,9 +123,6 @@ class SimulationConfig:
             builder's 1000). A speed setting for small CPU runs [ours].
         device (str): "cpu", "cuda" or "auto".
         batch_size (int): images per inference pass.
-        reinit (bool): re-initialise the detector from its base weights every cycle
-            (the paper's protocol); False fine-tunes the previous cycle's model on the
-            grown labeled set, as the service does by default (``TRAIN_REINIT=false``).
     """
 
     initial: int
@@ -116,14 +134,37 @@ class SimulationConfig:
     rpn_test_proposals: int | None = None
     device: str = "cpu"
     batch_size: int = 8
-    reinit: bool = True
 
     def __post_init__(self) -> None:
         if self.initial < 1 or self.budget < 1 or self.cycles < 0:
             raise ValueError("need initial >= 1, budget >= 1 and cycles >= 0")
 
 
-#: (fraction done, message) of the current training; a Row when a cycle ends.
+@dataclass(frozen=True)
+class Step:
+    """One training and evaluation, and the selections that follow it.
+
+    Attributes:
+        specs (tuple[RunSpec, ...]): the runs it serves; all share loss and seed,
+            and so, on the same labeled images, the same model.
+        cycle (int): their cycle.
+        labeled (tuple[int, ...]): pool indices of the labeled images, in labeling order.
+    """
+
+    specs: tuple[RunSpec, ...]
+    cycle: int
+    labeled: tuple[int, ...]
+
+    @property
+    def loss(self) -> str:
+        return self.specs[0].loss
+
+    @property
+    def seed(self) -> int:
+        return self.specs[0].seed
+
+
+#: (fraction done, message) of the current training.
 TrainProgress = Callable[[float, str], None]
 RowCallback = Callable[[Row], None]
 
@@ -135,15 +176,10 @@ def initial_set(pool_size: int, count: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(pool_size), count))
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def limit_test_proposals(model: torch.nn.Module, count: int | None) -> None:
     """Keep ``count`` RPN proposals at inference (before and after NMS), as torchvision's
-    ``rpn_pre_nms_top_n_test`` / ``rpn_post_nms_top_n_test`` builder arguments do."""
+    ``rpn_pre_nms_top_n_test`` / ``rpn_post_nms_top_n_test`` builder arguments do
+    (``model.detector`` does not pass builder arguments through)."""
     if count is not None:
         model.rpn._pre_nms_top_n["testing"] = count
         model.rpn._post_nms_top_n["testing"] = count
@@ -165,63 +201,55 @@ def fresh_model(config: SimulationConfig, loss: LossConfig, labels: Sequence[str
 
 
 def _train_and_evaluate(
-    spec: RunSpec, cycle: int, labeled: Sequence[int], data: BenchDataset, config: SimulationConfig,
-    model: torch.nn.Module | None, progress: TrainProgress | None,
+    step: Step, data: BenchDataset, config: SimulationConfig, progress: TrainProgress | None,
 ) -> tuple[Detector, dict[str, float], float, float]:
-    """Train ``model`` (a fresh one when None) on ``labeled``; (detector, test metrics, train s, eval s)."""
-    loss = replace(config.train.loss, kind=spec.loss)
-    device = _device(config.device)
-    if model is None:
-        model = fresh_model(config, loss, data.labels, spec.seed)
+    """A fresh model trained on the step's labeled images; (detector, test metrics, train s, eval s)."""
+    loss = LossConfig.from_name(step.loss)
+    device = select_device(config.device)
+    model = fresh_model(config, loss, data.labels, step.seed)
     started = time.perf_counter()
-    train(model, [data.pool[i] for i in labeled],
-          replace(config.train, loss=loss, seed=spec.seed * 1000 + cycle, holdout_fraction=0.0), device, progress)
+    train(model, [data.pool[i] for i in step.labeled],
+          replace(config.train, loss=loss, seed=step.seed * 1000 + step.cycle, holdout_fraction=0.0),
+          device, progress)
     trained = time.perf_counter()
     metrics = evaluate_map(model, data.test)
     return Detector(model, data.labels, device), metrics, trained - started, time.perf_counter() - trained
 
 
-def simulate(
-    spec: RunSpec, data: BenchDataset, config: SimulationConfig,
-    on_row: RowCallback | None = None, progress: TrainProgress | None = None,
-) -> list[Row]:
-    """One run: ``cycles + 1`` trainings and evaluations with ``cycles`` selections in between."""
-    labeled = initial_set(len(data.pool), config.initial, spec.seed)
-    rows: list[Row] = []
-    detector: Detector | None = None
-    for cycle in range(config.cycles + 1):
-        previous = None if config.reinit or detector is None else detector.model
-        detector, metrics, train_s, eval_s = _train_and_evaluate(
-            spec, cycle, labeled, data, config, previous, progress)
+def run_step(step: Step, data: BenchDataset, config: SimulationConfig,
+             progress: TrainProgress | None = None) -> list[Row]:
+    """Train and evaluate once, then let each of the step's runs select: one row per run."""
+    detector, metrics, train_s, eval_s = _train_and_evaluate(step, data, config, progress)
+    boxes = sum(int(data.pool[i].labels.numel()) for i in step.labeled)
+    taken = set(step.labeled)
+    unlabeled = [i for i in range(len(data.pool)) if i not in taken]
+    rows = []
+    for spec in step.specs:
         picked, select_s = [], 0.0
-        if cycle < config.cycles:
+        if step.cycle < config.cycles:
+            view = PoolView(detector=detector, pool=data.pool, labeled=list(step.labeled), unlabeled=unlabeled,
+                            budget=config.budget, num_classes=len(data.labels),
+                            seed=spec.seed * 1000 + step.cycle, batch_size=config.batch_size)
             started = time.perf_counter()
-            picked = select(spec.strategy, _view(detector, data, labeled, config, spec, cycle), config.strategies)
+            picked = select(spec.strategy, view, config.strategies)
             select_s = time.perf_counter() - started
-        boxes = sum(int(data.pool[i].labels.numel()) for i in labeled)
-        row = Row(spec.strategy, spec.loss, spec.seed, cycle, len(labeled), boxes,
-                  metrics["map_50"], metrics["map"], train_s, eval_s, select_s)
-        rows.append(row)
-        if on_row:
-            on_row(row)
-        labeled = labeled + picked
+        rows.append(Row(spec.strategy, spec.loss, spec.seed, step.cycle, len(step.labeled), boxes,
+                        metrics["map_50"], metrics["map"], train_s, eval_s, select_s, len(unlabeled),
+                        tuple(picked)))
     return rows
 
 
-def _view(detector: Detector, data: BenchDataset, labeled: Sequence[int], config: SimulationConfig,
-          spec: RunSpec, cycle: int) -> PoolView:
-    taken = set(labeled)
-    return PoolView(
-        detector=detector, pool=data.pool, labeled=list(labeled),
-        unlabeled=[i for i in range(len(data.pool)) if i not in taken],
-        budget=config.budget, num_classes=len(data.labels),
-        seed=spec.seed * 1000 + cycle, batch_size=config.batch_size,
-    )
+# --------------------------------------------------------------------------
+# The CSV, and what is left to do
+# --------------------------------------------------------------------------
 
 
-# --------------------------------------------------------------------------
-# Many runs: worker processes, progress bars, the CSV
-# --------------------------------------------------------------------------
+def _parse(name: str, text: str) -> object:
+    if name == "picked":
+        return tuple(int(v) for v in text.split())
+    kind = {"strategy": str, "loss": str, "seed": int, "cycle": int, "labeled": int, "boxes": int,
+            "unlabeled": int}
+    return kind.get(name, float)(text)
 
 
 def read_rows(path: Path | str) -> list[Row]:
@@ -229,10 +257,12 @@ def read_rows(path: Path | str) -> list[Row]:
     path = Path(path)
     if not path.exists():
         return []
-    types = {f.name: f.type for f in dataclasses.fields(Row)}
-    cast = {"str": str, "int": int, "float": float}
     with path.open(newline="") as handle:
-        return [Row(**{k: cast[types[k]](v) for k, v in record.items()}) for record in csv.DictReader(handle)]
+        return [Row(**{k: _parse(k, v) for k, v in record.items()}) for record in csv.DictReader(handle)]
+
+
+def _csv_record(row: Row) -> dict[str, object]:
+    return {**dataclasses.asdict(row), "picked": " ".join(map(str, row.picked))}
 
 
 def write_rows(path: Path | str, rows: Iterable[Row]) -> None:
@@ -241,23 +271,145 @@ def write_rows(path: Path | str, rows: Iterable[Row]) -> None:
     with Path(path).open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
         writer.writeheader()
-        writer.writerows(dataclasses.asdict(r) for r in ordered)
+        writer.writerows(_csv_record(r) for r in ordered)
 
 
-def completed(rows: Iterable[Row], cycles: int) -> set[tuple[str, str, int]]:
-    """(strategy, loss, seed) of the runs whose every cycle is in ``rows``."""
-    seen: dict[tuple[str, str, int], set[int]] = {}
+def resumable(rows: Iterable[Row], cycles: int) -> list[Row]:
+    """The rows a resumed benchmark keeps: of each run, its cycles 0, 1, ... up to the first gap."""
+    by_run: dict[tuple[str, str, int], dict[int, Row]] = {}
     for r in rows:
-        seen.setdefault((r.strategy, r.loss, r.seed), set()).add(r.cycle)
-    return {key for key, done in seen.items() if done >= set(range(cycles + 1))}
+        by_run.setdefault(r.run, {})[r.cycle] = r
+    kept = []
+    for done in by_run.values():
+        cycle = 0
+        while cycle in done and cycle <= cycles:
+            kept.append(done[cycle])
+            cycle += 1
+    return kept
+
+
+def plan(specs: Sequence[RunSpec], rows: Iterable[Row], data: Mapping[int, BenchDataset],
+         config: SimulationConfig) -> list[Step]:
+    """The next cycle of every unfinished run, runs with the same next training grouped into one step.
+
+    A run's next labeled set is its first set plus what each of its done cycles
+    picked. Steps come lowest seed first (a seed's runs complete together, so an
+    interrupted benchmark still has whole seeds to report), then lowest cycle.
+    """
+    done: dict[tuple[str, str, int], dict[int, Row]] = {}
+    for r in rows:
+        done.setdefault(r.run, {})[r.cycle] = r
+    groups: dict[tuple[str, int, int, tuple[int, ...]], list[RunSpec]] = {}
+    for spec in specs:
+        cycles = done.get(spec.run, {})
+        labeled = initial_set(len(data[spec.seed].pool), config.initial, spec.seed)
+        cycle = 0
+        while cycle in cycles:
+            labeled += cycles[cycle].picked
+            cycle += 1
+        if cycle <= config.cycles:
+            groups.setdefault((spec.loss, spec.seed, cycle, tuple(labeled)), []).append(spec)
+    steps = [Step(tuple(group), key[2], key[3]) for key, group in groups.items()]
+    return sorted(steps, key=lambda s: (s.seed, s.cycle, min(_cost_rank(x) for x in s.specs), s.loss))
+
+
+def _cost_rank(spec: RunSpec) -> int:
+    """Heavier selections first, so that the workers finish together."""
+    return {"cald": 0, "hua_kcenter": 1, "hua": 1, "entropy": 2, "random": 3}.get(spec.strategy, 2)
+
+
+# --------------------------------------------------------------------------
+# Many steps: worker processes, progress bars, the CSV, the time limit
+# --------------------------------------------------------------------------
+
+
+def run_all(
+    specs: Sequence[RunSpec], data: Mapping[int, BenchDataset], config: SimulationConfig, csv_path: Path | str,
+    workers: int = 1, threads: int = 1, resume: bool = False, max_minutes: float | None = None,
+) -> list[Row]:
+    """Run every spec's remaining cycles; returns every row in ``csv_path`` afterwards.
+
+    Args:
+        data (Mapping[int, BenchDataset]): each seed's pool and test split.
+        resume (bool): keep the rows already in ``csv_path`` (any runs, so that
+            invocations with different ``--runs`` add up) and continue each run
+            where they stop; otherwise start a new CSV.
+        max_minutes (float | None): start no step that would, at the longest step
+            seen so far, end after this many minutes (the first steps always start).
+    """
+    rows = resumable(read_rows(csv_path), config.cycles) if resume else []
+    write_rows(csv_path, rows)
+    deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
+    left = sum(config.cycles + 1 - sum(1 for r in rows if r.run == s.run) for s in specs)
+    with Path(csv_path).open("a", newline="") as handle, tqdm(
+        total=left, desc="benchmark", unit="cycle", position=0, dynamic_ncols=True,
+    ) as overall, _executor(workers, threads, data, config) as pool:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+
+        def record(row: Row) -> None:
+            writer.writerow(_csv_record(row))
+            handle.flush()
+            rows.append(row)
+            overall.update(1)
+            overall.set_postfix_str(f"{row.strategy}/{row.loss}/s{row.seed} c{row.cycle} AP50 {row.ap50:.3f}")
+
+        _schedule(specs, data, config, pool, max(1, workers), deadline, rows, record)
+    write_rows(csv_path, rows)
+    return rows
+
+
+def _schedule(
+    specs: Sequence[RunSpec], data: Mapping[int, BenchDataset], config: SimulationConfig, pool: Executor,
+    slots: int, deadline: float | None, rows: list[Row], record: RowCallback,
+) -> None:
+    """Keep ``slots`` steps in flight until none is left or the next would pass ``deadline``
+    (judged by the longest step so far: until one has finished, steps start)."""
+    in_flight: dict[Future, tuple[Step, float]] = {}
+    longest = 0.0
+    while True:
+        busy = {spec for step, _ in in_flight.values() for spec in step.specs}
+        for step in plan(specs, rows, data, config):
+            if len(in_flight) >= slots or (deadline is not None and longest and time.monotonic() + longest > deadline):
+                break
+            if not busy & set(step.specs):
+                in_flight[pool.submit(_worker_step, step)] = (step, time.monotonic())
+        if not in_flight:
+            return
+        finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+        for future in finished:
+            _, started = in_flight.pop(future)
+            longest = max(longest, time.monotonic() - started)
+            for row in future.result():  # a worker's failure is raised here
+                record(row)
 
 
 _WORKER: dict[str, object] = {}
 
 
+class _InProcess(Executor):
+    """Runs each step at submission, in this process: ``workers=1`` takes the scheduler's one code path."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def _executor(workers: int, threads: int, data: Mapping[int, BenchDataset], config: SimulationConfig) -> Executor:
+    if workers <= 1:
+        torch.set_num_threads(threads)
+        _WORKER.update(data=data, config=config, slot=1)
+        return _InProcess()
+    context = multiprocessing.get_context("spawn")
+    lock = context.RLock()  # tqdm's own lock belongs to the default (fork) context
+    tqdm.set_lock(lock)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                               initargs=(lock, context.Value("i", 0), threads, data, config))
+
+
 def _init_worker(
     lock: multiprocessing.synchronize.RLock, slots: multiprocessing.sharedctypes.Synchronized, threads: int,
-    data: BenchDataset, config: SimulationConfig,
+    data: Mapping[int, BenchDataset], config: SimulationConfig,
 ) -> None:
     """Each worker: tqdm's shared lock, a bar line of its own, its thread count and the data."""
     tqdm.set_lock(lock)
@@ -268,95 +420,16 @@ def _init_worker(
     _WORKER.update(data=data, config=config)
 
 
-def _worker_run(spec: RunSpec, events: queue.Queue) -> list[Row]:
-    """A run in a worker; rows go to the parent through ``events`` as each cycle ends."""
-    data, config = _WORKER["data"], _WORKER["config"]
-    return _run_with_bar(spec, data, config, lambda row: events.put(row), int(_WORKER["slot"]))
-
-
-def _run_with_bar(
-    spec: RunSpec, data: BenchDataset, config: SimulationConfig, on_row: RowCallback, slot: int,
-) -> list[Row]:
-    """:func:`simulate` with a per-training tqdm bar on line ``slot``."""
-    label = f"{spec.strategy}/{spec.loss}/s{spec.seed}"
-    with tqdm(total=100, position=slot, leave=False, desc=label, unit="%", dynamic_ncols=True,
+def _worker_step(step: Step) -> list[Row]:
+    """:func:`run_step` with a tqdm bar for its training on the worker's own line."""
+    data, config = _WORKER["data"][step.seed], _WORKER["config"]
+    runs = "+".join(s.strategy for s in step.specs)
+    with tqdm(total=100, position=int(_WORKER["slot"]), leave=False, unit="%", dynamic_ncols=True,
+              desc=f"{runs}/{step.loss}/s{step.seed} c{step.cycle}",
               bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]") as bar:
         def progress(fraction: float, message: str) -> None:
-            if 100 * fraction < bar.n:  # a new training: restart the clock
-                bar.reset(total=100)
             bar.n = round(100 * fraction, 1)
             bar.set_postfix_str(message, refresh=False)
             bar.refresh()
 
-        def row_done(row: Row) -> None:
-            bar.set_description_str(f"{label} c{row.cycle + 1}")
-            on_row(row)
-
-        return simulate(spec, data, config, on_row=row_done, progress=progress)
-
-
-def run_all(
-    specs: Sequence[RunSpec], data: BenchDataset, config: SimulationConfig, csv_path: Path | str,
-    workers: int = 1, threads: int = 1, resume: bool = False,
-) -> list[Row]:
-    """Run every spec (skipping, with ``resume``, those already complete in ``csv_path``).
-
-    Rows are appended to ``csv_path`` as they arrive, then the file is rewritten sorted.
-    Heavier strategies start first so that the workers finish together.
-    """
-    kept = [r for r in read_rows(csv_path) if resume]
-    done = completed(kept, config.cycles)
-    kept = [r for r in kept if (r.strategy, r.loss, r.seed) in done]
-    todo = sorted((s for s in specs if (s.strategy, s.loss, s.seed) not in done), key=_cost_rank)
-    write_rows(csv_path, kept)
-    rows = list(kept)
-    with Path(csv_path).open("a", newline="") as handle, tqdm(
-        total=len(todo) * (config.cycles + 1), desc="benchmark", unit="cycle", position=0, dynamic_ncols=True,
-    ) as overall:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
-
-        def record(row: Row) -> None:
-            writer.writerow(dataclasses.asdict(row))
-            handle.flush()
-            rows.append(row)
-            overall.update(1)
-            overall.set_postfix_str(f"{row.strategy}/{row.loss}/s{row.seed} c{row.cycle} AP50 {row.ap50:.3f}")
-
-        if workers <= 1 or len(todo) <= 1:
-            torch.set_num_threads(threads)
-            for spec in todo:
-                _run_with_bar(spec, data, config, record, 1)
-        else:
-            _run_parallel(todo, data, config, record, workers, threads)
-    write_rows(csv_path, rows)
-    return rows
-
-
-def _cost_rank(spec: RunSpec) -> tuple[int, int, str]:
-    heavy = {"cald": 0, "hua_kcenter": 1, "hua": 1, "entropy": 2, "random": 3}
-    return heavy.get(spec.strategy, 2), spec.seed, spec.loss
-
-
-def _run_parallel(
-    todo: Sequence[RunSpec], data: BenchDataset, config: SimulationConfig, record: RowCallback,
-    workers: int, threads: int,
-) -> None:
-    """Runs in ``workers`` spawned processes; their rows are recorded here as they come."""
-    context = multiprocessing.get_context("spawn")
-    with context.Manager() as manager:
-        events = manager.Queue()
-        slots = context.Value("i", 0)
-        lock = context.RLock()  # tqdm's own lock belongs to the default (fork) context
-        tqdm.set_lock(lock)
-        with ProcessPoolExecutor(
-            max_workers=workers, mp_context=context, initializer=_init_worker,
-            initargs=(lock, slots, threads, data, config),
-        ) as pool:
-            futures = [pool.submit(_worker_run, spec, events) for spec in todo]
-            while not all(f.done() for f in futures) or not events.empty():
-                try:
-                    record(events.get(timeout=0.5))
-                except queue.Empty:
-                    continue
-            for future in futures:
-                future.result()  # re-raise a worker's failure here
+        return run_step(step, data, config, progress)

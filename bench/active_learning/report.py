@@ -1,12 +1,13 @@
-"""Tables, comparisons and the plot of a benchmark's rows.
+"""Tables, comparisons, the loss decision and the plot of a benchmark's rows.
 
 Everything here reads the rows (``loop.Row``, one per strategy, loss, seed and
 cycle) and nothing else, so a report can be rebuilt from a CSV at any time
 (``python -m bench.active_learning --report-only``).
 
-The comparison with random is paired: every strategy starts, for a given seed,
-from the same random first set as random does, so the difference per seed and
-cycle removes the first set's luck. "Labeled images to reach random's final
+Comparisons are paired: for a given seed every run starts from the same random
+first set, and runs with the same loss share cycle 0's model, so the difference
+per seed and cycle removes the first set's luck. A 95 % interval is Student's t
+over the seeds' paired differences. "Labels (boxes) to reach random's final
 AP50" is read off the mean curve, interpolated linearly between cycles.
 """
 
@@ -21,6 +22,48 @@ from pathlib import Path
 from bench.active_learning.loop import Row
 
 BASELINE = "random"
+#: The loss the ablation compares the others with, and the form the decision rule is about.
+REFERENCE_LOSS = "standard"
+CANDIDATE_LOSS = "synchronic"
+
+#: Two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom.
+_T975: tuple[float, ...] = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)
+
+
+def t_quantile(df: int) -> float:
+    """The 97.5 % quantile of Student's t with ``df`` degrees of freedom (scipy when installed)."""
+    try:
+        from scipy.stats import t
+    except ImportError:
+        return _T975[df - 1] if df <= len(_T975) else 1.96
+    return float(t.ppf(0.975, df))
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean over seeds and the half-width of its 95 % t-interval (nan with one seed)."""
+
+    mean: float
+    half: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Interval:
+        n = len(values)
+        if n < 2:
+            return cls(statistics.fmean(values), math.nan, n)
+        return cls(statistics.fmean(values), t_quantile(n - 1) * statistics.stdev(values) / math.sqrt(n), n)
+
+    def text(self, scale: float = 100.0) -> str:
+        """``+1.2 [-0.3, +2.7]`` in AP points."""
+        if math.isnan(self.half):
+            return f"{scale * self.mean:+.1f}"
+        low, high = self.mean - self.half, self.mean + self.half
+        return f"{scale * self.mean:+.1f} [{scale * low:+.1f}, {scale * high:+.1f}]"
 
 
 @dataclass(frozen=True)
@@ -29,7 +72,7 @@ class Curve:
 
     Attributes:
         labeled (list[int]): labeled images at each cycle (the same for every seed).
-        seeds (list[int]): the seeds present at every cycle, ascending.
+        seeds (list[int]): the seeds that reached the curve's last cycle, ascending.
         ap50 (list[list[float]]): ``ap50[cycle][k]`` for seed ``seeds[k]``; ``ap`` likewise.
         boxes (list[float]): mean labeled boxes at each cycle.
     """
@@ -49,30 +92,24 @@ class Curve:
     def mean(self, metric: str = "ap50") -> list[float]:
         return [statistics.fmean(values) for values in getattr(self, metric)]
 
-    def std(self, metric: str = "ap50") -> list[float]:
-        return [statistics.stdev(v) if len(v) > 1 else 0.0 for v in getattr(self, metric)]
-
-    def spread(self, metric: str = "ap50") -> list[float]:
-        """max - min over seeds at each cycle."""
-        return [max(v) - min(v) for v in getattr(self, metric)]
-
 
 def curves(rows: Sequence[Row]) -> list[Curve]:
     """The rows grouped into curves, random first, then by strategy and loss.
 
-    Only cycles that every seed of a curve reached are kept.
+    A curve keeps the seeds that reached its furthest cycle (contiguous from 0),
+    so a benchmark still running reports its finished seeds in full.
     """
     groups: dict[tuple[str, str], dict[int, dict[int, Row]]] = {}
     for r in rows:
-        groups.setdefault((r.strategy, r.loss), {}).setdefault(r.cycle, {})[r.seed] = r
+        groups.setdefault((r.strategy, r.loss), {}).setdefault(r.seed, {})[r.cycle] = r
     out = []
-    for (strategy, loss), by_cycle in groups.items():
-        seeds = sorted(set.union(*(set(v) for v in by_cycle.values())))
-        cycles = [c for c in sorted(by_cycle) if set(by_cycle[c]) == set(seeds)]
-        cycles = [c for i, c in enumerate(cycles) if c == i]  # contiguous from 0
-        if not cycles:
+    for (strategy, loss), by_seed in groups.items():
+        reach = {seed: _contiguous(cycles) for seed, cycles in by_seed.items()}
+        length = max(reach.values())
+        if length == 0:
             continue
-        pick = [[by_cycle[c][s] for s in seeds] for c in cycles]
+        seeds = sorted(s for s, n in reach.items() if n == length)
+        pick = [[by_seed[s][c] for s in seeds] for c in range(length)]
         out.append(Curve(
             strategy, loss, [p[0].labeled for p in pick], seeds,
             [[r.ap50 for r in p] for p in pick], [[r.ap for r in p] for p in pick],
@@ -81,8 +118,16 @@ def curves(rows: Sequence[Row]) -> list[Curve]:
     return sorted(out, key=lambda c: (c.strategy != BASELINE, c.strategy, c.loss))
 
 
+def _contiguous(cycles: dict[int, Row]) -> int:
+    """How many cycles 0, 1, ... are present."""
+    n = 0
+    while n in cycles:
+        n += 1
+    return n
+
+
 def labeled_to_reach(labeled: Sequence[float], values: Sequence[float], target: float) -> float | None:
-    """Labeled images at which a curve first reaches ``target``, interpolated linearly.
+    """Labeled images (or boxes) at which a curve first reaches ``target``, interpolated linearly.
 
     Returns ``labeled[0]`` when the curve starts at or above the target and
     ``None`` when it never reaches it.
@@ -96,60 +141,107 @@ def labeled_to_reach(labeled: Sequence[float], values: Sequence[float], target: 
     return None
 
 
-def baseline_for(curve: Curve, all_curves: Sequence[Curve]) -> Curve | None:
-    """Random with the same loss, else random with any loss; None without a random run."""
-    randoms = [c for c in all_curves if c.strategy == BASELINE]
-    same = [c for c in randoms if c.loss == curve.loss]
-    return (same or randoms or [None])[0]
-
-
 @dataclass(frozen=True)
 class Comparison:
-    """A curve against its random baseline (paired by seed, over the cycles both reached).
+    """A curve against a baseline, paired by seed over the cycles and seeds both reached.
 
     Attributes:
-        cycles_at_or_above (int): cycles where the mean AP50 is >= random's mean.
-        cycles (int): cycles compared.
-        diff_mean (list[float]): per cycle, mean over seeds of (AP50 - random's AP50).
-        diff_min, diff_max (list[float]): the same, min and max over seeds.
-        reach (float | None): labeled images at which the mean curve reaches random's
-            final mean AP50 (None: not within the run).
-        reach_pct (float | None): ``reach`` as a percentage of random's final labeled count.
-        reach_pct_seeds (list[float | None]): the same per seed, against that seed's random run.
+        seeds (list[int]): the seeds paired.
+        diff (list[Interval]): per cycle, AP50 minus the baseline's: mean and 95 % interval over seeds.
+        at_or_above (int): cycles 1.. where the mean AP50 is >= the baseline's (cycle 0 is
+            equal by construction when the loss is the same, so it is not counted).
+        compared (int): cycles counted in ``at_or_above``.
+        overall (Interval): per seed, the mean difference over every compared cycle, 0 included.
+        reach_labeled, reach_boxes (float | None): labeled images and boxes at which the mean
+            curve reaches the baseline's final mean AP50 (None: not within the run).
+        final_labeled, final_boxes (float): the baseline's labeled images and mean boxes there.
     """
 
     curve: Curve
     baseline: Curve
-    cycles_at_or_above: int
-    cycles: int
-    diff_mean: list[float]
-    diff_min: list[float]
-    diff_max: list[float]
-    reach: float | None
-    reach_pct: float | None
-    reach_pct_seeds: list[float | None]
+    seeds: list[int]
+    diff: list[Interval]
+    at_or_above: int
+    compared: int
+    overall: Interval
+    reach_labeled: float | None
+    reach_boxes: float | None
+    final_labeled: float
+    final_boxes: float
 
 
-def compare(curve: Curve, baseline: Curve) -> Comparison:
-    """Paired comparison of ``curve`` with ``baseline`` on their common cycles and seeds."""
+def compare(curve: Curve, baseline: Curve) -> Comparison | None:
+    """Paired comparison of ``curve`` with ``baseline``; None without a common seed."""
     n = min(len(curve.labeled), len(baseline.labeled))
     seeds = [s for s in curve.seeds if s in baseline.seeds]
+    if not seeds:
+        return None
     ci = [curve.seeds.index(s) for s in seeds]
     bi = [baseline.seeds.index(s) for s in seeds]
     diffs = [[curve.ap50[c][i] - baseline.ap50[c][j] for i, j in zip(ci, bi)] for c in range(n)]
     mean_c = [statistics.fmean(curve.ap50[c][i] for i in ci) for c in range(n)]
     mean_b = [statistics.fmean(baseline.ap50[c][j] for j in bi) for c in range(n)]
-    final = baseline.labeled[n - 1]
-    reach = labeled_to_reach(curve.labeled[:n], mean_c, mean_b[-1])
-    per_seed = []
-    for i, j in zip(ci, bi):
-        hit = labeled_to_reach(curve.labeled[:n], [curve.ap50[c][i] for c in range(n)], baseline.ap50[n - 1][j])
-        per_seed.append(None if hit is None else 100.0 * hit / final)
+    per_seed = [statistics.fmean(d[k] for d in diffs) for k in range(len(seeds))]
     return Comparison(
-        curve, baseline, sum(1 for a, b in zip(mean_c, mean_b) if a >= b), n,
-        [statistics.fmean(d) for d in diffs], [min(d) for d in diffs], [max(d) for d in diffs],
-        reach, None if reach is None else 100.0 * reach / final, per_seed,
+        curve, baseline, seeds, [Interval.of(d) for d in diffs],
+        sum(1 for a, b in zip(mean_c[1:], mean_b[1:]) if a >= b), n - 1, Interval.of(per_seed),
+        labeled_to_reach(curve.labeled[:n], mean_c, mean_b[-1]),
+        labeled_to_reach(curve.boxes[:n], mean_c, mean_b[-1]),
+        float(baseline.labeled[n - 1]), baseline.boxes[n - 1],
     )
+
+
+def selection_comparisons(all_curves: Sequence[Curve]) -> list[Comparison]:
+    """Every non-random curve against random with the same loss (none without one)."""
+    randoms = {c.loss: c for c in all_curves if c.strategy == BASELINE}
+    pairs = [(c, randoms.get(c.loss)) for c in all_curves if c.strategy != BASELINE]
+    return [cmp for c, base in pairs if base is not None and (cmp := compare(c, base)) is not None]
+
+
+def loss_comparisons(all_curves: Sequence[Curve]) -> list[Comparison]:
+    """Random with each loss against random with the standard loss: the same images for every loss."""
+    randoms = {c.loss: c for c in all_curves if c.strategy == BASELINE}
+    reference = randoms.get(REFERENCE_LOSS)
+    if reference is None:
+        return []
+    found = [compare(c, reference) for loss, c in sorted(randoms.items()) if loss != REFERENCE_LOSS]
+    return [cmp for cmp in found if cmp is not None]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """METHOD.md section 6's rule: the default loss is the synchronic form only if its mean paired
+    AP50 difference to the standard loss over cycles 0-4 is >= 0.
+
+    Attributes:
+        difference (Interval): per seed, the mean over cycles of synchronic - standard.
+        cycles (int): cycles it is averaged over (5 when complete).
+        loss (str): the rule's outcome.
+    """
+
+    difference: Interval
+    cycles: int
+    loss: str
+
+    def text(self, cycles: int, seeds: int) -> str:
+        """The rule and its outcome; provisional until ``cycles`` cycles of ``seeds`` seeds are in."""
+        done = self.cycles >= cycles and self.difference.n >= seeds
+        state = "" if done else f" (provisional: {self.cycles} cycle(s), {self.difference.n} seed(s) so far)"
+        return (f"Decision rule (METHOD.md section 6, fixed before the runs): mean paired AP50 difference "
+                f"{CANDIDATE_LOSS} - {REFERENCE_LOSS} over cycles 0-{self.cycles - 1} = "
+                f"{self.difference.text()} (95 % interval over {self.difference.n} seeds) "
+                f"{'>=' if self.difference.mean >= 0 else '<'} 0, so the default LOSS is "
+                f"**{self.loss}**{state}.")
+
+
+def decide(all_curves: Sequence[Curve]) -> Decision | None:
+    """The rule's outcome on random + synchronic against random + standard; None without both."""
+    match = [c for c in loss_comparisons(all_curves) if c.curve.loss == CANDIDATE_LOSS]
+    if not match:
+        return None
+    (cmp,) = match
+    loss = CANDIDATE_LOSS if cmp.overall.mean >= 0 else REFERENCE_LOSS
+    return Decision(cmp.overall, len(cmp.diff), loss)
 
 
 # --------------------------------------------------------------------------
@@ -166,9 +258,8 @@ def _cell(values: Sequence[float]) -> str:
 def metric_table(all_curves: Sequence[Curve], metric: str) -> str:
     """Mean ± std over seeds, in AP points (x100), one row per cycle, one column per curve."""
     cycles = max(len(c.labeled) for c in all_curves)
-    head = "| cycle | labeled | " + " | ".join(c.name for c in all_curves) + " |"
-    rule = "|---:|---:|" + "---:|" * len(all_curves)
-    lines = [head, rule]
+    head = "| cycle | labeled | " + " | ".join(f"{c.name} (n={len(c.seeds)})" for c in all_curves) + " |"
+    lines = [head, "|---:|---:|" + "---:|" * len(all_curves)]
     for k in range(cycles):
         labeled = next(c.labeled[k] for c in all_curves if len(c.labeled) > k)
         cells = [_cell(getattr(c, metric)[k]) if len(c.labeled) > k else "" for c in all_curves]
@@ -176,57 +267,63 @@ def metric_table(all_curves: Sequence[Curve], metric: str) -> str:
     return "\n".join(lines)
 
 
-def _pct(value: float | None) -> str:
-    return "not reached" if value is None else f"{value:.0f} %"
+def _reach(value: float | None, final: float) -> str:
+    return "not reached" if value is None else f"{value:.0f} ({100 * value / final:.0f} %)"
 
 
 def comparison_table(comparisons: Sequence[Comparison]) -> str:
-    """One row per non-random curve: cycles at or above random, paired differences, labeled to reach."""
+    """One row per comparison: paired differences per cycle, cycles at or above, labels and boxes to reach."""
     lines = [
-        "| run | vs | mean AP50 >= random | AP50 - random per cycle: mean [min, max] over seeds "
-        "| labeled to reach random's final AP50 (mean curve) | same, per seed |",
-        "|---|---|---:|---|---:|---|",
+        "| run | vs | seeds | AP50 - baseline per cycle: mean [95 % interval] | mean AP50 >= baseline, "
+        "cycles 1.. | labeled images to reach its final AP50 | labeled boxes to reach it |",
+        "|---|---|---:|---|---:|---:|---:|",
     ]
     for cmp in comparisons:
-        diffs = "; ".join(
-            f"{100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-            for m, lo, hi in zip(cmp.diff_mean, cmp.diff_min, cmp.diff_max)
-        )
-        reach = "not reached" if cmp.reach is None else f"{cmp.reach:.0f} = {cmp.reach_pct:.0f} %"
-        seeds = ", ".join(_pct(p) for p in cmp.reach_pct_seeds)
+        diffs = "; ".join(d.text() for d in cmp.diff)
         lines.append(
-            f"| {cmp.curve.name} | {cmp.baseline.name} | {cmp.cycles_at_or_above}/{cmp.cycles} cycles "
-            f"| {diffs} | {reach} | {seeds} |"
+            f"| {cmp.curve.name} | {cmp.baseline.name} | {len(cmp.seeds)} | {diffs} "
+            f"| {cmp.at_or_above}/{cmp.compared} | {_reach(cmp.reach_labeled, cmp.final_labeled)} of "
+            f"{cmp.final_labeled:.0f} | {_reach(cmp.reach_boxes, cmp.final_boxes)} of {cmp.final_boxes:.0f} |"
         )
     return "\n".join(lines)
 
 
-def comparisons(all_curves: Sequence[Curve]) -> list[Comparison]:
-    """Every non-random curve against its random baseline (none without a random run)."""
-    out = []
-    for curve in all_curves:
-        base = baseline_for(curve, all_curves)
-        if curve.strategy != BASELINE and base is not None:
-            out.append(compare(curve, base))
-    return out
+def loss_table(comparisons: Sequence[Comparison]) -> str:
+    """The loss ablation: per loss, the paired difference to the standard loss per cycle and over all cycles."""
+    lines = ["| loss (random selection) | seeds | AP50 - standard per cycle: mean [95 % interval] "
+             "| mean over the cycles [95 % interval] |", "|---|---:|---|---|"]
+    for cmp in comparisons:
+        diffs = "; ".join(d.text() for d in cmp.diff)
+        lines.append(f"| {cmp.curve.loss} | {len(cmp.seeds)} | {diffs} | {cmp.overall.text()} |")
+    return "\n".join(lines)
 
 
-def markdown(rows: Sequence[Row], title: str, preamble: Sequence[str] = (), plot_name: str | None = None) -> str:
-    """The whole report: settings lines, AP50 and AP tables, the comparison, the plot."""
+def markdown(rows: Sequence[Row], title: str, preamble: Sequence[str] = (), plot_name: str | None = None,
+             cycles: int = 5, seeds: int = 5) -> str:
+    """The whole report: settings lines, AP50 and AP tables, the comparisons, the loss decision, the plot.
+
+    ``cycles`` (0 included) and ``seeds`` are what the complete benchmark has: with
+    fewer in the rows, the decision is marked provisional.
+    """
     all_curves = curves(rows)
     if not all_curves:
         return f"## {title}\n\nNo complete cycle yet.\n"
-    seeds = sorted({s for c in all_curves for s in c.seeds})
     parts = [f"## {title}", "", *preamble, ""]
-    heading = f"### AP50 (x100), mean ± std over {len(seeds)} seed(s) {seeds}"
-    parts += [heading, "", metric_table(all_curves, "ap50"), ""]
-    parts += ["### AP 0.5:0.95 (x100), mean ± std", "", metric_table(all_curves, "ap"), ""]
-    cmps = comparisons(all_curves)
-    if cmps:
-        parts += ["### Against random (paired: same seed, same first labeled set)", "", comparison_table(cmps), ""]
+    parts += ["### AP50 (x100), mean ± std over seeds", "", metric_table(all_curves, "ap50"), ""]
+    parts += ["### AP 0.5:0.95 (x100), mean ± std over seeds", "", metric_table(all_curves, "ap"), ""]
+    selection = selection_comparisons(all_curves)
+    if selection:
+        parts += ["### Selection against random (same loss, paired by seed)", "", comparison_table(selection), ""]
+    losses = loss_comparisons(all_curves)
+    if losses:
+        parts += ["### Loss ablation (random selection: the same images for every loss, paired by seed)", "",
+                  loss_table(losses), ""]
+    decision = decide(all_curves)
+    if decision:
+        parts += [decision.text(cycles, seeds), ""]
     parts += ["### Labeled boxes (mean over seeds): what the annotator drew", "", _boxes_table(all_curves), ""]
     if plot_name:
-        parts += [f"![AP50 against labeled images]({plot_name})", ""]
+        parts += [f"![AP50 against labeled images and boxes]({plot_name})", ""]
     return "\n".join(parts)
 
 
@@ -239,71 +336,73 @@ def _boxes_table(all_curves: Sequence[Curve]) -> str:
     return "\n".join(lines)
 
 
+def timing_table(rows: Sequence[Row]) -> str:
+    """Mean wall seconds per cycle of each run's training, evaluation and selection, and selection per image."""
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.strategy, r.loss), []).append(r)
+    lines = ["### Time per cycle (wall seconds, mean over cycles and seeds; a shared cycle-0 training "
+             "counts for each run)", "",
+             "| run | train | evaluate | select | select per unlabeled image |", "|---|---:|---:|---:|---:|"]
+    for (strategy, loss), group in sorted(groups.items(), key=lambda kv: (kv[0][0] != BASELINE, kv[0])):
+        selecting = [r for r in group if r.unlabeled and r.picked]
+        per_image = statistics.fmean(r.select_s / r.unlabeled for r in selecting) if selecting else 0.0
+        select_s = statistics.fmean(r.select_s for r in selecting) if selecting else 0.0
+        lines.append(f"| {strategy} + {loss} | {statistics.fmean(r.train_s for r in group):.1f} "
+                     f"| {statistics.fmean(r.eval_s for r in group):.1f} | {select_s:.1f} | {per_image:.3f} |")
+    return "\n".join(lines)
+
+
+def summary_numbers(rows: Sequence[Row]) -> dict[str, object]:
+    """The comparisons and the decision as plain numbers, for a json file next to the report."""
+    all_curves = curves(rows)
+
+    def numbers(cmp: Comparison) -> dict[str, object]:
+        return {"baseline": cmp.baseline.name, "seeds": cmp.seeds,
+                "ap50_diff_mean": [d.mean for d in cmp.diff], "ap50_diff_half95": [d.half for d in cmp.diff],
+                "cycles_at_or_above": cmp.at_or_above, "cycles_compared": cmp.compared,
+                "labeled_to_reach": cmp.reach_labeled, "boxes_to_reach": cmp.reach_boxes,
+                "baseline_final_labeled": cmp.final_labeled, "baseline_final_boxes": cmp.final_boxes}
+
+    decision = decide(all_curves)
+    return {
+        "selection": {c.curve.name: numbers(c) for c in selection_comparisons(all_curves)},
+        "loss": {c.curve.name: numbers(c) for c in loss_comparisons(all_curves)},
+        "decision": None if decision is None else {
+            "loss": decision.loss, "difference": decision.difference.mean,
+            "half95": decision.difference.half, "seeds": decision.difference.n, "cycles": decision.cycles},
+    }
+
+
 # --------------------------------------------------------------------------
 # Plot
 # --------------------------------------------------------------------------
 
 
 def plot(rows: Sequence[Row], path: Path | str, title: str) -> Path:
-    """AP50 (left) and AP (right) against labeled images: mean over seeds, band = min..max."""
+    """AP50 against labeled images (left) and labeled boxes (right): mean over seeds, band = min..max."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     all_curves = curves(rows)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
-    for ax, metric, label in zip(axes, ("ap50", "ap"), ("AP50", "AP 0.5:0.95")):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
+    for ax, x_of, label in zip(axes, (lambda c: c.labeled, lambda c: c.boxes), ("labeled images", "labeled boxes")):
         for curve in all_curves:
-            values = getattr(curve, metric)
-            mean = [100 * v for v in curve.mean(metric)]
-            line, = ax.plot(curve.labeled, mean, marker="o", label=curve.name,
+            x = x_of(curve)
+            line, = ax.plot(x, [100 * v for v in curve.mean()], marker="o", label=curve.name,
                             linestyle="--" if curve.strategy == BASELINE else "-")
-            ax.fill_between(curve.labeled, [100 * min(v) for v in values], [100 * max(v) for v in values],
-                            color=line.get_color(), alpha=0.15, linewidth=0)
-        ax.set_xlabel("labeled images")
-        ax.set_ylabel(f"test {label} (x100)")
+            ax.fill_between(x, [100 * min(v) for v in curve.ap50], [100 * max(v) for v in curve.ap50],
+                            color=line.get_color(), alpha=0.12, linewidth=0)
+        ax.set_xlabel(label)
         ax.grid(True, alpha=0.3)
-    seeds = sorted({s for c in all_curves for s in c.seeds})
+    axes[0].set_ylabel("test AP50 (x100)")
     axes[0].legend(fontsize=8, loc="lower right")
+    seeds = sorted({s for c in all_curves for s in c.seeds})
     fig.suptitle(f"{title}: mean over {len(seeds)} seed(s), band = min..max over seeds", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def summary_numbers(rows: Sequence[Row]) -> dict[str, dict[str, object]]:
-    """The comparison as plain numbers, for a json file next to the report."""
-    out: dict[str, dict[str, object]] = {}
-    for cmp in comparisons(curves(rows)):
-        out[cmp.curve.name] = {
-            "baseline": cmp.baseline.name,
-            "cycles_at_or_above": cmp.cycles_at_or_above,
-            "cycles": cmp.cycles,
-            "ap50_diff_mean": cmp.diff_mean,
-            "ap50_diff_min": cmp.diff_min,
-            "ap50_diff_max": cmp.diff_max,
-            "labeled_to_reach_random_final": cmp.reach,
-            "percent_of_random": cmp.reach_pct,
-            "percent_of_random_per_seed": [None if p is None or math.isnan(p) else p for p in cmp.reach_pct_seeds],
-        }
-    return out
-
-
-def timing_table(rows: Sequence[Row]) -> str:
-    """Mean wall seconds per cycle of each run's training, evaluation and selection."""
-    groups: dict[tuple[str, str], list[Row]] = {}
-    for r in rows:
-        groups.setdefault((r.strategy, r.loss), []).append(r)
-    lines = ["### Time per cycle (wall seconds, mean over cycles and seeds)", "",
-             "| run | train | evaluate | select | whole run |", "|---|---:|---:|---:|---:|"]
-    for (strategy, loss), group in sorted(groups.items(), key=lambda kv: (kv[0][0] != BASELINE, kv[0])):
-        selecting = [r.select_s for r in group if r.select_s > 0] or [0.0]
-        runs = {r.seed for r in group}
-        whole = sum(r.train_s + r.eval_s + r.select_s for r in group) / len(runs)
-        lines.append(f"| {strategy} + {loss} | {statistics.fmean(r.train_s for r in group):.1f} "
-                     f"| {statistics.fmean(r.eval_s for r in group):.1f} | {statistics.fmean(selecting):.1f} "
-                     f"| {whole:.0f} |")
-    return "\n".join(lines)
