@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WEIGHTS_FILE := .cache/torch/hub/checkpoints/mobilenet_v2-b0353104.pth
 
-.PHONY: run test test-fast bench weights clean redis-server
+.PHONY: run test test-fast bench weights clean redis-server docker-check
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ redis-server:
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; } \
 		|| { sudo -n apt-get update -qq && sudo -n apt-get install -y -qq redis-server; } \
 		|| echo "redis-server could not be installed: the RQ tests will be skipped"
+
+## The image built from docker/Dockerfile and run for real, compose's backend too (slow: several GB
+## of torch wheels; installs a Docker engine, needs root or sudo -n). Not part of `test` or CI.
+docker-check:
+	docker/check_image.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache
