@@ -69,14 +69,19 @@ def _under_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def torchrun_command(processes: int, *module_args: str) -> list[str]:
+    """torchrun on this machine alone, starting ``processes`` copies of ``python -m <module_args>``."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+            "-m", *module_args]
+
+
 def _torchrun(project: str, processes: int) -> None:
     """Run the training as ``processes`` data-parallel processes (one per GPU)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "backend", "train", "--project", project, "--quiet", "--no-follow-up"]
+    command = torchrun_command(processes, "backend", "train", "--project", project, "--quiet", "--no-follow-up")
     subprocess.run(command, check=True, stdin=subprocess.DEVNULL)
 
 
-def _distributed_rank() -> int:
+def join_process_group() -> int:
     """Join torchrun's process group (NCCL on GPUs, gloo on CPUs); returns this process's rank."""
     import torch
     import torch.distributed as dist
@@ -107,7 +112,7 @@ def run_job_from_env(
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service = Service.create(settings)
-    if kind == "train" and _under_torchrun() and _distributed_rank() != 0:
+    if kind == "train" and _under_torchrun() and join_process_group() != 0:
         return _worker_rank_training(service, project)
     if kind == "train" and settings.train_processes > 1 and not _under_torchrun():
         _torchrun(project, settings.train_processes)

@@ -90,10 +90,10 @@ def _tasks(body: dict) -> list[dict]:
 @bp.get("/")
 @bp.get("/health")
 def health() -> Response:
-    """Liveness plus what a user needs to see: device, weights fallbacks, versions."""
+    """Liveness plus what a user needs to see: the backbone (BACKBONE=auto's choice), device, weights fallbacks, versions."""
     service = _service()
     registry = service.__dict__.get("registry")  # not created yet: report without creating it
-    body = {"status": "UP", "model_class": MODEL_CLASS, "backbone": service.settings.backbone}
+    body = {"status": "UP", "model_class": MODEL_CLASS, "backbone": service.detector_config.backbone}
     if registry is not None:
         body["device"] = str(registry.device)
         body["weights"] = {p: r.__dict__ for p, r in registry.weights_reports.items()}

@@ -12,7 +12,7 @@ from backend.lsclient import LabelStudioAuth, LabelStudioClient
 from backend.metrics import ServiceMetrics
 from backend.ranking_store import RankingCache
 from backend.settings import Settings
-from model.detector import select_device
+from model.detector import DetectorConfig, device_kind, select_device
 from model.registry import ModelRegistry
 from model.versions import VersionStore
 
@@ -39,9 +39,14 @@ class Service:
         return VersionStore(self.settings.model_dir)
 
     @cached_property
+    def detector_config(self) -> DetectorConfig:
+        """The detector on this machine: BACKBONE=auto chosen for DEVICE, no CUDA context created."""
+        return self.settings.detector_config(device_kind(self.settings.device))
+
+    @cached_property
     def registry(self) -> ModelRegistry:
         device = select_device(self.settings.device)
-        return ModelRegistry(self.store, self.settings.detector_config(), device)
+        return ModelRegistry(self.store, self.detector_config, device)
 
     @cached_property
     def auth(self) -> LabelStudioAuth:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from urllib.parse import urlparse
 
-from model.detector import DetectorConfig
+from model.detector import DetectorConfig, resolve_backbone
 from model.hua import HUAConfig
 from model.losses import LossConfig
 from model.train import TrainConfig
@@ -43,7 +43,7 @@ class Settings:
     basic_auth_pass: str = field(default="", repr=False)
     webhook_secret: str = field(default="", repr=False)
     device: str = "auto"
-    backbone: str = "mobilenet_v3_fpn"
+    backbone: str = "auto"
     weights: str = "coco"
     allow_weights_download: bool = True
     score_threshold: float = 0.5
@@ -115,16 +115,19 @@ class Settings:
         if self.train_every < 1:
             raise SettingsError("TRAIN_EVERY must be at least 1")
         try:
-            self.detector_config()
+            self.detector_config("cpu")  # checks the names; "cpu" or "cuda" alike
             self.train_config()
             self.hua_config()
         except ValueError as exc:
             raise SettingsError(str(exc)) from exc
 
-    def detector_config(self) -> DetectorConfig:
-        """The slice of the settings that ``model.detector`` needs."""
+    def detector_config(self, device_kind: str) -> DetectorConfig:
+        """The slice of the settings that ``model.detector`` needs, in a process on ``device_kind``.
+
+        ``device_kind`` ("cuda" or "cpu", ``model.detector.device_kind``) decides BACKBONE=auto.
+        """
         return DetectorConfig(
-            backbone=self.backbone,
+            backbone=resolve_backbone(self.backbone, device_kind),
             weights=self.weights,
             score_threshold=self.score_threshold,
             gate_top_k=self.hua_top_k,

@@ -36,7 +36,7 @@ def _starting_point(service: Service, project: str, names: ProjectLabels) -> tup
     Base weights when the project has no version yet, when its labels changed,
     or when TRAIN_REINIT asks for the paper's protocol (re-initialise each time).
     """
-    config = service.settings.detector_config()
+    config = service.detector_config
     latest = service.store.latest(project)
     if latest is not None and not service.settings.train_reinit:
         try:
@@ -86,7 +86,7 @@ def run_training(service: Service, project: str, progress: Progress | None = Non
         return None
     meta = {
         "labels": list(names.labels),
-        "backbone": service.settings.backbone,
+        "backbone": service.detector_config.backbone,
         "weights": origin,
         "parent": parent,
         "annotation_ids": sorted(data.annotation_ids),

@@ -58,10 +58,11 @@ from torch import Tensor
 
 from backend.settings import Settings
 from bench.common import backend_env
-from model.detector import Detector, build_empty_model
+from model.detector import Detector
 from model.hua import image_entropy
+from model.registry import load_version_model
 from model.train import load_image
-from model.versions import VersionStore, load_weights
+from model.versions import VersionStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist_digits_10k.npz"
@@ -204,8 +205,7 @@ def bare_detector(env: dict[str, str]) -> Detector:
     version = VersionStore(settings.model_dir).latest(PROJECT)
     if version is None:
         raise RuntimeError("the service wrote no model version")
-    model = build_empty_model(settings.detector_config(), len(version.meta["labels"]))
-    model.load_state_dict(load_weights(version))
+    model = load_version_model(settings.detector_config("cpu"), version)
     return Detector(model, version.meta["labels"], torch.device("cpu"))
 
 

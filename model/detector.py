@@ -111,6 +111,18 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 
+AUTO_BACKBONE = "auto"
+#: What BACKBONE=auto builds on each kind of device: torchvision's best Faster
+#: R-CNN where a GPU makes its cost small, the MobileNetV3 FPN where a CPU would
+#: make a labeller wait (4.5 against 280 GFLOPs per image in torchvision's tables).
+AUTO_BACKBONES: dict[str, str] = {"cuda": "resnet50_fpn_v2", "cpu": "mobilenet_v3_fpn"}
+
+
+def resolve_backbone(name: str, device_kind: str) -> str:
+    """The backbone to build: ``auto`` chosen for ``device_kind`` ("cuda" or "cpu"), any other name as is."""
+    return AUTO_BACKBONES[device_kind] if name == AUTO_BACKBONE else name
+
+
 @dataclass(frozen=True)
 class WeightsReport:
     """Which initial weights were asked for and which were used, and why."""
@@ -258,6 +270,15 @@ def build_empty_model(config: DetectorConfig, num_labels: int) -> frcnn.FasterRC
     return adapt_head(model, num_labels, {}, config)
 
 
+def device_kind(name: str) -> str:
+    """"cuda" or "cpu": where DEVICE=``name`` runs, decided without creating a CUDA context.
+
+    ``torch.cuda.is_available`` only counts devices, so /health can name the
+    backbone that BACKBONE=auto chose before any model touches the GPU.
+    """
+    return "cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu"
+
+
 def select_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present; asking for CUDA without one is an error.
 
@@ -266,9 +287,9 @@ def select_device(name: str) -> torch.device:
     """
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("DEVICE=cuda but no CUDA device is available")
-    if name in ("auto", "cuda") and torch.cuda.is_available():
+    if device_kind(name) == "cuda":
         return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu" if name == "auto" else name)
+    return torch.device("cpu")
 
 
 class Detector:
@@ -277,16 +298,19 @@ class Detector:
     Args:
         model (FasterRCNN): with ``UncertaintyRoIHeads`` (see ``build_model``).
         labels (list[str]): project class names; class i is ``labels[i - 1]``.
-        device (torch.device): where inference runs; CUDA runs under autocast.
+        device (torch.device): where inference runs.
+        amp (bool): float16 autocast on CUDA, as the service runs; False keeps
+            float32 (``bench.gpu_check`` times both).
     """
 
-    def __init__(self, model: frcnn.FasterRCNN, labels: Sequence[str], device: torch.device) -> None:
+    def __init__(self, model: frcnn.FasterRCNN, labels: Sequence[str], device: torch.device, amp: bool = True) -> None:
         self.model = model.to(device).eval()
         self.labels = list(labels)
         self.device = device
+        self.amp = amp
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type == "cuda":
+        if self.amp and self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 

@@ -17,7 +17,7 @@ import torch
 from torchvision.models.detection import FasterRCNN
 
 from model.detector import Detector, DetectorConfig, WeightsReport, build_empty_model, build_model
-from model.versions import CheckpointError, Version, VersionStore, check_meta, load_weights
+from model.versions import CheckpointError, Version, VersionStore, check_backbone, check_meta, load_weights
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,14 @@ class ServedModel:
 
 
 def load_version_model(config: DetectorConfig, version: Version) -> FasterRCNN:
-    """The model of a stored version (architecture from ``config``, classes from its meta)."""
+    """The model of a stored version (architecture from ``config``, classes from its meta).
+
+    Raises:
+        CheckpointError: the version was made with another backbone (BACKBONE
+            changed, or BACKBONE=auto chose differently on another machine):
+            its weights belong to another architecture and are never loaded.
+    """
+    check_backbone(version.meta, config.backbone)
     model = build_empty_model(config, len(version.meta["labels"]))
     model.load_state_dict(load_weights(version))
     return model
@@ -95,18 +102,34 @@ class ModelRegistry:
             return served
         self._checked[project] = now
         latest = self.store.latest(project)
-        if latest is None or latest.name == served.name or latest.meta.get("labels") != served.detector.labels:
+        if latest is None or latest.name == served.name or not self._fits(latest, served.detector.labels):
             return served
         return self.reload(project) or served
 
+    def _fits(self, version: Version, labels: list[str]) -> bool:
+        """The version has these labels and this registry's backbone."""
+        try:
+            check_meta(version.meta, labels, self.config.backbone)
+        except CheckpointError:
+            return False
+        return True
+
     def reload(self, project: str) -> ServedModel | None:
-        """Swap to the newest version on disk, if it differs from the one serving."""
+        """Swap to the newest version on disk, if it differs from the one serving.
+
+        A newest version of another backbone is not loaded: the current model
+        keeps serving (None when there is none).
+        """
         latest = self.store.latest(project)
         current = self._served.get(project)
         if latest is None or (current is not None and current.name == latest.name):
             return current
         with self._project_lock(project):
-            served = self._load(latest)
+            try:
+                served = self._load(latest)
+            except CheckpointError as exc:
+                logger.warning("project %s: not serving %s: %s", project, latest.name, exc)
+                return current
             self._served[project] = served
             logger.info("project %s now serves %s", project, latest.name)
             return served

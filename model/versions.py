@@ -145,14 +145,23 @@ def load_weights(version: Version, map_location: str | torch.device = "cpu") -> 
     return torch.load(version.weights_path, map_location=map_location, weights_only=True)
 
 
+def check_backbone(meta: dict, backbone: str) -> None:
+    """Refuse a checkpoint made with another backbone: its weights belong to another architecture.
+
+    Raises:
+        CheckpointError: naming both backbones.
+    """
+    if meta.get("backbone") != backbone:
+        raise CheckpointError(f"checkpoint backbone {meta.get('backbone')!r} differs from {backbone!r}")
+
+
 def check_meta(meta: dict, labels: list[str], backbone: str) -> None:
     """Refuse a checkpoint whose classes or backbone differ from what is asked.
 
     Raises:
         CheckpointError: naming the field that disagrees.
     """
-    if meta.get("backbone") != backbone:
-        raise CheckpointError(f"checkpoint backbone {meta.get('backbone')!r} differs from {backbone!r}")
+    check_backbone(meta, backbone)
     if list(meta.get("labels", [])) != list(labels):
         raise CheckpointError(f"checkpoint labels {meta.get('labels')} differ from the project's {list(labels)}")
 

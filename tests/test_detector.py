@@ -14,6 +14,8 @@ from model.detector import (
     build_base_model,
     build_empty_model,
     build_model,
+    device_kind,
+    resolve_backbone,
     select_device,
 )
 
@@ -72,6 +74,27 @@ class TestSelectDevice:
 
     def test_cpu(self):
         assert select_device("cpu") == torch.device("cpu")
+
+
+class TestBackboneChoice:
+    """BACKBONE=auto: the quality model where a GPU runs it, the light one on a CPU."""
+
+    @pytest.mark.parametrize("available, kind", [(True, "cuda"), (False, "cpu")])
+    def test_auto_device_follows_cuda(self, monkeypatch, available, kind):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+        assert device_kind("auto") == kind
+
+    def test_explicit_devices_need_no_probe(self, monkeypatch):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: pytest.fail("CUDA probed"))
+        assert (device_kind("cpu"), device_kind("cuda")) == ("cpu", "cuda")
+
+    @pytest.mark.parametrize("kind, backbone", [("cuda", "resnet50_fpn_v2"), ("cpu", "mobilenet_v3_fpn")])
+    def test_auto_resolves_per_device(self, kind, backbone):
+        assert resolve_backbone("auto", kind) == backbone
+
+    @pytest.mark.parametrize("kind", ["cuda", "cpu"])
+    def test_a_named_backbone_is_kept(self, kind):
+        assert resolve_backbone("mobilenet_v2_fpn", kind) == "mobilenet_v2_fpn"
 
 
 class TestWeightsFallback:

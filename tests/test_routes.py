@@ -104,6 +104,16 @@ class TestHealth:
         assert fresh_app.test_client().get("/health").status_code == 200
         assert "registry" not in _service(fresh_app).__dict__
 
+    @pytest.mark.parametrize("device, cuda, backbone", [
+        ("auto", True, "resnet50_fpn_v2"), ("auto", False, "mobilenet_v3_fpn"), ("cpu", True, "mobilenet_v3_fpn"),
+    ])
+    def test_names_the_backbone_auto_chose(self, tmp_path, monkeypatch, device, cuda, backbone):
+        """Without loading a model: no registry, hence no CUDA context."""
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        app = create_app(make_settings(tmp_path / "models", backbone="auto", device=device))
+        assert app.test_client().get("/health").get_json()["backbone"] == backbone
+        assert "registry" not in _service(app).__dict__
+
 
 class TestSetup:
     BODY = {

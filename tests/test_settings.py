@@ -154,13 +154,31 @@ class TestSettingsObject:
 
     def test_detector_config_slice(self):
         settings = Settings(backbone="mobilenet_v3_320_fpn", weights="none", score_threshold=0.3, allow_weights_download=False)
-        config = settings.detector_config()
+        config = settings.detector_config("cpu")
         assert (config.backbone, config.weights, config.score_threshold, config.allow_download) == (
             "mobilenet_v3_320_fpn",
             "none",
             0.3,
             False,
         )
+
+
+class TestBackbone:
+    """BACKBONE=auto is chosen per process from the device it runs on; a named backbone everywhere."""
+
+    def test_default_is_auto(self):
+        assert Settings.from_env({}).backbone == "auto"
+
+    @pytest.mark.parametrize("kind, backbone", [("cuda", "resnet50_fpn_v2"), ("cpu", "mobilenet_v3_fpn")])
+    def test_auto_is_chosen_for_the_device(self, kind, backbone):
+        assert Settings.from_env({}).detector_config(kind).backbone == backbone
+
+    def test_a_named_backbone_is_used_on_any_device(self):
+        settings = Settings.from_env({"BACKBONE": "mobilenet_v3_320_fpn"})
+        assert {settings.detector_config(kind).backbone for kind in ("cuda", "cpu")} == {"mobilenet_v3_320_fpn"}
+
+    def test_jobs_get_auto_and_choose_for_themselves(self):
+        assert Settings().to_env()["BACKBONE"] == "auto"
 
 
 def test_hua_config_slice():

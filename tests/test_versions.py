@@ -15,7 +15,7 @@ import torch
 
 import model.versions as versions_module
 from model.detector import DetectorConfig
-from model.registry import ModelRegistry
+from model.registry import ModelRegistry, load_version_model
 from model.versions import CheckpointError, VersionStore, check_meta, load_weights, version_name
 
 META = {"labels": ["car", "person"], "backbone": "mobilenet_v3_320_fpn"}
@@ -269,3 +269,25 @@ class TestModelRegistry:
         served = registry.get("1", LABELS)
         assert served.name == "v0002"
         assert store.latest("1").meta["backbone"] == CONFIG.backbone
+
+    def test_a_newer_version_of_another_backbone_is_never_loaded(self, store, caplog):
+        """Another process (BACKBONE=auto on a GPU worker) wrote it: this one keeps serving its own."""
+        registry = ModelRegistry(store, CONFIG, torch.device("cpu"), refresh_every=0.0)
+        served = registry.get("1", LABELS)
+        VersionStore(store.root).save("1", {"w": torch.zeros(1)}, {"labels": LABELS, "backbone": "resnet50_fpn_v2"})
+        assert registry.get("1", LABELS) is served
+        with caplog.at_level(logging.WARNING, logger="model.registry"):
+            assert registry.reload("1") is served
+        assert any("resnet50_fpn_v2" in r.getMessage() for r in caplog.records)
+
+
+class TestLoadVersionModel:
+    def test_refuses_weights_of_another_backbone(self, store):
+        version = store.save("1", {"w": torch.zeros(1)}, {"labels": LABELS, "backbone": "resnet50_fpn_v2"})
+        with pytest.raises(CheckpointError, match="resnet50_fpn_v2"):
+            load_version_model(CONFIG, version)
+
+    def test_loads_a_version_of_its_own_backbone(self, registry, store):
+        served = registry.get("1", LABELS)
+        model = load_version_model(CONFIG, store.latest("1"))
+        assert torch.equal(model.roi_heads.box_predictor.cls_score.bias, _bias(served))
