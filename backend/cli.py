@@ -34,7 +34,8 @@ def _train(service: Service, project: str, full: bool = False) -> Work:
         except NothingNew as exc:
             logger.info("project %s: nothing new to train on (%s); ranking only", project, exc)
             return {"skipped": str(exc)}
-        return {"model_version": version.name, "metrics": version.meta.get("metrics", {})}
+        meta = version.meta
+        return {"model_version": version.name, "metrics": meta.get("metrics", {}), "loss": meta.get("loss_summary", {})}
 
     return work
 

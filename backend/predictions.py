@@ -65,16 +65,21 @@ def box_result(box: Sequence[float], label: str, score: float, width: int, heigh
     }
 
 
-def task_prediction(detections: Detections, labels: Sequence[str], names: ProjectLabels, version: str) -> dict:
-    """A task's prediction: its boxes and a task-level confidence.
+def task_prediction(
+    detections: Detections, labels: Sequence[str], names: ProjectLabels, version: str, *, min_score: float
+) -> dict:
+    """A task's prediction: its boxes scoring at least ``min_score`` (SCORE_THRESHOLD) and a task-level confidence.
 
-    The task score is ``1 - H(x)``, H the retrieval gate's normalised entropy
-    (METHOD.md section 1): lower means less certain, which is the order Label
-    Studio's uncertainty sampling and prediction-score column use.
+    The detector returns boxes down to HUA's analysis threshold (0.05) for the
+    ranking; annotators are shown only the confident ones. The task score is
+    ``1 - H(x)``, H the retrieval gate's normalised entropy (METHOD.md section
+    1): lower means less certain, which is the order Label Studio's uncertainty
+    sampling and prediction-score column use.
     """
+    shown = detections.above(min_score)
     result = [
-        box_result(box.tolist(), labels[int(cls) - 1], float(score), detections.width, detections.height, names)
-        for box, cls, score in zip(detections.boxes, detections.labels, detections.scores)
+        box_result(box.tolist(), labels[int(cls) - 1], float(score), shown.width, shown.height, names)
+        for box, cls, score in zip(shown.boxes, shown.labels, shown.scores)
     ]
     return {"result": result, "score": 1.0 - float(image_entropy(detections.top_probs)), "model_version": version}
 
@@ -103,15 +108,18 @@ def load_task_images(tasks: Sequence[dict], names: ProjectLabels, loader: ImageL
 
 
 def predict_images(
-    served: ServedModel, tensors: list[Tensor], names: ProjectLabels, ranking: StoredRanking | None, hua: HUAConfig
+    served: ServedModel, tensors: list[Tensor], names: ProjectLabels, ranking: StoredRanking | None, hua: HUAConfig,
+    *, min_score: float,
 ) -> list[dict]:
     """Predictions of decoded images (``image_tensor``); scored on the stored ranking's scale when there is one."""
     labels = served.detector.labels
     if ranking is None or ranking.scale is None:
-        return [task_prediction(det, labels, names, served.name) for det in served.detector.predict(tensors)]
+        return [task_prediction(det, labels, names, served.name, min_score=min_score)
+                for det in served.detector.predict(tensors)]
     freq = torch.tensor(ranking.labeled_freq, dtype=torch.float64)
     scored = score_new_images(served.detector, tensors, freq, ranking.scale, hua)
-    return [{**task_prediction(det, labels, names, served.name), "score": score} for det, score in scored]
+    return [{**task_prediction(det, labels, names, served.name, min_score=min_score), "score": score}
+            for det, score in scored]
 
 
 def predict_tasks(
@@ -123,6 +131,8 @@ def predict_tasks(
     workers: int,
     ranking: StoredRanking | None = None,
     hua: HUAConfig = HUAConfig(),
+    *,
+    min_score: float,
 ) -> list[dict]:
     """One prediction per task, in order (see the module docstring).
 
@@ -142,7 +152,8 @@ def predict_tasks(
         images = load_task_images([tasks[i] for i in batch], names, loader, workers)
         ok = [(i, item.image) for i, item in zip(batch, images) if item.image is not None]
         try:
-            predictions = predict_images(served, [image for _, image in ok], names, ranking, hua) if ok else []
+            predictions = predict_images(served, [image for _, image in ok], names, ranking, hua,
+                                         min_score=min_score) if ok else []
         except RuntimeError:  # e.g. out of memory: these tasks stay empty, the others go on
             logger.exception("prediction failed for tasks %s", [tasks[i].get("id") for i, _ in ok])
             continue

@@ -75,7 +75,8 @@ def _rank_all(service: Service, served: ServedModel, tasks: list[dict], names: P
     failed.update({int(k): v for k, v in pool.failed.items()})
     ranking = StoredRanking(scale=pool.ranking.scale, labeled_freq=freq.tolist())
     for key, det, score in zip(pool.keys, pool.detections, pool.ranking.score.tolist()):
-        prediction = task_prediction(det, served.detector.labels, names, served.name)
+        prediction = task_prediction(det, served.detector.labels, names, served.name,
+                                     min_score=service.settings.score_threshold)
         ranking.tasks[int(key)] = {**prediction, "score": score}
     return ranking, failed
 
@@ -85,7 +86,7 @@ def _rank_new(service: Service, served: ServedModel, tasks: list[dict], names: P
     """Score tasks on the stored scale (as /predict does); returns the new entries and failures."""
     settings = service.settings
     results = predict_tasks(tasks, names, served, service.images, settings.batch_size, settings.fetch_workers,
-                            ranking, settings.hua_config())
+                            ranking, settings.hua_config(), min_score=settings.score_threshold)
     added = {t["id"]: r for t, r in zip(tasks, results) if r["score"] is not None}
     failed = {t["id"]: "image could not be fetched or decoded" for t, r in zip(tasks, results) if r["score"] is None}
     return added, failed

@@ -125,7 +125,8 @@ def predict() -> Response:
     settings = service.settings
     ranking = service.rankings.get(served.version)
     results = predict_tasks(
-        tasks, names, served, service.images, settings.batch_size, settings.fetch_workers, ranking, settings.hua_config()
+        tasks, names, served, service.images, settings.batch_size, settings.fetch_workers, ranking, settings.hua_config(),
+        min_score=settings.score_threshold,
     )
     failed = sum(1 for r in results if r["score"] is None)
     service.metrics.predictions.labels(outcome="ok").inc(len(results) - failed)

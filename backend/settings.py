@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from urllib.parse import urlparse
 
-from model.detector import DetectorConfig, resolve_backbone
+from model.detector import WEIGHT_SOURCES, DetectorConfig, resolve_backbone
 from model.hua import HUAConfig
 from model.losses import LossConfig
 from model.train import TrainConfig
@@ -57,9 +58,14 @@ class Settings:
     train_every: int = 10
     train_reinit: bool = False
     loss: str = "synchronic"
+    sync_form: str = "default"
     eiou_gamma: float = 0.8
     sync_lambda: float | None = None
+    log_var_bound: float = 5.0
     epochs: int = 8
+    train_iterations: int | None = None
+    train_min_iterations: int = 200
+    warmup_fraction: float = 0.1
     learning_rate: float = 0.01
     train_batch_size: int = 2
     train_seed: int | None = None
@@ -72,6 +78,8 @@ class Settings:
     hua_min_candidates: int = 64
     hua_candidates: int | None = None
     hua_overlap_iou: float = 0.3
+    hua_score_threshold: float = 0.05
+    hua_merge_iou: float = 0.7
     hua_diversity: bool = False
     hua_diversity_window: int = 64
 
@@ -114,6 +122,11 @@ class Settings:
                 raise SettingsError(f"{_env_name(name)} must be at least 1")
         if self.train_every < 1:
             raise SettingsError("TRAIN_EVERY must be at least 1")
+        if self.weights not in WEIGHT_SOURCES and not Path(self.weights).exists():
+            raise SettingsError(f"WEIGHTS must be one of {', '.join(WEIGHT_SOURCES)} or the path of a checkpoint "
+                                f"folder saved by this backend (weights.pt + meta.json); {self.weights!r} does not exist")
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise SettingsError(f"SCORE_THRESHOLD must be in [0, 1], got {self.score_threshold}")
         try:
             self.detector_config("cpu")  # checks the names; "cpu" or "cuda" alike
             self.train_config()
@@ -129,24 +142,25 @@ class Settings:
         return DetectorConfig(
             backbone=resolve_backbone(self.backbone, device_kind),
             weights=self.weights,
-            score_threshold=self.score_threshold,
+            score_threshold=self.hua_score_threshold,
             gate_top_k=self.hua_top_k,
             allow_download=self.allow_weights_download,
             loss=self.loss_config(),
         )
 
     def loss_config(self) -> LossConfig:
-        """LOSS, EIOU_GAMMA and SYNC_LAMBDA (empty: dynamic matching)."""
-        return LossConfig(kind=self.loss, eiou_gamma=self.eiou_gamma, lambda_fixed=self.sync_lambda)
+        """LOSS, SYNC_FORM, EIOU_GAMMA, SYNC_LAMBDA (empty: dynamic matching) and LOG_VAR_BOUND."""
+        return LossConfig(kind=self.loss, form=self.sync_form, eiou_gamma=self.eiou_gamma,
+                          lambda_fixed=self.sync_lambda, log_var_bound=self.log_var_bound)
 
     def hua_config(self) -> HUAConfig:
         """The slice of the settings that ``model.hua`` needs (METHOD.md sections 1-2)."""
         return HUAConfig(
-            gate_top_k=self.hua_top_k,
             retrieval_fraction=self.hua_retrieval_fraction,
             min_candidates=self.hua_min_candidates,
             candidates=self.hua_candidates,
             overlap_iou=self.hua_overlap_iou,
+            merge_iou=self.hua_merge_iou,
             diversity=self.hua_diversity,
             diversity_window=self.hua_diversity_window,
         )
@@ -155,6 +169,9 @@ class Settings:
         """The slice of the settings that ``model.train`` needs."""
         return TrainConfig(
             epochs=self.epochs,
+            iterations=self.train_iterations,
+            min_iterations=self.train_min_iterations,
+            warmup_fraction=self.warmup_fraction,
             lr=self.learning_rate,
             batch_size=self.train_batch_size,
             seed=self.train_seed,
@@ -200,9 +217,14 @@ ENVIRONMENT: dict[str, str] = {
     "TRAIN_EVERY": "train_every",
     "TRAIN_REINIT": "train_reinit",
     "LOSS": "loss",
+    "SYNC_FORM": "sync_form",
     "EIOU_GAMMA": "eiou_gamma",
     "SYNC_LAMBDA": "sync_lambda",
+    "LOG_VAR_BOUND": "log_var_bound",
     "EPOCHS": "epochs",
+    "TRAIN_ITERATIONS": "train_iterations",
+    "TRAIN_MIN_ITERATIONS": "train_min_iterations",
+    "WARMUP_FRACTION": "warmup_fraction",
     "LEARNING_RATE": "learning_rate",
     "TRAIN_BATCH_SIZE": "train_batch_size",
     "TRAIN_SEED": "train_seed",
@@ -215,6 +237,8 @@ ENVIRONMENT: dict[str, str] = {
     "HUA_MIN_CANDIDATES": "hua_min_candidates",
     "HUA_CANDIDATES": "hua_candidates",
     "HUA_OVERLAP_IOU": "hua_overlap_iou",
+    "HUA_SCORE_THRESHOLD": "hua_score_threshold",
+    "HUA_MERGE_IOU": "hua_merge_iou",
     "HUA_DIVERSITY": "hua_diversity",
     "HUA_DIVERSITY_WINDOW": "hua_diversity_window",
 }

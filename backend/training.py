@@ -94,6 +94,7 @@ def run_training(service: Service, project: str, progress: Progress | None = Non
         "skipped": data.skipped,
         "metrics": result.metrics,
         "epoch_losses": result.epoch_losses,
+        "loss_summary": result.summary,
         "held_out": result.held_out,
         "train_config": {k: v for k, v in asdict(config).items() if k != "loss"},
         "loss": asdict(config.loss),

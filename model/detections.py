@@ -7,7 +7,7 @@ can be written and tested on constructed detections.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -69,6 +69,18 @@ class Detections:
             width=width,
             height=height,
         )
+
+    def above(self, min_score: float) -> "Detections":
+        """The detections scoring at least ``min_score`` (the boxes annotators are shown).
+
+        HUA's metrics see every detection the detector returns (down to its
+        analysis threshold, 0.05); pre-annotations only the confident ones.
+        """
+        keep = self.scores >= min_score
+        if bool(keep.all()):
+            return self
+        return replace(self, boxes=self.boxes[keep], labels=self.labels[keep], scores=self.scores[keep],
+                       probs=self.probs[keep], sigmas=self.sigmas[keep])
 
     def to(self, device: torch.device | str) -> "Detections":
         """A copy with every tensor on ``device``."""

@@ -25,6 +25,7 @@ from torchvision.models.detection.backbone_utils import mobilenet_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.transforms.functional import convert_image_dtype, pil_to_tensor
 
+from model.checkpoint import checkpoint_labels, resized_predictor
 from model.detections import Detections
 from model.heads import UncertainBoxPredictor, UncertaintyRoIHeads
 from model.losses import LossConfig
@@ -50,13 +51,18 @@ class DetectorConfig:
     """How to build and run a detector.
 
     ``weights`` is "coco", "imagenet", "none" or a path to a checkpoint of ours.
+    ``score_threshold`` is the lowest score a detection is returned with: HUA's
+    analysis threshold [ours: 0.05, torchvision's and CALD's default], so that
+    the ranking sees a young model's doubts; the boxes shown to annotators are
+    filtered higher by the service (``SCORE_THRESHOLD``, ``Detections.above``).
+    ``gate_top_k`` is the gate's K (METHOD.md section 1), read only here.
     ``allow_download`` lets torchvision fetch a missing weights file; when False
     (tests, offline servers) only files already in torch's cache are used.
     """
 
     backbone: str = "mobilenet_v3_fpn"
     weights: str = "coco"
-    score_threshold: float = 0.5
+    score_threshold: float = 0.05
     nms_iou: float = 0.5
     max_detections: int = 100
     gate_top_k: int = 10
@@ -216,7 +222,7 @@ def adapt_head(
     head already knows; background always comes from the old head's row 0.
     """
     old = model.roi_heads.box_predictor
-    predictor = UncertainBoxPredictor(old.cls_score.in_features, num_classes + 1)
+    predictor = UncertainBoxPredictor(old.cls_score.in_features, num_classes + 1, config.loss.log_var_bound)
     if old.cls_score.out_features != predictor.cls_score.out_features or rows:
         _init_from_rows(predictor.cls_score, old.cls_score, rows, 1)
         _init_from_rows(predictor.bbox_pred, old.bbox_pred, rows, 4)
@@ -255,13 +261,29 @@ def _freeze_batchnorm(module: nn.Module) -> nn.Module:
 def build_model(
     config: DetectorConfig, labels: Sequence[str], aliases: dict[str, list[str]] | None = None
 ) -> tuple[frcnn.FasterRCNN, WeightsReport]:
-    """A detector for ``labels`` from the configured base weights."""
+    """A detector for ``labels`` from the configured base weights, or warm-started from a checkpoint of ours.
+
+    Raises:
+        CheckpointError: ``weights`` names a checkpoint that cannot be read or
+            was made with another backbone (never silently replaced by other weights).
+    """
+    if config.weights not in WEIGHT_SOURCES:
+        return warm_start(config, labels), WeightsReport(config.weights, config.weights)
     model, report = build_base_model(config, len(labels) + 1)
     rows: dict[int, list[int]] = {}
     if report.used == "coco":
         categories = BACKBONES[config.backbone].coco.meta["categories"]
         rows = coco_head_rows(labels, aliases or {}, categories)
     return adapt_head(model, len(labels), rows, config), report
+
+
+def warm_start(config: DetectorConfig, labels: Sequence[str]) -> frcnn.FasterRCNN:
+    """The checkpoint at ``config.weights`` with its class layers re-sized to ``labels`` (``model.checkpoint``)."""
+    state, known = checkpoint_labels(config.weights, config.backbone)
+    model = build_empty_model(config, len(known))
+    model.load_state_dict(state)
+    model.roi_heads.box_predictor = resized_predictor(model.roi_heads.box_predictor, labels, known)
+    return model
 
 
 def build_empty_model(config: DetectorConfig, num_labels: int) -> frcnn.FasterRCNN:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.ops import boxes as box_ops
 
-from model.losses import LossConfig, fastrcnn_synchronic_terms
+from model.losses import LossConfig, bounded_log_var, fastrcnn_synchronic_terms
 
 
 class UncertainBoxPredictor(nn.Module):
@@ -27,10 +27,13 @@ class UncertainBoxPredictor(nn.Module):
     Args:
         in_channels (int): size of the pooled RoI feature.
         num_classes (int): C + 1, background included.
+        log_var_bound (float): alpha = bound * tanh(raw / bound) [ours], see
+            ``model.losses.bounded_log_var``.
     """
 
-    def __init__(self, in_channels: int, num_classes: int) -> None:
+    def __init__(self, in_channels: int, num_classes: int, log_var_bound: float = 5.0) -> None:
         super().__init__()
+        self.log_var_bound = log_var_bound
         self.cls_score = nn.Linear(in_channels, num_classes)
         self.bbox_pred = nn.Linear(in_channels, num_classes * 4)
         self.bbox_log_var = nn.Linear(in_channels, num_classes * 4)
@@ -39,7 +42,7 @@ class UncertainBoxPredictor(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         x = x.flatten(start_dim=1)
-        return self.cls_score(x), self.bbox_pred(x), self.bbox_log_var(x)
+        return self.cls_score(x), self.bbox_pred(x), bounded_log_var(self.bbox_log_var(x), self.log_var_bound)
 
 
 class UncertaintyRoIHeads(RoIHeads):

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou
+from torchvision.ops import box_iou, nms
 
 from model.detections import Detections
 
@@ -50,6 +50,7 @@ __all__ = [
     "select_candidates",
     "semantic_affinity",
     "category_diversity",
+    "merge_classes",
     "overlap_ratio",
     "localization_uncertainty",
     "image_metrics",
@@ -83,6 +84,12 @@ EMPTY_IMAGE_ENTROPY: float = 1.0
 #: Largest possible l: every normalised metric lies in [0, 1], so l <= sqrt(4).
 _MAX_INFORMATIVENESS: float = 2.0
 
+#: [ours] Weight of H(x) in a candidate's priority: ties in l (every metric
+#: constant over the candidates, as for a young model) are broken by the gate
+#: entropy, higher first, never by pool order; l differing by more than this
+#: share of its range always decides.
+TIE_BREAK_WEIGHT: float = 1e-6
+
 #: Arithmetic type of the ranking stage (see the module docstring).
 _RANK_DTYPE: torch.dtype = torch.float64
 
@@ -96,10 +103,12 @@ _LN2: float = math.log(2.0)
 class HUAConfig:
     """Settings of HUA ranking (METHOD.md sections 1-2). Defaults are METHOD.md's.
 
+    The gate's K (the RoIs whose entropies form H(x)) is not here: the detector
+    fills ``Detections.top_probs`` with them (``DetectorConfig.gate_top_k``), and
+    which detections the metrics see is the detector's score threshold
+    (``DetectorConfig.score_threshold``, 0.05 by default, METHOD.md section 2).
+
     Attributes:
-        gate_top_k (int): K, the number of RoIs with the highest foreground
-            probability whose entropies form H(x) [ours]. The detector uses it
-            to fill ``Detections.top_probs``; :func:`image_entropy` can re-apply it.
         retrieval_fraction (float): P = max(min_candidates,
             ceil(retrieval_fraction * N)) when neither ``candidates`` nor a budget
             is given [ours], in [0, 1].
@@ -110,23 +119,24 @@ class HUAConfig:
             budget B is known (benchmarks) [ours], > 0.
         overlap_iou (float): IoU at or above which two detections of one image
             overlap, for the Overlap Ratio [ours], in (0, 1].
+        merge_iou (float): detections of different classes with an IoU above
+            it are one object, merged (highest score kept) before the Overlap
+            Ratio [ours: 0.7], in (0, 1].
         diversity (bool): re-order the top of the ranking by k-center greedy
             on pooled backbone features (``model.diversity``) [ours, beyond the paper].
         diversity_window (int): how many of the top images that pass re-orders.
     """
 
-    gate_top_k: int = 10
     retrieval_fraction: float = 0.5
     min_candidates: int = 64
     candidates: int | None = None
     retrieval_ratio: float = 4.0
     overlap_iou: float = 0.3
+    merge_iou: float = 0.7
     diversity: bool = False
     diversity_window: int = 64
 
     def __post_init__(self) -> None:
-        if self.gate_top_k < 1:
-            raise ValueError(f"gate_top_k must be >= 1, got {self.gate_top_k}")
         if not 0.0 <= self.retrieval_fraction <= 1.0:
             raise ValueError(
                 f"retrieval_fraction must lie in [0, 1], got {self.retrieval_fraction}"
@@ -141,6 +151,8 @@ class HUAConfig:
             )
         if not 0.0 < self.overlap_iou <= 1.0:
             raise ValueError(f"overlap_iou must lie in (0, 1], got {self.overlap_iou}")
+        if not 0.0 < self.merge_iou <= 1.0:
+            raise ValueError(f"merge_iou must lie in (0, 1], got {self.merge_iou}")
 
 
 # --------------------------------------------------------------------------
@@ -169,7 +181,7 @@ def js_divergence(p: Tensor, q: Tensor) -> Tensor:
     return ((kl_pm + kl_qm) / (2 * _LN2)).clamp(0.0, 1.0)
 
 
-def image_entropy(top_probs: Tensor, top_k: int | None = None) -> Tensor:
+def image_entropy(top_probs: Tensor) -> Tensor:
     """H(x), the gate's uncertainty of one image [ours, METHOD.md section 1].
 
     H(x) is the mean over the K rows of entropy(p_i) / ln(C + 1), so it lies in
@@ -181,9 +193,6 @@ def image_entropy(top_probs: Tensor, top_k: int | None = None) -> Tensor:
         top_probs (Tensor[K, C+1]): softmax rows (background in column 0) of the
             RoIs with the highest foreground probability, taken before the
             score threshold (``Detections.top_probs``).
-        top_k (int | None): when given and K > top_k, only the ``top_k`` rows
-            with the highest foreground probability 1 - p[:, 0] are used
-            (``HUAConfig.gate_top_k``).
 
     Returns:
         Tensor[]: H(x) in [0, 1], a scalar of ``top_probs``' floating dtype.
@@ -196,9 +205,6 @@ def image_entropy(top_probs: Tensor, top_k: int | None = None) -> Tensor:
             f"top_probs must be Tensor[K, C+1] with C >= 1, got shape {tuple(top_probs.shape)}"
         )
     probs = top_probs if top_probs.is_floating_point() else top_probs.float()
-    if top_k is not None and probs.shape[0] > top_k:
-        keep = torch.topk(1.0 - probs[:, 0], top_k).indices
-        probs = probs[keep]
     if probs.shape[0] == 0:
         return torch.tensor(EMPTY_IMAGE_ENTROPY, dtype=probs.dtype, device=probs.device)
     entropy = -torch.xlogy(probs, probs).sum(dim=-1) / math.log(probs.shape[1])
@@ -347,11 +353,33 @@ def category_diversity(probs: Tensor, labeled_class_freq: Tensor) -> float:
     return float(js_divergence(q / q.sum(), p_l))
 
 
+def merge_classes(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.7) -> Tensor:
+    """The boxes left when detections of one object under different labels are merged [ours].
+
+    The detector's NMS runs per class, so one object can come back as "car"
+    and "truck"; the Overlap Ratio must not count that as a crowd. torchvision's
+    class-agnostic ``nms`` keeps the highest score of each group (it drops IoU
+    strictly above the threshold; METHOD.md's ">= 0.7" differs only on exact ties).
+
+    Args:
+        boxes (Tensor[D, 4]): (x1, y1, x2, y2) boxes of one image.
+        scores (Tensor[D]): their scores.
+        iou_threshold (float): ``HUAConfig.merge_iou``.
+
+    Returns:
+        Tensor[D', 4]: the kept boxes, highest score first.
+    """
+    if boxes.shape[0] <= 1:
+        return boxes
+    return boxes[nms(boxes.float(), scores.float(), iou_threshold)]
+
+
 def overlap_ratio(boxes: Tensor, iou_threshold: float = 0.3) -> float:
     """d3, Overlap Ratio: how crowded or occluded the scene is [ours].
 
     The fraction of detections whose IoU with some other detection of the same
-    image is >= ``iou_threshold``. One or no detection: 0.
+    image is >= ``iou_threshold``. One or no detection: 0. Pass the boxes of
+    :func:`merge_classes`.
 
     Args:
         boxes (Tensor[D, 4]): (x1, y1, x2, y2) boxes of one image.
@@ -397,7 +425,7 @@ def image_metrics(
         flipped (Detections): detections of its horizontal flip, in the flipped
             image's pixel coordinates.
         labeled_class_freq (Tensor[C]): class frequency of the labeled boxes.
-        config (HUAConfig): supplies ``overlap_iou``.
+        config (HUAConfig): supplies ``overlap_iou`` and ``merge_iou``.
 
     Returns:
         Tensor[4]: float64 (SA, CD, OR, LC). An image with no detections gets
@@ -406,7 +434,7 @@ def image_metrics(
     values = (
         semantic_affinity(original, flipped),
         category_diversity(original.probs, labeled_class_freq),
-        overlap_ratio(original.boxes, config.overlap_iou),
+        overlap_ratio(merge_classes(original.boxes, original.scores, config.merge_iou), config.overlap_iou),
         localization_uncertainty(original.sigmas),
     )
     return torch.tensor(values, dtype=_RANK_DTYPE)
@@ -543,9 +571,10 @@ def priorities(entropy: Tensor, candidate_mask: Tensor, informativeness: Tensor)
 
     The mapping (fixed, so a stored scale places later tasks consistently):
 
-    - candidate:     0.5 + 0.5 * (CANDIDATE_MARGIN + (1 - CANDIDATE_MARGIN) * l / 2),
-      which lies in [0.55, 1] (strictly above 0.5) and increases with l
-      (l is clipped to [0, 2], its range after :func:`normalise`);
+    - candidate:     0.5 + 0.5 * (CANDIDATE_MARGIN + (1 - CANDIDATE_MARGIN) * s),
+      s = (1 - TIE_BREAK_WEIGHT) * l / 2 + TIE_BREAK_WEIGHT * H,
+      which lies in [0.55, 1] (strictly above 0.5) and increases with l, then
+      with H where l ties (l is clipped to [0, 2], its range after :func:`normalise`);
     - non-candidate: 0.5 * H, which lies in [0, 0.5] and increases with H
       (H is clipped to [0, 1]).
 
@@ -562,7 +591,8 @@ def priorities(entropy: Tensor, candidate_mask: Tensor, informativeness: Tensor)
     """
     entropy = entropy.to(_RANK_DTYPE).clamp(0.0, 1.0).nan_to_num(0.0)
     share = informativeness.to(_RANK_DTYPE).clamp(0.0, _MAX_INFORMATIVENESS) / _MAX_INFORMATIVENESS
-    candidate = 0.5 + 0.5 * (CANDIDATE_MARGIN + (1.0 - CANDIDATE_MARGIN) * share.nan_to_num(0.0))
+    share = (1.0 - TIE_BREAK_WEIGHT) * share.nan_to_num(0.0) + TIE_BREAK_WEIGHT * entropy
+    candidate = 0.5 + 0.5 * (CANDIDATE_MARGIN + (1.0 - CANDIDATE_MARGIN) * share)
     return torch.where(candidate_mask.to(torch.bool), candidate, 0.5 * entropy)
 
 

@@ -40,6 +40,10 @@ _SYNCHRONIC_KEYS: tuple[str, ...] = (
 ) + _RPN_KEYS
 
 
+LOSS_NAMES: tuple[str, ...] = ("standard", "synchronic", "synchronic-paper")
+"""The names a user or a benchmark gives a loss (``LOSS``, the results' ``loss`` column)."""
+
+
 @dataclass(frozen=True)
 class LossConfig:
     """Which RoI-head loss to train with, and its constants (METHOD.md section 4).
@@ -47,6 +51,11 @@ class LossConfig:
     Attributes:
         kind (str): ``"synchronic"`` [paper] or ``"standard"`` (torchvision's
             sum of the four Faster R-CNN losses, kept for benchmarks).
+        form (str): how the synchronic terms combine. ``"default"`` [ours]: the
+            RPN at weight 1 outside the mix, lambda balancing L_EIoU against
+            L_aware only; ``"paper"``: the paper's literal
+            ``lambda * L_EIoU + (1 - lambda) * (L_rpn + L_aware)``, kept for the
+            ablation (it starves the RPN: METHOD.md section 4).
         eiou_gamma (float): gamma of the EIoU loss [paper: 0.8, gamma <= 1];
             must lie in (0, 1].
         lambda_fixed (float | None): ``None`` matches lambda dynamically each
@@ -55,6 +64,9 @@ class LossConfig:
             (0.1, 0.9)], with 0 <= low <= high <= 1.
         smooth_l1_beta (float): beta of every smooth-L1 term (L_loc and
             L_aware); torchvision's ``fastrcnn_loss`` uses 1/9. Must be >= 0.
+        log_var_bound (float): a_max of the bounded log-variance
+            ``alpha = a_max * tanh(raw / a_max)`` [ours: 5], so exp(-alpha)
+            never explodes and the gradient never vanishes. Must be > 0.
 
     Raises:
         ValueError: for an unknown ``kind`` or a constant out of its range.
@@ -62,16 +74,24 @@ class LossConfig:
 
     SYNCHRONIC: ClassVar[str] = "synchronic"
     STANDARD: ClassVar[str] = "standard"
+    DEFAULT_FORM: ClassVar[str] = "default"
+    PAPER_FORM: ClassVar[str] = "paper"
 
     kind: str = "synchronic"
+    form: str = "default"
     eiou_gamma: float = 0.8
     lambda_fixed: float | None = None
     lambda_clip: tuple[float, float] = (0.1, 0.9)
     smooth_l1_beta: float = _TORCHVISION_BETA
+    log_var_bound: float = 5.0
 
     def __post_init__(self) -> None:
         if self.kind not in (self.SYNCHRONIC, self.STANDARD):
             raise ValueError(f"kind must be 'synchronic' or 'standard', got {self.kind!r}")
+        if self.form not in (self.DEFAULT_FORM, self.PAPER_FORM):
+            raise ValueError(f"form must be 'default' or 'paper', got {self.form!r}")
+        if not self.log_var_bound > 0.0:
+            raise ValueError(f"log_var_bound must be > 0, got {self.log_var_bound}")
         if not 0.0 < self.eiou_gamma <= 1.0:
             raise ValueError(f"eiou_gamma must lie in (0, 1], got {self.eiou_gamma}")
         if self.lambda_fixed is not None and not 0.0 <= self.lambda_fixed <= 1.0:
@@ -79,6 +99,25 @@ class LossConfig:
         _check_clip(self.lambda_clip)
         if not self.smooth_l1_beta >= 0.0:
             raise ValueError(f"smooth_l1_beta must be >= 0, got {self.smooth_l1_beta}")
+
+    @classmethod
+    def from_name(cls, name: str, **constants: object) -> LossConfig:
+        """The loss called ``name`` (one of :data:`LOSS_NAMES`), with ``constants`` set.
+
+        Raises:
+            ValueError: for a name not in :data:`LOSS_NAMES`.
+        """
+        if name not in LOSS_NAMES:
+            raise ValueError(f"unknown loss {name!r}; choose one of {LOSS_NAMES}")
+        kind, _, paper = name.partition("-")
+        return cls(kind=kind, form=cls.PAPER_FORM if paper else cls.DEFAULT_FORM, **constants)
+
+    @property
+    def name(self) -> str:
+        """The inverse of :meth:`from_name`."""
+        if self.kind == self.STANDARD:
+            return self.STANDARD
+        return self.SYNCHRONIC + ("-paper" if self.form == self.PAPER_FORM else "")
 
 
 def _check_clip(clip: tuple[float, float]) -> None:
@@ -114,29 +153,41 @@ def eiou_loss(giou: Tensor, gamma: float = 0.8, eps: float = 1e-6) -> Tensor:
     return (1 + giou).clamp(min=eps).pow(gamma) * (1 - giou)
 
 
-def kl_regression_loss(deltas: Tensor, targets: Tensor, log_var: Tensor, beta: float = _TORCHVISION_BETA) -> Tensor:
+def bounded_log_var(raw: Tensor, bound: float = 5.0) -> Tensor:
+    """``bound * tanh(raw / bound)`` [ours]: the log-variance alpha in (-bound, bound).
+
+    Near zero it is the identity (a head initialised at zero starts at sigma 1);
+    far out it saturates, so ``exp(-alpha)`` in L_aware stays below e^bound.
+    """
+    return bound * torch.tanh(raw / bound)
+
+
+def kl_regression_loss(
+    deltas: Tensor, targets: Tensor, log_var: Tensor, num_sampled: int, beta: float = _TORCHVISION_BETA
+) -> Tensor:
     """Uncertainty-aware box loss L_aware [paper; KL-Loss of He et al., CVPR 2019].
 
     Per coordinate ``exp(-alpha) * smoothL1(delta - target) + alpha / 2``,
-    summed over the 4 coordinates and averaged over the rows (positives), as
-    METHOD.md says. At ``log_var == 0`` this is
-    ``smooth_l1_loss(deltas, targets, beta, reduction="sum") / P``: the same
-    summand as torchvision's box loss, but torchvision divides by all sampled
-    proposals N, not by the P positives, so L_aware is N / P times larger.
+    summed over the positives and their 4 coordinates and divided by N, the
+    number of sampled proposals [ours]: torchvision's normalisation of its box
+    loss, so that at ``log_var == 0`` L_aware equals torchvision's
+    ``loss_box_reg`` exactly. A mean over the P positives alone would be N / P
+    times larger (4x at 32 RoIs) and drive the gradient clip.
 
     Args:
         deltas (Tensor[P, 4]): predicted box deltas of the positives, for
             their own class.
         targets (Tensor[P, 4]): encoded regression targets of the positives.
         log_var (Tensor[P, 4]): predicted log-variance alpha of each delta.
+        num_sampled (int): N, the sampled proposals (positives and negatives).
         beta (float): smooth-L1 beta (torchvision: 1/9).
 
     Returns:
-        Tensor[]: the loss; a zero attached to the graph when P is 0.
+        Tensor[]: the loss; a zero attached to the graph when P or N is 0.
     """
     smooth_l1 = F.smooth_l1_loss(deltas, targets, beta=beta, reduction="none")
-    per_row = (torch.exp(-log_var) * smooth_l1 + log_var / 2).sum(dim=-1)
-    return _mean_or_zero(per_row)
+    summed = (torch.exp(-log_var) * smooth_l1 + log_var / 2).sum()
+    return summed / num_sampled if num_sampled > 0 else summed * 0
 
 
 def emphasis_factors(class_logits: Tensor, labels: Tensor, ious: Tensor) -> tuple[Tensor, Tensor]:
@@ -172,14 +223,14 @@ def emphasis_factors(class_logits: Tensor, labels: Tensor, ious: Tensor) -> tupl
 def match_lambda(eiou: Tensor, rest: Tensor, clip: tuple[float, float] = (0.1, 0.9)) -> Tensor:
     """Dynamic parameter matching of the synchronic term [ours].
 
-    ``lambda = |B| / (|A| + |B|)`` with A = L_EIoU and B = L_rpn + L_aware, on
-    detached values, so that ``lambda * A`` and ``(1 - lambda) * B`` carry
-    equal magnitude; then clipped to ``clip``. It is 0.5 (before clipping)
-    when both are 0.
+    ``lambda = |B| / (|A| + |B|)`` with A = L_EIoU, on detached values, so that
+    ``lambda * A`` and ``(1 - lambda) * B`` carry equal magnitude; then clipped
+    to ``clip``. It is 0.5 (before clipping) when both are 0. B is L_aware in
+    the default form and L_rpn + L_aware in the paper form.
 
     Args:
         eiou (Tensor[]): A, the EIoU loss.
-        rest (Tensor[]): B, the RPN loss plus the KL loss.
+        rest (Tensor[]): B.
         clip (tuple[float, float]): ``(low, high)`` with 0 <= low <= high <= 1.
 
     Returns:
@@ -277,7 +328,7 @@ def fastrcnn_synchronic_terms(
     Returns:
         dict[str, Tensor]: scalar tensors ``loss_classifier`` and
         ``loss_box_reg`` (torchvision's ``fastrcnn_loss``, exactly, at beta
-        1/9), ``loss_aware`` (``kl_regression_loss``, mean over positives),
+        1/9), ``loss_aware`` (``kl_regression_loss``, normalised by N),
         ``loss_eiou`` (mean over positives of ``eiou_loss`` of the GIoU between
         the box decoded for the positive's own class and its gt box), and the
         detached ``beta_cls`` and ``beta_loc`` of ``emphasis_factors``. With no
@@ -292,7 +343,7 @@ def fastrcnn_synchronic_terms(
     labels_pos = labels_cat[pos]
     deltas_pos = _own_class_rows(box_regression, pos, labels_pos)
     log_var_pos = _own_class_rows(box_log_var, pos, labels_pos)
-    loss_aware = kl_regression_loss(deltas_pos, targets_cat[pos], log_var_pos, smooth_l1_beta)
+    loss_aware = kl_regression_loss(deltas_pos, targets_cat[pos], log_var_pos, labels_cat.numel(), smooth_l1_beta)
     decoded = box_coder.decode_single(deltas_pos, torch.cat(proposals, dim=0)[pos])
     gt_pos = torch.cat(matched_gt_boxes, dim=0)[pos].to(decoded.dtype)
     giou, iou = _paired_giou_and_iou(decoded, gt_pos)
@@ -327,12 +378,18 @@ def combine_losses(losses: dict[str, Tensor], config: LossConfig) -> tuple[Tenso
     standard: ``loss_classifier + loss_box_reg + loss_objectness +
     loss_rpn_box_reg`` (torchvision's sum).
 
-    synchronic [paper]: ``L_rpn = loss_objectness + loss_rpn_box_reg``,
-    ``A = loss_eiou``, ``B = L_rpn + loss_aware``,
-    ``L_sync = lambda * A + (1 - lambda) * B`` with lambda fixed or matched
-    (``match_lambda``, [ours]), and
-    ``total = (1 + beta_cls) * loss_classifier + (1 + beta_loc) * L_sync``.
-    ``loss_box_reg`` is not part of the synchronic total (L_aware replaces it).
+    synchronic, with ``L_rpn = loss_objectness + loss_rpn_box_reg`` and the
+    emphasis factors [paper] ``beta_cls``, ``beta_loc``:
+
+    - default form [ours]: ``L_box = 2 * (lambda * L_EIoU + (1 - lambda) * L_aware)``,
+      lambda matched between the two box terms, and
+      ``total = (1 + beta_cls) * L_cls + (1 + beta_loc) * L_box + L_rpn``: the RPN
+      keeps torchvision's weight 1, and lambda = 0.5 is the plain sum.
+    - paper form: ``L_sync = lambda * L_EIoU + (1 - lambda) * (L_rpn + L_aware)``
+      and ``total = (1 + beta_cls) * L_cls + (1 + beta_loc) * L_sync``.
+
+    lambda is ``config.lambda_fixed`` or ``match_lambda`` [ours]. ``loss_box_reg``
+    is not part of a synchronic total (L_aware replaces it).
 
     Args:
         losses (dict[str, Tensor[]]): the terms of ``fastrcnn_synchronic_terms``
@@ -342,7 +399,7 @@ def combine_losses(losses: dict[str, Tensor], config: LossConfig) -> tuple[Tenso
     Returns:
         tuple[Tensor[], dict[str, float]]: the total, and for logging every
         term of ``losses`` plus ``total`` (and, when synchronic, ``loss_rpn``,
-        ``loss_sync`` and ``lambda``) as floats.
+        ``loss_box`` or ``loss_sync``, and ``lambda``) as floats.
 
     Raises:
         KeyError: when a term the chosen loss needs is missing.
@@ -355,14 +412,24 @@ def combine_losses(losses: dict[str, Tensor], config: LossConfig) -> tuple[Tenso
         return total, _as_floats({**losses, "total": total})
     _require(losses, _SYNCHRONIC_KEYS)
     loss_rpn = losses["loss_objectness"] + losses["loss_rpn_box_reg"]
-    eiou = losses["loss_eiou"]
-    rest = loss_rpn + losses["loss_aware"]
-    if config.lambda_fixed is not None:
-        lam = torch.as_tensor(config.lambda_fixed, dtype=eiou.dtype, device=eiou.device)
+    eiou, aware = losses["loss_eiou"], losses["loss_aware"]
+    paper = config.form == LossConfig.PAPER_FORM
+    rest = loss_rpn + aware if paper else aware
+    lam = _lambda(eiou, rest, config)
+    mixed = lam * eiou + (1 - lam) * rest
+    weighted_cls = (1 + losses["beta_cls"].detach()) * losses["loss_classifier"]
+    emphasis_loc = 1 + losses["beta_loc"].detach()
+    if paper:
+        total = weighted_cls + emphasis_loc * mixed
+        extra = {"loss_rpn": loss_rpn, "loss_sync": mixed, "lambda": lam, "total": total}
     else:
-        lam = match_lambda(eiou, rest, config.lambda_clip)
-    loss_sync = lam * eiou + (1 - lam) * rest
-    beta_cls, beta_loc = losses["beta_cls"].detach(), losses["beta_loc"].detach()
-    total = (1 + beta_cls) * losses["loss_classifier"] + (1 + beta_loc) * loss_sync
-    extra = {"loss_rpn": loss_rpn, "loss_sync": loss_sync, "lambda": lam, "total": total}
+        total = weighted_cls + emphasis_loc * 2 * mixed + loss_rpn
+        extra = {"loss_rpn": loss_rpn, "loss_box": 2 * mixed, "lambda": lam, "total": total}
     return total, _as_floats({**losses, **extra})
+
+
+def _lambda(eiou: Tensor, rest: Tensor, config: LossConfig) -> Tensor:
+    """The fixed lambda of ``config``, or lambda matched between ``eiou`` and ``rest``."""
+    if config.lambda_fixed is not None:
+        return torch.as_tensor(config.lambda_fixed, dtype=eiou.dtype, device=eiou.device)
+    return match_lambda(eiou, rest, config.lambda_clip)

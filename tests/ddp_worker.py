@@ -37,7 +37,7 @@ def main(out: Path) -> None:
                             min_size=96, max_size=128, sampled_rois=32)
     model, _ = build_model(config, ["square"])
     before = sum(float(p.detach().double().sum()) for p in model.parameters())
-    result = train(model, _samples(folder, 4), TrainConfig(epochs=2, batch_size=1, warmup_iters=1, seed=0),
+    result = train(model, _samples(folder, 4), TrainConfig(epochs=2, min_iterations=1, batch_size=1, seed=0),
                    torch.device("cpu"))
     after = sum(float(p.detach().double().sum()) for p in model.parameters())
     (out / f"rank{rank}.json").write_text(json.dumps({

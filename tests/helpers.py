@@ -49,6 +49,7 @@ def make_settings(model_dir: Path | str, **overrides) -> Settings:
         fetch_workers=2,
         fetch_timeout=5.0,
         max_image_pixels=100_000,
+        train_min_iterations=1,  # trainings of EPOCHS passes only: the tests check mechanics, not learning
     )
     values.update(overrides)
     settings = Settings(**values)

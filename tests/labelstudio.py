@@ -193,6 +193,7 @@ def job_env(label_studio: "LabelStudio", model_dir: Path, **extra: str) -> dict[
         "ALLOW_WEIGHTS_DOWNLOAD": "false",
         "DEVICE": "cpu",
         "EPOCHS": "1",
+        "TRAIN_MIN_ITERATIONS": "1",
         "TRAIN_BATCH_SIZE": "2",
         "SCORE_THRESHOLD": "0.0",
         **extra,

@@ -47,7 +47,8 @@ def training_backend(label_studio, tmp_path_factory):
     from labelstudio import start_ml_backend
 
     base = tmp_path_factory.mktemp("training-backend")
-    env = {"TRAIN_EVERY": "2", "EPOCHS": "1", "TRAIN_BATCH_SIZE": "2", "ALLOW_WEIGHTS_DOWNLOAD": "false"}
+    env = {"TRAIN_EVERY": "2", "EPOCHS": "1", "TRAIN_MIN_ITERATIONS": "1", "TRAIN_BATCH_SIZE": "2",
+           "ALLOW_WEIGHTS_DOWNLOAD": "false"}
     try:
         server = start_ml_backend(label_studio, base / "model", base / "gunicorn.log", extra_env=env)
     except RuntimeError as e:

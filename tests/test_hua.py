@@ -23,6 +23,7 @@ from model.hua import (
     image_metrics,
     js_divergence,
     localization_uncertainty,
+    merge_classes,
     normalise,
     num_candidates,
     overlap_ratio,
@@ -71,17 +72,16 @@ def _flip(boxes: list[list[float]], width: int = WIDTH) -> list[list[float]]:
 class TestHUAConfig:
     def test_defaults_are_methods(self) -> None:
         config = HUAConfig()
-        assert config.gate_top_k == 10
         assert config.retrieval_fraction == 0.5
         assert config.min_candidates == 64
         assert config.candidates is None
         assert config.retrieval_ratio == 4.0
         assert config.overlap_iou == 0.3
+        assert config.merge_iou == 0.7
 
     @pytest.mark.parametrize(
         "kwargs",
         [
-            {"gate_top_k": 0},
             {"retrieval_fraction": -0.1},
             {"retrieval_fraction": 1.5},
             {"min_candidates": -1},
@@ -90,6 +90,7 @@ class TestHUAConfig:
             {"retrieval_ratio": math.inf},
             {"overlap_iou": 0.0},
             {"overlap_iou": 1.2},
+            {"merge_iou": 0.0},
         ],
     )
     def test_invalid_values_raise(self, kwargs: dict[str, float]) -> None:
@@ -154,12 +155,6 @@ class TestImageEntropy:
         value = image_entropy(torch.zeros((0, 4)))
         assert value.shape == ()
         assert value.item() == 1.0
-
-    def test_top_k_keeps_highest_foreground_rows(self) -> None:
-        # row 0: background-sure (fg 0); row 1: uniform fg 0.5 -> top_k=1 keeps row 1
-        rows = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
-        assert image_entropy(rows, top_k=1).item() == pytest.approx(1.0)
-        assert image_entropy(rows).item() == pytest.approx(0.5)
 
     def test_bad_shape_raises(self) -> None:
         with pytest.raises(ValueError, match="top_probs"):
@@ -314,6 +309,32 @@ class TestOverlapRatio:
         assert overlap_ratio(torch.tensor([[0.0, 0.0, 10.0, 10.0]] * d).reshape(-1, 4)) == 0.0
 
 
+class TestMergeClasses:
+    def test_one_object_under_two_labels_is_not_a_crowd(self) -> None:
+        """METHOD.md section 2: "car" and "truck" on one object (IoU 0.9) merge before OR."""
+        boxes = [[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 9.0]]
+        dets = _dets(boxes, [[0.1, 0.8, 0.1], [0.3, 0.1, 0.6]])
+        assert merge_classes(dets.boxes, dets.scores).tolist() == [boxes[0]]  # the higher score stays
+        assert image_metrics(dets, dets, torch.ones(2), HUAConfig())[2].item() == 0.0
+
+    def test_two_objects_that_overlap_stay_two(self) -> None:
+        boxes = [[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 5.0]]  # IoU 0.5 < merge 0.7, >= overlap 0.3
+        dets = _dets(boxes, [[0.1, 0.8, 0.1], [0.3, 0.1, 0.6]])
+        assert len(merge_classes(dets.boxes, dets.scores)) == 2
+        assert image_metrics(dets, dets, torch.ones(2), HUAConfig())[2].item() == 1.0
+        assert image_metrics(dets, dets, torch.ones(2), HUAConfig(merge_iou=0.4))[2].item() == 0.0
+
+
+class TestDisplayFilter:
+    def test_above_keeps_confident_rows_and_the_gate(self) -> None:
+        dets = _dets([[0.0, 0.0, 5.0, 5.0], [10.0, 10.0, 20.0, 20.0]], [[0.9, 0.1, 0.0], [0.2, 0.7, 0.1]])
+        shown = dets.above(0.5)
+        assert shown.scores.tolist() == pytest.approx([0.9, 0.7])
+        low = dets.above(0.8)
+        assert len(low) == 1 and low.probs.shape == (1, 3) and low.sigmas.shape == (1, 4)
+        assert torch.equal(low.top_probs, dets.top_probs)  # the gate never depends on the display threshold
+
+
 class TestLocalizationUncertainty:
     def test_mean_over_detections_and_edges(self) -> None:
         sigmas = torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 2.0]])
@@ -445,6 +466,18 @@ class TestPriorities:
         priority = priorities(entropy, mask, l_value)
         assert priority[mask].min() > 0.5 >= priority[~mask].max()
         assert bool(((priority >= 0) & (priority <= 1)).all())
+
+    def test_ties_in_l_are_broken_by_entropy_never_by_index(self) -> None:
+        """A young model: every metric constant, l = 0 for all candidates; H decides."""
+        entropy = torch.tensor([0.6, 0.9, 0.7, 0.1], dtype=torch.float64)
+        mask = torch.tensor([True, True, True, False])
+        priority = priorities(entropy, mask, torch.zeros(4, dtype=torch.float64))
+        assert priority[1] > priority[2] > priority[0] > 0.5 > priority[3]
+        assert len(set(priority.tolist())) == 4
+
+    def test_entropy_never_outweighs_a_real_difference_in_l(self) -> None:
+        priority = priorities(torch.tensor([1.0, 0.0]), torch.tensor([True, True]), torch.tensor([0.001, 0.0011]))
+        assert priority[1] > priority[0]
 
     def test_task_scores(self) -> None:
         assert task_scores(torch.tensor([1.0, 0.25, 0.0])).tolist() == [0.0, 0.75, 1.0]
@@ -586,7 +619,7 @@ class TestScoreSingle:
     def test_threshold_override_and_tie_admitted(self) -> None:
         scale = Scale(torch.zeros(4), torch.ones(4), entropy_cutoff=0.8)
         metrics = torch.tensor([1.0, 1.0, 1.0, 1.0])
-        assert score_single(0.8, metrics, scale) == pytest.approx(0.0)  # l = 2 -> priority 1
+        assert score_single(0.8, metrics, scale) == pytest.approx(0.0, abs=1e-6)  # l = 2 -> priority ~1
         assert score_single(0.8, metrics, scale, entropy_threshold=0.9) == pytest.approx(0.6)
 
     def test_out_of_range_metrics_are_clipped(self) -> None:

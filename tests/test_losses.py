@@ -19,6 +19,8 @@ from model.losses import (
     eiou_loss,
     emphasis_factors,
     fastrcnn_synchronic_terms,
+    LOSS_NAMES,
+    bounded_log_var,
     kl_regression_loss,
     match_lambda,
 )
@@ -197,11 +199,11 @@ class TestEIoULoss:
 class TestKLRegressionLoss:
     @pytest.mark.parametrize("dtype", DTYPES)
     def test_equals_smooth_l1_plus_constant_at_zero_log_var(self, dtype: torch.dtype) -> None:
-        """At alpha = 0 the constant alpha/2 is 0: sum over coords, mean over rows."""
+        """At alpha = 0 the constant alpha/2 is 0: summed, then divided by the N sampled proposals."""
         torch.manual_seed(1)
         deltas, targets = torch.randn(7, 4, dtype=dtype), torch.randn(7, 4, dtype=dtype)
-        loss = kl_regression_loss(deltas, targets, torch.zeros(7, 4, dtype=dtype), beta=TV_BETA)
-        expected = F.smooth_l1_loss(deltas, targets, beta=TV_BETA, reduction="sum") / 7
+        loss = kl_regression_loss(deltas, targets, torch.zeros(7, 4, dtype=dtype), 32, beta=TV_BETA)
+        expected = F.smooth_l1_loss(deltas, targets, beta=TV_BETA, reduction="sum") / 32
         torch.testing.assert_close(loss, expected)
 
     @pytest.mark.parametrize("alpha", [-1.0, 0.3, 2.0])
@@ -210,7 +212,7 @@ class TestKLRegressionLoss:
         torch.manual_seed(2)
         deltas, targets = torch.randn(5, 4, dtype=dtype), torch.randn(5, 4, dtype=dtype)
         log_var = torch.full((5, 4), alpha, dtype=dtype)
-        loss = kl_regression_loss(deltas, targets, log_var, beta=TV_BETA)
+        loss = kl_regression_loss(deltas, targets, log_var, 5, beta=TV_BETA)
         smooth_l1 = F.smooth_l1_loss(deltas, targets, beta=TV_BETA, reduction="sum") / 5
         expected = math.exp(-alpha) * smooth_l1 + 4 * alpha / 2
         torch.testing.assert_close(loss, expected)
@@ -219,10 +221,11 @@ class TestKLRegressionLoss:
         deltas = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
         targets = torch.zeros(1, 4)
         # smoothL1(1) with beta 1/9 = 1 - beta/2 = 17/18
-        loss0 = kl_regression_loss(deltas, targets, torch.zeros(1, 4))
+        loss0 = kl_regression_loss(deltas, targets, torch.zeros(1, 4), 1)
         assert loss0.item() == pytest.approx(17 / 18)
-        loss_ln2 = kl_regression_loss(deltas, targets, torch.full((1, 4), math.log(2.0)))
+        loss_ln2 = kl_regression_loss(deltas, targets, torch.full((1, 4), math.log(2.0)), 1)
         assert loss_ln2.item() == pytest.approx(17 / 36 + 2 * math.log(2.0))
+        assert kl_regression_loss(deltas, targets, torch.zeros(1, 4), 4).item() == pytest.approx(17 / 72)
 
     def test_log_var_optimum_is_log_of_twice_the_error(self) -> None:
         """d/d alpha [exp(-alpha) s + alpha/2] = 0 at alpha = log(2 s): sigma tracks the error."""
@@ -230,14 +233,14 @@ class TestKLRegressionLoss:
         deltas, targets = torch.randn(6, 4), torch.randn(6, 4)
         s = F.smooth_l1_loss(deltas, targets, beta=TV_BETA, reduction="none")
         log_var = torch.log(2 * s).requires_grad_()
-        (grad,) = torch.autograd.grad(kl_regression_loss(deltas, targets, log_var), log_var)
+        (grad,) = torch.autograd.grad(kl_regression_loss(deltas, targets, log_var, 24), log_var)
         torch.testing.assert_close(grad, torch.zeros_like(grad), atol=1e-6, rtol=0)
 
     def test_finite_gradients(self) -> None:
         torch.manual_seed(4)
         deltas = torch.randn(8, 4, requires_grad=True)
         log_var = (0.5 * torch.randn(8, 4)).requires_grad_()
-        loss = kl_regression_loss(deltas, torch.randn(8, 4), log_var)
+        loss = kl_regression_loss(deltas, torch.randn(8, 4), log_var, 16)
         assert torch.isfinite(loss)
         grads = assert_finite_grads(loss, (deltas, log_var))
         assert all(g is not None and g.abs().sum() > 0 for g in grads)
@@ -362,13 +365,13 @@ class TestSynchronicTerms:
         assert g_eiou[0] is None and g_eiou[2] is None
         assert g_eiou[1] is not None and g_eiou[1].abs().sum() > 0
 
-    def test_aware_reduction_relative_to_torchvision(self) -> None:
-        """At alpha = 0, L_aware = loss_box_reg * N / P (mean over positives, not over all N)."""
+    def test_aware_equals_torchvision_box_loss_at_zero_log_var(self) -> None:
+        """At alpha = 0, L_aware is torchvision's loss_box_reg exactly: both divide by the N sampled proposals."""
         batch = make_batch(num_pos=3, num_neg=5)
         with torch.no_grad():
             batch.box_log_var.zero_()
         terms = batch.terms()
-        torch.testing.assert_close(terms["loss_aware"], terms["loss_box_reg"] * 16 / 6)
+        torch.testing.assert_close(terms["loss_aware"], terms["loss_box_reg"])
 
     def test_eiou_matches_diagonal_of_pairwise_giou(self) -> None:
         batch = make_batch(seed=5)
@@ -454,30 +457,55 @@ class TestCombineLosses:
         expected = sum([tv_cls, tv_box, losses["loss_objectness"], losses["loss_rpn_box_reg"]])
         torch.testing.assert_close(total, expected)
 
-    def test_synchronic_hand_value(self) -> None:
+    def test_default_form_hand_value(self) -> None:
+        # A = L_EIoU = 1, B = L_aware = 2 -> lambda = 2/3, L_box = 2 * (2/3 + 1/3 * 2) = 8/3
+        # total = 1.5 * 1 + 1.2 * 8/3 + L_rpn (1.0) = 5.7
+        total, log = combine_losses(self.hand_losses(), LossConfig())
+        assert total.item() == pytest.approx(5.7)
+        assert log["lambda"] == pytest.approx(2 / 3)
+        assert log["loss_box"] == pytest.approx(8 / 3)
+        assert log["loss_rpn"] == pytest.approx(1.0)
+        assert log["total"] == pytest.approx(5.7)
+        assert log["beta_cls"] == pytest.approx(0.5) and log["beta_loc"] == pytest.approx(0.2)
+        assert all(isinstance(v, float) for v in log.values())
+
+    def test_paper_form_hand_value(self) -> None:
         # A = 1, B = 0.5 + 0.5 + 2 = 3 -> lambda = 0.75, L_sync = 0.75 + 0.25 * 3 = 1.5
         # total = 1.5 * 1 + 1.2 * 1.5 = 3.3
-        total, log = combine_losses(self.hand_losses(), LossConfig())
+        total, log = combine_losses(self.hand_losses(), LossConfig.from_name("synchronic-paper"))
         assert total.item() == pytest.approx(3.3)
         assert log["lambda"] == pytest.approx(0.75)
         assert log["loss_sync"] == pytest.approx(1.5)
         assert log["loss_rpn"] == pytest.approx(1.0)
-        assert log["total"] == pytest.approx(3.3)
-        assert log["beta_cls"] == pytest.approx(0.5) and log["beta_loc"] == pytest.approx(0.2)
-        assert all(isinstance(v, float) for v in log.values())
+
+    def test_default_form_at_half_lambda_is_the_plain_sum(self) -> None:
+        """The factor 2 keeps the box branch at the standard loss's scale: lambda 0.5 is L_EIoU + L_aware."""
+        _, log = combine_losses(self.hand_losses(), LossConfig(lambda_fixed=0.5))
+        assert log["loss_box"] == pytest.approx(1.0 + 2.0)
 
     @pytest.mark.parametrize(("lam", "l_sync"), [(0.3, 0.3 + 0.7 * 3), (0.0, 3.0), (1.0, 1.0)])
-    def test_fixed_lambda(self, lam: float, l_sync: float) -> None:
-        total, log = combine_losses(self.hand_losses(), LossConfig(lambda_fixed=lam))
+    def test_fixed_lambda_paper_form(self, lam: float, l_sync: float) -> None:
+        total, log = combine_losses(self.hand_losses(), LossConfig(form="paper", lambda_fixed=lam))
         assert log["lambda"] == pytest.approx(lam)
         assert log["loss_sync"] == pytest.approx(l_sync)
         assert total.item() == pytest.approx(1.5 + 1.2 * l_sync)
 
-    def test_dynamic_lambda_clipped_for_extreme_ratio(self) -> None:
+    @pytest.mark.parametrize("form", ["default", "paper"])
+    def test_rpn_weight(self, form: str) -> None:
+        """d total / d L_rpn: 1 in the default form (as torchvision), (1 + beta_loc)(1 - lambda) in the paper's."""
+        losses = self.hand_losses()
+        objectness = losses["loss_objectness"].clone().requires_grad_()
+        total, log = combine_losses({**losses, "loss_objectness": objectness}, LossConfig(form=form))
+        (grad,) = torch.autograd.grad(total, objectness)
+        expected = 1.0 if form == "default" else 1.2 * (1 - log["lambda"])
+        assert grad.item() == pytest.approx(expected)
+
+    @pytest.mark.parametrize("form", ["default", "paper"])
+    def test_dynamic_lambda_clipped_for_extreme_ratio(self, form: str) -> None:
         losses = {**self.hand_losses(), "loss_eiou": torch.tensor(1e-4)}
-        _, log = combine_losses(losses, LossConfig())
+        _, log = combine_losses(losses, LossConfig(form=form))
         assert log["lambda"] == pytest.approx(0.9)
-        _, log = combine_losses(losses, LossConfig(lambda_clip=(0.2, 0.6)))
+        _, log = combine_losses(losses, LossConfig(form=form, lambda_clip=(0.2, 0.6)))
         assert log["lambda"] == pytest.approx(0.6)
 
     @pytest.mark.parametrize("dtype", DTYPES)
@@ -537,23 +565,65 @@ class TestNoPositives:
             assert terms[name].item() == 0.0 and terms[name].requires_grad, name
         assert terms["beta_cls"].item() == 0.0 and terms["beta_loc"].item() == 0.0
 
-    @pytest.mark.parametrize("kind", ["synchronic", "standard"])
-    def test_combined_loss_backpropagates(self, kind: str) -> None:
+    @pytest.mark.parametrize("name", LOSS_NAMES)
+    def test_combined_loss_backpropagates(self, name: str) -> None:
         batch = make_batch(num_pos=0, num_neg=5)
-        total, log = combine_losses({**batch.terms(), **rpn_terms()}, LossConfig(kind=kind))
+        total, log = combine_losses({**batch.terms(), **rpn_terms()}, LossConfig.from_name(name))
         assert torch.isfinite(total) and all(math.isfinite(v) for v in log.values())
         total.backward()
-        used = batch.leaves() if kind == "synchronic" else batch.leaves()[:2]  # standard ignores alpha
+        used = batch.leaves() if name != "standard" else batch.leaves()[:2]  # standard ignores alpha
         for leaf in used:
             assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
 
     def test_kl_loss_of_no_rows(self) -> None:
         deltas = torch.zeros(0, 4, requires_grad=True)
         log_var = torch.zeros(0, 4, requires_grad=True)
-        loss = kl_regression_loss(deltas, torch.zeros(0, 4), log_var)
+        loss = kl_regression_loss(deltas, torch.zeros(0, 4), log_var, 0)
         assert loss.item() == 0.0 and loss.grad_fn is not None
         loss.backward()
         assert log_var.grad is not None and log_var.grad.shape == (0, 4)
 
     def test_eiou_loss_of_no_elements(self) -> None:
         assert eiou_loss(torch.zeros(0)).shape == (0,)
+
+
+class TestLossNames:
+    @pytest.mark.parametrize("name", LOSS_NAMES)
+    def test_round_trip(self, name: str) -> None:
+        assert LossConfig.from_name(name).name == name
+
+    def test_forms(self) -> None:
+        assert LossConfig.from_name("synchronic").form == "default"
+        assert LossConfig.from_name("synchronic-paper").form == "paper"
+        assert LossConfig.from_name("standard", eiou_gamma=0.5).eiou_gamma == 0.5
+
+    @pytest.mark.parametrize("bad", ["", "paper", "synchronic-default", "Standard"])
+    def test_unknown_name(self, bad: str) -> None:
+        with pytest.raises(ValueError, match="unknown loss"):
+            LossConfig.from_name(bad)
+
+    def test_unknown_form_and_bound(self) -> None:
+        with pytest.raises(ValueError, match="form"):
+            LossConfig(form="literal")
+        with pytest.raises(ValueError, match="log_var_bound"):
+            LossConfig(log_var_bound=0.0)
+
+
+class TestBoundedLogVar:
+    def test_identity_near_zero_and_bounded_far_out(self) -> None:
+        raw = torch.tensor([-1e4, -0.01, 0.0, 0.01, 1e4])
+        alpha = bounded_log_var(raw, 5.0)
+        assert alpha[2].item() == 0.0
+        torch.testing.assert_close(alpha[1:4], raw[1:4], atol=1e-6, rtol=1e-4)
+        assert alpha.abs().max().item() <= 5.0
+
+    def test_gradient_never_vanishes_inside_the_bound(self) -> None:
+        raw = torch.linspace(-10, 10, 21, requires_grad=True)
+        (grad,) = torch.autograd.grad(bounded_log_var(raw, 5.0).sum(), raw)
+        assert (grad > 0).all()
+
+    def test_aware_loss_stays_finite_for_huge_raw_outputs(self) -> None:
+        """exp(-alpha) <= e^5 even when the head's raw output is -1e4 (unbounded: inf)."""
+        alpha = bounded_log_var(torch.full((3, 4), -1e4), 5.0)
+        loss = kl_regression_loss(torch.ones(3, 4), torch.zeros(3, 4), alpha, 3)
+        assert torch.isfinite(loss) and loss.item() < math.exp(5.0) * 4

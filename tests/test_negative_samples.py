@@ -40,10 +40,12 @@ class TestNoDetections:
         assert item["model_version"] == "v0001"
 
     def test_detector_still_reports_the_gate_rows(self, strict_app):
+        """Nothing passes SCORE_THRESHOLD 1.0, yet HUA sees the analysis-threshold boxes and the gate rows."""
         detector = strict_app.extensions["hua"].registry.get("1", LABELS).detector
         (det,) = detector.predict([torch.rand(3, 48, 64)])
-        assert len(det) == 0
-        assert det.boxes.shape == (0, 4) and det.probs.shape == (0, len(LABELS) + 1)
+        shown = det.above(1.0)
+        assert len(shown) == 0 and len(det) > 0 and bool((det.scores >= 0.05).all())
+        assert shown.boxes.shape == (0, 4) and shown.probs.shape == (0, len(LABELS) + 1)
         assert det.top_probs.shape[0] > 0  # taken before the threshold: the entropy is defined
         assert (det.width, det.height) == (64, 48)
 
@@ -58,7 +60,7 @@ class TestEmptyDetections:
 
     def test_prediction_of_an_image_with_no_roi_at_all(self):
         det = Detections.empty(num_classes=len(LABELS), width=20, height=10)
-        out = task_prediction(det, list(LABELS), parse_label_config(LABEL_CONFIG), "v0001")
+        out = task_prediction(det, list(LABELS), parse_label_config(LABEL_CONFIG), "v0001", min_score=0.0)
         assert out["result"] == []
         # nothing seen is maximally uncertain: score 1 - H with H = EMPTY_IMAGE_ENTROPY
         assert out["score"] == pytest.approx(1.0 - EMPTY_IMAGE_ENTROPY)

@@ -94,7 +94,7 @@ class TestBoxResult:
 class TestTaskPrediction:
     def test_labels_are_mapped_from_class_indices(self):
         det = _detections([[0, 0, 10, 10], [10, 10, 20, 20]], [2, 1], [0.9, 0.6], 40, 20)
-        out = task_prediction(det, list(LABELS), NAMES, "v0003")
+        out = task_prediction(det, list(LABELS), NAMES, "v0003", min_score=0.0)
         assert [r["value"]["rectanglelabels"] for r in out["result"]] == [["person"], ["car"]]
         assert [r["score"] for r in out["result"]] == pytest.approx([0.9, 0.6])
         assert out["model_version"] == "v0003"
@@ -105,13 +105,13 @@ class TestTaskPrediction:
         uniform = torch.full((2, c1), 1.0 / c1)  # entropy ln(C+1), normalised to 1
         half = torch.tensor([[0.5, 0.5, 0.0]])  # ln 2 / ln 3
         det = lambda top: _detections([[0, 0, 1, 1]], [1], [0.5], 10, 10, top_probs=top)  # noqa: E731
-        assert task_prediction(det(certain), list(LABELS), NAMES, "v1")["score"] == pytest.approx(1.0)
-        assert task_prediction(det(uniform), list(LABELS), NAMES, "v1")["score"] == pytest.approx(0.0, abs=1e-6)
-        assert task_prediction(det(half), list(LABELS), NAMES, "v1")["score"] == pytest.approx(1 - math.log(2) / math.log(3))
+        assert task_prediction(det(certain), list(LABELS), NAMES, "v1", min_score=0.0)["score"] == pytest.approx(1.0)
+        assert task_prediction(det(uniform), list(LABELS), NAMES, "v1", min_score=0.0)["score"] == pytest.approx(0.0, abs=1e-6)
+        assert task_prediction(det(half), list(LABELS), NAMES, "v1", min_score=0.0)["score"] == pytest.approx(1 - math.log(2) / math.log(3))
 
     def test_coordinates_use_the_detections_size(self):
         det = _detections([[20, 10, 120, 60]], [1], [0.9], 200, 100)
-        (region,) = task_prediction(det, list(LABELS), NAMES, "v1")["result"]
+        (region,) = task_prediction(det, list(LABELS), NAMES, "v1", min_score=0.0)["result"]
         assert (region["original_width"], region["original_height"]) == (200, 100)
         assert (region["value"]["x"], region["value"]["width"]) == (10.0, 50.0)
 
@@ -164,7 +164,8 @@ class TestPredictTasks:
     def test_one_item_per_task_in_order(self, tmp_path, root):
         detector = _StubDetector()
         tasks = [_task(10 + i, f"{i}.png") for i in range(5)]
-        results = predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), batch_size=2, workers=3)
+        results = predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), batch_size=2, workers=3,
+                                min_score=0.0)
         sizes = [(r["result"][0]["original_width"], r["result"][0]["original_height"]) for r in results]
         assert sizes == [(30, 10), (10, 30), (20, 20), (16, 8), (8, 16)]
         assert all(r["model_version"] == "v0007" for r in results)
@@ -172,12 +173,13 @@ class TestPredictTasks:
     def test_batches_never_exceed_the_batch_size(self, tmp_path, root):
         detector = _StubDetector()
         tasks = [_task(i, f"{i}.png") for i in range(5)]
-        predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), batch_size=2, workers=2)
+        predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), batch_size=2, workers=2, min_score=0.0)
         assert detector.batches == [2, 2, 1]
 
     def test_exif_rotated_image_reports_the_displayed_size(self, tmp_path, root):
         (result,) = predict_tasks(
-            [_task(1, "rotated.jpg")], NAMES, _served(_StubDetector(), tmp_path), _loader(tmp_path, root), 2, 1
+            [_task(1, "rotated.jpg")], NAMES, _served(_StubDetector(), tmp_path), _loader(tmp_path, root), 2, 1,
+            min_score=0.0,
         )
         region = result["result"][0]
         assert (region["original_width"], region["original_height"]) == (40, 60)
@@ -187,7 +189,7 @@ class TestPredictTasks:
         detector = _StubDetector()
         tasks = [_task(1, "0.png"), _task(2, "text.png"), {"id": 3, "data": {}}, _task(4, "1.png")]
         with caplog.at_level(logging.WARNING, logger="backend.predictions"):
-            results = predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), 8, 2)
+            results = predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), 8, 2, min_score=0.0)
         assert [r["score"] is None for r in results] == [False, True, True, False]
         assert results[1] == empty_prediction("v0007") and results[2] == empty_prediction("v0007")
         assert detector.batches == [2]  # failed images never reach the model
@@ -199,12 +201,12 @@ class TestPredictTasks:
         detector = _StubDetector(fail_on_call=1)
         tasks = [_task(i, f"{i}.png") for i in range(3)]
         with caplog.at_level(logging.ERROR, logger="backend.predictions"):
-            results = predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), 2, 2)
+            results = predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), 2, 2, min_score=0.0)
         assert [r["score"] is None for r in results] == [True, True, False]
         assert len(results[2]["result"]) == 1
         assert any("[0, 1]" in r.getMessage() for r in caplog.records)
 
     def test_no_tasks(self, tmp_path, root):
         detector = _StubDetector()
-        assert predict_tasks([], NAMES, _served(detector, tmp_path), _loader(tmp_path, root), 2, 2) == []
+        assert predict_tasks([], NAMES, _served(detector, tmp_path), _loader(tmp_path, root), 2, 2, min_score=0.0) == []
         assert detector.batches == []

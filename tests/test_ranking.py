@@ -342,3 +342,35 @@ class TestScoreNewImages:
     def test_no_images(self, detector, pool_run):
         pool = pool_run["pool"]
         assert score_new_images(detector, [], pool_run["freq"], pool.ranking.scale, HALF) == []
+
+
+class TestYoungDetector:
+    """METHOD.md section 2: a model with no box above the display threshold still ranks (issue: the
+    metrics used to see only boxes >= SCORE_THRESHOLD, every candidate scored (1, 0, 0, 0), and the
+    "HUA queue" fell back to pool order)."""
+
+    @staticmethod
+    def scores_by_key(detector: Detector, keys: list[str], images: dict[str, Tensor]) -> tuple[dict, object]:
+        pool = score_pool(detector, keys, images.__getitem__, torch.tensor([0.5, 0.5], dtype=torch.float64),
+                          HALF, batch_size=1)  # one image a batch: no padding, so no dependence on the neighbours
+        return dict(zip(pool.keys, pool.ranking.score.tolist())), pool
+
+    def test_distinct_scores_ordered_by_metrics_then_entropy_whatever_the_pool_order(self, images):
+        torch.manual_seed(2)  # a random head whose every box scores 0.35-0.45 on these images
+        model, _ = build_model(DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False),
+                               LABELS)
+        calibrate_frozen_batchnorm(model, [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(5))])
+        young = Detector(model.eval(), LABELS, torch.device("cpu"))
+        keys = sorted(images)
+        scores, pool = self.scores_by_key(young, keys, images)
+
+        assert all(len(d) > 0 and float(d.scores.max()) < 0.5 for d in pool.detections)
+        mask = pool.ranking.candidate_mask
+        candidate_scores = pool.ranking.score[mask].tolist()
+        assert len(set(candidate_scores)) == len(candidate_scores) == int(mask.sum())
+        entropy = pool.entropy[mask].tolist()
+        expected = sorted(range(len(entropy)), key=lambda i: (-float(pool.ranking.informativeness[i]), -entropy[i]))
+        assert sorted(range(len(entropy)), key=lambda i: candidate_scores[i]) == expected
+
+        shuffled, _ = self.scores_by_key(young, list(reversed(keys)), images)
+        assert shuffled == scores

@@ -99,7 +99,7 @@ class TestInvalidValues:
 
     @pytest.mark.parametrize("name, raw", [("BACKBONE", "vgg16"), ("SCORE_THRESHOLD", "1.5"), ("SCORE_THRESHOLD", "-0.1")])
     def test_detector_values_out_of_range(self, name, raw):
-        # the message comes from DetectorConfig; it names the setting (lower case)
+        # the message names the setting (DetectorConfig's in lower case)
         with pytest.raises(SettingsError) as info:
             Settings.from_env({name: raw})
         assert name.lower() in str(info.value).lower()
@@ -155,10 +155,11 @@ class TestSettingsObject:
     def test_detector_config_slice(self):
         settings = Settings(backbone="mobilenet_v3_320_fpn", weights="none", score_threshold=0.3, allow_weights_download=False)
         config = settings.detector_config("cpu")
+        # the detector returns boxes down to HUA's analysis threshold; SCORE_THRESHOLD filters what is shown
         assert (config.backbone, config.weights, config.score_threshold, config.allow_download) == (
             "mobilenet_v3_320_fpn",
             "none",
-            0.3,
+            0.05,
             False,
         )
 
@@ -183,9 +184,25 @@ class TestBackbone:
 
 def test_hua_config_slice():
     """Every HUA_* variable reaches model.hua's config."""
-    config = Settings.from_env({
+    settings = Settings.from_env({
         "HUA_TOP_K": "5", "HUA_RETRIEVAL_FRACTION": "0.25", "HUA_MIN_CANDIDATES": "8", "HUA_CANDIDATES": "30",
         "HUA_OVERLAP_IOU": "0.4", "HUA_DIVERSITY": "true", "HUA_DIVERSITY_WINDOW": "16",
-    }).hua_config()
-    assert (config.gate_top_k, config.retrieval_fraction, config.min_candidates, config.candidates) == (5, 0.25, 8, 30)
-    assert (config.overlap_iou, config.diversity, config.diversity_window) == (0.4, True, 16)
+        "HUA_SCORE_THRESHOLD": "0.1", "HUA_MERGE_IOU": "0.8",
+    })
+    config = settings.hua_config()
+    assert (config.retrieval_fraction, config.min_candidates, config.candidates) == (0.25, 8, 30)
+    assert (config.overlap_iou, config.merge_iou, config.diversity, config.diversity_window) == (0.4, 0.8, True, 16)
+    detector = settings.detector_config("cpu")  # the gate's K and the analysis threshold end in the detector
+    assert (detector.gate_top_k, detector.score_threshold) == (5, 0.1)
+    assert settings.score_threshold == 0.5  # the display threshold stays the service's own
+
+
+def test_loss_and_training_length_settings():
+    settings = Settings.from_env({"LOSS": "synchronic", "SYNC_FORM": "paper", "LOG_VAR_BOUND": "3",
+                                  "TRAIN_ITERATIONS": "50", "TRAIN_MIN_ITERATIONS": "20", "WARMUP_FRACTION": "0.2"})
+    train = settings.train_config()
+    assert train.loss.name == "synchronic-paper" and train.loss.log_var_bound == 3.0
+    assert (train.iterations, train.min_iterations, train.warmup_fraction) == (50, 20, 0.2)
+    assert settings.detector_config("cpu").loss == train.loss
+    with pytest.raises(SettingsError, match="form"):
+        Settings.from_env({"SYNC_FORM": "literal"})

@@ -21,7 +21,6 @@ from model.losses import LossConfig
 from model.train import (
     Sample,
     TrainConfig,
-    _lr_factor,
     evaluate_map,
     flip_boxes,
     load_image,
@@ -67,6 +66,10 @@ class TestTrainConfig:
             ({"holdout_fraction": 1.0}, "holdout_fraction"),
             ({"holdout_fraction": -0.1}, "holdout_fraction"),
             ({"grad_clip": -1.0}, "grad_clip"),
+            ({"iterations": 0}, "iterations"),
+            ({"min_iterations": 0}, "min_iterations"),
+            ({"warmup_fraction": 1.0}, "warmup_fraction"),
+            ({"lr_drops": (1.5,)}, "lr drop"),
         ],
     )
     def test_invalid_values_are_refused(self, kwargs, match):
@@ -131,14 +134,25 @@ class TestSplitHoldout:
         assert split_holdout(self._named(50), TrainConfig(holdout_fraction=0.0), seed=0)[1] == []
 
 
-class TestLearningRate:
-    def test_warmup_then_drops(self):
-        config = TrainConfig(warmup_iters=10, lr_drop_epochs=(3, 5))
-        assert _lr_factor(0, 0, config) == pytest.approx(0.001)
-        assert _lr_factor(5, 0, config) == pytest.approx(0.5005)
-        assert _lr_factor(10, 0, config) == 1.0
-        assert _lr_factor(100, 3, config) == pytest.approx(0.1)
-        assert _lr_factor(100, 6, config) == pytest.approx(0.01)
+class TestSchedule:
+    def test_warmup_then_drops_on_the_training_length(self):
+        config = TrainConfig(warmup_fraction=0.1, lr_drops=(0.5, 0.8))
+        assert config.lr_factor(0, 100) == pytest.approx(0.001)
+        assert config.lr_factor(5, 100) == pytest.approx(0.5005)
+        assert config.lr_factor(10, 100) == 1.0
+        assert config.lr_factor(49, 100) == 1.0
+        assert config.lr_factor(50, 100) == pytest.approx(0.1)
+        assert config.lr_factor(80, 100) == pytest.approx(0.01)
+        assert config.lr_factor(20, 400) == pytest.approx(0.5005)  # the same recipe, four times longer
+
+    def test_no_warmup(self):
+        assert TrainConfig(warmup_fraction=0.0).lr_factor(0, 10) == 1.0
+
+    def test_length_has_a_floor_and_fixed_iterations_win(self):
+        """Ten annotations at batch 2 are 5 batches: 8 epochs would be 40 steps, all in the warm-up."""
+        assert TrainConfig(epochs=8, min_iterations=200).total_iterations(5) == 200
+        assert TrainConfig(epochs=8, min_iterations=200).total_iterations(100) == 800
+        assert TrainConfig(iterations=37, min_iterations=200).total_iterations(100) == 37
 
 
 class TestLoopMechanics:
@@ -147,7 +161,7 @@ class TestLoopMechanics:
     def test_no_samples(self):
         model, _ = build_model(SMALL_CONFIG, ["square"])
         with pytest.raises(ValueError, match="nothing to train on"):
-            train(model, [], TrainConfig(epochs=1), CPU)
+            train(model, [], TrainConfig(iterations=1), CPU)
 
     def test_nan_box_raises_floating_point_error(self, tmp_path):
         """A box with NaN coordinates (a corrupt annotation) makes the loss NaN: stop, don't save garbage."""
@@ -156,7 +170,7 @@ class TestLoopMechanics:
         torch.manual_seed(0)
         model, _ = build_model(SMALL_CONFIG, ["square"])
         with pytest.raises(FloatingPointError, match="not finite"):
-            train(model, [bad, samples[1]], TrainConfig(epochs=1, batch_size=2, flip_prob=0.0, seed=0), CPU)
+            train(model, [bad, samples[1]], TrainConfig(iterations=1, batch_size=2, flip_prob=0.0, seed=0), CPU)
 
     @pytest.mark.parametrize("clip", [1e-3, 0.0])
     def test_grad_clip_bounds_the_step(self, tmp_path, clip):
@@ -180,7 +194,7 @@ class TestLoopMechanics:
     def test_diverging_loss_raises_floating_point_error(self, tmp_path):
         torch.manual_seed(0)
         model, _ = build_model(SMALL_CONFIG, ["square"])
-        config = TrainConfig(epochs=5, batch_size=2, lr=1e6, warmup_iters=0, seed=0)
+        config = TrainConfig(iterations=10, batch_size=2, lr=1e6, warmup_fraction=0.0, grad_clip=0.0, seed=0)
         with pytest.raises(FloatingPointError, match="not finite"):
             train(model, _samples(tmp_path, 4), config, CPU)
 
@@ -189,7 +203,7 @@ class TestLoopMechanics:
         """With >= min_samples_for_holdout samples a fixed slice is held out and evaluated;
         progress goes up to 1 once per step; the model is left in eval mode."""
         samples = _samples(tmp_path, 10)
-        config = TrainConfig(epochs=2, batch_size=4, seed=0, holdout_fraction=0.2, min_holdout=2)
+        config = TrainConfig(epochs=2, min_iterations=3, batch_size=4, seed=0, holdout_fraction=0.2, min_holdout=2)
         calls: list[tuple[float, str]] = []
         evaluated: list[list[str]] = []
 
@@ -207,12 +221,32 @@ class TestLoopMechanics:
         assert result.metrics == {"map": 0.25, "map_50": 0.5}
         assert len(result.epoch_losses) == 2
         assert all("total" in e and torch.isfinite(torch.tensor(e["total"])) for e in result.epoch_losses)
-        steps = 2 * 2  # 8 training samples in batches of 4, 2 epochs
-        assert len(calls) == steps
+        steps = 2 * 2  # 8 training samples in batches of 4, 2 epochs (above the floor of 3)
+        assert len(calls) == steps and result.summary["iterations"] == steps
         fractions = [f for f, _ in calls]
         assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
-        assert "epoch 2/2" in calls[-1][1]
+        assert "step 4/4" in calls[-1][1]
+        for key in ("total", "lambda", "beta_cls", "beta_loc", "loss_eiou", "loss_aware", "loss_objectness"):
+            assert key in result.summary, key
+        assert 0.0 <= result.summary["clip_fraction"] <= 1.0
         assert not model.training
+
+    def test_fixed_iterations_pass_over_small_data_repeatedly(self, tmp_path):
+        """2 images at batch 2 are one batch: 5 iterations are 5 passes, each with its mean."""
+        torch.manual_seed(0)
+        model, _ = build_model(SMALL_CONFIG, ["square"])
+        calls: list[float] = []
+        result = train(model, _samples(tmp_path, 2), TrainConfig(iterations=5, batch_size=2, seed=0), CPU,
+                       progress=lambda f, m: calls.append(f))
+        assert len(calls) == 5 and len(result.epoch_losses) == 5
+        assert [e["steps"] for e in result.epoch_losses] == [1.0] * 5
+
+    def test_clip_fraction_counts_clipped_steps(self, tmp_path):
+        torch.manual_seed(0)
+        model, _ = build_model(SMALL_CONFIG, ["square"])
+        always = train(model, _samples(tmp_path, 2), TrainConfig(iterations=3, grad_clip=1e-9, seed=0), CPU)
+        never = train(model, _samples(tmp_path, 2), TrainConfig(iterations=3, grad_clip=0.0, seed=0), CPU)
+        assert always.summary["clip_fraction"] == 1.0 and never.summary["clip_fraction"] == 0.0
 
     def test_evaluate_map_is_in_range(self, tmp_path):
         samples = _samples(tmp_path, 2)
@@ -244,7 +278,7 @@ def trained(tmp_path_factory):
     samples = _samples(tmp_path_factory.mktemp("squares"), 8, width=128, height=96, side=48)
     progress: list[float] = []
     result = train(
-        model, samples, TrainConfig(epochs=20, batch_size=4, lr=0.01, warmup_iters=5, seed=0), CPU,
+        model, samples, TrainConfig(iterations=40, batch_size=4, lr=0.01, warmup_fraction=0.1, seed=0), CPU,
         progress=lambda f, m: progress.append(f),
     )
     return model, samples, result, progress
@@ -255,7 +289,7 @@ class TestLearning:
     def test_loss_falls(self, trained):
         _, _, result, progress = trained
         totals = [e["total"] for e in result.epoch_losses]
-        assert len(totals) == 20
+        assert len(totals) == 20  # 40 steps over 2 batches
         assert totals[-1] < totals[0], totals
         assert min(totals[-5:]) < 0.8 * totals[0], totals
         assert progress[-1] == pytest.approx(1.0)

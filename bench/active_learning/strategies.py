@@ -30,7 +30,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_iou
 from torchvision.transforms.functional import InterpolationMode, resize, rotate
@@ -138,7 +137,7 @@ def select_entropy(view: PoolView, settings: StrategySettings) -> list[int]:
     keys, detections, _ = predict_pool(view.detector, list(view.unlabeled), view.load, view.batch_size)
     if not keys:
         return []
-    entropy = torch.stack([image_entropy(d.top_probs, settings.hua.gate_top_k) for d in detections])
+    entropy = torch.stack([image_entropy(d.top_probs) for d in detections])
     order = torch.sort(entropy, descending=True, stable=True).indices
     return [keys[i] for i in order[: view.budget].tolist()]
 
