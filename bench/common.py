@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +26,7 @@ from torch import Tensor
 
 from backend.settings import ENVIRONMENT
 from model.detector import image_tensor
+from model.train import Sample
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REPO_TORCH_HOME = REPO_ROOT / ".cache" / "torch"
@@ -108,7 +111,31 @@ def synthetic_scenes(n: int, width: int, height: int, seed: int) -> list[tuple[T
     return scenes
 
 
+def scene_samples(folder: Path, n: int, width: int, height: int, seed: int) -> list[Sample]:
+    """``n`` scenes written as PNG files under ``folder``: training samples, from a fixed seed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    samples = []
+    for i in range(n):
+        image, boxes, labels = shape_scene(rng, width, height)
+        path = folder / f"scene_{i:04d}.png"
+        image.save(path)
+        samples.append(Sample(str(path), boxes, labels, str(i)))
+    return samples
+
+
 # --- timing -------------------------------------------------------------------------
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name (``torch.cuda.get_device_name``), or the CPU's model name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+    except OSError:  # not Linux
+        found = None
+    return f"CPU {found.group(1).strip() if found else platform.processor()}".strip()
 
 
 def synchronize(device: torch.device | str) -> None:

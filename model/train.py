@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.models.detection import FasterRCNN
 
 from model.detector import image_tensor
+from model.evaluate import average_precision
 from model.losses import LossConfig, combine_losses
 
 logger = logging.getLogger(__name__)
@@ -350,24 +351,23 @@ def predict_samples(model: FasterRCNN, samples: Sequence[Sample], batch_size: in
     return outputs
 
 
-def evaluate_map(model: FasterRCNN, samples: Sequence[Sample]) -> dict[str, float]:
-    """COCO-style mAP (torchmetrics): ``map`` (AP 0.5:0.95) and ``map_50`` on ``samples``.
-
-    Evaluated with the model's score threshold lowered to 0.001 (as COCO
-    evaluation does), then restored.
-    """
-    from torchmetrics.detection import MeanAveragePrecision
-
+def low_threshold_outputs(model: FasterRCNN, samples: Sequence[Sample]) -> list[dict[str, Tensor]]:
+    """Detections of each sample's image with the score threshold lowered to 0.001 (as COCO
+    evaluation does: AP needs the whole precision-recall curve), then restored."""
     threshold = model.roi_heads.score_thresh
     model.roi_heads.score_thresh = 0.001
     try:
-        outputs = predict_samples(model, samples)
+        return predict_samples(model, samples)
     finally:
         model.roi_heads.score_thresh = threshold
-    metric = MeanAveragePrecision(iou_type="bbox")
-    preds = [{"boxes": o["boxes"], "scores": o["scores"], "labels": o["labels"]} for o in outputs]
-    truth = [{"boxes": s.boxes.reshape(-1, 4).float(), "labels": s.labels.reshape(-1)} for s in samples]
-    metric.update(preds, truth)
-    values = metric.compute()
-    return {"map": float(values["map"]), "map_50": float(values["map_50"]), "images": float(len(samples))}
 
+
+def sample_target(sample: Sample) -> dict[str, Tensor]:
+    """A sample's boxes (``Tensor[M, 4]``) and labels (``Tensor[M]``) as ground truth."""
+    return {"boxes": sample.boxes.reshape(-1, 4).float(), "labels": sample.labels.reshape(-1)}
+
+
+def evaluate_map(model: FasterRCNN, samples: Sequence[Sample]) -> dict[str, float]:
+    """COCO-style mAP (torchmetrics): ``map`` (AP 0.5:0.95) and ``map_50`` on ``samples``."""
+    values = average_precision(low_threshold_outputs(model, samples), [sample_target(s) for s in samples])
+    return {"map": values["map"], "map_50": values["map_50"], "images": float(len(samples))}

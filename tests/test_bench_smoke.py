@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from bench import bench_hua, bench_train_step
+from bench import bench_hua, bench_train_step, gpu_check
 from model.hua import HUAConfig, num_candidates
 
 pytestmark = pytest.mark.slow
@@ -75,3 +75,25 @@ def test_bench_train_step_tiny(tmp_path, capsys):
     assert _positive(result["memory_ratio"])
     assert "synchronic / standard" in printed and "goal synchronic/standard <= 1.15" in printed
     assert json.loads(out.read_text())["ratio"]["wall"] == pytest.approx(result["ratio"]["wall"])
+
+
+def test_gpu_check_smoke(tmp_path, capsys):
+    """The GPU check's four parts, at tiny sizes on the CPU, so that they keep working between GPU runs."""
+    out = tmp_path / "gpu.json"
+    result = gpu_check.main(["--smoke", "--device", "cpu", "--out", str(out)])
+    printed = capsys.readouterr().out
+
+    assert result["device"] == "cpu" and result["device_name"] in printed
+    inference = result["inference"]
+    assert [(r["mode"], r["batch_size"]) for r in inference["rows"]] == [("fp32", 1), ("fp32", 2)]  # no autocast on a CPU
+    assert all(_positive(r[k]) for r in inference["rows"] for k in ("ours_images_per_s", "bare_images_per_s", "ratio"))
+    assert inference["same_detections"] is True  # ours and torchvision's twin are the same model
+    assert result["train_step"]["same_start"] is True and _positive(result["train_step"]["ratio"]["wall"])
+    torchrun = result["torchrun"]
+    assert (torchrun["processes"], torchrun["steps"], torchrun["trained"], torchrun["in_sync"]) == (1, 2, True, True)
+    hua = result["hua"]
+    assert (hua["N"], hua["P"], hua["forward_passes"]) == (8, 4, {"a": 8, "b": 12})  # no CALD step
+    assert _positive(hua["wall"]["b_over_a"])
+    for section in ("(a) inference", "(b) one training step", "(c) torchrun", "(d) HUA scoring", "gpu_check on"):
+        assert section in printed
+    assert json.loads(out.read_text())["torchrun"]["steps"] == 2
