@@ -91,7 +91,7 @@ EOF
 ensure_base() {
     local base=$1
     if docker image inspect "$base" >/dev/null 2>&1; then
-        echo "base image: $base (found; stand-in: $(docker image inspect -f "{{index .Config.Labels \"$STANDIN_LABEL\"}}" "$base" || true))"
+        echo "base image: $base (found)"
     elif docker pull "$base" >/dev/null 2>&1; then
         echo "base image: $base (pulled)"
     else
@@ -119,7 +119,9 @@ make_standin() {
 
 pip_cert() {
     local cert=${PIP_CERT:-}
-    [[ -n $cert ]] || ! command -v pip >/dev/null || cert=$(pip config get global.cert 2>/dev/null || true)
+    if [[ -z $cert ]] && command -v pip >/dev/null; then
+        cert=$(pip config get global.cert 2>/dev/null || true)
+    fi
     [[ -f $cert ]] && echo "$cert"
 }
 
@@ -180,13 +182,14 @@ post() {
 # One /predict of the local image (it must be read: a task that failed has score null) and
 # one START_TRAINING webhook, whose job process must run and record an outcome in MODEL_DIR.
 exercise() {
-    local port=$1 task answer
+    local port=$1 task answer webhook
     task="{\"id\": 1, \"data\": {\"image\": \"/data/local-files/?d=check/scene.jpg\"}}"
     answer=$(post "$port" /predict "$(python3 -c 'import json, sys; print(json.dumps({"project": "1.1700000000", "label_config": sys.argv[1], "tasks": [json.loads(sys.argv[2])]}))' "$LABEL_CONFIG" "$task")" 200)
     python3 -c 'import json, sys; r = json.loads(sys.argv[1])["results"]; assert len(r) == 1 and r[0]["score"] is not None, r' "$answer" \
         || fail "/predict did not predict the local image: $answer"
     echo "/predict: $answer"
-    echo "/webhook: $(post "$port" /webhook '{"action": "START_TRAINING", "project": {"id": 1}}' 202)"
+    webhook=$(post "$port" /webhook '{"action": "START_TRAINING", "project": {"id": 1}}' 202)
+    echo "/webhook: $webhook"
     for _ in $(seq 120); do
         answer=$(curl -s -u "check:$PASS" "http://127.0.0.1:$port/jobs")
         if python3 -c 'import json, sys; j = json.loads(sys.argv[1])["jobs"]["1"]["train"]; sys.exit(j["finished"] is None)' "$answer" 2>/dev/null; then

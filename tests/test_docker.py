@@ -204,6 +204,22 @@ class TestDockerfile:
         assert len(instructions("FROM")) == 1
 
 
+class TestCheckScript:
+    """docker/check_image.sh builds and runs the image: slow, so kept out of `make test` and CI."""
+
+    def test_is_valid_bash_and_executable(self):
+        assert os.access(CHECK_SCRIPT, os.X_OK)
+        result = subprocess.run(["bash", "-n", str(CHECK_SCRIPT)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+
+    def test_has_its_own_make_target_outside_make_test(self):
+        makefile = (REPO_ROOT / "Makefile").read_text()
+        assert re.search(r"^docker-check:\n\tdocker/check_image\.sh$", makefile, re.M)
+        (test_rule,) = re.findall(r"^test:(.*)$", makefile, re.M)
+        assert "docker-check" not in test_rule
+        assert "docker-check" not in (REPO_ROOT / ".ci" / "run").read_text()
+
+
 # --- HEALTHCHECK, run against the real app ------------------------------------------
 
 
