@@ -74,10 +74,11 @@ def _rank_all(service: Service, served: ServedModel, tasks: list[dict], names: P
                       service.settings.batch_size, progress=progress)
     failed.update({int(k): v for k, v in pool.failed.items()})
     ranking = StoredRanking(scale=pool.ranking.scale, labeled_freq=freq.tolist())
-    for key, det, score in zip(pool.keys, pool.detections, pool.ranking.score.tolist()):
+    for key, det, score, why in zip(pool.keys, pool.detections, pool.ranking.score.tolist(), pool.explain()):
         prediction = task_prediction(det, served.detector.labels, names, served.name,
                                      min_score=service.settings.score_threshold)
         ranking.tasks[int(key)] = {**prediction, "score": score}
+        ranking.details[int(key)] = why
     return ranking, failed
 
 
@@ -85,10 +86,10 @@ def _rank_new(service: Service, served: ServedModel, tasks: list[dict], names: P
               ranking: StoredRanking) -> tuple[dict[int, dict], dict[int, str]]:
     """Score tasks on the stored scale (as /predict does); returns the new entries and failures."""
     settings = service.settings
-    results = predict_tasks(tasks, names, served, service.images, settings.batch_size, settings.fetch_workers,
+    outcome = predict_tasks(tasks, names, served, service.images, settings.batch_size, settings.fetch_workers,
                             ranking, settings.hua_config(), min_score=settings.score_threshold)
-    added = {t["id"]: r for t, r in zip(tasks, results) if r["score"] is not None}
-    failed = {t["id"]: "image could not be fetched or decoded" for t, r in zip(tasks, results) if r["score"] is None}
+    added = {t["id"]: r for t, r in zip(tasks, outcome.results) if r}
+    failed = {f.task_id: f"{f.reason}: {f.message}" for f in outcome.failures}
     return added, failed
 
 
@@ -125,7 +126,7 @@ def run_ranking(service: Service, project: str, progress=None, full: bool = Fals
     else:
         missing = [t for t in pool if t["id"] not in stored.tasks]
         added, failed = _rank_new(service, served, missing, names, stored)
-        stored = StoredRanking(stored.scale, stored.labeled_freq, {**stored.tasks, **added})
+        stored = StoredRanking(stored.scale, stored.labeled_freq, {**stored.tasks, **added}, stored.details)
         created = _push(service, project, added, served.name, replace=False)
     stored.write(served.version)
     for task_id, reason in failed.items():

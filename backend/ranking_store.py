@@ -21,12 +21,15 @@ RANKING_FILE = "ranking.json"
 @dataclass
 class StoredRanking:
     """A version's ranking: what a later task needs to be scored on the same scale
-    (the Scale and the labelled class frequency CD compared against) and, per
-    task id, the prediction pushed to Label Studio."""
+    (the Scale and the labelled class frequency CD compared against), per
+    task id the prediction pushed to Label Studio, and per task of the last
+    full ranking why it ranks there (``PoolScores.explain``: gate entropy and
+    the four metrics), for /ui's queue."""
 
     scale: Scale | None = None
     labeled_freq: list[float] = field(default_factory=list)
     tasks: dict[int, dict] = field(default_factory=dict)
+    details: dict[int, dict] = field(default_factory=dict)
 
     @classmethod
     def read(cls, version: Version) -> "StoredRanking":
@@ -35,7 +38,9 @@ class StoredRanking:
             return cls()
         data = json.loads(path.read_text())
         scale = Scale.from_dict(data["scale"]) if data.get("scale") else None
-        return cls(scale, data.get("labeled_freq", []), {int(k): v for k, v in data.get("tasks", {}).items()})
+        tasks = {int(k): v for k, v in data.get("tasks", {}).items()}
+        details = {int(k): v for k, v in data.get("details", {}).items()}
+        return cls(scale, data.get("labeled_freq", []), tasks, details)
 
     def write(self, version: Version) -> None:
         """Atomically (temporary file, then rename)."""
@@ -45,6 +50,7 @@ class StoredRanking:
             "scale": self.scale.to_dict() if self.scale else None,
             "labeled_freq": self.labeled_freq,
             "tasks": {str(k): v for k, v in self.tasks.items()},
+            "details": {str(k): v for k, v in self.details.items()},
         }
         tmp.write_text(json.dumps(body))
         os.replace(tmp, path)

@@ -19,6 +19,7 @@ from model.detections import Detections
 from model.detector import Detector
 from model.diversity import diversify
 from model.hua import (
+    METRIC_NAMES,
     HUAConfig,
     Ranking,
     Scale,
@@ -46,6 +47,8 @@ class PoolScores:
         entropy (Tensor[N]): gate entropy H(x) of each image.
         ranking (Ranking): order, priority, score and the Scale to store.
         failed (dict[Hashable, str]): images that could not be loaded, and why.
+        candidate_metrics (Tensor[P, 4]): raw (SA, CD, OR, LC) of the candidates,
+            in ascending image index (the rows of ``ranking.informativeness``).
     """
 
     keys: list[Hashable]
@@ -53,6 +56,20 @@ class PoolScores:
     entropy: Tensor
     ranking: Ranking
     failed: dict[Hashable, str]
+    candidate_metrics: Tensor
+
+    def explain(self) -> list[dict[str, object]]:
+        """Why each image ranks where it does, aligned with ``keys``: its gate entropy,
+        whether it passed the gate, and for candidates the four raw metrics and l."""
+        rows = zip(self.candidate_metrics.tolist(), self.ranking.informativeness.tolist())
+        explained: list[dict[str, object]] = []
+        for entropy, candidate in zip(self.entropy.tolist(), self.ranking.candidate_mask.tolist()):
+            entry: dict[str, object] = {"entropy": entropy, "candidate": bool(candidate)}
+            if candidate:
+                metrics, informativeness = next(rows)
+                entry |= {"metrics": dict(zip(METRIC_NAMES, metrics)), "informativeness": informativeness}
+            explained.append(entry)
+        return explained
 
 
 def labeled_class_frequency(labels: Sequence[Tensor], num_classes: int) -> Tensor:
@@ -137,7 +154,7 @@ def score_pool(
     ranking = rank_pool(entropy, metrics, mask)
     if config.diversity and detections:
         ranking = _diversified(ranking, torch.stack([d.features for d in detections]), config.diversity_window)
-    return PoolScores(done, detections, entropy, ranking, failed)
+    return PoolScores(done, detections, entropy, ranking, failed, metrics)
 
 
 def _diversified(ranking: Ranking, features: Tensor, window: int) -> Ranking:

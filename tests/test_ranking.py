@@ -20,7 +20,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from model.detections import Detections
 from model.detector import Detector, DetectorConfig, build_model
-from model.hua import HUAConfig, image_entropy, image_metrics, num_candidates, score_single
+from model.hua import METRIC_NAMES, HUAConfig, image_entropy, image_metrics, num_candidates, score_single
 from model.ranking import labeled_class_frequency, score_new_images, score_pool
 
 LABELS = ["car", "person"]
@@ -227,6 +227,17 @@ class TestScorePool:
         assert float(pool.ranking.score[mask].max()) < float(pool.ranking.score[~mask].min())
         # the stored cutoff is the entropy of the last candidate
         assert pool.ranking.scale.entropy_cutoff == float(pool.entropy[mask].min())
+
+    def test_explain_gives_the_gate_entropy_and_each_candidates_metrics(self, pool_run):
+        pool = pool_run["pool"]
+        explained = pool.explain()
+        assert [e["entropy"] for e in explained] == pool.entropy.tolist()
+        assert [e["candidate"] for e in explained] == pool.ranking.candidate_mask.tolist()
+        candidates = [e for e in explained if e["candidate"]]
+        assert [list(e["metrics"].values()) for e in candidates] == pool.candidate_metrics.tolist()
+        assert [e["informativeness"] for e in candidates] == pool.ranking.informativeness.tolist()
+        assert all("metrics" not in e for e in explained if not e["candidate"])
+        assert list(candidates[0]["metrics"]) == list(METRIC_NAMES)
 
     def test_progress_is_monotone_and_completes(self, pool_run):
         fractions = [f for f, _ in pool_run["progress"]]

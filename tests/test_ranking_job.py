@@ -27,7 +27,7 @@ from backend.predictions import task_prediction
 from backend.ranking import QUEUE_TITLE, QUEUE_VIEW, run_ranking
 from backend.ranking_store import RANKING_FILE, RankingCache, StoredRanking
 from backend.labels import parse_label_config
-from model.hua import HUAConfig, Scale, image_entropy, image_metrics, num_candidates, score_single
+from model.hua import METRIC_NAMES, HUAConfig, Scale, image_entropy, image_metrics, num_candidates, score_single
 from model.registry import ServedModel
 
 pytestmark = pytest.mark.slow
@@ -245,6 +245,16 @@ class TestFullRanking:
             assert 0.0 <= entry["score"] <= 1.0
             assert entry["result"] and all(r["type"] == "rectanglelabels" for r in entry["result"])
 
+    def test_ranking_json_says_why_each_task_ranks_where_it_does(self, first_run):
+        details = first_run["stored"]["details"]
+        assert set(details) == {"2", "3", "4", "5"}
+        candidates = [d for d in details.values() if d["candidate"]]
+        assert len(candidates) == 2  # P of the pool
+        assert all(set(d["metrics"]) == set(METRIC_NAMES) and d["informativeness"] >= 0 for d in candidates)
+        assert all(0.0 <= d["entropy"] <= 1.0 for d in details.values())
+        # the explanation stays with us: Label Studio gets the prediction only
+        assert not any({"entropy", "metrics", "candidate"} & set(p) for p in first_run["predictions"])
+
     def test_predictions_are_pushed_in_bulk_before_the_version_is_set(self, first_run):
         calls = [c for c in first_run["calls"] if c[0] not in ("project", "tasks")]
         assert [c[0] for c in calls] == ["delete_version_predictions", "import_predictions", "set_model_version",
@@ -349,11 +359,14 @@ class TestRankingStore:
         version = Version(PROJECT, "v0003", tmp_path, {})
         scale = Scale(torch.tensor([0.1, 0.2, 0.0, 1.0], dtype=torch.float64),
                       torch.tensor([0.3, 0.2, 0.5, 1.7], dtype=torch.float64), 0.123456789012345)
-        ranking = StoredRanking(scale, [0.25, 0.75], {5: {"result": [], "score": 0.5, "model_version": "v0003"}})
+        why = {"entropy": 0.75, "candidate": True, "metrics": {"semantic_affinity": 0.1}, "informativeness": 1.2}
+        ranking = StoredRanking(scale, [0.25, 0.75], {5: {"result": [], "score": 0.5, "model_version": "v0003"}},
+                                {5: why})
         ranking.write(version)
         back = StoredRanking.read(version)
         assert back.scale.to_dict() == scale.to_dict() and back.labeled_freq == [0.25, 0.75]
         assert back.tasks == {5: {"result": [], "score": 0.5, "model_version": "v0003"}}
+        assert back.details == {5: why}
         assert not list(tmp_path.glob("*.tmp"))
 
     def test_no_file_is_an_empty_ranking(self, tmp_path):
@@ -412,7 +425,7 @@ class TestPredictFromRanking:
         counting.calls.clear()
         results = _predict(app.test_client(), [_task(3), _task(200), _task(BROKEN), _task(2)])["results"]
         assert results[0] == stored["3"] and results[3] == stored["2"]
-        assert results[1]["score"] is not None and results[2] == {"result": [], "score": None, "model_version": "v0001"}
+        assert results[1]["score"] is not None and results[2] == []
         assert sum(len(images) for flip, images, _ in counting.calls if not flip) == 1  # task 200 only
 
 
