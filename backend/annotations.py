@@ -29,6 +29,7 @@ class TrainingSet:
 
     samples: list[Sample] = field(default_factory=list)
     annotation_ids: list[int] = field(default_factory=list)
+    task_ids: list[int] = field(default_factory=list)  # aligned with samples: a task re-annotated is not new
     annotation_updated: dict[str, str] = field(default_factory=dict)  # id -> updated_at: edits keep the id
     skipped: dict[str, int] = field(default_factory=dict)
 
@@ -143,6 +144,7 @@ def training_set(tasks: Sequence[dict], names: ProjectLabels, loader: ImageLoade
             )
         )
         result.annotation_ids.append(int(annotation.get("id") or 0))
+        result.task_ids.append(int(task.get("id") or 0))
         stamp = annotation.get("updated_at") or annotation.get("created_at") or ""
         result.annotation_updated[str(annotation.get("id"))] = str(stamp)
     return result

@@ -48,6 +48,7 @@ class Settings:
     weights: str = "coco"
     allow_weights_download: bool = True
     score_threshold: float = 0.5
+    eval_min_tasks: int = 5
     batch_size: int = 8
     fetch_workers: int = 8
     fetch_timeout: float = 30.0
@@ -117,7 +118,7 @@ class Settings:
         if self.device not in ("auto", "cpu", "cuda"):
             raise SettingsError("DEVICE must be auto, cpu or cuda")
         for name in ("batch_size", "fetch_workers", "workers", "threads", "max_image_pixels", "train_processes",
-                     "hua_diversity_window"):
+                     "hua_diversity_window", "eval_min_tasks"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env_name(name)} must be at least 1")
         if self.train_every < 1:
@@ -207,6 +208,7 @@ ENVIRONMENT: dict[str, str] = {
     "WEIGHTS": "weights",
     "ALLOW_WEIGHTS_DOWNLOAD": "allow_weights_download",
     "SCORE_THRESHOLD": "score_threshold",
+    "EVAL_MIN_TASKS": "eval_min_tasks",
     "BATCH_SIZE": "batch_size",
     "FETCH_WORKERS": "fetch_workers",
     "FETCH_TIMEOUT": "fetch_timeout",

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 
-from backend.annotations import training_set
+from backend.annotations import TrainingSet, training_set
+from backend.evaluation import evaluate_serving
 from backend.labels import ProjectLabels, parse_label_config
 from backend.service import Service
 from model.detector import build_model
@@ -60,11 +61,24 @@ def _same_data(meta: dict, ids: list[int], updated: dict[str, str], names: Proje
     )
 
 
+def _data_meta(data: TrainingSet) -> dict:
+    """What a version was trained on: the next training evaluates it on everything else."""
+    return {
+        "annotation_ids": sorted(data.annotation_ids),
+        "annotation_updated": data.annotation_updated,
+        "task_ids": sorted(data.task_ids),
+        "skipped": data.skipped,
+    }
+
+
 def run_training(service: Service, project: str, progress: Progress | None = None) -> Version | None:
     """Fetch the project's annotations, fine-tune, and save a new version.
 
-    Under torchrun every rank trains on its share; only rank 0 saves (and
-    returns the version), the other ranks return None.
+    Before fine-tuning, the serving version is evaluated on the tasks
+    annotated since it was trained (``backend.evaluation``); the figures go
+    into the new version's meta as ``evaluation``. Under torchrun every rank
+    trains on its share; only rank 0 evaluates and saves (and returns the
+    version), the other ranks return None.
 
     Raises:
         TrainingError: nothing usable to train on.
@@ -79,6 +93,7 @@ def run_training(service: Service, project: str, progress: Progress | None = Non
     if latest is not None and _same_data(latest.meta, data.annotation_ids, data.annotation_updated, names):
         raise NothingNew(f"{latest.name} was trained on the same {len(data.annotation_ids)} annotations")
     logger.info("project %s: training on %d images (skipped %s)", project, len(data.samples), data.skipped)
+    evaluation = evaluate_serving(service, latest, names, data, progress) if is_main_process() else None
     model, parent, origin = _starting_point(service, project, names)
     config = service.settings.train_config()
     result = train(model, data.samples, config, service.registry.device, progress)
@@ -89,9 +104,8 @@ def run_training(service: Service, project: str, progress: Progress | None = Non
         "backbone": service.detector_config.backbone,
         "weights": origin,
         "parent": parent,
-        "annotation_ids": sorted(data.annotation_ids),
-        "annotation_updated": data.annotation_updated,
-        "skipped": data.skipped,
+        **_data_meta(data),
+        "evaluation": evaluation.to_json(),
         "metrics": result.metrics,
         "epoch_losses": result.epoch_losses,
         "loss_summary": result.summary,
