@@ -13,6 +13,7 @@ from backend.errors import APIError, Unauthorized
 from backend.routes import bp
 from backend.service import Service
 from backend.settings import Settings
+from backend.ui import bp as ui_bp
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.extensions["hua"] = Service.create(settings)
     app.register_blueprint(bp)
+    app.register_blueprint(ui_bp)
     app.before_request(_start_timer)
     app.before_request(_authenticate)
     app.after_request(_observe)

@@ -8,6 +8,8 @@ worker with threads.
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
@@ -31,6 +33,18 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self._versions: dict[str, str] = {}
+        self.quality = Gauge(
+            "hua_prequential", "A version's figures on the tasks annotated after it was trained, measured when the "
+            "next training started: map_50, map (AP 0.5:0.95), accepted (share of its boxes the annotators kept), "
+            "recall (share of their boxes it had predicted)", ["project", "model_version", "figure"],
+            registry=self.registry,
+        )
+        self.quality_tasks = Gauge(
+            "hua_prequential_tasks", "Annotated tasks those figures were measured on (no figure below EVAL_MIN_TASKS)",
+            ["project", "model_version"], registry=self.registry,
+        )
+        self._quality: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self._quality_lock = threading.Lock()
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, status=str(status)).inc()
@@ -43,6 +57,20 @@ class ServiceMetrics:
             self.model_version.remove(project, previous)
         self._versions[project] = version
         self.model_version.labels(project=project, model_version=version).set(1)
+
+    def set_quality(self, project: str, version: str, figures: dict[str, float], tasks: int) -> None:
+        """Show ``figures`` of ``version`` as ``project``'s prequential gauges, replacing the previous ones."""
+        with self._quality_lock:
+            previous = self._quality.pop(project, None)
+            if previous is not None:
+                old_version, old_figures = previous
+                for figure in old_figures:
+                    self.quality.remove(project, old_version, figure)
+                self.quality_tasks.remove(project, old_version)
+            for figure, value in figures.items():
+                self.quality.labels(project=project, model_version=version, figure=figure).set(value)
+            self.quality_tasks.labels(project=project, model_version=version).set(tasks)
+            self._quality[project] = (version, tuple(figures))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

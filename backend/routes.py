@@ -17,6 +17,7 @@ from backend.errors import BadRequest, Unauthorized
 from backend.jobs import ANNOTATION_EVENTS, RANK_NEW, TRAIN_NOW
 from backend.labels import ProjectLabels, parse_label_config
 from backend.predictions import predict_tasks
+from backend.report import refresh_quality_gauges, version_rows
 from backend.service import Service
 from backend.settings import Settings
 
@@ -156,9 +157,10 @@ def webhook() -> Response:
 
 @bp.post("/versions")
 def versions() -> Response:
-    """The project's model versions on disk, oldest first."""
+    """The project's model versions on disk, oldest first; ``detail`` adds each one's prequential figures."""
     pid = project_id(json_body())
-    return jsonify({"versions": [v.name for v in _service().store.versions(pid)]})
+    found = _service().store.versions(pid)
+    return jsonify({"versions": [v.name for v in found], "detail": version_rows(found)})
 
 
 @bp.get("/versions")
@@ -168,6 +170,8 @@ def all_versions() -> Response:
     pid = request.args.get("project")
     projects = [project_id({"project": pid})] if pid else store.projects()
     names = sorted({v.name for p in projects for v in store.versions(p)})
+    if pid:  # one project: its versions' figures too, as POST /versions gives them
+        return jsonify({"versions": names, "detail": version_rows(store.versions(projects[0]))})
     return jsonify({"versions": names})
 
 
@@ -186,4 +190,7 @@ def jobs() -> Response:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    return Response(_service().metrics.render(), mimetype="text/plain; version=0.0.4")
+    """Prometheus text; the prequential gauges are read from MODEL_DIR at each scrape (jobs write them)."""
+    service = _service()
+    refresh_quality_gauges(service)
+    return Response(service.metrics.render(), mimetype="text/plain; version=0.0.4")

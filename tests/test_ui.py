@@ -1,0 +1,143 @@
+"""/ui, its plot, /projects/<id>/report, /versions' detail and the prequential gauges of /metrics,
+with zero, one and many versions, and with Label Studio up, down or not configured."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from helpers import LocalServer, Route, make_settings
+from PIL import Image
+from report_data import FIGURES, PROJECT, QUEUE, populate
+
+from backend.app import create_app
+from model.versions import VersionStore
+
+USER, PASSWORD = "ml", "s3cret"
+AUTH = {"Authorization": "Basic bWw6czNjcmV0"}  # ml:s3cret
+
+
+def _client(model_dir, **settings):
+    app = create_app(make_settings(model_dir, basic_auth_user=USER, basic_auth_pass=PASSWORD, **settings))
+    return app.test_client()
+
+
+@pytest.fixture
+def many(tmp_path):
+    populate(tmp_path)
+    return tmp_path
+
+
+class TestReport:
+    def test_each_version_carries_the_figures_the_next_training_measured(self, many):
+        body = _client(many).get(f"/projects/{PROJECT}/report", headers=AUTH).get_json()
+        rows = {r["model_version"]: r for r in body["versions"]}
+        assert list(rows) == ["v0001", "v0002", "v0003", "v0004"] and body["serving"] == "v0004"
+        for name, (map_50, map_, accepted, recall, tasks) in FIGURES.items():
+            assert rows[name]["figures"] == {"map_50": map_50, "map": map_, "accepted": accepted, "recall": recall}
+            assert rows[name]["evaluation"]["tasks"] == tasks and rows[name]["status"] == "ok"
+        assert rows["v0001"]["evaluated_by"] == "v0002" and rows["v0002"]["evaluated_by"] == "v0003"
+        assert rows["v0003"]["status"] == "too_few" and rows["v0003"]["figures"] == {}
+        assert "at least 5" in rows["v0003"]["message"]
+        assert rows["v0004"]["status"] == "not_measured" and rows["v0004"]["evaluation"] is None
+
+    def test_the_queue_head_is_the_lowest_task_score_first_with_its_reasons(self, many):
+        body = _client(many, label_studio_url="http://ls.example:8080").get(
+            f"/projects/{PROJECT}/report", headers=AUTH).get_json()
+        queue = body["queue"]
+        assert queue["model_version"] == "v0004" and queue["ranked"] == len(QUEUE)
+        assert [t["task_id"] for t in queue["tasks"]] == sorted(QUEUE, key=lambda t: QUEUE[t][0])
+        first = queue["tasks"][0]
+        assert first["priority"] == pytest.approx(1 - QUEUE[101][0]) and first["entropy"] == QUEUE[101][1]
+        assert first["candidate"] is True and len(first["metrics"]) == 4
+        assert first["link"] == f"http://ls.example:8080/projects/{PROJECT}/data?task=101"
+        assert queue["tasks"][-1]["metrics"] is None
+
+    def test_jobs_are_in_the_report(self, many):
+        jobs = _client(many).get(f"/projects/{PROJECT}/report", headers=AUTH).get_json()["jobs"]
+        assert jobs["train"]["status"] == "running" and jobs["train"]["progress"] == 0.25
+
+    def test_a_project_with_nothing(self, tmp_path):
+        body = _client(tmp_path).get("/projects/12/report", headers=AUTH).get_json()
+        assert body["versions"] == [] and body["serving"] is None and body["latest_evaluation"] is None
+        assert body["queue"] == {"model_version": None, "ranked": 0, "tasks": []}
+
+    def test_a_bad_project_id_is_a_400(self, tmp_path):
+        assert _client(tmp_path).get("/projects/x1/report", headers=AUTH).status_code == 400
+
+
+class TestVersionsDetail:
+    def test_post_versions_gives_the_figures_too(self, many):
+        body = _client(many).post("/versions", json={"project": PROJECT}, headers=AUTH).get_json()
+        assert body["versions"] == ["v0001", "v0002", "v0003", "v0004"]
+        assert [d["figures"].get("map_50") for d in body["detail"]] == [0.20, 0.45, None, None]
+
+    def test_get_versions_of_one_project_too(self, many):
+        body = _client(many).get(f"/versions?project={PROJECT}", headers=AUTH).get_json()
+        assert body["detail"][1]["evaluated_by"] == "v0003"
+
+
+class TestMetrics:
+    def test_the_newest_figures_are_gauges(self, many):
+        # the newest training measured v0003 on too few tasks: its count, and no figure
+        text = _client(many).get("/metrics", headers=AUTH).get_data(as_text=True)
+        assert f'hua_prequential_tasks{{model_version="v0003",project="{PROJECT}"}} 2.0' in text
+        assert "hua_prequential{" not in text
+
+    def test_figures_replace_the_previous_version(self, tmp_path):
+        store = VersionStore(tmp_path)
+        populate(tmp_path)
+        client = _client(tmp_path)
+        client.get("/metrics", headers=AUTH)
+        meta = json.loads((store.latest(PROJECT).path / "meta.json").read_text())
+        meta["evaluation"] = json.loads((store.get(PROJECT, "v0003").path / "meta.json").read_text())["evaluation"]
+        store.save(PROJECT, {}, meta)  # v0005 holds v0002's figures again
+        text = client.get("/metrics", headers=AUTH).get_data(as_text=True)
+        line = f'hua_prequential{{figure="map_50",model_version="v0002",project="{PROJECT}"}} 0.45'
+        assert line in text and 'model_version="v0003"' not in text
+
+
+class TestPage:
+    def test_needs_basic_auth(self, tmp_path):
+        client = _client(tmp_path)
+        assert client.get("/ui").status_code == 401
+        assert client.get(f"/ui/projects/{PROJECT}/quality.png").status_code == 401
+
+    def test_zero_projects(self, tmp_path):
+        page = _client(tmp_path).get("/ui", headers=AUTH).get_data(as_text=True)
+        assert 'id="no-projects"' in page and "1 &minus; priority" in page
+
+    def test_one_version_not_measured_yet(self, tmp_path):
+        VersionStore(tmp_path).save("5", {}, {"labels": ["car"], "backbone": "b", "parent": None})
+        page = _client(tmp_path).get("/ui", headers=AUTH).get_data(as_text=True)
+        assert 'data-version="v0001"' in page and "not measured yet" in page
+        assert "Not ranked yet" in page and "No job has run" in page
+
+    def test_many_versions_figures_queue_and_jobs(self, many):
+        page = _client(many).get("/ui", headers=AUTH).get_data(as_text=True)
+        assert page.count('data-version=') == 4 and "v0004 (serving)" in page
+        assert '<td class="fig-map_50">45.0 %</td>' in page and '<td class="fig-accepted">30.0 %</td>' in page
+        assert "figures need at least 5" in page
+        assert page.count('class="queued-task"') == len(QUEUE)
+        assert '<progress max="1" value="0.25">' in page
+        assert "<script src" not in page and "http" not in page.split("<script>")[1]  # nothing from elsewhere
+
+    def test_label_studio_down_still_renders(self, many):
+        page = _client(many, label_studio_url="http://127.0.0.1:9").get("/ui", headers=AUTH)
+        assert page.status_code == 200
+        text = page.get_data(as_text=True)
+        assert "label-studio-down" in text and "45.0 %" in text
+
+    def test_label_studio_up_gives_title_and_counts(self, many):
+        answer = {"id": 3, "title": "Street scenes", "task_number": 40, "num_tasks_with_annotations": 12}
+        with LocalServer({f"/api/projects/{PROJECT}/": Route(200, json.dumps(answer).encode(), "application/json")}) as ls:
+            text = _client(many, label_studio_url=ls.url).get("/ui", headers=AUTH).get_data(as_text=True)
+        assert "Project 3: Street scenes" in text and "12 of 40 tasks annotated" in text
+        assert f'href="{ls.url}/projects/3/data?task=101"' in text
+
+    def test_the_plot_is_a_png(self, many, tmp_path):
+        for model_dir in (many, tmp_path / "empty"):
+            response = _client(model_dir).get(f"/ui/projects/{PROJECT}/quality.png", headers=AUTH)
+            assert response.status_code == 200 and response.mimetype == "image/png"
+            assert Image.open(io.BytesIO(response.data)).size == (640, 320)
