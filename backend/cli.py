@@ -2,6 +2,7 @@
 
     python -m backend train --project 3         # fine-tune on the annotations, then rank
     python -m backend rank --project 3 [--full] # update (or redo) the HUA queue
+    python -m backend predict --project 3       # the tasks /predict deferred past PREDICT_DEADLINE
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+from backend.deferred import run_deferred_predictions
 from tqdm import tqdm
 
 from backend.jobs import run_job
@@ -44,7 +46,11 @@ def _rank(service: Service, project: str, full: bool = False) -> Work:
     return lambda progress: run_ranking(service, project, progress, full=full)
 
 
-JOBS = {"train": _train, "rank": _rank}
+def _predict(service: Service, project: str, full: bool = False) -> Work:
+    return lambda progress: run_deferred_predictions(service, project, progress)
+
+
+JOBS = {"train": _train, "rank": _rank, "predict": _predict}
 # A training (or a START_TRAINING with nothing new) is followed by a ranking with the serving model.
 FOLLOW_UP = {"train": "rank"}
 

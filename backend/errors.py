@@ -40,4 +40,16 @@ class Unauthorized(APIError):
 
 
 class ImageError(Exception):
-    """A task's image is missing, refused, unreachable, undecodable or too large."""
+    """A task's image is missing, refused, unreachable, undecodable or too large.
+
+    ``reason`` is one of ``REASONS``: a small fixed set, so that /metrics can
+    count failures by it (messages name files and hosts, too many to be labels).
+    """
+
+    REASONS = ("missing", "refused", "unreachable", "undecodable", "too_large")
+
+    def __init__(self, message: str, reason: str = "unreachable") -> None:
+        if reason not in self.REASONS:
+            raise ValueError(f"unknown image failure reason {reason!r}")
+        super().__init__(message)
+        self.reason = reason

@@ -77,12 +77,12 @@ class _TimeoutSession(requests.Session):
             source = urlparse(resp.url).netloc.lower()
             destination = urlparse(urljoin(resp.url, target)).netloc.lower()
             if source != self._trusted and destination not in self._allowed:
-                raise ImageError(f"image host {source!r} redirected to {destination!r}, which is not allowed")
+                raise ImageError(f"image host {source!r} redirected to {destination!r}, which is not allowed", "refused")
         return target
 
     def request(self, method: str, url: str, **kwargs):  # noqa: D102 (requests' signature)
         if urlparse(url).netloc.lower() not in self._allowed:
-            raise ImageError(f"image host {urlparse(url).netloc!r} is not allowed")
+            raise ImageError(f"image host {urlparse(url).netloc!r} is not allowed", "refused")
         kwargs.setdefault("timeout", self._timeout)
         return super().request(method, url, **kwargs)
 
@@ -103,16 +103,16 @@ class ImageLoader:
     def check_url(self, url: object) -> str:
         """The URL if the policy allows it; raises ImageError otherwise."""
         if not isinstance(url, str) or not url.strip():
-            raise ImageError("the task has no image URL")
+            raise ImageError("the task has no image URL", "missing")
         parsed = urlparse(url)
         if url.startswith(_LS_RELATIVE) or parsed.scheme in _CLOUD_SCHEMES:
             if not self.policy.label_studio_url and not self._is_local_file(url):
-                raise ImageError("LABEL_STUDIO_URL is not set, so Label Studio URLs cannot be fetched")
+                raise ImageError("LABEL_STUDIO_URL is not set, so Label Studio URLs cannot be fetched", "refused")
             return url
         if parsed.scheme not in ("http", "https"):
-            raise ImageError(f"unsupported image URL scheme {parsed.scheme!r}")
+            raise ImageError(f"unsupported image URL scheme {parsed.scheme!r}", "refused")
         if parsed.netloc.lower() not in self.policy.allowed_hosts:
-            raise ImageError(f"image host {parsed.netloc!r} is not Label Studio's nor in ALLOWED_IMAGE_HOSTS")
+            raise ImageError(f"image host {parsed.netloc!r} is not Label Studio's nor in ALLOWED_IMAGE_HOSTS", "refused")
         return url
 
     def _is_local_file(self, url: str) -> bool:
@@ -171,11 +171,12 @@ class ImageLoader:
             with Image.open(path) as img:
                 if img.width * img.height > self.policy.max_pixels:
                     raise ImageError(
-                        f"image of {img.width}x{img.height} pixels exceeds MAX_IMAGE_PIXELS={self.policy.max_pixels}"
+                        f"image of {img.width}x{img.height} pixels exceeds MAX_IMAGE_PIXELS={self.policy.max_pixels}",
+                        "too_large",
                     )
                 return ImageOps.exif_transpose(img).convert("RGB")
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-            raise ImageError(f"not a decodable image: {type(exc).__name__}") from None
+            raise ImageError(f"not a decodable image: {type(exc).__name__}", "undecodable") from None
 
     def load_many(
         self, items: list[tuple[object, int | None]], workers: int, then: Callable[[Image.Image], R] | None = None
@@ -200,9 +201,10 @@ class ImageLoader:
                 if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
                     width, height = height, width
         except (UnidentifiedImageError, OSError) as exc:
-            raise ImageError(f"not a decodable image: {type(exc).__name__}") from None
+            raise ImageError(f"not a decodable image: {type(exc).__name__}", "undecodable") from None
         if width * height > self.policy.max_pixels:
-            raise ImageError(f"image of {width}x{height} pixels exceeds MAX_IMAGE_PIXELS={self.policy.max_pixels}")
+            raise ImageError(f"image of {width}x{height} pixels exceeds MAX_IMAGE_PIXELS={self.policy.max_pixels}",
+                             "too_large")
         return width, height
 
 

@@ -26,7 +26,12 @@ class ServiceMetrics:
             buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 100),
         )
         self.predictions = Counter(
-            "hua_predictions", "Task predictions served, by outcome", ["outcome"], registry=self.registry
+            "hua_predictions", "Tasks answered by /predict, by outcome: ok, failed, or deferred to a background job",
+            ["outcome"], registry=self.registry,
+        )
+        self.task_failures = Counter(
+            "hua_task_failures", "Tasks that got no prediction, by reason (image missing, refused, unreachable, "
+            "undecodable, too large; or inference)", ["reason"], registry=self.registry,
         )
         self.model_version = Gauge(
             "hua_model_version_info", "1 for the version serving each project", ["project", "model_version"],

@@ -3,25 +3,29 @@
 One ``/predict`` call may hold every task of a project ("Retrieve
 predictions"): images are fetched concurrently, run through the detector in
 batches, and every task gets exactly one item in the answer, in order. A task
-whose image fails gets an empty result (and the error is logged with its id);
-the other tasks are unaffected.
+whose image fails gets ``[]`` (the error is logged with its id and counted by
+reason); the other tasks are unaffected. With a deadline (PREDICT_DEADLINE),
+the tasks not reached in time get ``[]`` too and are listed as deferred, for
+``backend.deferred`` to predict in the background.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from backend.errors import ImageError
 from backend.images import ImageLoader
+from backend.inference import InferenceQueue, QueuedDetector
 from backend.labels import ProjectLabels
 from backend.ranking_store import StoredRanking
 from model.detections import Detections
-from model.detector import image_tensor
+from model.detector import Detector, image_tensor
 from model.hua import HUAConfig, image_entropy
 from model.ranking import score_new_images
 from model.registry import ServedModel
@@ -30,12 +34,21 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class TaskFailure:
+    """A task that got no prediction: its id, a reason from ``ImageError.REASONS`` or "inference", and why."""
+
+    task_id: int | None
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class TaskImage:
-    """A task's id and its decoded image (the detector's input tensor), or the reason it has none."""
+    """A task's id and its decoded image (the detector's input tensor), or why it has none."""
 
     task_id: int | None
     image: Tensor | None
-    error: str | None = None
+    failure: TaskFailure | None = None
 
 
 def box_result(box: Sequence[float], label: str, score: float, width: int, height: int, names: ProjectLabels) -> dict:
@@ -84,14 +97,42 @@ def task_prediction(
     return {"result": result, "score": 1.0 - float(image_entropy(detections.top_probs)), "model_version": version}
 
 
-def empty_prediction(version: str) -> dict:
-    """The item of a task that could not be predicted: no boxes, no score."""
-    return {"result": [], "score": None, "model_version": version}
+@dataclass
+class PredictedTasks:
+    """What ``predict_tasks`` made of a request's tasks.
+
+    Attributes:
+        results (list[dict | list]): per task, in order, its prediction or ``[]``.
+            Label Studio stores each element of a list item as one prediction, so
+            ``[]`` stores nothing: a failed or deferred task stays without one
+            (a stored empty prediction would tell the annotator "nothing here").
+        deferred (list[int]): ids of the tasks the deadline left unpredicted.
+        failures (list[TaskFailure]): the tasks that could not be predicted.
+    """
+
+    results: list[dict | list]
+    deferred: list[int] = field(default_factory=list)
+    failures: list[TaskFailure] = field(default_factory=list)
 
 
-def _batches(indices: list[int], size: int) -> Iterator[list[int]]:
-    for start in range(0, len(indices), size):
-        yield indices[start : start + size]
+@dataclass(frozen=True)
+class Deadline:
+    """When an answer is due (on ``clock``, ``time.monotonic`` by default).
+
+    A batch is started only while the previous one's duration still fits before
+    ``at``: the answer comes at most about one batch late, never one request late.
+    """
+
+    at: float
+    clock: Callable[[], float] = time.monotonic
+
+    @classmethod
+    def after(cls, seconds: float, clock: Callable[[], float] = time.monotonic) -> "Deadline":
+        return cls(clock() + seconds, clock)
+
+    def fits(self, seconds: float) -> bool:
+        """True if ``seconds`` more of work would end before the deadline."""
+        return self.clock() + seconds <= self.at
 
 
 def load_task_images(tasks: Sequence[dict], names: ProjectLabels, loader: ImageLoader, workers: int) -> list[TaskImage]:
@@ -101,25 +142,66 @@ def load_task_images(tasks: Sequence[dict], names: ProjectLabels, loader: ImageL
     for (_, task_id), item in zip(items, loader.load_many(items, workers, then=image_tensor)):
         if isinstance(item, ImageError):
             logger.warning("task %s: %s", task_id, item)
-            images.append(TaskImage(task_id, None, str(item)))
+            images.append(TaskImage(task_id, None, TaskFailure(task_id, item.reason, str(item))))
         else:
             images.append(TaskImage(task_id, item))
     return images
 
 
 def predict_images(
-    served: ServedModel, tensors: list[Tensor], names: ProjectLabels, ranking: StoredRanking | None, hua: HUAConfig,
-    *, min_score: float,
+    detector: Detector | QueuedDetector, version: str, tensors: list[Tensor], names: ProjectLabels,
+    ranking: StoredRanking | None, hua: HUAConfig, *, min_score: float,
 ) -> list[dict]:
     """Predictions of decoded images (``image_tensor``); scored on the stored ranking's scale when there is one."""
-    labels = served.detector.labels
+    labels = detector.labels
     if ranking is None or ranking.scale is None:
-        return [task_prediction(det, labels, names, served.name, min_score=min_score)
-                for det in served.detector.predict(tensors)]
+        return [task_prediction(det, labels, names, version, min_score=min_score) for det in detector.predict(tensors)]
     freq = torch.tensor(ranking.labeled_freq, dtype=torch.float64)
-    scored = score_new_images(served.detector, tensors, freq, ranking.scale, hua)
-    return [{**task_prediction(det, labels, names, served.name, min_score=min_score), "score": score}
+    scored = score_new_images(detector, tensors, freq, ranking.scale, hua)
+    return [{**task_prediction(det, labels, names, version, min_score=min_score), "score": score}
             for det, score in scored]
+
+
+@dataclass(frozen=True)
+class _BatchPredictor:
+    """What every batch of one ``predict_tasks`` call shares."""
+
+    names: ProjectLabels
+    detector: Detector | QueuedDetector
+    version: str
+    loader: ImageLoader
+    workers: int
+    ranking: StoredRanking | None
+    hua: HUAConfig
+    min_score: float
+
+    def __call__(self, tasks: Sequence[dict]) -> list[dict | TaskFailure]:
+        """Each task's prediction or failure; a failing forward pass fails its batch only."""
+        images = load_task_images(tasks, self.names, self.loader, self.workers)
+        out: list[dict | TaskFailure] = [item.failure for item in images]
+        ok = [i for i, item in enumerate(images) if item.image is not None]
+        try:
+            predictions = predict_images(self.detector, self.version, [images[i].image for i in ok], self.names,
+                                         self.ranking, self.hua, min_score=self.min_score) if ok else []
+        except RuntimeError as exc:  # e.g. out of memory: these tasks stay empty, the others go on
+            logger.exception("prediction failed for tasks %s", [images[i].task_id for i in ok])
+            predictions = [TaskFailure(images[i].task_id, "inference", f"{type(exc).__name__}: {exc}") for i in ok]
+        for i, prediction in zip(ok, predictions):
+            out[i] = prediction
+        return out
+
+
+def _answer_from_ranking(tasks: Sequence[dict], ranking: StoredRanking | None, version: str,
+                         results: list[dict | list]) -> list[int]:
+    """Fill in the tasks the stored ranking scored; returns the indices of the others."""
+    todo = []
+    for i, task in enumerate(tasks):
+        cached = ranking.tasks.get(task.get("id")) if ranking is not None else None
+        if cached is not None:
+            results[i] = {**cached, "model_version": version}
+        else:
+            todo.append(i)
+    return todo
 
 
 def predict_tasks(
@@ -133,30 +215,31 @@ def predict_tasks(
     hua: HUAConfig = HUAConfig(),
     *,
     min_score: float,
-) -> list[dict]:
-    """One prediction per task, in order (see the module docstring).
+    queue: InferenceQueue | None = None,
+    deadline: Deadline | None = None,
+) -> PredictedTasks:
+    """One item per task, in order (see the module docstring and ``PredictedTasks``).
 
     Tasks the serving version's ranking already scored are answered from it
     without running the model; the others are fetched and predicted a batch
-    at a time (so a huge request never holds all its images in memory).
+    at a time (so a huge request never holds all its images in memory),
+    through ``queue`` when given (shared with the process's other requests),
+    until ``deadline``: the tasks not reached by then are listed as deferred.
     """
-    results = [empty_prediction(served.name) for _ in tasks]
-    todo = []
-    for i, task in enumerate(tasks):
-        cached = ranking.tasks.get(task.get("id")) if ranking is not None else None
-        if cached is not None:
-            results[i] = {**cached, "model_version": served.name}
-        else:
-            todo.append(i)
-    for batch in _batches(todo, batch_size):
-        images = load_task_images([tasks[i] for i in batch], names, loader, workers)
-        ok = [(i, item.image) for i, item in zip(batch, images) if item.image is not None]
-        try:
-            predictions = predict_images(served, [image for _, image in ok], names, ranking, hua,
-                                         min_score=min_score) if ok else []
-        except RuntimeError:  # e.g. out of memory: these tasks stay empty, the others go on
-            logger.exception("prediction failed for tasks %s", [tasks[i].get("id") for i, _ in ok])
-            continue
-        for (i, _), prediction in zip(ok, predictions):
-            results[i] = prediction
-    return results
+    out = PredictedTasks(results=[[] for _ in tasks])
+    todo = _answer_from_ranking(tasks, ranking, served.name, out.results)
+    detector = queue.bind(served.detector) if queue is not None else served.detector
+    run = _BatchPredictor(names, detector, served.name, loader, workers, ranking, hua, min_score)
+    clock, last_batch = deadline.clock if deadline is not None else time.monotonic, 0.0
+    for start in range(0, len(todo), batch_size):
+        if deadline is not None and not deadline.fits(last_batch):
+            out.deferred = [tasks[i]["id"] for i in todo[start:] if tasks[i].get("id") is not None]
+            break
+        began, batch = clock(), todo[start : start + batch_size]
+        for i, item in zip(batch, run([tasks[i] for i in batch])):
+            if isinstance(item, TaskFailure):
+                out.failures.append(item)
+            else:
+                out.results[i] = item
+        last_batch = clock() - began
+    return out

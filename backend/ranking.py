@@ -86,10 +86,10 @@ def _rank_new(service: Service, served: ServedModel, tasks: list[dict], names: P
               ranking: StoredRanking) -> tuple[dict[int, dict], dict[int, str]]:
     """Score tasks on the stored scale (as /predict does); returns the new entries and failures."""
     settings = service.settings
-    results = predict_tasks(tasks, names, served, service.images, settings.batch_size, settings.fetch_workers,
+    outcome = predict_tasks(tasks, names, served, service.images, settings.batch_size, settings.fetch_workers,
                             ranking, settings.hua_config(), min_score=settings.score_threshold)
-    added = {t["id"]: r for t, r in zip(tasks, results) if r["score"] is not None}
-    failed = {t["id"]: "image could not be fetched or decoded" for t, r in zip(tasks, results) if r["score"] is None}
+    added = {t["id"]: r for t, r in zip(tasks, outcome.results) if r}
+    failed = {f.task_id: f"{f.reason}: {f.message}" for f in outcome.failures}
     return added, failed
 
 

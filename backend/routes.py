@@ -13,10 +13,12 @@ import logging
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from backend.auth import check_basic_auth
+from backend.deferred import defer_predictions
 from backend.errors import BadRequest, Unauthorized
 from backend.jobs import ANNOTATION_EVENTS, RANK_NEW, TRAIN_NOW
 from backend.labels import ProjectLabels, parse_label_config
-from backend.predictions import predict_tasks
+from backend.metrics import ServiceMetrics
+from backend.predictions import Deadline, PredictedTasks, predict_tasks
 from backend.report import refresh_quality_gauges, version_rows
 from backend.service import Service
 from backend.settings import Settings
@@ -115,7 +117,12 @@ def setup() -> Response:
 
 @bp.post("/predict")
 def predict() -> Response:
-    """One prediction per task, in the order of ``tasks``."""
+    """One item per task, in the order of ``tasks``: a prediction, or ``[]`` (see ``PredictedTasks``).
+
+    Answered within PREDICT_DEADLINE; the tasks not reached by then are
+    predicted by a background job (``backend.deferred``).
+    """
+    deadline = Deadline.after(_service().settings.predict_deadline)
     body = json_body()
     tasks = _tasks(body)
     names = _labels(body, "label_config")
@@ -124,15 +131,25 @@ def predict() -> Response:
     served = service.registry.get(pid, names.labels, names.aliases)
     service.metrics.set_version(pid, served.name)
     settings = service.settings
-    ranking = service.rankings.get(served.version)
-    results = predict_tasks(
-        tasks, names, served, service.images, settings.batch_size, settings.fetch_workers, ranking, settings.hua_config(),
-        min_score=settings.score_threshold,
+    outcome = predict_tasks(
+        tasks, names, served, service.images, settings.batch_size, settings.fetch_workers,
+        service.rankings.get(served.version), settings.hua_config(), min_score=settings.score_threshold,
+        queue=service.inference, deadline=deadline,
     )
-    failed = sum(1 for r in results if r["score"] is None)
-    service.metrics.predictions.labels(outcome="ok").inc(len(results) - failed)
-    service.metrics.predictions.labels(outcome="failed").inc(failed)
-    return jsonify({"results": results, "model_version": served.name})
+    if outcome.deferred:
+        defer_predictions(service, pid, outcome.deferred)
+    _count(service.metrics, outcome)
+    return jsonify({"results": outcome.results, "model_version": served.name})
+
+
+def _count(metrics: ServiceMetrics, outcome: PredictedTasks) -> None:
+    """Tasks answered, failed (by reason) and deferred, for /metrics."""
+    ok, failed = sum(1 for r in outcome.results if r), len(outcome.failures)
+    metrics.predictions.labels(outcome="ok").inc(ok)
+    metrics.predictions.labels(outcome="failed").inc(failed)
+    metrics.predictions.labels(outcome="deferred").inc(len(outcome.results) - ok - failed)
+    for failure in outcome.failures:
+        metrics.task_failures.labels(reason=failure.reason).inc()
 
 
 @bp.post("/webhook")

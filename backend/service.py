@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from backend.images import ImageLoader, ImagePolicy
-from backend.jobs import EmbeddedRunner, JobBoard, RQRunner, Scheduler
+from backend.inference import InferenceQueue
+from backend.jobs import EmbeddedRunner, JobBoard, JobSlots, RQRunner, Scheduler
 from backend.lsclient import LabelStudioAuth, LabelStudioClient
 from backend.metrics import ServiceMetrics
 from backend.ranking_store import RankingCache
@@ -47,6 +48,11 @@ class Service:
     def registry(self) -> ModelRegistry:
         device = select_device(self.settings.device)
         return ModelRegistry(self.store, self.detector_config, device)
+
+    @cached_property
+    def inference(self) -> InferenceQueue:
+        """The process's one way to the model: requests batch together instead of competing for the cores."""
+        return InferenceQueue(self.settings.batch_size)
 
     @cached_property
     def auth(self) -> LabelStudioAuth:

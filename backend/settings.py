@@ -52,6 +52,7 @@ class Settings:
     batch_size: int = 8
     fetch_workers: int = 8
     fetch_timeout: float = 30.0
+    predict_deadline: float = 60.0
     allowed_image_hosts: tuple[str, ...] = ()
     local_files_document_root: str = ""
     max_image_pixels: int = 50_000_000
@@ -123,6 +124,8 @@ class Settings:
                 raise SettingsError(f"{_env_name(name)} must be at least 1")
         if self.train_every < 1:
             raise SettingsError("TRAIN_EVERY must be at least 1")
+        if self.predict_deadline <= 0:
+            raise SettingsError(f"PREDICT_DEADLINE must be above 0 seconds, got {self.predict_deadline}")
         if self.weights not in WEIGHT_SOURCES and not Path(self.weights).exists():
             raise SettingsError(f"WEIGHTS must be one of {', '.join(WEIGHT_SOURCES)} or the path of a checkpoint "
                                 f"folder saved by this backend (weights.pt + meta.json); {self.weights!r} does not exist")
@@ -214,6 +217,7 @@ ENVIRONMENT: dict[str, str] = {
     "FETCH_TIMEOUT": "fetch_timeout",
     "ALLOWED_IMAGE_HOSTS": "allowed_image_hosts",
     "LOCAL_FILES_DOCUMENT_ROOT": "local_files_document_root",
+    "PREDICT_DEADLINE": "predict_deadline",
     "MAX_IMAGE_PIXELS": "max_image_pixels",
     "IMAGE_CACHE_DIR": "image_cache_dir",
     "TRAIN_EVERY": "train_every",

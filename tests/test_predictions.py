@@ -1,5 +1,5 @@
 """Tests of backend/predictions.py: Label Studio's percent coordinates, task
-scores, and per-task isolation of failures in a batch.
+scores, per-task isolation of failures in a batch, and the deadline split.
 
 The batching tests use a stub detector (it records the batches it is given);
 the real model is exercised through the routes in test_routes.py.
@@ -16,7 +16,8 @@ import torch
 from helpers import FROM_NAME, LABEL_CONFIG, LABELS, TO_NAME, make_settings, write_exif_rotated_jpeg, write_image
 
 from backend.labels import parse_label_config
-from backend.predictions import box_result, empty_prediction, predict_tasks, task_prediction
+from backend.predictions import Deadline, TaskFailure, box_result, predict_tasks, task_prediction
+from backend.ranking_store import StoredRanking
 from backend.service import Service
 from model.detections import Detections
 from model.registry import ServedModel
@@ -115,20 +116,20 @@ class TestTaskPrediction:
         assert (region["original_width"], region["original_height"]) == (200, 100)
         assert (region["value"]["x"], region["value"]["width"]) == (10.0, 50.0)
 
-    def test_empty_prediction(self):
-        assert empty_prediction("v0002") == {"result": [], "score": None, "model_version": "v0002"}
-
 
 class _StubDetector:
     """Answers one full-image box of class 1 per image; records batch sizes."""
 
-    def __init__(self, fail_on_call: int | None = None) -> None:
+    def __init__(self, fail_on_call: int | None = None, clock: "FakeClock | None" = None) -> None:
         self.labels = list(LABELS)
         self.batches: list[int] = []
         self.fail_on_call = fail_on_call
+        self.clock = clock
 
     def predict(self, images, flip=False):
         self.batches.append(len(images))
+        if self.clock is not None:
+            self.clock.now += 1.0  # every forward pass takes one fake second
         if self.fail_on_call == len(self.batches):
             raise RuntimeError("CUDA out of memory (simulated)")
         out = []
@@ -136,6 +137,16 @@ class _StubDetector:
             h, w = img.shape[-2:]
             out.append(_detections([[0, 0, w, h]], [1], [0.8], int(w), int(h)))
         return out
+
+
+class FakeClock:
+    """A clock that moves only when told: deadline tests without timing."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def _served(detector, tmp_path: Path) -> ServedModel:
@@ -165,7 +176,7 @@ class TestPredictTasks:
         detector = _StubDetector()
         tasks = [_task(10 + i, f"{i}.png") for i in range(5)]
         results = predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), batch_size=2, workers=3,
-                                min_score=0.0)
+                                min_score=0.0).results
         sizes = [(r["result"][0]["original_width"], r["result"][0]["original_height"]) for r in results]
         assert sizes == [(30, 10), (10, 30), (20, 20), (16, 8), (8, 16)]
         assert all(r["model_version"] == "v0007" for r in results)
@@ -180,18 +191,21 @@ class TestPredictTasks:
         (result,) = predict_tasks(
             [_task(1, "rotated.jpg")], NAMES, _served(_StubDetector(), tmp_path), _loader(tmp_path, root), 2, 1,
             min_score=0.0,
-        )
+        ).results
         region = result["result"][0]
         assert (region["original_width"], region["original_height"]) == (40, 60)
         assert (region["value"]["width"], region["value"]["height"]) == pytest.approx((100.0, 100.0))
 
-    def test_failed_images_get_empty_items_and_are_logged(self, tmp_path, root, caplog):
+    def test_failed_images_get_empty_lists_and_are_logged(self, tmp_path, root, caplog):
         detector = _StubDetector()
         tasks = [_task(1, "0.png"), _task(2, "text.png"), {"id": 3, "data": {}}, _task(4, "1.png")]
         with caplog.at_level(logging.WARNING, logger="backend.predictions"):
-            results = predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), 8, 2, min_score=0.0)
-        assert [r["score"] is None for r in results] == [False, True, True, False]
-        assert results[1] == empty_prediction("v0007") and results[2] == empty_prediction("v0007")
+            out = predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), 8, 2, min_score=0.0)
+        # [] makes Label Studio store nothing: no "the model found nothing here" for a broken image
+        assert out.results[1] == [] and out.results[2] == []
+        assert out.results[0]["result"] and out.results[3]["result"]
+        assert [(f.task_id, f.reason) for f in out.failures] == [(2, "undecodable"), (3, "missing")]
+        assert out.deferred == []
         assert detector.batches == [2]  # failed images never reach the model
         messages = [r.getMessage() for r in caplog.records]
         assert any(m.startswith("task 2:") for m in messages)
@@ -201,12 +215,58 @@ class TestPredictTasks:
         detector = _StubDetector(fail_on_call=1)
         tasks = [_task(i, f"{i}.png") for i in range(3)]
         with caplog.at_level(logging.ERROR, logger="backend.predictions"):
-            results = predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), 2, 2, min_score=0.0)
-        assert [r["score"] is None for r in results] == [True, True, False]
-        assert len(results[2]["result"]) == 1
+            out = predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), 2, 2, min_score=0.0)
+        assert out.results[:2] == [[], []]
+        assert len(out.results[2]["result"]) == 1
+        assert [(f.task_id, f.reason) for f in out.failures] == [(0, "inference"), (1, "inference")]
         assert any("[0, 1]" in r.getMessage() for r in caplog.records)
 
     def test_no_tasks(self, tmp_path, root):
         detector = _StubDetector()
-        assert predict_tasks([], NAMES, _served(detector, tmp_path), _loader(tmp_path, root), 2, 2, min_score=0.0) == []
+        out = predict_tasks([], NAMES, _served(detector, tmp_path), _loader(tmp_path, root), 2, 2, min_score=0.0)
+        assert (out.results, out.deferred, out.failures) == ([], [], [])
         assert detector.batches == []
+
+
+class TestDeadline:
+    """The split of one request into tasks answered now and tasks deferred, on a fake clock
+    (each forward pass of the stub takes one fake second)."""
+
+    def _predict(self, tmp_path, root, tasks, deadline, ranking=None, clock=None):
+        detector = _StubDetector(clock=clock)
+        out = predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), 2, 2, ranking,
+                            min_score=0.0, deadline=deadline)
+        return out, detector
+
+    def test_a_batch_starts_only_if_the_last_one_still_fits(self, tmp_path, root):
+        clock = FakeClock()
+        tasks = [_task(10 + i, f"{i}.png") for i in range(5)]
+        # batch 1 at t=0 (nothing measured yet), batch 2 at t=1 (1 + 1 <= 2.5); at t=2, 2 + 1 > 2.5
+        out, detector = self._predict(tmp_path, root, tasks, Deadline(2.5, clock), clock=clock)
+        assert detector.batches == [2, 2]
+        assert all(r["result"] for r in out.results[:4]) and out.results[4] == []
+        assert out.deferred == [14] and out.failures == []
+
+    def test_a_passed_deadline_defers_every_task_the_ranking_lacks(self, tmp_path, root):
+        clock = FakeClock()
+        clock.now = 10.0
+        stored = {"result": [], "score": 0.25, "model_version": "v0001"}
+        ranking = StoredRanking(tasks={11: stored})
+        tasks = [_task(10, "0.png"), _task(11, "1.png"), _task(12, "2.png")]
+        out, detector = self._predict(tmp_path, root, tasks, Deadline(5.0, clock), ranking, clock)
+        assert detector.batches == []
+        assert out.results == [[], {**stored, "model_version": "v0007"}, []]
+        assert out.deferred == [10, 12]
+
+    def test_failed_tasks_are_failures_not_deferred(self, tmp_path, root):
+        clock = FakeClock()
+        tasks = [_task(1, "text.png"), _task(2, "0.png"), _task(3, "1.png"), _task(4, "2.png")]
+        out, _ = self._predict(tmp_path, root, tasks, Deadline(0.5, clock), clock=clock)
+        assert out.results[0] == [] and out.results[1]["result"]
+        assert out.failures == [TaskFailure(1, "undecodable", out.failures[0].message)]
+        assert out.deferred == [3, 4]
+
+    def test_without_a_deadline_every_task_is_predicted(self, tmp_path, root):
+        tasks = [_task(10 + i, f"{i}.png") for i in range(5)]
+        out, detector = self._predict(tmp_path, root, tasks, None, clock=FakeClock())
+        assert detector.batches == [2, 2, 1] and out.deferred == []

@@ -36,6 +36,7 @@ from helpers import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from backend.app import create_app
+from backend.deferred import DeferredTasks
 from backend.routes import MODEL_CLASS
 from backend.service import Service
 
@@ -79,9 +80,9 @@ def _assert_predicted(item: dict, width: int, height: int) -> None:
         _assert_region(region, width, height)
 
 
-def _assert_empty(item: dict) -> None:
-    assert item["result"] == [] and item["score"] is None
-    assert VERSION.match(item["model_version"])
+def _assert_empty(item: list) -> None:
+    """An empty list: Label Studio stores nothing for the task (no "nothing found here")."""
+    assert item == []
 
 
 class TestHealth:
@@ -191,7 +192,7 @@ class TestPredict:
 
 
 class TestPredictBadImages:
-    """A bad task gets an empty item; the good task of the same request is predicted.
+    """A bad task gets ``[]``; the good task of the same request is predicted.
     (Every kind of refused URL is in test_images.py; these go through the whole request.)"""
 
     BAD = {
@@ -214,6 +215,55 @@ class TestPredictBadImages:
         _assert_predicted(second, *DISPLAYED_SIZE[SMALL])
         assert any(r.getMessage().startswith("task 21:") for r in caplog.records)
         assert not any("task 22" in r.getMessage() for r in caplog.records)
+
+
+class _RecordingScheduler:
+    """Stands in for the job scheduler: records requested jobs, starts nothing."""
+
+    def __init__(self) -> None:
+        self.requested: list[tuple[str, str]] = []
+
+    def request(self, project: str, kind: str) -> str:
+        self.requested.append((project, kind))
+        return "scheduled"
+
+
+class TestPredictDeadline:
+    """PREDICT_DEADLINE: what is not predicted in time is answered [] and handed to a predict job."""
+
+    @pytest.fixture
+    def late_app(self, tmp_path, image_root):
+        """A deadline that has passed before the first batch can start."""
+        app = create_app(make_settings(tmp_path / "models", local_files_document_root=str(image_root),
+                                       predict_deadline=1e-9))
+        _service(app).__dict__["scheduler"] = _RecordingScheduler()
+        return app
+
+    def test_unreached_tasks_get_empty_lists_and_a_predict_job(self, late_app, caplog):
+        tasks = [local_task(41, SMALL), local_task(42, WIDE), local_task(43, TEXT)]
+        with caplog.at_level(logging.INFO, logger="backend.deferred"):
+            response = late_app.test_client().post("/predict", json=predict_body(tasks))
+        assert response.status_code == 200
+        assert response.get_json()["results"] == [[], [], []]
+        service = _service(late_app)
+        assert service.scheduler.requested == [("1", "predict")]
+        _, ids = DeferredTasks(service.settings.model_dir).pending("1")
+        assert ids == {41, 42, 43}  # the broken image too: nobody has looked at it yet
+        (message,) = [r.getMessage() for r in caplog.records if r.name == "backend.deferred"]
+        assert "3 tasks" in message and "/jobs" in message
+
+    def test_deferred_tasks_are_counted(self, late_app):
+        client = late_app.test_client()
+        client.post("/predict", json=predict_body([local_task(41, SMALL), local_task(42, WIDE)]))
+        samples = _samples(client)
+        assert samples[("hua_predictions_total", (("outcome", "deferred"),))] == 2
+        assert samples[("hua_predictions_total", (("outcome", "ok"),))] == 0
+
+    def test_nothing_is_deferred_within_the_deadline(self, client):
+        service = _service(client.application)
+        body = client.post("/predict", json=predict_body([local_task(44, SMALL)])).get_json()
+        assert body["results"][0]["result"]
+        assert DeferredTasks(service.settings.model_dir).pending("1") == ([], set())
 
 
 def _post_raw(client, path: str, data: str):
@@ -465,6 +515,7 @@ class TestMetrics:
         assert delta("hua_http_request_seconds_bucket", route="/predict", le="+Inf") == 2
         assert delta("hua_predictions_total", outcome="ok") == 1
         assert delta("hua_predictions_total", outcome="failed") == 1
+        assert delta("hua_task_failures_total", reason="undecodable") == 1
         version = ("hua_model_version_info", (("model_version", body["model_version"]), ("project", "1")))
         assert after[version] == 1.0
 

@@ -93,6 +93,11 @@ class TestInvalidValues:
         with pytest.raises(SettingsError, match=name):
             Settings.from_env({name: "0"})
 
+    @pytest.mark.parametrize("raw", ["0", "-5"])
+    def test_predict_deadline_must_be_positive(self, raw):
+        with pytest.raises(SettingsError, match="PREDICT_DEADLINE"):
+            Settings.from_env({"PREDICT_DEADLINE": raw})
+
     def test_unknown_device(self):
         with pytest.raises(SettingsError, match="DEVICE"):
             Settings.from_env({"DEVICE": "tpu"})
