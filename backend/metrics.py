@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 
 class ServiceMetrics:
-    """Request counts and latencies, predictions served, model version per project."""
+    """Request counts and latencies, predictions served, failures by reason, model version per project."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()

@@ -8,7 +8,7 @@ from functools import cached_property
 
 from backend.images import ImageLoader, ImagePolicy
 from backend.inference import InferenceQueue
-from backend.jobs import EmbeddedRunner, JobBoard, JobSlots, RQRunner, Scheduler
+from backend.jobs import EmbeddedRunner, JobBoard, RQRunner, Scheduler
 from backend.lsclient import LabelStudioAuth, LabelStudioClient
 from backend.metrics import ServiceMetrics
 from backend.ranking_store import RankingCache

@@ -122,10 +122,10 @@ class Settings:
                      "hua_diversity_window", "eval_min_tasks"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env_name(name)} must be at least 1")
-        if self.train_every < 1:
-            raise SettingsError("TRAIN_EVERY must be at least 1")
         if self.predict_deadline <= 0:
             raise SettingsError(f"PREDICT_DEADLINE must be above 0 seconds, got {self.predict_deadline}")
+        if self.train_every < 1:
+            raise SettingsError("TRAIN_EVERY must be at least 1")
         if self.weights not in WEIGHT_SOURCES and not Path(self.weights).exists():
             raise SettingsError(f"WEIGHTS must be one of {', '.join(WEIGHT_SOURCES)} or the path of a checkpoint "
                                 f"folder saved by this backend (weights.pt + meta.json); {self.weights!r} does not exist")
@@ -215,9 +215,9 @@ ENVIRONMENT: dict[str, str] = {
     "BATCH_SIZE": "batch_size",
     "FETCH_WORKERS": "fetch_workers",
     "FETCH_TIMEOUT": "fetch_timeout",
+    "PREDICT_DEADLINE": "predict_deadline",
     "ALLOWED_IMAGE_HOSTS": "allowed_image_hosts",
     "LOCAL_FILES_DOCUMENT_ROOT": "local_files_document_root",
-    "PREDICT_DEADLINE": "predict_deadline",
     "MAX_IMAGE_PIXELS": "max_image_pixels",
     "IMAGE_CACHE_DIR": "image_cache_dir",
     "TRAIN_EVERY": "train_every",
