@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WEIGHTS_FILE := .cache/torch/hub/checkpoints/mobilenet_v2-b0353104.pth
 
-.PHONY: run test test-fast bench weights clean redis-server docker-check
+.PHONY: run test test-fast bench weights clean redis-server chromium docker-check
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ run: $(STAMP)
 	$(BIN)/gunicorn -c docker/gunicorn.conf.py 'backend.app:create_app()'
 
 ## The whole test suite, slow and end-to-end tests included (as CI runs it).
-test: $(STAMP) $(WEIGHTS_FILE) redis-server
+test: $(STAMP) $(WEIGHTS_FILE) redis-server chromium
 	$(BIN)/python -m pytest
 
 ## Unit tests only (no Label Studio server).
@@ -45,6 +45,13 @@ redis-server:
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; } \
 		|| { sudo -n apt-get update -qq && sudo -n apt-get install -y -qq redis-server; } \
 		|| echo "redis-server could not be installed: the RQ tests will be skipped"
+
+## The /ui browser test drives headless Chromium from Debian's packages with Playwright (which cannot
+## download a browser of its own here).
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; } \
+		|| { sudo -n apt-get update -qq && sudo -n apt-get install -y -qq chromium; } \
+		|| echo "chromium could not be installed: the /ui browser tests will be skipped"
 
 ## The image built from docker/Dockerfile and run for real, compose's backend too (slow: several GB
 ## of torch wheels; installs a Docker engine, needs root or sudo -n). Not part of `test` or CI.

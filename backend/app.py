@@ -14,6 +14,7 @@ from backend.routes import bp
 from backend.service import Service
 from backend.settings import Settings
 from backend.ui import bp as ui_bp
+from backend.ui import bp as ui_bp
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.extensions["hua"] = Service.create(settings)
     app.register_blueprint(bp)
+    app.register_blueprint(ui_bp)
     app.register_blueprint(ui_bp)
     app.before_request(_start_timer)
     app.before_request(_authenticate)
@@ -76,7 +78,10 @@ def _observe(response: Response) -> Response:
 
 
 def _api_error(error: APIError) -> tuple[Response, int]:
-    return jsonify(error.to_dict()), error.status_code
+    response = jsonify(error.to_dict())
+    if isinstance(error, Unauthorized):  # RFC 7235: a browser asks for the pair (/ui) only when challenged
+        response.headers["WWW-Authenticate"] = 'Basic realm="HUA backend", charset="UTF-8"'
+    return response, error.status_code
 
 
 def _http_error(error: HTTPException) -> tuple[Response, int]:

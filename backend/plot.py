@@ -27,7 +27,7 @@ def points(rows: list[dict]) -> list[dict]:
 
 def quality_png(rows: list[dict], min_tasks: int) -> bytes:
     """The plot of ``report.version_rows``; a figure that says why when no version has figures yet."""
-    figure = Figure(figsize=(6.4, 3.2), dpi=100, layout="constrained")
+    figure = Figure(figsize=(5.2, 3.0), dpi=100, layout="constrained")
     axes = figure.add_subplot()
     shown = points(rows)
     for key, label, style in LINES:

@@ -140,4 +140,4 @@ class TestPage:
         for model_dir in (many, tmp_path / "empty"):
             response = _client(model_dir).get(f"/ui/projects/{PROJECT}/quality.png", headers=AUTH)
             assert response.status_code == 200 and response.mimetype == "image/png"
-            assert Image.open(io.BytesIO(response.data)).size == (640, 320)
+            assert Image.open(io.BytesIO(response.data)).size == (520, 300)
