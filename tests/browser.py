@@ -63,7 +63,9 @@ def check_plot(page, project: str) -> None:
 
 
 def progress_of(page, project: str, kind: str) -> float:
-    return float(page.locator(f'tr.job[data-project="{project}"][data-kind="{kind}"] progress').evaluate("p => p.value"))
+    """The bar of a job, as the page shows it now."""
+    bar = page.locator(f'tr.job[data-project="{project}"][data-kind="{kind}"] progress')
+    return float(bar.evaluate("p => p.value"))
 
 
 def wait_for_progress(page, project: str, kind: str, value: float) -> None:

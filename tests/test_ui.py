@@ -101,7 +101,9 @@ class TestMetrics:
 class TestPage:
     def test_needs_basic_auth(self, tmp_path):
         client = _client(tmp_path)
-        assert client.get("/ui").status_code == 401
+        refused = client.get("/ui")
+        assert refused.status_code == 401
+        assert refused.headers["WWW-Authenticate"].startswith("Basic ")  # so that a browser asks for the pair
         assert client.get(f"/ui/projects/{PROJECT}/quality.png").status_code == 401
 
     def test_zero_projects(self, tmp_path):
