@@ -14,7 +14,6 @@ from backend.routes import bp
 from backend.service import Service
 from backend.settings import Settings
 from backend.ui import bp as ui_bp
-from backend.ui import bp as ui_bp
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +27,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     _configure_logging(settings.log_level)
     app = Flask(__name__)
-    app.extensions["hua"] = Service.create(settings)
+    app.extensions["hua"] = service = Service.create(settings)
+    _recover_jobs(service)
     app.register_blueprint(bp)
-    app.register_blueprint(ui_bp)
     app.register_blueprint(ui_bp)
     app.before_request(_start_timer)
     app.before_request(_authenticate)
@@ -40,6 +39,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_error_handler(Exception, _unexpected_error)
     logger.info("backend ready: %r", settings)
     return app
+
+
+def _recover_jobs(service: Service) -> None:
+    """Clear what a crash left (pending flags of dead processes), so events schedule jobs again at once."""
+    try:
+        service.board.recover()
+    except OSError as exc:  # an unwritable MODEL_DIR is reported by gunicorn's on_starting and /health
+        logger.warning("could not check MODEL_DIR for jobs left by dead processes: %s", exc)
 
 
 def _configure_logging(level: str) -> None:

@@ -6,10 +6,17 @@ MODEL_DIR:
 
 - ``<project>/.jobs/<kind>.json``: the last or running job's record (status,
   progress, error), readable by every process for /jobs and /health;
-- ``<project>/.jobs/<kind>.pending``: a job is waiting to start. Claimed with
-  O_EXCL, so a burst of events queues at most one more job;
+- ``<project>/.jobs/<kind>.pending``: a job is waiting to start. Created
+  exclusively, so a burst of events queues at most one more job. It names its
+  owner (``ProcessOwner``): a flag whose owner died (kill -9, a restart) is
+  cleared at the next event or at start-up (``recover``), one whose owner
+  cannot be checked (another host) after ``stale_after`` seconds;
 - ``<project>/.jobs/<kind>.lock``: held (fcntl) by the job that runs, so at most
   one runs per project and kind; the kernel releases it if the job is killed;
+  the job's record names the process, so a dead job's record reads as failed
+  (or done, when the version it was saving had been published);
+- ``.queue/``: tickets and slot locks bounding the job processes of all
+  projects together (``JobSlots``);
 - ``<project>/.jobs/annotations``: annotation events since the last training.
 """
 
@@ -19,15 +26,19 @@ import fcntl
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+
+from model.owners import ProcessOwner
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +65,45 @@ class JobRecord:
     started: str | None = None
     finished: str | None = None
     result: dict = field(default_factory=dict)
+    owner: dict | None = None  # ProcessOwner.to_json() of the process running it
+
+
+def _read_json(path: Path) -> object:
+    """A small JSON file's content; None when it is empty or damaged (FileNotFoundError passes)."""
+    try:
+        return json.loads(path.read_text() or "null")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _create_exclusive(path: Path, text: str) -> bool:
+    """Create ``path`` holding ``text`` unless it exists; readers never see it empty.
+
+    Written to a private file first, then hard-linked into place: ``link``
+    fails when the name exists, so exactly one of several callers wins.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _overwrite_in_place(path: Path, data: bytes) -> bool:
+    """Rewrite an existing file within the blocks it already holds (works on a full disk); False if it cannot."""
+    try:
+        with open(path, "r+b") as f:
+            if len(data) > os.fstat(f.fileno()).st_blocks * 512:
+                return False
+            f.write(data)
+            f.truncate()
+        return True
+    except OSError:
+        return False
 
 
 class JobBoard:
@@ -75,18 +125,41 @@ class JobBoard:
         return path
 
     def read(self, project: str, kind: str) -> JobRecord | None:
-        """The record; a "running" one whose process died (kill -9, OOM killer) reads as failed."""
-        path = self.root / project / ".jobs" / f"{kind}.json"
+        """The record, reconciled with what is on disk.
+
+        A "running" record whose process died (kill -9, OOM killer) reads as
+        failed, or as done when that process had already published its version
+        (killed between the rename and the record's update).
+        """
         try:
-            record = JobRecord(**json.loads(path.read_text()))
+            record = JobRecord(**json.loads((self.root / project / ".jobs" / f"{kind}.json").read_text()))
         except (FileNotFoundError, json.JSONDecodeError, TypeError):
             return None
-        if record.status == "running" and self._abandoned(project, kind):
-            record.status = "failed"
-            record.error = record.error or "the job's process died before it finished (killed?)"
+        if record.status == "running" and self._abandoned(project, kind, record):
+            published = self._published_by(record)
+            if published:
+                record.status, record.progress, record.finished = "done", 1.0, record.finished or _now()
+                record.result = {"model_version": published, "reconciled": "the job was killed after publishing it"}
+            else:
+                record.status = "failed"
+                record.error = record.error or "the job's process died before it finished (killed?)"
         return record
 
-    def _abandoned(self, project: str, kind: str) -> bool:
+    def _published_by(self, record: JobRecord) -> str | None:
+        """The version a dead training had written (its meta names the writer), if any."""
+        if record.kind != "train" or not record.owner:
+            return None
+        for meta in sorted((self.root / record.project).glob("v*/meta.json"), reverse=True):
+            data = _read_json(meta)
+            if isinstance(data, dict) and data.get("writer") == record.owner:
+                return meta.parent.name
+        return None
+
+    def _abandoned(self, project: str, kind: str, record: JobRecord) -> bool:
+        owner = ProcessOwner.from_json(record.owner)
+        return (owner is not None and owner.is_gone()) or self._unlocked(project, kind)
+
+    def _unlocked(self, project: str, kind: str) -> bool:
         """True when the record says running but nobody holds the job's lock.
 
         run_job writes "running" (and the outcome) only while it holds the lock,
@@ -113,11 +186,23 @@ class JobBoard:
             os.close(fd)
 
     def write(self, record: JobRecord) -> None:
-        """Replace the record atomically (readers never see half a file)."""
+        """Replace the record atomically (readers never see half a file).
+
+        When the disk is full the temporary file is removed (no empty ``.tmp``
+        left behind) and the record is rewritten in the blocks the old one
+        holds, so that a failure's cause ("No space left on device") still
+        reaches /jobs.
+        """
         path = self._dir(record.project) / f"{record.kind}.json"
+        data = json.dumps(asdict(record), indent=1)
         tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(asdict(record), indent=1))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(data)
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            if not _overwrite_in_place(path, data.encode()):
+                raise
 
     def all(self) -> dict[str, dict[str, dict]]:
         """Every project's records, for /jobs."""
@@ -130,18 +215,42 @@ class JobBoard:
         return found
 
     def claim_pending(self, project: str, kind: str) -> bool:
-        """True if this caller may queue a job (none is waiting already)."""
+        """True if this caller may queue a job (none is waiting already).
+
+        A flag left by a process that is gone is cleared first. Two callers
+        clearing the same stale flag at once may both queue a job: one
+        training too many, never none.
+        """
         path = self._dir(project) / f"{kind}.pending"
+        self._clear_if_stale(path)
+        return _create_exclusive(path, json.dumps(ProcessOwner.current().to_json()))
+
+    def _clear_if_stale(self, path: Path) -> bool:
+        """Remove a pending flag whose owner is gone, or older than ``stale_after``; True if removed."""
         try:
-            if time.time() - path.stat().st_mtime > self.stale_after:
-                path.unlink(missing_ok=True)
+            age = time.time() - path.stat().st_mtime
+            owner = ProcessOwner.from_json(_read_json(path))
         except FileNotFoundError:
-            pass
-        try:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            return True
-        except FileExistsError:
             return False
+        if age > self.stale_after or (owner is not None and owner.is_gone()):
+            path.unlink(missing_ok=True)
+            logger.warning("cleared %s: its owner %s is gone", path, owner or "(unknown)")
+            return True
+        return False
+
+    def recover(self) -> None:
+        """At start-up: clear what dead processes left (pending flags) and record their jobs' outcome.
+
+        A "running" record of a dead job is rewritten as ``read`` sees it
+        (failed, or done when its version was published).
+        """
+        for flag in self.root.glob("*/.jobs/*.pending"):
+            self._clear_if_stale(flag)
+        for path in self.root.glob("*/.jobs/*.json"):
+            stored = _read_json(path)
+            record = self.read(path.parent.parent.name, path.stem)
+            if isinstance(stored, dict) and stored.get("status") == "running" and record and record.status != "running":
+                self.write(record)
 
     def clear_pending(self, project: str, kind: str) -> None:
         (self._dir(project) / f"{kind}.pending").unlink(missing_ok=True)
@@ -151,26 +260,38 @@ class JobBoard:
 
     @contextmanager
     def running(self, project: str, kind: str) -> Iterator[None]:
-        """Hold the project's job lock for ``kind`` (waits while another job runs)."""
-        with open(self._dir(project) / f"{kind}.lock", "w") as lock:
+        """Hold the project's job lock for ``kind`` (waits while another job runs); the lock file names the holder."""
+        with open(self._dir(project) / f"{kind}.lock", "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
+                lock.truncate(0)
+                lock.write(json.dumps(ProcessOwner.current().to_json()))
+                lock.flush()
                 yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    @contextmanager
+    def _counter(self, project: str) -> Iterator[Path]:
+        """The annotation counter's file, under its lock (every gunicorn worker counts into it)."""
+        with open(self._dir(project) / "annotations.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield self._dir(project) / "annotations"
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def count_annotation(self, project: str, threshold: int) -> bool:
         """Count one annotation event; True (and reset) when ``threshold`` is reached."""
-        path = self._dir(project) / "annotations"
-        with open(self._dir(project) / "annotations.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with self._counter(project) as path:
             count = int(path.read_text() or 0) + 1 if path.exists() else 1
             reached = count >= threshold
             path.write_text("0" if reached else str(count))
             return reached
 
     def reset_annotations(self, project: str) -> None:
-        (self._dir(project) / "annotations").write_text("0")
+        with self._counter(project) as path:
+            path.write_text("0")
 
 
 class ProgressWriter:
@@ -199,22 +320,133 @@ def run_job(board: JobBoard, project: str, kind: str, work: Callable[[Callable[[
     """Run ``work`` as the project's ``kind`` job: lock, record, errors.
 
     The pending flag is cleared when the job starts, so events arriving while
-    it runs queue exactly one more job. A failure is recorded and re-raised.
+    it runs queue exactly one more job. A failure is recorded and re-raised;
+    when even the record cannot be written (a full disk), the original error
+    is what is raised, so the job process's last words name the cause.
     """
     with board.running(project, kind):
         board.clear_pending(project, kind)
         record = board.read(project, kind) or JobRecord(project, kind)
-        record = JobRecord(project, kind, status="running", queued=record.queued, started=_now())
+        record = JobRecord(project, kind, status="running", queued=record.queued, started=_now(),
+                           owner=ProcessOwner.current().to_json())
         board.write(record)
         try:
             record.result = work(ProgressWriter(board, record))
         except BaseException as exc:
             record.status, record.error, record.finished = "failed", f"{type(exc).__name__}: {exc}", _now()
-            board.write(record)
+            try:
+                board.write(record)
+            except OSError as write_error:
+                logger.error("could not record the failure of %s %s: %s", kind, project, write_error)
             raise
         record.status, record.progress, record.finished = "done", 1.0, _now()
         board.write(record)
         return record.result
+
+
+class JobSlots:
+    """At most ``limit`` job processes at once, among all processes sharing MODEL_DIR, started in the order asked.
+
+    Each job takes a ticket (a file named by the time it asked, naming its
+    owner) in ``MODEL_DIR/.queue`` and waits until its ticket is the oldest and
+    one of ``limit`` slot locks (fcntl) is free. The slot's descriptor is handed
+    to the job process, so the slot stays taken while that process lives, even
+    when the serving process that started it is killed, and the kernel frees it
+    when the job ends. Tickets of processes that are gone are dropped.
+
+    Args:
+        root (Path): MODEL_DIR.
+        limit (int): MAX_JOB_PROCESSES.
+        stale_after (float): seconds after which a ticket whose owner cannot be
+            checked (another host) is dropped.
+        poll (float): seconds between looks at the queue while waiting.
+    """
+
+    def __init__(self, root: Path | str, limit: int, stale_after: float = 6 * 3600, poll: float = 0.2) -> None:
+        self.folder = Path(root) / ".queue"
+        self.limit = limit
+        self.stale_after = stale_after
+        self.poll = poll
+
+    def ticket(self) -> Path:
+        """A place in the queue, taken when the job is asked for (so the order is the order of the events)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        ticket = self.folder / f"{time.time_ns():020d}-{os.getpid()}-{threading.get_ident()}.ticket"
+        ticket.write_text(json.dumps(ProcessOwner.current().to_json()))
+        return ticket
+
+    @contextmanager
+    def held(self, ticket: Path) -> Iterator[int]:
+        """Wait for ``ticket``'s turn and a free slot; yields the slot lock's descriptor."""
+        try:
+            fd = self._wait_for_turn(ticket.name)
+        finally:
+            ticket.unlink(missing_ok=True)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _wait_for_turn(self, name: str) -> int:
+        while True:
+            if self._first() == name:
+                fd = self._free_slot()
+                if fd is not None:
+                    return fd
+            time.sleep(self.poll)
+
+    def _first(self) -> str | None:
+        """The oldest ticket whose owner may still be waiting; the others are removed."""
+        for path in sorted(self.folder.glob("*.ticket")):
+            try:
+                owner = ProcessOwner.from_json(_read_json(path))
+                age = time.time() - path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if age > self.stale_after or (owner is not None and owner.is_gone()):
+                path.unlink(missing_ok=True)
+                continue
+            return path.name
+        return None
+
+    def _free_slot(self) -> int | None:
+        for i in range(self.limit):
+            fd = os.open(self.folder / f"slot-{i}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                os.close(fd)
+        return None
+
+
+# "2026-01-01 10:00:00,123 ERROR backend.cli: " before a job process's own words.
+_LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ [\w.]+: ")
+
+
+def _last_words(lines: deque[bytes]) -> str:
+    """The last line a job process wrote to stderr, without the log prefix: its error, or a traceback's last line."""
+    for raw in reversed(lines):
+        line = raw.decode(errors="replace").strip()
+        if line:
+            return _LOG_PREFIX.sub("", line)[:500]
+    return ""
+
+
+def _run_child(command: list[str], env: dict[str, str] | None, slot: int) -> tuple[int, str]:
+    """Run a job process holding ``slot``; its exit status and last words.
+
+    Its stderr is passed on to ours line by line (the job's log stays in the
+    service's) and its tail kept, because a process that cannot write its
+    record (a full disk) can still say why it failed there.
+    """
+    tail: deque[bytes] = deque(maxlen=20)
+    with subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=(slot,)) as proc:
+        for line in proc.stderr:
+            tail.append(line)
+            sys.stderr.write(line.decode(errors="replace"))
+        code = proc.wait()
+    return code, _last_words(tail)
 
 
 class EmbeddedRunner:
@@ -222,31 +454,49 @@ class EmbeddedRunner:
 
     A child process, not a thread: a crash or an out-of-memory kill of a
     training cannot take the serving worker down, and its memory is returned
-    when it ends. ``on_done(project, kind, ok)`` runs in this process after the
+    when it ends. Jobs wait for a slot (``JobSlots``) before their process is
+    started, so a flood of events for many projects starts them one after
+    the other. ``on_done(project, kind, ok)`` runs in this process after the
     child exits (the service reloads the model there).
     """
 
-    def __init__(self, board: JobBoard, on_done: Callable[[str, str, bool], None], env: dict[str, str] | None = None) -> None:
+    def __init__(self, board: JobBoard, on_done: Callable[[str, str, bool], None], env: dict[str, str] | None = None,
+                 slots: JobSlots | None = None) -> None:
         self.board = board
         self.on_done = on_done
         self.env = env
+        self.slots = slots or JobSlots(board.root, 1, stale_after=board.stale_after)
 
     def submit(self, project: str, kind: str) -> None:
-        threading.Thread(target=self._run, args=(project, kind), name=f"{kind}-{project}", daemon=True).start()
+        ticket = self.slots.ticket()
+        try:
+            threading.Thread(target=self._run, args=(project, kind, ticket), name=f"{kind}-{project}", daemon=True).start()
+        except BaseException:
+            ticket.unlink(missing_ok=True)
+            raise
 
-    def _run(self, project: str, kind: str) -> None:
+    def _run(self, project: str, kind: str, ticket: Path) -> None:
         command = [sys.executable, "-m", "backend", kind, "--project", project, "--quiet"]
-        code = subprocess.call(command, env=self.env, stdin=subprocess.DEVNULL)
-        ok = code == 0
-        if not ok:
-            record = self.board.read(project, kind)
-            if record is None or record.finished is None:  # the job recorded no outcome: killed, or never started
-                record = record or JobRecord(project, kind)
-                record.status, record.error, record.finished = "failed", f"job process exited with {code}", _now()
-                self.board.write(record)
-            if record.started is None:  # it never ran: nothing will clear its pending flag
-                self.board.clear_pending(project, kind)
-        self.on_done(project, kind, ok)
+        try:
+            with self.slots.held(ticket) as slot:
+                code, cause = _run_child(command, self.env, slot)
+        except Exception as exc:  # the process could not be started: say so, free the flag
+            logger.exception("%s for project %s could not start", kind, project)
+            code, cause = None, f"{type(exc).__name__}: {exc}"
+        if code != 0:
+            self._record_failure(project, kind, code, cause)
+        self.on_done(project, kind, code == 0)
+
+    def _record_failure(self, project: str, kind: str, code: int | None, cause: str) -> None:
+        """Record a job that recorded no outcome itself (killed, never started, disk full), with its cause."""
+        record = self.board.read(project, kind)
+        if record is None or record.finished is None:
+            record = record or JobRecord(project, kind)
+            said = f"job process exited with {code}" if code is not None else "job process did not start"
+            record.status, record.error, record.finished = "failed", f"{said}: {cause}" if cause else said, _now()
+            self.board.write(record)
+        if record.started is None:  # it never ran: nothing will clear its pending flag
+            self.board.clear_pending(project, kind)
 
 
 class RQRunner:
@@ -295,17 +545,21 @@ class Scheduler:
         return "ignored"
 
     def request(self, project: str, kind: str) -> str:
-        """Queue a job unless one is already waiting."""
+        """Queue a job unless one is already waiting.
+
+        Whatever fails after the flag is claimed (the record's write on a full
+        disk, the queue) clears the flag again, so the next event tries anew.
+        """
         if kind == "train":
             self.board.reset_annotations(project)
         if not self.board.claim_pending(project, kind):
             return "coalesced"
-        current = self.board.read(project, kind)
-        if current is None or current.status != "running":  # a running job keeps its record; the flag says one waits
-            self.board.write(JobRecord(project, kind))
         try:
+            current = self.board.read(project, kind)
+            if current is None or current.status != "running":  # a running job keeps its record; the flag says one waits
+                self.board.write(JobRecord(project, kind))
             self.submit(project, kind)
-        except Exception:
+        except BaseException:
             self.board.clear_pending(project, kind)
             raise
         return "scheduled"

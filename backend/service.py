@@ -8,7 +8,7 @@ from functools import cached_property
 
 from backend.images import ImageLoader, ImagePolicy
 from backend.inference import InferenceQueue
-from backend.jobs import EmbeddedRunner, JobBoard, RQRunner, Scheduler
+from backend.jobs import EmbeddedRunner, JobBoard, JobSlots, RQRunner, Scheduler
 from backend.lsclient import LabelStudioAuth, LabelStudioClient
 from backend.metrics import ServiceMetrics
 from backend.ranking_store import RankingCache
@@ -76,7 +76,8 @@ class Service:
         if self.settings.redis_url:
             runner = RQRunner(self.settings.redis_url, RQ_QUEUE, self.settings.job_timeout)
         else:
-            runner = EmbeddedRunner(self.board, self._job_finished, env=os.environ | self.settings.to_env())
+            slots = JobSlots(self.settings.model_dir, self.settings.max_job_processes, stale_after=self.settings.job_timeout)
+            runner = EmbeddedRunner(self.board, self._job_finished, env=os.environ | self.settings.to_env(), slots=slots)
         return Scheduler(self.board, runner.submit, self.settings.train_every)
 
     def _job_finished(self, project: str, kind: str, ok: bool) -> None:

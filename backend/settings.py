@@ -75,6 +75,7 @@ class Settings:
     redis_url: str = ""
     train_processes: int = 1
     job_timeout: int = 6 * 3600
+    max_job_processes: int = 1
     hua_top_k: int = 10
     hua_retrieval_fraction: float = 0.5
     hua_min_candidates: int = 64
@@ -119,7 +120,8 @@ class Settings:
         if self.device not in ("auto", "cpu", "cuda"):
             raise SettingsError("DEVICE must be auto, cpu or cuda")
         for name in ("batch_size", "fetch_workers", "workers", "threads", "max_image_pixels", "train_processes",
-                     "hua_diversity_window", "eval_min_tasks"):
+                     "hua_diversity_window", "eval_min_tasks",
+                     "max_job_processes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env_name(name)} must be at least 1")
         if self.predict_deadline <= 0:
@@ -238,6 +240,7 @@ ENVIRONMENT: dict[str, str] = {
     "REDIS_URL": "redis_url",
     "TRAIN_PROCESSES": "train_processes",
     "JOB_TIMEOUT": "job_timeout",
+    "MAX_JOB_PROCESSES": "max_job_processes",
     "HUA_TOP_K": "hua_top_k",
     "HUA_RETRIEVAL_FRACTION": "hua_retrieval_fraction",
     "HUA_MIN_CANDIDATES": "hua_min_candidates",

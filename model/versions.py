@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from model.owners import ProcessOwner
+
 WEIGHTS_FILE = "weights.pt"
 META_FILE = "meta.json"
 _VERSION = re.compile(r"^v(\d{4,})$")
@@ -108,7 +110,9 @@ class VersionStore:
     def save(self, project: str, state_dict: dict[str, torch.Tensor], meta: dict) -> Version:
         """Write a new version atomically and return it.
 
-        ``meta`` is stored with ``model_version``, ``project`` and ``created`` added.
+        ``meta`` is stored with ``model_version``, ``project``, ``created`` and
+        ``writer`` (the process, so that a job killed just after publishing it
+        can be recognised as done) added.
         """
         folder = self._project_dir(project)
         folder.mkdir(parents=True, exist_ok=True)
@@ -118,7 +122,8 @@ class VersionStore:
             with self._locked(project):
                 existing = self.versions(project)
                 name = version_name(int(_VERSION.match(existing[-1].name).group(1)) + 1 if existing else 1)
-                full_meta = {**meta, "model_version": name, "project": project, "created": _now()}
+                full_meta = {**meta, "model_version": name, "project": project, "created": _now(),
+                             "writer": ProcessOwner.current().to_json()}
                 _write_json(tmp / META_FILE, full_meta)
                 os.rename(tmp, folder / name)
         except BaseException:
