@@ -11,6 +11,7 @@ import io
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 # (figure key, legend, marker style) of each line, in drawing order.
 LINES = (
@@ -43,6 +44,8 @@ def quality_png(rows: list[dict], min_tasks: int) -> bytes:
     else:
         axes.legend(loc="upper left", fontsize=8)
     axes.set_ylim(-0.02, 1.05)
+    axes.set_xlim(-0.5, 1.1 * max([p["x"] for p in shown] + [1]) + 0.5)  # from no annotation on
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # tasks are counted
     axes.set_xlabel("annotated tasks the version was trained on")
     axes.set_ylabel("on the tasks annotated next")
     axes.grid(alpha=0.3)

@@ -48,7 +48,7 @@ def training_backend(label_studio, tmp_path_factory):
 
     base = tmp_path_factory.mktemp("training-backend")
     env = {"TRAIN_EVERY": "2", "EPOCHS": "1", "TRAIN_MIN_ITERATIONS": "1", "TRAIN_BATCH_SIZE": "2",
-           "ALLOW_WEIGHTS_DOWNLOAD": "false"}
+           "ALLOW_WEIGHTS_DOWNLOAD": "false", "EVAL_MIN_TASKS": "1"}
     try:
         server = start_ml_backend(label_studio, base / "model", base / "gunicorn.log", extra_env=env)
     except RuntimeError as e:
@@ -96,7 +96,14 @@ def _new_training(before: list[str]):
     return finished
 
 
-def test_annotations_train_a_new_version_that_serves(label_studio, ls_client, training_backend, square_images):
+@pytest.fixture(scope="module")
+def trained() -> dict:
+    """What the training test below made (project, versions), for the /ui test that follows it."""
+    return {}
+
+
+def test_annotations_train_a_new_version_that_serves(label_studio, ls_client, training_backend, square_images,
+                                                     trained):
     from labelstudio import wait_for_job
 
     backend = training_backend
@@ -120,6 +127,8 @@ def test_annotations_train_a_new_version_that_serves(label_studio, ls_client, tr
     assert meta["annotation_ids"] == sorted(annotation_ids)
     assert meta["labels"] == ["car", "person"] and meta["model_version"] == version
     assert meta["skipped"] == {}
+    assert meta["task_ids"] == [tasks[0]["id"], tasks[1]["id"]]
+    assert meta["evaluation"]["model_version"] in (None, *before)  # nothing, or a version made at a /predict
 
     # the follow-up ranking runs in the same background job; wait for it before predicting
     rank = wait_for_job(backend, project, "rank", lambda r: r["status"] in ("done", "failed"), JOB_TIMEOUT_S)
@@ -153,9 +162,52 @@ def test_annotations_train_a_new_version_that_serves(label_studio, ls_client, tr
     meta = _meta(backend.model_dir, project, second)
     assert meta["annotation_ids"] == sorted(annotation_ids)
     assert meta["parent"] == version
+    _check_prequential(backend, project, version, second, meta["evaluation"], tasks[2]["id"])
+    trained.update(project=str(project), first=version, second=second)
 
     jobs = backend.get("/jobs", timeout=30).json()["jobs"][str(project)]
     assert jobs["train"]["status"] == "done"
+
+
+def _check_prequential(backend, project: int, first: str, second: str, evaluation: dict, new_task: int) -> None:
+    """The second training measured the first version on the one task annotated in between
+    (EVAL_MIN_TASKS=1), and the report, /versions and /metrics say the same."""
+    assert evaluation["model_version"] == first and evaluation["status"] == "ok", evaluation
+    assert evaluation["task_ids"] == [new_task] and evaluation["tasks"] == 1 and evaluation["trained_on_tasks"] == 2
+    assert evaluation["acceptance"]["annotated"] == 1  # square_result draws one box
+    figures = {"map_50": evaluation["map_50"], "map": evaluation["map"],
+               "accepted": evaluation["acceptance"]["accepted"], "recall": evaluation["acceptance"]["recall"]}
+    assert all(0.0 <= v <= 1.0 for v in figures.values()), figures
+    report = backend.get(f"/projects/{project}/report", timeout=30).json()
+    row = next(r for r in report["versions"] if r["model_version"] == first)
+    assert row["evaluated_by"] == second and row["figures"] == figures
+    detail = backend.post("/versions", json={"project": str(project)}, timeout=30).json()["detail"]
+    assert next(r for r in detail if r["model_version"] == first)["figures"] == figures
+    text = backend.get("/metrics", timeout=30).text
+    assert f'hua_prequential{{figure="map_50",model_version="{first}",project="{project}"}}' in text
+
+
+def test_the_ui_shows_the_trainings_in_a_browser(training_backend, trained):
+    """/ui after the two trainings above, in headless Chromium: the versions table and the plot
+    agree with /projects/<id>/report, the job bars with /jobs; the screenshot is the README's."""
+    from browser import backend_json, check_plot, check_versions_table, chromium_or_skip, open_ui, progress_of
+    from browser import screenshot
+
+    sync_playwright = chromium_or_skip()
+    assert trained, "the training test above did not get as far as its second training"
+    backend, project = training_backend, trained["project"]
+    with sync_playwright() as playwright:
+        browser, page = open_ui(playwright, backend.url, backend.auth)
+        try:
+            report = backend_json(backend.url, f"/projects/{project}/report", backend.auth)
+            assert report["serving"] == trained["second"]
+            check_versions_table(page, report)
+            check_plot(page, project)
+            jobs = backend_json(backend.url, "/jobs", backend.auth)["jobs"][project]
+            assert progress_of(page, project, "train") == jobs["train"]["progress"] == 1.0
+            screenshot(page, "ui-e2e")
+        finally:
+            browser.close()
 
 
 def test_cli_trains_in_the_foreground(label_studio, ls_client, square_images, tmp_path):
