@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from model.owners import ProcessOwner
+from model.versions import is_project_id, project_id
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class JobBoard:
         self.stale_after = stale_after
 
     def _dir(self, project: str) -> Path:
-        path = self.root / project / ".jobs"
+        path = self.root / project_id(project) / ".jobs"
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -132,7 +133,7 @@ class JobBoard:
         (killed between the rename and the record's update).
         """
         try:
-            record = JobRecord(**json.loads((self.root / project / ".jobs" / f"{kind}.json").read_text()))
+            record = JobRecord(**json.loads((self.root / project_id(project) / ".jobs" / f"{kind}.json").read_text()))
         except (FileNotFoundError, json.JSONDecodeError, TypeError):
             return None
         if record.status == "running" and self._abandoned(project, kind, record):
@@ -208,6 +209,8 @@ class JobBoard:
         """Every project's records, for /jobs."""
         found: dict[str, dict[str, dict]] = {}
         for path in sorted(self.root.glob("*/.jobs/*.json")):
+            if not is_project_id(path.parent.parent.name):
+                continue
             record = self.read(path.parent.parent.name, path.stem)
             if record is not None:
                 shown = asdict(record) | {"next_queued": self.is_pending(record.project, record.kind)}
@@ -247,6 +250,8 @@ class JobBoard:
         for flag in self.root.glob("*/.jobs/*.pending"):
             self._clear_if_stale(flag)
         for path in self.root.glob("*/.jobs/*.json"):
+            if not is_project_id(path.parent.parent.name):
+                continue
             stored = _read_json(path)
             record = self.read(path.parent.parent.name, path.stem)
             if isinstance(stored, dict) and stored.get("status") == "running" and record and record.status != "running":
@@ -256,7 +261,7 @@ class JobBoard:
         (self._dir(project) / f"{kind}.pending").unlink(missing_ok=True)
 
     def is_pending(self, project: str, kind: str) -> bool:
-        return (self.root / project / ".jobs" / f"{kind}.pending").exists()
+        return (self.root / project_id(project) / ".jobs" / f"{kind}.pending").exists()
 
     @contextmanager
     def running(self, project: str, kind: str) -> Iterator[None]:

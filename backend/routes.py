@@ -22,6 +22,7 @@ from backend.predictions import Deadline, PredictedTasks, predict_tasks
 from backend.report import refresh_quality_gauges, version_rows
 from backend.service import Service
 from backend.settings import Settings
+from model.versions import project_id as canonical_project_id
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +52,26 @@ def _service() -> Service:
 
 
 def json_body() -> dict:
-    """The request's JSON object, or a 400 that says what is wrong with it."""
-    body = request.get_json(silent=True)
+    """The request's JSON object, or a 400 that says what is wrong with it.
+
+    Python's parser recurses once per nesting level: a body nested deeper
+    than the interpreter's recursion limit is refused, not a 500.
+    """
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     return body
 
 
 def project_id(body: dict) -> str:
-    """Label Studio's ``project`` is ``"<id>.<created_at>"`` or an int; the id names the folder."""
+    """Label Studio's ``project`` is ``"<id>.<created_at>"`` or an int; the id names the folder.
+
+    The id must pass ``model.versions.project_id``, the rule the store and the
+    job board apply too: anything else is a 400 here, never a folder or a 500.
+    """
     raw = body.get("project")
     if isinstance(raw, dict):  # webhooks carry the serialised project
         raw = raw.get("id")
@@ -67,10 +79,10 @@ def project_id(body: dict) -> str:
         raise BadRequest("field 'project' is required")
     if not isinstance(raw, (str, int)) or isinstance(raw, bool):
         raise BadRequest("field 'project' must be a string or an integer")
-    pid = str(raw).split(".")[0]
-    if not pid.isdigit():
-        raise BadRequest("field 'project' must start with the numeric project id")
-    return pid
+    try:
+        return canonical_project_id(str(raw).split(".")[0])
+    except ValueError as exc:
+        raise BadRequest(f"field 'project': {exc}") from None
 
 
 def _labels(body: dict, field: str) -> ProjectLabels:

@@ -29,7 +29,30 @@ from model.owners import ProcessOwner
 WEIGHTS_FILE = "weights.pt"
 META_FILE = "meta.json"
 _VERSION = re.compile(r"^v(\d{4,})$")
-_PROJECT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+PROJECT_ID_DIGITS = 12
+# ASCII digits only ("١٢" and "²" are str.isdigit() too), no leading zero ("0001" would be a second project 1).
+_PROJECT = re.compile(rf"^[1-9][0-9]{{0,{PROJECT_ID_DIGITS - 1}}}$")
+
+
+def project_id(raw: str) -> str:
+    """The one rule for a project id, in the folder names of the store and the job board and in every route.
+
+    Label Studio's ids are positive integers; their canonical decimal form is
+    the only spelling accepted, so that one project has one folder.
+
+    Raises:
+        ValueError: ``raw`` is not that form (the message says what is).
+    """
+    if not isinstance(raw, str) or not _PROJECT.fullmatch(raw):
+        raise ValueError(
+            f"invalid project id {str(raw)[:20]!r}: a positive integer in ASCII digits without leading zeros, "
+            f"at most {PROJECT_ID_DIGITS} digits"
+        )
+    return raw
+
+
+def is_project_id(name: str) -> bool:
+    return bool(_PROJECT.fullmatch(name))
 
 
 class CheckpointError(ValueError):
@@ -67,13 +90,11 @@ class VersionStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _project_dir(self, project: str) -> Path:
-        if not _PROJECT.match(project):
-            raise ValueError(f"invalid project id {project!r}")
-        return self.root / project
+        return self.root / project_id(project)
 
     def projects(self) -> list[str]:
         """Projects that have at least one complete version."""
-        return sorted(p.name for p in self.root.iterdir() if _PROJECT.match(p.name) and self.versions(p.name))
+        return sorted(p.name for p in self.root.iterdir() if is_project_id(p.name) and self.versions(p.name))
 
     def versions(self, project: str) -> list[Version]:
         """Complete versions of ``project``, oldest first."""

@@ -129,6 +129,14 @@ class TestJobBoard:
         assert everything["2"]["train"]["error"] == "boom"
         assert not list(tmp_path.glob("*/.jobs/*.tmp"))
 
+    @pytest.mark.parametrize("project", ["\u0661\u0662", "\u00b2", "0001", "1" * 101, "../1", "abc"])
+    def test_project_ids_follow_the_stores_rule(self, tmp_path, project):
+        board = JobBoard(tmp_path)
+        for touch in (board.claim_pending, board.read, board.is_pending):
+            with pytest.raises(ValueError, match="invalid project id"):
+                touch(project, "train")
+        assert list(tmp_path.iterdir()) == []
+
     def test_a_corrupt_record_reads_as_none(self, tmp_path):
         board = JobBoard(tmp_path)
         (tmp_path / "1" / ".jobs").mkdir(parents=True)

@@ -10,6 +10,7 @@ import base64
 import logging
 import math
 import re
+from urllib.parse import quote
 
 import pytest
 import torch
@@ -335,6 +336,29 @@ class TestBadRequests:
     @pytest.mark.parametrize("action", [None, 5, ["ANNOTATION_CREATED"]])
     def test_webhook_action_not_a_string(self, client, action):
         assert "'action'" in self._error(client.post("/webhook", json={"action": action, "project": {"id": 1}}))
+
+    @pytest.mark.parametrize("project", ["\u0661\u0662", "\u00b2", "0001", "0", "1" * 101, "1" * 13, " 1", "1e3", -1])
+    def test_one_project_id_rule_on_every_route(self, fresh_app, project):
+        """Unicode digits, a leading zero, absurd lengths: a 400 naming the field everywhere, never a folder."""
+        client = fresh_app.test_client()
+        calls = [
+            ("/setup", {"project": project}),
+            ("/predict", predict_body([local_task(1, SMALL)], project=project)),
+            ("/versions", {"project": project}),
+            ("/rank", {"project": project}),
+            ("/webhook", {"action": "START_TRAINING", "project": {"id": project}}),
+        ]
+        for path, body in calls:
+            assert "'project'" in self._error(client.post(path, json=body)), path
+        assert "'project'" in self._error(client.get("/versions", query_string={"project": project}))
+        assert "'project'" in self._error(client.get(f"/projects/{quote(str(project))}/report"))
+        assert [p.name for p in _service(fresh_app).store.root.iterdir() if not p.name.startswith(".")] == []
+
+    @pytest.mark.parametrize("path", ["/predict", "/setup", "/webhook", "/versions"])
+    @pytest.mark.parametrize("opening, closing", [("[", "]"), ('{"a":', "}")])
+    def test_a_body_nested_100000_deep(self, client, path, opening, closing):
+        depth = 100_000
+        assert "nested" in self._error(_post_raw(client, path, opening * depth + "1" + closing * depth))
 
     def test_unknown_route_and_method_are_json(self, client):
         assert self._error(client.get("/nope"), 404)

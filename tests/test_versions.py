@@ -82,7 +82,9 @@ class TestVersionStore:
         store.save("1", _weights(1.0), META)
         assert VersionStore(store.root).latest("1").name == "v0001"
 
-    @pytest.mark.parametrize("project", ["", "..", "../other", "a/b", "1.2", "x" * 65, "1 2", "/abs"])
+    @pytest.mark.parametrize(
+        "project", ["", "..", "../other", "a/b", "1.2", "x" * 65, "1 2", "/abs", "\u0661\u0662", "\u00b2", "0001", "1" * 13]
+    )
     def test_invalid_project_ids_are_refused(self, store, project):
         with pytest.raises(ValueError, match="invalid project id"):
             store.save(project, _weights(1.0), META)
