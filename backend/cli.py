@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 
 from backend.deferred import run_deferred_predictions
 from tqdm import tqdm
 
+from backend.distributed import join_process_group, torchrun_command, under_torchrun
 from backend.jobs import run_job
 from backend.service import Service
 from backend.settings import Settings
@@ -71,32 +70,10 @@ def _with_bar(work: Work, title: str) -> Work:
     return wrapped
 
 
-def _under_torchrun() -> bool:
-    """torchrun's launcher protocol: it sets these for each process it starts."""
-    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
-def torchrun_command(processes: int, *module_args: str) -> list[str]:
-    """torchrun on this machine alone, starting ``processes`` copies of ``python -m <module_args>``."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-            "-m", *module_args]
-
-
 def _torchrun(project: str, processes: int) -> None:
     """Run the training as ``processes`` data-parallel processes (one per GPU)."""
     command = torchrun_command(processes, "backend", "train", "--project", project, "--quiet", "--no-follow-up")
     subprocess.run(command, check=True, stdin=subprocess.DEVNULL)
-
-
-def join_process_group() -> int:
-    """Join torchrun's process group (NCCL on GPUs, gloo on CPUs); returns this process's rank."""
-    import torch
-    import torch.distributed as dist
-
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank()
 
 
 def _worker_rank_training(service: Service, project: str) -> dict:
@@ -119,9 +96,9 @@ def run_job_from_env(
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service = Service.create(settings)
-    if kind == "train" and _under_torchrun() and join_process_group() != 0:
+    if kind == "train" and under_torchrun() and join_process_group() != 0:
         return _worker_rank_training(service, project)
-    if kind == "train" and settings.train_processes > 1 and not _under_torchrun():
+    if kind == "train" and settings.train_processes > 1 and not under_torchrun():
         _torchrun(project, settings.train_processes)
         kind = "rank"
     results = {}

@@ -36,8 +36,8 @@ Also, separately:
   ranking.json) and the median of the next ``--repeats``, against Label
   Studio's 100 s limit for /predict.
 
-``--device cuda`` runs (a), (b) and (c) on a GPU; ``bench.gpu_check`` uses
-``time_scoring`` without (c) for its 1,000-image pool.
+(a), (b) and (c) live in ``bench.hua_scoring``; ``--device cuda`` runs them on
+a GPU, and ``bench.gpu_check`` runs (a) and (b) there on a 1,000-image pool.
 
 Both wall and CPU seconds (``time.process_time``, all threads) are reported;
 the goals are judged on wall time. Cost: one forward pass of mobilenet_v2_fpn
@@ -58,14 +58,10 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor
-from torchvision.ops import box_iou
 
 from bench.bench_hua_aggregate import median_seconds, synthetic_pool
 from bench.bench_predict import Service, free_port
@@ -73,180 +69,24 @@ from bench.common import (
     SHAPE_LABELS,
     backend_env,
     fmt_goal,
-    interleaved,
     label_config,
     median,
     parse_size,
     print_table,
-    synthetic_scenes,
     use_repo_torch_home,
     write_json,
 )
+from bench.hua_scoring import Pool, time_scoring
 from backend.labels import parse_label_config
 from backend.predictions import box_result
 from backend.ranking_store import StoredRanking
-from model.detections import Detections
-from model.detector import Detector, DetectorConfig, build_model, select_device
-from model.hua import HUAConfig, fit_scale, js_divergence, num_candidates, rank_pool
-from model.ranking import labeled_class_frequency, predict_pool, score_pool
+from model.hua import fit_scale, rank_pool
 from model.versions import VersionStore
 
 PROJECT = "1"
 LS_PREDICT_TIMEOUT_S = 100.0
 #: An address nothing listens on: a task image that were fetched would fail (and show).
 UNFETCHED_URL = "http://127.0.0.1:9/never-fetched/{}.jpg"
-AUGMENTATIONS = ("flip", "cutout", "resize", "rotate90")
-RESIZE_FACTOR = 0.8
-
-
-# --- (c) CALD-style consistency -------------------------------------------------------
-
-
-def _cutout(image: Tensor, key: int, holes: int = 2, fraction: float = 0.25) -> Tensor:
-    """``image`` with ``holes`` grey rectangles of ``fraction`` of each side (seeded by ``key``)."""
-    out = image.clone()
-    _, h, w = image.shape
-    gen = torch.Generator().manual_seed(1000 + int(key))
-    ch, cw = max(1, int(h * fraction)), max(1, int(w * fraction))
-    for _ in range(holes):
-        y = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
-        x = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
-        out[:, y : y + ch, x : x + cw] = 0.5
-    return out
-
-
-def augment(image: Tensor, kind: str, key: int) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
-    """The augmented image and the map of its boxes back to ``image``'s pixels."""
-    _, h, w = image.shape
-    if kind == "flip":
-        return image.flip(-1), lambda b: torch.stack((w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]), dim=1)
-    if kind == "cutout":
-        return _cutout(image, key), lambda b: b
-    if kind == "resize":
-        small = F.interpolate(image[None], scale_factor=RESIZE_FACTOR, mode="bilinear", align_corners=False)[0]
-        sx, sy = w / small.shape[-1], h / small.shape[-2]
-        return small, lambda b: b * torch.tensor([sx, sy, sx, sy], dtype=b.dtype)
-    if kind == "rotate90":
-        # torch.rot90(k=1) on (H, W): a point (x, y) goes to (y, W - x); back: x = W - y', y = x'.
-        return torch.rot90(image, 1, (1, 2)), lambda b: torch.stack((w - b[:, 3], b[:, 0], w - b[:, 1], b[:, 2]), dim=1)
-    raise ValueError(f"unknown augmentation {kind!r}")
-
-
-def consistency(original: Detections, boxes_back: Tensor, probs: Tensor) -> float:
-    """Mean over original detections of IoU(best match) x (1 - JS(p, p*)); 0 when either side is empty."""
-    if len(original) == 0 or boxes_back.shape[0] == 0:
-        return 0.0
-    best_iou, match = box_iou(original.boxes, boxes_back).nan_to_num(0.0).max(dim=1)
-    return float((best_iou * (1.0 - js_divergence(original.probs, probs[match]))).mean())
-
-
-def cald_pool(detector: Detector, keys: list[int], source, batch_size: int) -> Tensor:
-    """Consistency of every image over the original and its 4 augmentations (5 forward passes each).
-
-    Returns:
-        Tensor[N]: float64, the minimum over augmentations of the image's consistency
-        (lower = less consistent = more informative, in CALD's sense).
-    """
-    scores = []
-    for start in range(0, len(keys), batch_size):
-        batch = keys[start : start + batch_size]
-        images = [source(k) for k in batch]
-        originals = detector.predict(images)
-        per_aug = []
-        for kind in AUGMENTATIONS:
-            augmented = [augment(img, kind, k) for img, k in zip(images, batch)]
-            dets = detector.predict([a for a, _ in augmented])
-            per_aug.append([
-                consistency(orig, back(det.boxes), det.probs)
-                for orig, det, (_, back) in zip(originals, dets, augmented)
-            ])
-        scores.extend(min(values) for values in zip(*per_aug))
-    return torch.tensor(scores, dtype=torch.float64)
-
-
-# --- the model part -------------------------------------------------------------------
-
-
-def build_detector(args: argparse.Namespace) -> tuple[Detector, str]:
-    torch.manual_seed(args.seed)
-    config = DetectorConfig(backbone=args.backbone, weights=args.weights, allow_download=False,
-                            score_threshold=args.score_threshold)
-    model, report = build_model(config, list(SHAPE_LABELS))
-    used = report.used + (f" (asked for {report.requested}: {'; '.join(report.reasons)})" if report.fell_back else "")
-    return Detector(model, list(SHAPE_LABELS), select_device(args.device)), used
-
-
-def _scoring_steps(
-    detector: Detector, images: list[Tensor], hua: HUAConfig, batch_size: int, outputs: dict, cald: bool
-) -> dict[str, Callable[[], None]]:
-    """The timed steps (a), (b) and, with ``cald``, (c); each keeps its last output in ``outputs``."""
-    keys = list(range(len(images)))
-    source = images.__getitem__
-    freq = labeled_class_frequency([], len(SHAPE_LABELS))
-    steps = {
-        "a": lambda: outputs.update(plain=predict_pool(detector, keys, source, batch_size)),
-        "b": lambda: outputs.update(hua=score_pool(detector, keys, source, freq, hua, batch_size)),
-    }
-    # warm-up: every input shape each step will see (batched, flipped, rotated, resized)
-    warm = keys[: min(len(keys), 2)]
-    predict_pool(detector, warm, source, batch_size)
-    predict_pool(detector, warm, source, batch_size, flip=True)
-    if cald:
-        steps["c"] = lambda: outputs.update(cald=cald_pool(detector, keys, source, batch_size))
-        cald_pool(detector, warm, source, batch_size)
-    return steps
-
-
-def _clock_summary(samples: dict[str, dict[str, list[float]]], clock: str, n: int) -> dict:
-    """Medians of one clock, the per-image forward time and the ratios b/a (and c/b)."""
-    med = {k: median(v[clock]) for k, v in samples.items()}
-    summary = {
-        "median_s": med,
-        "per_image_forward_s": med["a"] / n,
-        "b_over_a": med["b"] / med["a"],
-        "round_b_over_a": [b / a for a, b in zip(samples["a"][clock], samples["b"][clock])],
-    }
-    if "c" in samples:
-        summary["c_over_b"] = med["c"] / med["b"]
-        summary["round_c_over_b"] = [c / b for b, c in zip(samples["b"][clock], samples["c"][clock])]
-    return summary
-
-
-def time_scoring(args: argparse.Namespace, cald: bool = True) -> dict:
-    """(a), (b) and, with ``cald``, (c) on one pool, interleaved; medians and ratios.
-
-    The goals are judged on wall time, the time a user waits.
-    """
-    detector, weights_used = build_detector(args)
-    images = [image for image, _, _ in synthetic_scenes(args.n, args.width, args.height, args.seed)]
-    hua = HUAConfig(retrieval_fraction=0.5, min_candidates=0)
-    n, p = args.n, num_candidates(args.n, hua)
-    outputs: dict[str, object] = {}
-    samples = interleaved(_scoring_steps(detector, images, hua, args.batch_size, outputs, cald), args.repeats)
-    p_seen = int(outputs["hua"].ranking.candidate_mask.sum())
-    if p_seen != p:
-        raise RuntimeError(f"score_pool ranked {p_seen} candidates, expected P = {p}")
-    _, plain_dets, _ = outputs["plain"]
-    result = {
-        "N": n,
-        "P": p,
-        "device": str(detector.device),
-        "weights_used": weights_used,
-        "detections_per_image": sum(len(d) for d in plain_dets) / n,
-        "forward_passes": {"a": n, "b": n + p},
-        "samples_s": samples,
-        "b_over_a_ideal": (n + p) / n,
-        "b_over_a_goal": 1 + p / n + 0.1,
-        **{clock: _clock_summary(samples, clock, n) for clock in ("wall", "cpu")},
-    }
-    result["b_over_a_met"] = result["wall"]["b_over_a"] <= result["b_over_a_goal"]
-    if cald:
-        result["forward_passes"]["c"] = (1 + len(AUGMENTATIONS)) * n
-        result["c_over_b_ideal"] = (1 + len(AUGMENTATIONS)) * n / (n + p)
-        result["c_over_b_goal"] = 2.0
-        result["cald_mean_consistency"] = float(outputs["cald"].mean())
-        result["c_over_b_met"] = result["wall"]["c_over_b"] >= result["c_over_b_goal"]
-    return result
 
 
 # --- aggregation ------------------------------------------------------------------------
@@ -371,13 +211,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _pool(args: argparse.Namespace) -> Pool:
+    """The pool and detector that the command line describes."""
+    return Pool(n=args.n, width=args.width, height=args.height, backbone=args.backbone, weights=args.weights,
+                score_threshold=args.score_threshold, batch_size=args.batch_size, device=args.device, seed=args.seed)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run everything, print the table, write --out; returns the results."""
     args = parse_args(argv)
     use_repo_torch_home()
     torch.set_num_threads(args.torch_threads)
     started = time.perf_counter()
-    scoring = time_scoring(args)
+    scoring = time_scoring(_pool(args), args.repeats)
     aggregation = time_aggregation(args.aggregate_n, args.seed, max(3, args.repeats))
     predict = time_ranked_predict(args.predict_tasks, args.seed, args.repeats, args.backbone)
     elapsed = time.perf_counter() - started

@@ -18,11 +18,16 @@ screen, with the device's name (``torch.cuda.get_device_name``):
     batch: ``bench.bench_train_step`` (time ratio, peak GPU memory of each).
 (c) a two-step data-parallel training under torchrun, one process per visible
     GPU (NCCL; one process with gloo on a CPU): the launcher of
-    ``python -m backend train`` (``backend.cli.torchrun_command``) starting
+    ``python -m backend train`` (``backend.distributed.torchrun_command``) starting
     this module's ``--ddp-worker``, which trains with ``model.train.train``.
     Reported: steps, seconds, and whether the replicas ended identical.
 (d) HUA scoring of a 1,000-image pool against one plain pass over it:
-    ``bench.bench_hua.time_scoring`` without its CALD step (b/a, ideal 1 + P/N).
+    ``bench.hua_scoring.time_scoring`` (``bench_hua``'s) without its CALD step
+    (b/a, ideal 1 + P/N).
+
+It imports torch, torchvision, numpy, Pillow, requests and this repository's
+``model`` and ``bench`` only (not Flask, gunicorn or the Label Studio SDK), so
+it runs on a GPU machine's stock PyTorch image.
 
 Weights default to none (nothing is downloaded, and nothing on a GPU machine
 need be cached): speed does not depend on the values, and the score threshold
@@ -51,8 +56,8 @@ import torch.distributed as dist
 from torch import Tensor
 from torchvision.models.detection import FasterRCNN
 
-from backend.cli import join_process_group, torchrun_command
-from bench import bench_hua, bench_train_step
+from backend.distributed import join_process_group, torchrun_command
+from bench import bench_train_step
 from bench.bench_predict import decoded_tensors, write_images
 from bench.common import (
     REPO_ROOT,
@@ -68,6 +73,7 @@ from bench.common import (
     use_repo_torch_home,
     write_json,
 )
+from bench.hua_scoring import Pool, time_scoring
 from model.detector import (
     AUTO_BACKBONE,
     BACKBONES,
@@ -270,12 +276,11 @@ def torchrun_check(plan: Plan, backbone: str, weights: str, device: torch.device
 
 
 def hua_check(plan: Plan, backbone: str, weights: str, device: torch.device) -> dict:
-    """(d): ``bench.bench_hua``'s (a) plain pass and (b) HUA scoring of one pool, on this device."""
-    args = bench_hua.parse_args([
-        "--n", str(plan.pool), "--backbone", backbone, "--weights", weights, "--image-size", plan.pool_image_size,
-        "--batch-size", str(plan.pool_batch), "--repeats", str(plan.pool_repeats), "--device", device.type,
-    ])
-    result = bench_hua.time_scoring(args, cald=False)
+    """(d): ``bench_hua``'s (a) plain pass and (b) HUA scoring of one pool, on this device."""
+    width, height = parse_size(plan.pool_image_size)
+    pool = Pool(n=plan.pool, width=width, height=height, backbone=backbone, weights=weights,
+                score_threshold=SCORE_THRESHOLD, batch_size=plan.pool_batch, device=device.type)
+    result = time_scoring(pool, plan.pool_repeats, cald=False)
     wall = result["wall"]
     print_table(
         f"(d) HUA scoring on {result['device']}, {result['N']} images of {plan.pool_image_size} (P={result['P']}), batch {plan.pool_batch}, "

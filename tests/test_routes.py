@@ -371,7 +371,9 @@ class TestVersionsRoute:
         for _ in range(3):
             store.save("4", {"w": torch.zeros(1)}, {"labels": list(LABELS)})
         response = fresh_app.test_client().post("/versions", json={"project": "4.1700000000"})
-        assert response.get_json() == {"versions": ["v0001", "v0002", "v0003"]}
+        body = response.get_json()
+        assert body["versions"] == ["v0001", "v0002", "v0003"]
+        assert [d["model_version"] for d in body["detail"]] == body["versions"]  # their figures: test_ui.py
         assert "registry" not in _service(fresh_app).__dict__
 
     def test_get_names_every_project_or_one(self, fresh_app):
@@ -381,11 +383,11 @@ class TestVersionsRoute:
         store.save("5", {"w": torch.zeros(1)}, {"labels": list(LABELS)})
         client = fresh_app.test_client()
         assert client.get("/versions").get_json() == {"versions": ["v0001", "v0002"]}
-        assert client.get("/versions?project=4").get_json() == {"versions": ["v0001"]}
+        assert client.get("/versions?project=4").get_json()["versions"] == ["v0001"]
 
     def test_project_without_versions(self, fresh_app):
         response = fresh_app.test_client().post("/versions", json={"project": 9})
-        assert (response.status_code, response.get_json()) == (200, {"versions": []})
+        assert (response.status_code, response.get_json()) == (200, {"versions": [], "detail": []})
 
 
 class TestUnexpectedErrors:
