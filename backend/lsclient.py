@@ -78,6 +78,10 @@ class LabelStudioError(RuntimeError):
     """Label Studio answered with an error or could not be reached."""
 
 
+class ProjectNotFound(LabelStudioError):
+    """Label Studio has no such project (a webhook or /rank for an id it does not know)."""
+
+
 class LabelStudioClient:
     """The few Label Studio API calls the backend makes, with its own token.
 
@@ -86,32 +90,62 @@ class LabelStudioClient:
     shape across 1.2x servers, and wraps every payload in pydantic models we
     would convert straight back to dicts; plain requests keep this small.
 
+    Every call is retried on what a restart of Label Studio looks like
+    (connection errors, 5xx answers), ``retries`` times with exponential
+    backoff (``backoff``, twice that, ...), then fails naming the last error.
+
     Args:
         auth (LabelStudioAuth): base URL and token.
         timeout (float): seconds per request.
+        retries (int): further tries after the first.
+        backoff (float): seconds before the first retry.
     """
 
-    def __init__(self, auth: LabelStudioAuth, timeout: float = 60.0) -> None:
+    def __init__(self, auth: LabelStudioAuth, timeout: float = 60.0, retries: int = 0, backoff: float = 1.0) -> None:
         if not auth.url:
             raise LabelStudioError("LABEL_STUDIO_URL is not set: the backend cannot read annotations")
         self.auth = auth
         self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
         self.session = requests.Session()
+
+    def _send(self, method: str, path: str, **kwargs) -> requests.Response:
+        """The answer to one call: any below 500, after retrying connection errors and 5xx."""
+        kwargs.setdefault("timeout", self.timeout)
+        failure = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                response = self.session.request(method, f"{self.auth.url}{path}", headers=self.auth.headers(), **kwargs)
+            except requests.RequestException as exc:
+                failure = type(exc).__name__
+                continue
+            if response.status_code < 500:
+                return response
+            failure = f"HTTP {response.status_code} {response.text[:200]}"
+        raise LabelStudioError(f"{method} {path}: {failure} ({self.retries + 1} tries)")
 
     def request(self, method: str, path: str, **kwargs) -> requests.Response:
         """One API call; raises LabelStudioError with the status (never the token) on failure."""
-        kwargs.setdefault("timeout", self.timeout)
-        try:
-            response = self.session.request(method, f"{self.auth.url}{path}", headers=self.auth.headers(), **kwargs)
-        except requests.RequestException as exc:
-            raise LabelStudioError(f"{method} {path}: {type(exc).__name__}") from None
+        response = self._send(method, path, **kwargs)
         if response.status_code >= 400:
             raise LabelStudioError(f"{method} {path}: HTTP {response.status_code} {response.text[:200]}")
         return response
 
     def project(self, project: str | int) -> dict:
-        """The project, with its ``label_config``."""
-        return self.request("GET", f"/api/projects/{project}/").json()
+        """The project, with its ``label_config``; the first call of every job, so an unknown id fails it at once.
+
+        Raises:
+            ProjectNotFound: Label Studio answers 404 (before any model is loaded).
+        """
+        response = self._send("GET", f"/api/projects/{project}/")
+        if response.status_code == 404:
+            raise ProjectNotFound(f"Label Studio has no project {project} (GET /api/projects/{project}/: HTTP 404)")
+        if response.status_code >= 400:
+            raise LabelStudioError(f"GET /api/projects/{project}/: HTTP {response.status_code} {response.text[:200]}")
+        return response.json()
 
     def labeled_tasks(self, project: str | int) -> list[dict]:
         """Every task of the project that has at least one annotation, with its annotations."""
@@ -122,12 +156,8 @@ class LabelStudioClient:
         """Every task of the project (paginated /api/tasks; LS answers 404 past the last page)."""
         found: list[dict] = []
         for page in range(1, 1_000_000):
-            response = self.session.get(
-                f"{self.auth.url}/api/tasks",
-                params={"project": project, "page": page, "page_size": page_size, "fields": "all"},
-                headers=self.auth.headers(),
-                timeout=self.timeout,
-            )
+            params = {"project": project, "page": page, "page_size": page_size, "fields": "all"}
+            response = self._send("GET", "/api/tasks", params=params)
             if response.status_code == 404:
                 break
             if response.status_code >= 400:

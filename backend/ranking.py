@@ -20,6 +20,7 @@ import logging
 import torch
 
 from backend.annotations import annotation_regions, newest_annotation
+from backend.deferred import holds_version
 from backend.labels import ProjectLabels, parse_label_config
 from backend.ranking_store import StoredRanking
 from backend.predictions import predict_tasks, task_prediction
@@ -127,7 +128,8 @@ def run_ranking(service: Service, project: str, progress=None, full: bool = Fals
         missing = [t for t in pool if t["id"] not in stored.tasks]
         added, failed = _rank_new(service, served, missing, names, stored)
         stored = StoredRanking(stored.scale, stored.labeled_freq, {**stored.tasks, **added}, stored.details)
-        created = _push(service, project, added, served.name, replace=False)
+        pushed = {t["id"] for t in missing if not holds_version(t, served.name)}  # a push cut short: no duplicates
+        created = _push(service, project, {k: v for k, v in added.items() if k in pushed}, served.name, replace=False)
     stored.write(served.version)
     for task_id, reason in failed.items():
         logger.warning("project %s task %s: not ranked: %s", project, task_id, reason)

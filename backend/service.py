@@ -18,6 +18,8 @@ from model.registry import ModelRegistry
 from model.versions import VersionStore
 
 RQ_QUEUE = "hua"
+# Tries after the first for a job's call to Label Studio: 1 + 2 + 4 + 8 s of backoff, about 15 s of restart.
+LS_RETRIES = 4
 
 
 @dataclass
@@ -64,7 +66,8 @@ class Service:
 
     @cached_property
     def ls_client(self) -> LabelStudioClient:
-        return LabelStudioClient(self.auth)
+        """Jobs call Label Studio through this: retried with backoff, so a restart of Label Studio does not fail them."""
+        return LabelStudioClient(self.auth, retries=LS_RETRIES)
 
     @cached_property
     def board(self) -> JobBoard:

@@ -27,6 +27,7 @@ from backend.predictions import task_prediction
 from backend.ranking import QUEUE_TITLE, QUEUE_VIEW, run_ranking
 from backend.ranking_store import RANKING_FILE, RankingCache, StoredRanking
 from backend.labels import parse_label_config
+from backend.lsclient import LabelStudioError
 from model.hua import METRIC_NAMES, HUAConfig, Scale, image_entropy, image_metrics, num_candidates, score_single
 from model.registry import ServedModel
 
@@ -37,7 +38,7 @@ NAMES = parse_label_config(LABEL_CONFIG)
 # A pool of 5 unlabeled tasks, one of whose images is broken: 4 are scored and P = 2.
 HUA = dict(hua_min_candidates=0, hua_retrieval_fraction=0.5)
 SIZES = {1: (64, 48), 2: (48, 64), 3: (64, 48), 4: (56, 56), 5: (40, 48), 6: (64, 40),
-         100: (48, 48), 101: (64, 56), 200: (52, 60)}
+         100: (48, 48), 101: (64, 56), 200: (52, 60), 300: (60, 52), 301: (44, 60)}
 LABELED, BROKEN = 1, 6
 
 
@@ -335,6 +336,29 @@ class TestRankingAgain:
         # the scores are those of model.hua.score_single on the stored Scale
         expected = _expected_scores(counting.inner, [_image_tensor(service, 100), _image_tensor(service, 101)], before)
         assert [after["tasks"]["100"]["score"], after["tasks"]["101"]["score"]] == expected
+
+    def test_a_push_cut_short_leaves_no_duplicates_when_run_again(self, service, fake_ls, first_run, monkeypatch):
+        """Label Studio stored the first prediction, then the connection broke: the next run pushes only the rest."""
+        fake_ls.task_list += [_task(300), _task(301)]
+        real_import, real_tasks = fake_ls.import_predictions, fake_ls.tasks
+
+        def cut_short(project, predictions, chunk=1000):
+            real_import(project, predictions[:1])
+            raise LabelStudioError("POST /api/projects/7/import/predictions: ConnectionError (5 tries)")
+
+        def tasks_with_predictions(project, page_size=500):  # as LS lists them: with their predictions
+            return [{**t, "predictions": [p for p in fake_ls.predictions if p["task"] == t["id"]]}
+                    for t in real_tasks(project)]
+
+        monkeypatch.setattr(fake_ls, "tasks", tasks_with_predictions)
+        monkeypatch.setattr(fake_ls, "import_predictions", cut_short)
+        with pytest.raises(LabelStudioError):
+            run_ranking(service, PROJECT)
+        assert sum(fake_ls.count(t, "v0001") for t in (300, 301)) == 1
+        monkeypatch.setattr(fake_ls, "import_predictions", real_import)
+        result = run_ranking(service, PROJECT)
+        assert result["pushed"] == 1
+        assert [fake_ls.count(t, "v0001") for t in (300, 301)] == [1, 1]
 
     def test_a_full_rerun_replaces_the_versions_predictions(self, service, fake_ls, first_run):
         fake_ls.calls.clear()
