@@ -113,7 +113,6 @@ def run_training(service: Service, project: str, progress: Progress | None = Non
         "train_config": {k: v for k, v in asdict(config).items() if k != "loss"},
         "loss": asdict(config.loss),
     }
-    service.store.clean_partial(project)  # what killed trainings left behind
     version = service.store.save(project, model.cpu().state_dict(), meta)
     logger.info("project %s: trained %s (parent %s), metrics %s", project, version.name, parent, result.metrics)
     return version

@@ -135,31 +135,41 @@ class ModelRegistry:
             return served
 
     def _load_or_create(self, project: str, labels: list[str], aliases: dict[str, list[str]]) -> ServedModel:
-        latest = self.store.latest(project)
-        if latest is not None:
-            try:
-                check_meta(latest.meta, labels, self.config.backbone)
-                return self._load(latest)
-            except CheckpointError as exc:
-                logger.warning("project %s: %s; starting a new model from base weights", project, exc)
-        return self._create(project, labels, aliases)
+        """The newest version if it fits, else a new one from base weights.
+
+        Decided under the store's lock for the project: gunicorn workers that
+        get their first request at once make one version and serve the same.
+        """
+        built: list[tuple[FasterRCNN, WeightsReport]] = []
+
+        def make() -> tuple[dict[str, torch.Tensor], dict]:
+            latest = self.store.latest(project)
+            if latest is not None:
+                logger.warning("project %s: %s does not fit labels %s and backbone %s; starting a new model from "
+                               "base weights", project, latest.name, labels, self.config.backbone)
+            built.append(build_model(self.config, labels, aliases))
+            return built[0][0].state_dict(), self._base_meta(labels, built[0][1])
+
+        version, made = self.store.latest_or_save(project, lambda v: self._fits(v, labels), make)
+        if not made:
+            return self._load(version)
+        model, report = built[0]
+        self.weights_reports[project] = report
+        logger.info("project %s: created %s from %s weights", project, version.name, report.used)
+        return ServedModel(Detector(model, labels, self.device), version)
 
     def _load(self, version: Version) -> ServedModel:
         model = load_version_model(self.config, version)
         return ServedModel(Detector(model, version.meta["labels"], self.device), version)
 
-    def _create(self, project: str, labels: list[str], aliases: dict[str, list[str]]) -> ServedModel:
-        model, report = build_model(self.config, labels, aliases)
+    def _base_meta(self, labels: list[str], report: WeightsReport) -> dict:
+        """The meta of a version made from base weights (it has no parent)."""
         if report.fell_back:
             logger.warning("weights %s unavailable, using %s: %s", report.requested, report.used, "; ".join(report.reasons))
-        self.weights_reports[project] = report
-        meta = {
+        return {
             "labels": labels,
             "backbone": self.config.backbone,
             "weights": report.used,
             "weights_requested": report.requested,
             "parent": None,
         }
-        version = self.store.save(project, model.state_dict(), meta)
-        logger.info("project %s: created %s from %s weights", project, version.name, report.used)
-        return ServedModel(Detector(model, labels, self.device), version)

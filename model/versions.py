@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,6 +28,7 @@ from model.owners import ProcessOwner
 
 WEIGHTS_FILE = "weights.pt"
 META_FILE = "meta.json"
+OWNER_FILE = "owner.json"  # in a temporary folder: the process writing it (removed before the rename)
 _VERSION = re.compile(r"^v(\d{4,})$")
 PROJECT_ID_DIGITS = 12
 # ASCII digits only ("١٢" and "²" are str.isdigit() too), no leading zero ("0001" would be a second project 1).
@@ -133,37 +134,78 @@ class VersionStore:
 
         ``meta`` is stored with ``model_version``, ``project``, ``created`` and
         ``writer`` (the process, so that a job killed just after publishing it
-        can be recognised as done) added.
+        can be recognised as done) added. What killed saves left is removed
+        first (``clean_partial``).
         """
+        self.clean_partial(project)
+        with self._staged(project, state_dict) as tmp, self._locked(project):
+            return self._publish(project, tmp, meta)
+
+    def latest_or_save(
+        self, project: str, fits: Callable[[Version], bool], make: Callable[[], tuple[dict[str, torch.Tensor], dict]]
+    ) -> tuple[Version, bool]:
+        """The newest version if it ``fits``, else a new one from ``make()`` (state dict, meta); True if made.
+
+        Decided under the project's lock, so that concurrent first calls in
+        several processes (gunicorn workers) make one version, not one each.
+        """
+        self.clean_partial(project)
+        with self._locked(project):
+            latest = self.latest(project)
+            if latest is not None and fits(latest):
+                return latest, False
+            state_dict, meta = make()
+            with self._staged(project, state_dict) as tmp:
+                return self._publish(project, tmp, meta), True
+
+    @contextmanager
+    def _staged(self, project: str, state_dict: dict[str, torch.Tensor]) -> Iterator[Path]:
+        """The weights written into a temporary folder that names its writer; removed if anything fails."""
         folder = self._project_dir(project)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
         try:
+            (tmp / OWNER_FILE).write_text(json.dumps(ProcessOwner.current().to_json()))
             torch.save(state_dict, tmp / WEIGHTS_FILE)
-            with self._locked(project):
-                existing = self.versions(project)
-                name = version_name(int(_VERSION.match(existing[-1].name).group(1)) + 1 if existing else 1)
-                full_meta = {**meta, "model_version": name, "project": project, "created": _now(),
-                             "writer": ProcessOwner.current().to_json()}
-                _write_json(tmp / META_FILE, full_meta)
-                os.rename(tmp, folder / name)
+            yield tmp
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return Version(project, name, folder / name, full_meta)
+
+    def _publish(self, project: str, tmp: Path, meta: dict) -> Version:
+        """Name the staged folder as the next version and rename it into place (the caller holds the lock)."""
+        existing = self.versions(project)
+        name = version_name(int(_VERSION.match(existing[-1].name).group(1)) + 1 if existing else 1)
+        full_meta = {**meta, "model_version": name, "project": project, "created": _now(),
+                     "writer": ProcessOwner.current().to_json()}
+        _write_json(tmp / META_FILE, full_meta)
+        (tmp / OWNER_FILE).unlink()
+        os.rename(tmp, tmp.parent / name)
+        return Version(project, name, tmp.parent / name, full_meta)
 
     def clean_partial(self, project: str, older_than: float = 3600.0) -> int:
         """Remove temporary folders left by killed writers; returns how many.
 
-        Only folders untouched for ``older_than`` seconds: a younger one may be
-        a save in progress in another process (a first version being created).
+        A folder whose writer is gone goes at once; one whose writer cannot be
+        told (another host, no owner file yet) only when untouched for
+        ``older_than`` seconds, as it may be a save in progress elsewhere.
         """
         folder = self._project_dir(project)
-        cutoff = time.time() - older_than
-        stale = [p for p in folder.glob(".tmp-*") if p.is_dir() and p.stat().st_mtime < cutoff] if folder.is_dir() else []
+        stale = [p for p in folder.glob(".tmp-*") if _abandoned(p, older_than)] if folder.is_dir() else []
         for path in stale:
             shutil.rmtree(path, ignore_errors=True)
         return len(stale)
+
+
+def _abandoned(tmp: Path, older_than: float) -> bool:
+    """A temporary folder whose writer is gone, or untouched for ``older_than`` seconds."""
+    try:
+        if time.time() - tmp.stat().st_mtime > older_than:
+            return True
+        owner = ProcessOwner.from_json(json.loads((tmp / OWNER_FILE).read_text()))
+    except (OSError, ValueError):
+        return False
+    return owner is not None and owner.is_gone()
 
 
 def load_weights(version: Version, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

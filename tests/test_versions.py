@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 import torch
@@ -293,3 +296,33 @@ class TestLoadVersionModel:
         served = registry.get("1", LABELS)
         model = load_version_model(CONFIG, store.latest("1"))
         assert torch.equal(model.roi_heads.box_predictor.cls_score.bias, _bias(served))
+
+
+@pytest.mark.slow
+def test_first_calls_in_several_processes_make_one_version(tmp_path):
+    """Gunicorn workers that get their first /predict at once: one base version, served by all."""
+    script = f"""
+import pathlib, sys, time, torch
+from model.detector import DetectorConfig
+from model.registry import ModelRegistry
+from model.versions import VersionStore
+config = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False, score_threshold=0.0)
+registry = ModelRegistry(VersionStore({str(tmp_path)!r}), config, torch.device("cpu"))
+print("ready", flush=True)
+while not pathlib.Path({str(tmp_path / "go")!r}).exists():
+    time.sleep(0.01)
+print(registry.get("1", ["car", "person"]).name, flush=True)
+"""
+    repo = Path(__file__).resolve().parent.parent
+    procs = [subprocess.Popen([sys.executable, "-c", script], cwd=repo, stdout=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    try:
+        assert [p.stdout.readline().strip() for p in procs] == ["ready"] * 3
+        (tmp_path / "go").touch()
+        assert [p.communicate(timeout=300)[0].strip() for p in procs] == ["v0001"] * 3
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [v.name for v in VersionStore(tmp_path).versions("1")] == ["v0001"]
