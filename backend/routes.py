@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hmac
 import logging
+from pathlib import Path
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from backend.auth import check_basic_auth
 from backend.deferred import defer_predictions
 from backend.errors import BadRequest, Unauthorized
+from backend.health import problems, project_disk_use
 from backend.jobs import ANNOTATION_EVENTS, RANK_NEW, TRAIN_NOW
 from backend.labels import ProjectLabels, parse_label_config
 from backend.metrics import ServiceMetrics
@@ -105,10 +107,16 @@ def _tasks(body: dict) -> list[dict]:
 @bp.get("/")
 @bp.get("/health")
 def health() -> Response:
-    """Liveness plus what a user needs to see: the backbone (BACKBONE=auto's choice), device, weights fallbacks, versions."""
+    """Liveness plus what a user needs to see: the backbone (BACKBONE=auto's choice), device, weights fallbacks,
+    versions, disk use per project, and "degraded" with the problems of ``backend.health``."""
     service = _service()
     registry = service.__dict__.get("registry")  # not created yet: report without creating it
-    body = {"status": "UP", "model_class": MODEL_CLASS, "backbone": service.detector_config.backbone}
+    root = Path(service.settings.model_dir)
+    found = problems(root, service.board)
+    body = {"status": "degraded" if found else "UP", "model_class": MODEL_CLASS,
+            "backbone": service.detector_config.backbone, "disk": {"projects": project_disk_use(root)}}
+    if found:
+        body["problems"] = found
     if registry is not None:
         body["device"] = str(registry.device)
         body["weights"] = {p: r.__dict__ for p, r in registry.weights_reports.items()}

@@ -565,23 +565,6 @@ class TestTrainingJobs:
 
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 2 MB tmpfs: a disk that fills up. Skipped where mounting is not allowed.
-
-    Ask for it before ``monkeypatch``: it is unmounted after the patches are undone.
-    """
-    folder = tmp_path / "small"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
-
-
 class TestEmbeddedRunner:
     def _runner(self, tmp_path, env=None, models: Path | None = None):
         board = JobBoard(models or tmp_path / "models")
