@@ -8,8 +8,9 @@ import time
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from backend.admission import HEAVY_ENDPOINTS
 from backend.auth import check_basic_auth
-from backend.errors import APIError, Unauthorized
+from backend.errors import APIError, Busy, Unauthorized
 from backend.routes import bp
 from backend.service import Service
 from backend.settings import Settings
@@ -33,6 +34,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(ui_bp)
     app.before_request(_start_timer)
     app.before_request(_authenticate)
+    app.before_request(_admit)
+    app.teardown_request(_leave)
     app.after_request(_observe)
     app.register_error_handler(APIError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
@@ -64,6 +67,27 @@ def _authenticate() -> None:
         raise Unauthorized()
 
 
+def _admit() -> None:
+    """A heavy request runs only while threads remain for the light routes (``backend.admission``)."""
+    if request.endpoint not in HEAVY_ENDPOINTS:
+        return
+    admission = _service().admission
+    if not admission.enter():
+        raise Busy(f"{admission.limit} predictions are in progress in this worker; try again in a second")
+    g.admitted = True
+
+
+def _leave(error: BaseException | None) -> None:
+    if g.pop("admitted", False):
+        _service().admission.leave()
+
+
+def _service() -> Service:
+    from flask import current_app
+
+    return current_app.extensions["hua"]
+
+
 def _settings() -> Settings:
     from flask import current_app
 
@@ -88,6 +112,8 @@ def _api_error(error: APIError) -> tuple[Response, int]:
     response = jsonify(error.to_dict())
     if isinstance(error, Unauthorized):  # RFC 7235: a browser asks for the pair (/ui) only when challenged
         response.headers["WWW-Authenticate"] = 'Basic realm="HUA backend", charset="UTF-8"'
+    if isinstance(error, Busy):
+        response.headers["Retry-After"] = "1"
     return response, error.status_code
 
 

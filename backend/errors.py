@@ -39,6 +39,12 @@ class Unauthorized(APIError):
         super().__init__("authentication required")
 
 
+class Busy(APIError):
+    """Every thread this worker lends to /predict is taken: try again shortly (``Retry-After``)."""
+
+    status_code = 503
+
+
 class ImageError(Exception):
     """A task's image is missing, refused, unreachable, undecodable or too large.
 

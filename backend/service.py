@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 
+from backend.admission import Admission
 from backend.images import ImageLoader, ImagePolicy
 from backend.inference import InferenceQueue
 from backend.jobs import EmbeddedRunner, JobBoard, JobSlots, RQRunner, Scheduler
@@ -55,6 +56,11 @@ class Service:
     def inference(self) -> InferenceQueue:
         """The process's one way to the model: requests batch together instead of competing for the cores."""
         return InferenceQueue(self.settings.batch_size)
+
+    @cached_property
+    def admission(self) -> Admission:
+        """How many /predict calls may hold a thread at once: all but LIGHT_THREADS of the worker's THREADS."""
+        return Admission(self.settings.threads - self.settings.light_threads)
 
     @cached_property
     def auth(self) -> LabelStudioAuth:

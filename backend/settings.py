@@ -37,7 +37,8 @@ class Settings:
     model_dir: str = "./data/models"
     log_level: str = "INFO"
     workers: int = 1
-    threads: int = 8
+    threads: int = 64
+    light_threads: int = 4
     label_studio_url: str = ""
     api_key: str = field(default="", repr=False)
     basic_auth_user: str = ""
@@ -121,9 +122,12 @@ class Settings:
             raise SettingsError("DEVICE must be auto, cpu or cuda")
         for name in ("batch_size", "fetch_workers", "workers", "threads", "max_image_pixels", "train_processes",
                      "hua_diversity_window", "eval_min_tasks",
-                     "max_job_processes"):
+                     "max_job_processes", "light_threads"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env_name(name)} must be at least 1")
+        if self.light_threads >= self.threads:
+            raise SettingsError(f"LIGHT_THREADS ({self.light_threads}) must be below THREADS ({self.threads}): "
+                                "/predict needs at least one thread")
         if self.predict_deadline <= 0:
             raise SettingsError(f"PREDICT_DEADLINE must be above 0 seconds, got {self.predict_deadline}")
         if self.train_every < 1:
@@ -203,6 +207,7 @@ ENVIRONMENT: dict[str, str] = {
     "LOG_LEVEL": "log_level",
     "WORKERS": "workers",
     "THREADS": "threads",
+    "LIGHT_THREADS": "light_threads",
     "LABEL_STUDIO_URL": "label_studio_url",
     "LABEL_STUDIO_API_KEY": "api_key",
     "BASIC_AUTH_USER": "basic_auth_user",

@@ -173,7 +173,7 @@ class TestDockerfile:
 
         env = dockerfile_env()
         assert {k: env.get(k) for k in ("HOST", "PORT", "WORKERS", "THREADS", "MODEL_DIR")} == {
-            "HOST": "0.0.0.0", "PORT": "9090", "WORKERS": "1", "THREADS": "8", "MODEL_DIR": MODEL_DIR}
+            "HOST": "0.0.0.0", "PORT": "9090", "WORKERS": "1", "THREADS": "64", "MODEL_DIR": MODEL_DIR}
         settings = Settings.from_env({k: v for k, v in env.items() if k in ENVIRONMENT})
         assert (settings.host, settings.port, settings.model_dir) == ("0.0.0.0", 9090, MODEL_DIR)
 
@@ -284,13 +284,13 @@ class TestGunicornConf:
 
         for name in ENVIRONMENT:
             monkeypatch.delenv(name, raising=False)
-        for name, value in {"HOST": "0.0.0.0", "PORT": "9191", "WORKERS": "2", "THREADS": "3"}.items():
+        for name, value in {"HOST": "0.0.0.0", "PORT": "9191", "WORKERS": "2", "THREADS": "7"}.items():
             monkeypatch.setenv(name, value)
         return runpy.run_path(str(GUNICORN_CONF))
 
     def test_binds_and_sizes_from_the_environment(self, conf):
         assert conf["bind"] == "0.0.0.0:9191"
-        assert (conf["workers"], conf["threads"]) == (2, 3)
+        assert (conf["workers"], conf["threads"]) == (2, 7)
 
     def test_timeout_outlasts_label_studios_predict_timeout(self, conf):
         assert conf["timeout"] > 100
