@@ -97,3 +97,18 @@ def test_gpu_check_smoke(tmp_path, capsys):
     for section in ("(a) inference", "(b) one training step", "(c) torchrun", "(d) HUA scoring", "gpu_check on"):
         assert section in printed
     assert json.loads(out.read_text())["torchrun"]["steps"] == 2
+
+
+def test_bench_load_tiny(tmp_path, capsys):
+    """Two clients for two seconds: every route answered as expected, the RSS sampled before and after."""
+    from bench import bench_load
+
+    out = tmp_path / "load.json"
+    bench_load.main(["--clients", "2", "--seconds", "2", "--bad-every", "2", "--image-size", "64x48",
+                     "--threads", "8", "--out", str(out)])
+    assert "/health" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    rows = {row["route"]: row for row in result["rows"]}
+    assert {"/health", "/webhook", "/predict (good)"} <= set(rows)
+    assert all(row["errors"] == 0 and row["calls"] >= 1 for row in rows.values())
+    assert len(result["rss"]) >= 2 and all(result["rss"][0][1].values())
