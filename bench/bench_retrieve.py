@@ -109,9 +109,19 @@ def retrieve(ls, backend, project: int, tasks: int, timeout: float) -> dict:
         time.sleep(POLL_S)
         held = client.model_versions(project).get(version, 0)
     done = time.monotonic() - started
-    jobs = backend.get("/jobs", timeout=30).json()["jobs"].get(str(project), {})
     return {"version": version, "answer_s": answered, "all_s": done, "held": held, "at_answer": at_answer,
-            "predict_job": jobs.get("predict", {}).get("result")}
+            "predict_job": _job_result(backend, project, timeout)}
+
+
+def _job_result(backend, project: int, timeout: float) -> dict | None:
+    """The predict job's result once it has finished (its last push comes just before), None without a job."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        record = backend.get("/jobs", timeout=30).json()["jobs"].get(str(project), {}).get("predict")
+        if record is None or record["status"] in ("done", "failed"):
+            return record and record["result"]
+        time.sleep(POLL_S)
+    return None
 
 
 def bare(model_dir: Path, project: int, env: dict[str, str], images: list[torch.Tensor], batch_size: int) -> float:
