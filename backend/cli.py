@@ -12,9 +12,9 @@ import logging
 import subprocess
 from collections.abc import Callable
 
-from backend.deferred import run_deferred_predictions
 from tqdm import tqdm
 
+from backend.deferred import run_deferred_predictions
 from backend.distributed import join_process_group, torchrun_command, under_torchrun
 from backend.jobs import run_job
 from backend.service import Service
