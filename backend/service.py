@@ -40,7 +40,7 @@ class Service:
 
     @cached_property
     def store(self) -> VersionStore:
-        return VersionStore(self.settings.model_dir)
+        return VersionStore(self.settings.model_dir, keep=self.settings.keep_versions)
 
     @cached_property
     def detector_config(self) -> DetectorConfig:

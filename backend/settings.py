@@ -77,6 +77,7 @@ class Settings:
     train_processes: int = 1
     job_timeout: int = 6 * 3600
     max_job_processes: int = 1
+    keep_versions: int = 10
     hua_top_k: int = 10
     hua_retrieval_fraction: float = 0.5
     hua_min_candidates: int = 64
@@ -130,6 +131,8 @@ class Settings:
                                 "/predict needs at least one thread")
         if self.predict_deadline <= 0:
             raise SettingsError(f"PREDICT_DEADLINE must be above 0 seconds, got {self.predict_deadline}")
+        if self.keep_versions < 0:
+            raise SettingsError(f"KEEP_VERSIONS must be 0 (keep all) or more, got {self.keep_versions}")
         if self.train_every < 1:
             raise SettingsError("TRAIN_EVERY must be at least 1")
         if self.weights not in WEIGHT_SOURCES and not Path(self.weights).exists():
@@ -246,6 +249,7 @@ ENVIRONMENT: dict[str, str] = {
     "TRAIN_PROCESSES": "train_processes",
     "JOB_TIMEOUT": "job_timeout",
     "MAX_JOB_PROCESSES": "max_job_processes",
+    "KEEP_VERSIONS": "keep_versions",
     "HUA_TOP_K": "hua_top_k",
     "HUA_RETRIEVAL_FRACTION": "hua_retrieval_fraction",
     "HUA_MIN_CANDIDATES": "hua_min_candidates",

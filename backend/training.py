@@ -18,7 +18,7 @@ from backend.service import Service
 from model.detector import build_model
 from model.registry import load_version_model
 from model.train import Progress, is_main_process, train
-from model.versions import CheckpointError, Version, check_meta
+from model.versions import Version
 
 logger = logging.getLogger(__name__)
 
@@ -32,19 +32,17 @@ class NothingNew(Exception):
 
 
 def _starting_point(service: Service, project: str, names: ProjectLabels) -> tuple[object, str | None, str]:
-    """(model, parent version, origin): the serving version, or the base weights.
+    """(model, parent version, origin): the newest version for the project's labels, or the base weights.
 
-    Base weights when the project has no version yet, when its labels changed,
-    or when TRAIN_REINIT asks for the paper's protocol (re-initialise each time).
+    ``ModelRegistry.version_for`` finds it, or makes it when the labels are new
+    (warm-started from the newest trained version, so a changed label config
+    keeps what the project learned). Base weights when TRAIN_REINIT asks for
+    the paper's protocol (re-initialise each time).
     """
     config = service.detector_config
-    latest = service.store.latest(project)
-    if latest is not None and not service.settings.train_reinit:
-        try:
-            check_meta(latest.meta, list(names.labels), config.backbone)
-            return load_version_model(config, latest), latest.name, latest.meta.get("weights", "unknown")
-        except CheckpointError as exc:
-            logger.warning("project %s: %s; training from base weights", project, exc)
+    if not service.settings.train_reinit:
+        start = service.registry.version_for(project, names.labels, names.aliases)
+        return load_version_model(config, start), start.name, start.meta.get("weights", "unknown")
     model, report = build_model(config, list(names.labels), names.aliases)
     return model, None, report.used
 

@@ -11,12 +11,12 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torchvision.models.detection import FasterRCNN
 
-from model.detector import Detector, DetectorConfig, WeightsReport, build_empty_model, build_model
+from model.detector import Detector, DetectorConfig, WeightsReport, build_empty_model, build_model, warm_start
 from model.versions import CheckpointError, Version, VersionStore, check_backbone, check_meta, load_weights
 
 logger = logging.getLogger(__name__)
@@ -134,28 +134,56 @@ class ModelRegistry:
             logger.info("project %s now serves %s", project, latest.name)
             return served
 
-    def _load_or_create(self, project: str, labels: list[str], aliases: dict[str, list[str]]) -> ServedModel:
-        """The newest version if it fits, else a new one from base weights.
+    def version_for(self, project: str, labels: Sequence[str], aliases: dict[str, list[str]] | None = None) -> Version:
+        """The newest version made for ``labels`` (and this backbone), or a new one for them (``_new_model``).
 
-        Decided under the store's lock for the project: gunicorn workers that
-        get their first request at once make one version and serve the same.
+        A label config changed back finds the version trained for it, not a
+        new untrained one. Decided under the store's lock for the project:
+        gunicorn workers that get their first request at once make one version.
         """
-        built: list[tuple[FasterRCNN, WeightsReport]] = []
+        return self._version_for(project, list(labels), aliases or {})[0]
+
+    def _version_for(self, project: str, labels: list[str], aliases: dict[str, list[str]]) -> tuple[Version, FasterRCNN | None]:
+        """``version_for``, with the model when it was just made (so that it is not loaded again)."""
+        built: list[FasterRCNN] = []
 
         def make() -> tuple[dict[str, torch.Tensor], dict]:
-            latest = self.store.latest(project)
-            if latest is not None:
-                logger.warning("project %s: %s does not fit labels %s and backbone %s; starting a new model from "
-                               "base weights", project, latest.name, labels, self.config.backbone)
-            built.append(build_model(self.config, labels, aliases))
-            return built[0][0].state_dict(), self._base_meta(labels, built[0][1])
+            model, meta = self._new_model(project, labels, aliases)
+            built.append(model)
+            return model.state_dict(), meta
 
-        version, made = self.store.latest_or_save(project, lambda v: self._fits(v, labels), make)
-        if not made:
+        version, made = self.store.newest_or_save(project, lambda v: self._fits(v, labels), make)
+        return version, built[0] if made else None
+
+    def _new_model(self, project: str, labels: list[str], aliases: dict[str, list[str]]) -> tuple[FasterRCNN, dict]:
+        """A model for a label set the project has no version for, and its meta.
+
+        Warm-started from the project's newest trained version of this backbone
+        when there is one: the classes it knows keep their weights, new ones
+        get fresh classifier rows (``model.detector.warm_start``). Otherwise
+        from the configured base weights.
+        """
+        versions = self.store.versions(project)
+        level = logging.WARNING if versions else logging.INFO  # a label config (or BACKBONE) changed
+        source = next((v for v in reversed(versions)
+                       if "annotation_ids" in v.meta and v.meta.get("backbone") == self.config.backbone), None)
+        if source is None:
+            model, report = build_model(self.config, labels, aliases)
+            self.weights_reports[project] = report
+            logger.log(level, "project %s: no version for labels %s; a new model from %s weights",
+                       project, labels, report.used)
+            return model, self._base_meta(labels, report)
+        logger.log(level, "project %s: no version for labels %s; warm-starting from %s", project, labels, source.name)
+        model = warm_start(replace(self.config, weights=str(source.path)), labels)
+        meta = {"labels": labels, "backbone": self.config.backbone, "weights": f"{source.name} (warm start)",
+                "weights_requested": self.config.weights, "parent": source.name}
+        return model, meta
+
+    def _load_or_create(self, project: str, labels: list[str], aliases: dict[str, list[str]]) -> ServedModel:
+        version, model = self._version_for(project, labels, aliases)
+        if model is None:
             return self._load(version)
-        model, report = built[0]
-        self.weights_reports[project] = report
-        logger.info("project %s: created %s from %s weights", project, version.name, report.used)
+        logger.info("project %s: created %s (%s)", project, version.name, version.meta["weights"])
         return ServedModel(Detector(model, labels, self.device), version)
 
     def _load(self, version: Version) -> ServedModel:

@@ -84,11 +84,13 @@ class VersionStore:
 
     Args:
         root (Path): MODEL_DIR; created when missing.
+        keep (int): versions kept per project (KEEP_VERSIONS; 0: all), see ``prune``.
     """
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, keep: int = 0) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.keep = keep
 
     def _project_dir(self, project: str) -> Path:
         return self.root / project_id(project)
@@ -141,19 +143,19 @@ class VersionStore:
         with self._staged(project, state_dict) as tmp, self._locked(project):
             return self._publish(project, tmp, meta)
 
-    def latest_or_save(
+    def newest_or_save(
         self, project: str, fits: Callable[[Version], bool], make: Callable[[], tuple[dict[str, torch.Tensor], dict]]
     ) -> tuple[Version, bool]:
-        """The newest version if it ``fits``, else a new one from ``make()`` (state dict, meta); True if made.
+        """The newest version that ``fits``, else a new one from ``make()`` (state dict, meta); True if made.
 
         Decided under the project's lock, so that concurrent first calls in
         several processes (gunicorn workers) make one version, not one each.
         """
         self.clean_partial(project)
         with self._locked(project):
-            latest = self.latest(project)
-            if latest is not None and fits(latest):
-                return latest, False
+            found = next((v for v in reversed(self.versions(project)) if fits(v)), None)
+            if found is not None:
+                return found, False
             state_dict, meta = make()
             with self._staged(project, state_dict) as tmp:
                 return self._publish(project, tmp, meta), True
@@ -181,7 +183,28 @@ class VersionStore:
         _write_json(tmp / META_FILE, full_meta)
         (tmp / OWNER_FILE).unlink()
         os.rename(tmp, tmp.parent / name)
+        self._prune(project)
         return Version(project, name, tmp.parent / name, full_meta)
+
+    def _prune(self, project: str) -> list[str]:
+        """Remove old versions beyond ``keep`` (the caller holds the lock); returns their names.
+
+        Kept whatever their age: the newest ``keep``, and for each label set
+        and backbone its newest version (what serves those labels, and what a
+        switch back to them finds) with its parent.
+        """
+        versions = self.versions(project)
+        if not self.keep or len(versions) <= self.keep:
+            return []
+        newest: dict[str, Version] = {}
+        for version in versions:
+            newest[json.dumps([version.meta.get("labels"), version.meta.get("backbone")])] = version
+        kept = {v.name for v in versions[-self.keep:]} | {v.name for v in newest.values()}
+        kept |= {v.meta.get("parent") for v in newest.values()}
+        gone = [v for v in versions if v.name not in kept]
+        for version in gone:
+            shutil.rmtree(version.path, ignore_errors=True)
+        return [v.name for v in gone]
 
     def clean_partial(self, project: str, older_than: float = 3600.0) -> int:
         """Remove temporary folders left by killed writers; returns how many.

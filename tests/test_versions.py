@@ -326,3 +326,51 @@ print(registry.get("1", ["car", "person"]).name, flush=True)
                 p.kill()
                 p.wait()
     assert [v.name for v in VersionStore(tmp_path).versions("1")] == ["v0001"]
+
+
+class TestPruning:
+    @staticmethod
+    def _save(store, labels, parent=None) -> str:
+        return store.save("1", _weights(1.0), {"labels": labels, "backbone": CONFIG.backbone, "parent": parent}).name
+
+    def test_old_versions_go_but_each_label_sets_newest_and_its_parent_stay(self, tmp_path):
+        store = VersionStore(tmp_path, keep=2)
+        a1 = self._save(store, ["car"])
+        a2 = self._save(store, ["car"], parent=a1)  # the newest for ["car"]: what a switch back serves
+        b = [self._save(store, ["car", "bike"], parent=a2)]
+        for _ in range(3):
+            b.append(self._save(store, ["car", "bike"], parent=b[-1]))
+        assert [v.name for v in store.versions("1")] == [a1, a2, b[-2], b[-1]]
+
+    def test_keep_zero_keeps_everything(self, tmp_path):
+        store = VersionStore(tmp_path)
+        names = [self._save(store, ["car"]) for _ in range(4)]
+        assert [v.name for v in store.versions("1")] == names
+
+
+class TestLineageByLabelSet:
+    def _trained(self, store, registry) -> str:
+        """A version as a training writes it: for LABELS, with annotation ids, weights moved off the base."""
+        base = registry.get("1", LABELS)
+        state = {k: v + 0.5 if k.endswith("cls_score.weight") else v
+                 for k, v in base.detector.model.state_dict().items()}
+        meta = {"labels": LABELS, "backbone": CONFIG.backbone, "parent": base.name, "annotation_ids": [1]}
+        return store.save("1", state, meta).name
+
+    def test_new_labels_warm_start_from_the_trained_version(self, registry, store):
+        trained = self._trained(store, registry)
+        trained_rows = load_weights(store.get("1", trained))["roi_heads.box_predictor.cls_score.weight"]
+        served = registry.get("1", ["person", "bike", "car"])
+        assert served.version.meta["parent"] == trained and "warm start" in served.version.meta["weights"]
+        rows = served.detector.model.roi_heads.box_predictor.cls_score.weight.detach()
+        assert torch.equal(rows[1], trained_rows[2]) and torch.equal(rows[3], trained_rows[1])  # person, car kept
+
+    def test_switching_back_finds_the_trained_version(self, registry, store):
+        trained = self._trained(store, registry)
+        registry.get("1", ["car"])
+        count = len(store.versions("1"))
+        assert registry.get("1", LABELS).name == trained
+        assert len(store.versions("1")) == count  # no new untrained version for the old labels
+
+    def test_a_new_project_starts_from_base_weights(self, registry, store):
+        assert registry.get("2", ["car"]).version.meta["parent"] is None
