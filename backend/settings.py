@@ -39,6 +39,7 @@ class Settings:
     workers: int = 1
     threads: int = 64
     light_threads: int = 4
+    client_timeout: float = 30.0
     label_studio_url: str = ""
     api_key: str = field(default="", repr=False)
     basic_auth_user: str = ""
@@ -129,6 +130,8 @@ class Settings:
         if self.light_threads >= self.threads:
             raise SettingsError(f"LIGHT_THREADS ({self.light_threads}) must be below THREADS ({self.threads}): "
                                 "/predict needs at least one thread")
+        if self.client_timeout <= 0:
+            raise SettingsError(f"CLIENT_TIMEOUT must be above 0 seconds, got {self.client_timeout}")
         if self.predict_deadline <= 0:
             raise SettingsError(f"PREDICT_DEADLINE must be above 0 seconds, got {self.predict_deadline}")
         if self.keep_versions < 0:
@@ -211,6 +214,7 @@ ENVIRONMENT: dict[str, str] = {
     "WORKERS": "workers",
     "THREADS": "threads",
     "LIGHT_THREADS": "light_threads",
+    "CLIENT_TIMEOUT": "client_timeout",
     "LABEL_STUDIO_URL": "label_studio_url",
     "LABEL_STUDIO_API_KEY": "api_key",
     "BASIC_AUTH_USER": "basic_auth_user",

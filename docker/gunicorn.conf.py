@@ -4,12 +4,18 @@ import contextlib
 import os
 
 from backend.settings import Settings
+from backend.worker import BoundedThreadWorker
 
 _settings = Settings.from_env()
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
 threads = _settings.threads
+# gthread, with slow or stalled clients cut off after CLIENT_TIMEOUT seconds (backend/worker.py).
+BoundedThreadWorker.client_timeout = _settings.client_timeout
+worker_class = BoundedThreadWorker
+# Connections one worker holds at once, idle kept-alive ones included (gunicorn's default, said here).
+worker_connections = 1000
 # Label Studio waits 100 s for /predict; a long batch must not be killed before that.
 timeout = 300
 graceful_timeout = 30
