@@ -26,13 +26,14 @@ from pathlib import Path
 import torch
 
 from bench.active_learning.dataset import DigitScenesConfig, class_agnostic, pretrain_scenes
+from bench.active_learning.loop import limit_test_proposals
 from model.detector import DetectorConfig, build_model
 from model.losses import LossConfig
 from model.train import Sample, TrainConfig, evaluate_map, train
 from model.versions import Version, VersionStore
 
-#: The VersionStore project the pretrained checkpoints are saved under.
-PROJECT: str = "pretrain"
+#: The VersionStore project the pretrained checkpoints are saved under (a project id is a positive integer).
+PROJECT: str = "1"
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def cached_checkpoint(folder: Path) -> Version | None:
 
 def warm_start(
     config: PretrainConfig, digits: DigitScenesConfig, detector: DetectorConfig, cache_root: Path | str,
-    device: torch.device, check: Sequence[Sample] = (),
+    device: torch.device, check: Sequence[Sample] = (), test_proposals: int | None = None,
 ) -> Version:
     """The pretrained checkpoint of ``config``: from the cache, or trained now and cached.
 
@@ -76,6 +77,8 @@ def warm_start(
             (e.g. ImageNet); the benchmark then builds from the returned version's path.
         check (Sequence[Sample]): images (of any classes) on which the new checkpoint's
             class-agnostic AP50 is measured and kept in its meta (none: not measured).
+        test_proposals (int | None): RPN proposals kept for that measurement, as the
+            benchmark keeps them (``SimulationConfig.rpn_test_proposals``).
     Raises:
         RuntimeError: the detector's configured weights are not available.
     """
@@ -95,5 +98,6 @@ def warm_start(
             "pretraining": {"images": len(samples), "iterations": config.train.iterations,
                             "train_s": round(time.perf_counter() - started, 1), "losses": result.summary}}
     if check:
+        limit_test_proposals(model, test_proposals)
         meta["pretraining"]["check_ap50_agnostic"] = evaluate_map(model, class_agnostic(check))["map_50"]
     return VersionStore(folder).save(PROJECT, model.state_dict(), meta)
