@@ -29,7 +29,7 @@ def saved(tmp_path_factory):
             layer.bias.normal_()
     store = VersionStore(tmp_path_factory.mktemp("models"))
     meta = {"labels": OLD_LABELS, "backbone": CONFIG.backbone, "weights": "none", "parent": None}
-    version = store.save("old", model.state_dict(), meta)
+    version = store.save("1", model.state_dict(), meta)
     return version, model
 
 
@@ -75,7 +75,7 @@ class TestWarmStart:
     def test_another_backbone_is_refused(self, saved, tmp_path):
         version, _ = saved
         meta = json.loads((version.path / "meta.json").read_text())
-        other = VersionStore(tmp_path).save("x", torch.load(version.weights_path), {**meta, "backbone": "mobilenet_v2_fpn"})
+        other = VersionStore(tmp_path).save("2", torch.load(version.weights_path), {**meta, "backbone": "mobilenet_v2_fpn"})
         with pytest.raises(CheckpointError, match="backbone"):
             build_model(replace(CONFIG, weights=str(other.path)), ["car"])
 
