@@ -220,16 +220,17 @@ def test_cli_trains_in_the_foreground(label_studio, ls_client, square_images, tm
         cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=JOB_TIMEOUT_S,
     )
     assert done.returncode == 0, f"rc {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
-    assert "v0001" in done.stdout, done.stdout
-    meta = _meta(model_dir, project, "v0001")
+    # v0001 is the base version the training starts from (made once, as the service makes it), v0002 the trained one
+    assert "v0002" in done.stdout, done.stdout
+    base, meta = _meta(model_dir, project, "v0001"), _meta(model_dir, project, "v0002")
     assert meta["annotation_ids"] == sorted(annotation_ids)
-    assert meta["parent"] is None and meta["weights"] == "none"
+    assert meta["parent"] == "v0001" and base["parent"] is None and base["weights"] == "none"
     records = {p.stem: json.loads(p.read_text()) for p in (model_dir / str(project) / ".jobs").glob("*.json")}
-    assert records["train"]["status"] == "done" and records["train"]["result"]["model_version"] == "v0001"
+    assert records["train"]["status"] == "done" and records["train"]["result"]["model_version"] == "v0002"
     # the follow-up ranking pushed the new version's predictions to LS's unlabeled tasks
     assert records["rank"]["status"] == "done", records["rank"]
     unlabeled = [t for t in ls_client.tasks(project) if not t["annotations"]]
-    assert unlabeled and all(any(p["model_version"] == "v0001" for p in t["predictions"]) for t in unlabeled)
+    assert unlabeled and all(any(p["model_version"] == "v0002" for p in t["predictions"]) for t in unlabeled)
 
     # run again with nothing new: no new version
     again = subprocess.run(
@@ -237,7 +238,7 @@ def test_cli_trains_in_the_foreground(label_studio, ls_client, square_images, tm
         cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=JOB_TIMEOUT_S,
     )
     assert again.returncode == 0, again.stderr[-4000:]
-    assert sorted(p.name for p in (model_dir / str(project)).glob("v*")) == ["v0001"]
+    assert sorted(p.name for p in (model_dir / str(project)).glob("v*")) == ["v0001", "v0002"]
 
 
 def test_cli_fails_cleanly_without_label_studio(tmp_path):
