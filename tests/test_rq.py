@@ -223,11 +223,12 @@ def test_worker_trains_against_label_studio(redis, redis_url, label_studio, ls_c
     assert FinishedJobRegistry(queue=queue).count == 1, log_tail(log)
 
     service = app.extensions["hua"]
-    assert [v.name for v in service.store.versions(str(project))] == ["v0001"], log_tail(log)
+    # v0001: the base version the training starts from (as the service makes it); v0002: the trained one
+    assert [v.name for v in service.store.versions(str(project))] == ["v0001", "v0002"], log_tail(log)
     record = service.board.read(str(project), "train")
-    assert record.status == "done" and record.result["model_version"] == "v0001", record
-    meta = json.loads((model_dir / str(project) / "v0001" / "meta.json").read_text())
-    assert meta["annotation_ids"] == sorted(annotation_ids)
+    assert record.status == "done" and record.result["model_version"] == "v0002", record
+    meta = json.loads((model_dir / str(project) / "v0002" / "meta.json").read_text())
+    assert meta["annotation_ids"] == sorted(annotation_ids) and meta["parent"] == "v0001"
     # the serving app sees the worker's version (shared MODEL_DIR)
     setup = app.test_client().post("/setup", json={"project": str(project)})
-    assert setup.get_json() == {"model_version": "v0001"}
+    assert setup.get_json() == {"model_version": "v0002"}
