@@ -23,7 +23,7 @@ DATASETS: tuple[str, ...] = ("digits", "voc07", "voc0712", "coco")
 
 #: Training iterations per cycle of ``warm``, fixed by the calibration on cycle 0 of seed 0
 #: (bench/results/active_learning_calibration.md) before any strategy was compared.
-WARM_ITERATIONS: int = 400
+WARM_ITERATIONS: int = 800
 
 
 @dataclass(frozen=True)
