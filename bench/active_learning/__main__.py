@@ -153,22 +153,27 @@ def machine() -> dict[str, object]:
             "torch": torch.__version__, "torchvision": torchvision.__version__, "platform": platform.platform()}
 
 
-def _preamble(config, meta: dict) -> list[str]:
-    sim, host, warm = config.simulation, meta["machine"], meta.get("warm_start")
-    det, tr = sim.detector, sim.train
+def _invocations(meta: dict) -> list[str]:
+    """The commands that wrote the rows, and their wall time."""
     runs = meta.get("invocations", [])
     minutes = sum(r["wall_s"] for r in runs) / 60
+    return ["Commands: " + "; ".join(f"`{r['command']}` ({r['wall_s'] / 60:.0f} min)" for r in runs) + "  ",
+            f"Wall time: {minutes:.1f} min over {len(runs)} invocation(s).  "]
+
+
+def _settings(config, meta: dict) -> list[str]:
+    """Machine, data, protocol and metric, as the report and the calibration state them."""
+    sim, host, warm = config.simulation, meta["machine"], meta.get("warm_start")
+    det, tr = sim.detector, sim.train
     length = f"{tr.iterations} iterations" if tr.iterations else f"{tr.epochs} epochs"
     start = (f"warm start pretrained on {warm.get('images')} scenes of held-back digits as one class "
              f"({warm.get('iterations')} iterations from {warm.get('from')} weights, class-agnostic AP50 "
              f"{100 * warm.get('check_ap50_agnostic', float('nan')):.1f} on seed {config.seeds[0]}'s test split)"
              if warm else f"{det.weights} weights")
     return [
-        "Commands: " + "; ".join(f"`{r['command']}` ({r['wall_s'] / 60:.0f} min)" for r in runs) + "  ",
         f"Machine: {host['cpu']}, {host['cores']} cores"
         + (f", GPU {host['gpu']}" if host.get("gpu") else "")
         + f"; {config.workers} worker(s) x {config.threads} thread(s); torch {host['torch']}.  ",
-        f"Wall time: {minutes:.1f} min over {len(runs)} invocation(s).  ",
         f"Data: {meta['dataset']} (per seed: pool {meta['pool']}, test {meta['test']} images, "
         f"{meta['classes']} classes).  ",
         f"Protocol: {sim.initial} random images, then {sim.cycles} cycles of +{sim.budget}; every cycle's detector "
@@ -184,7 +189,8 @@ def write_report(rows, config, meta: dict, out: Path, publish: bool) -> None:
     from bench.active_learning import report
 
     plot_path = report.plot(rows, out / "ap50.png", f"{config.name} ({meta['dataset']})")
-    text = report.markdown(rows, f"Active-learning benchmark: {config.name}", _preamble(config, meta),
+    preamble = _invocations(meta) + _settings(config, meta)
+    text = report.markdown(rows, f"Active-learning benchmark: {config.name}", preamble,
                            plot_path.name, cycles=config.simulation.cycles + 1, seeds=len(config.seeds))
     text += "\n" + report.timing_table(rows) + "\n"
     (out / "report.md").write_text(text)
@@ -215,8 +221,9 @@ def calibrate_command(config, data: dict, meta: dict, args: argparse.Namespace) 
     trials = calibration.calibrate(args.calibrate, spec, data[seed], config.simulation)
     chosen = calibration.choose(trials)
     first = {s: calibration.class_boxes(data[s], config.simulation.initial, s) for s in config.seeds}
-    preamble = _preamble(config, meta)[1:] + [f"Run calibrated: {spec.strategy} + {spec.loss}, seed {seed}, "
-                                              f"cycle 0 ({config.simulation.initial} images)."]
+    preamble = [f"Command: `{meta['command']}`  ", *_settings(config, meta),
+                f"Run calibrated: {spec.strategy} + {spec.loss}, seed {seed}, cycle 0 ({config.simulation.initial} "
+                "images); the protocol line shows the preset's iterations, the table those tried."]
     path = args.out / "calibration.md"
     path.write_text(calibration.markdown(trials, chosen, preamble, first))
     if args.publish:

@@ -69,7 +69,7 @@ class BenchConfig:
 
 
 def warm() -> BenchConfig:
-    """The default: METHOD.md section 6, the regime of the paper's first cycle, on this CPU (about 4 h).
+    """The default: METHOD.md section 6, the regime of the paper's first cycle, on this CPU (about 8 h idle).
 
     Digit scenes (pool 400, test 200 per seed, each seed its own scenes from one
     split of the digits), a warm start pretrained once on scenes of held-back
