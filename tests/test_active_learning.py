@@ -434,6 +434,16 @@ def test_command_line_end_to_end_with_resume(tmp_path: Path, monkeypatch) -> Non
     assert "hua + synchronic" in (out / "report.md").read_text()
 
 
+def test_a_second_invocation_on_the_same_output_is_refused(tmp_path: Path) -> None:
+    from bench.active_learning import __main__ as cli
+
+    held = cli._exclusive(tmp_path)
+    with pytest.raises(SystemExit, match="another invocation is writing"):
+        cli.main(["--config", "tiny", "--out", str(tmp_path), "--cache", str(tmp_path / "cache")])
+    held.close()
+    cli._exclusive(tmp_path).close()  # free again once the first has ended
+
+
 @pytest.mark.slow
 def test_calibration_writes_what_it_tried(tmp_path: Path, monkeypatch) -> None:
     from bench.active_learning import __main__ as cli

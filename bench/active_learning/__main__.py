@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import json
 import os
 import platform
@@ -31,6 +32,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import IO
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -243,6 +245,22 @@ def _meta(args: argparse.Namespace, config, data: dict, argv: list[str] | None) 
     return meta
 
 
+def _exclusive(out: Path) -> IO[str]:
+    """A lock on ``out``, held while the returned file is open: two invocations appending to one
+    CSV would interleave their rows and each rewrite the file under the other.
+
+    Raises:
+        SystemExit: another invocation holds it.
+    """
+    handle = (out / ".lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SystemExit(f"another invocation is writing {out}: wait for it to end, or use another --out") from None
+    return handle
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TORCH_HOME", str(REPO_ROOT / ".cache" / "torch"))
     args = parse_args(argv)
@@ -250,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config = build_config(args)
     args.out.mkdir(parents=True, exist_ok=True)
+    lock = None if args.report_only else _exclusive(args.out)
     data = load_datasets(config, args)
     meta = _meta(args, config, data, argv)
     if args.report_only:
@@ -268,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     write_report(rows, config, meta, args.out, args.publish)
     print((args.out / "report.md").read_text())
+    if lock is not None:
+        lock.close()
     return 0
 
 
