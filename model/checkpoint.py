@@ -66,14 +66,14 @@ def resized_predictor(old: UncertainBoxPredictor, labels: Sequence[str], known: 
     """A box predictor for ``labels`` initialised from ``old``, trained for ``known`` (module docstring)."""
     new = UncertainBoxPredictor(old.cls_score.in_features, len(labels) + 1, old.log_var_bound)
     classifier, regression = class_rows(labels, known)
-    _copy_rows(new.cls_score, old.cls_score, {0: [0], **classifier}, 1)
-    _copy_rows(new.bbox_pred, old.bbox_pred, {0: [0], **regression}, 4)
-    _copy_rows(new.bbox_log_var, old.bbox_log_var, {0: [0], **regression}, 4)
+    copy_class_rows(new.cls_score, old.cls_score, {0: [0], **classifier}, 1)
+    copy_class_rows(new.bbox_pred, old.bbox_pred, {0: [0], **regression}, 4)
+    copy_class_rows(new.bbox_log_var, old.bbox_log_var, {0: [0], **regression}, 4)
     return new
 
 
-def _copy_rows(new: nn.Linear, old: nn.Linear, rows: dict[int, list[int]], width: int) -> None:
-    """Set new class ``c``'s ``width`` rows to the mean of the old classes ``rows[c]``."""
+def copy_class_rows(new: nn.Linear, old: nn.Linear, rows: dict[int, list[int]], width: int) -> None:
+    """Set new class ``c``'s ``width`` rows to the mean of the old classes ``rows[c]`` (also COCO's head rows)."""
     with torch.no_grad():
         for target, sources in rows.items():
             span = slice(target * width, (target + 1) * width)

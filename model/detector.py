@@ -25,7 +25,7 @@ from torchvision.models.detection.backbone_utils import mobilenet_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.transforms.functional import convert_image_dtype, pil_to_tensor
 
-from model.checkpoint import checkpoint_labels, resized_predictor
+from model.checkpoint import checkpoint_labels, copy_class_rows, resized_predictor
 from model.detections import Detections
 from model.heads import UncertainBoxPredictor, UncertaintyRoIHeads
 from model.losses import LossConfig
@@ -204,13 +204,8 @@ def coco_head_rows(labels: Sequence[str], aliases: dict[str, list[str]], categor
 
 
 def _init_from_rows(new: nn.Linear, old: nn.Linear, rows: dict[int, list[int]], width: int) -> None:
-    """Copy (the mean of) old class rows into new class rows; ``width`` rows per class."""
-    with torch.no_grad():
-        for target, sources in [(0, [0])] + list(rows.items()):
-            src = torch.stack([old.weight[s * width : (s + 1) * width] for s in sources]).mean(0)
-            bias = torch.stack([old.bias[s * width : (s + 1) * width] for s in sources]).mean(0)
-            new.weight[target * width : (target + 1) * width] = src
-            new.bias[target * width : (target + 1) * width] = bias
+    """Copy (the mean of) old class rows into new class rows; ``width`` rows per class; background from row 0."""
+    copy_class_rows(new, old, {0: [0], **rows}, width)
 
 
 def adapt_head(
