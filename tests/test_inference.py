@@ -130,6 +130,7 @@ class TestCrossRequestBatching:
         threads.append(_call(queue, detector, [2], results, "b"))
         _wait_queued(queue, 1)
         threads.append(_call(queue, detector, [3], results, "c"))
+        _wait_queued(queue, 2)  # c's image is queued before d's: the order is the test's, not the threads'
         threads.append(_call(queue, detector, [4, 5], results, "d"))
         _wait_queued(queue, 4)
         detector.gate.set()
