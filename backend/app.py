@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from backend.admission import HEAVY_ENDPOINTS
 from backend.auth import check_basic_auth
 from backend.errors import APIError, Busy, Unauthorized
 from backend.routes import bp
-from backend.service import Service
+from backend.service import Service, build_service
 from backend.settings import Settings
 from backend.ui import bp as ui_bp
 
@@ -20,15 +20,17 @@ logger = logging.getLogger(__name__)
 
 # Label Studio's automatic webhook carries no credentials: /webhook is a
 # trigger only (it reads nothing but the project id and the action).
-_OPEN_ENDPOINTS = {"backend.webhook"}
+_OPEN_ENDPOINTS = frozenset({"backend.webhook"})
 
 
-def create_app(settings: Settings | None = None) -> Flask:
-    """Build the Flask app from ``settings`` (default: the environment, read once)."""
-    settings = settings or Settings.from_env()
+def create_app(settings: Settings | None = None, service: Service | None = None) -> Flask:
+    """Build the Flask app from ``service``, or from the parts ``settings`` build (default: the environment, read once)."""
+    if service is None:
+        service = build_service(settings or Settings.from_env())
+    settings = service.settings
     _configure_logging(settings.log_level)
     app = Flask(__name__)
-    app.extensions["hua"] = service = Service.create(settings)
+    app.extensions["hua"] = service
     _recover_jobs(service)
     app.register_blueprint(bp)
     app.register_blueprint(ui_bp)
@@ -60,7 +62,7 @@ def _configure_logging(level: str) -> None:
 
 
 def _authenticate() -> None:
-    settings: Settings = _settings()
+    settings = _service().settings
     if request.endpoint in _OPEN_ENDPOINTS:
         return
     if not check_basic_auth(request, settings.basic_auth_user, settings.basic_auth_pass):
@@ -83,15 +85,7 @@ def _leave(error: BaseException | None) -> None:
 
 
 def _service() -> Service:
-    from flask import current_app
-
     return current_app.extensions["hua"]
-
-
-def _settings() -> Settings:
-    from flask import current_app
-
-    return current_app.extensions["hua"].settings
 
 
 def _start_timer() -> None:
@@ -99,12 +93,10 @@ def _start_timer() -> None:
 
 
 def _observe(response: Response) -> Response:
-    from flask import current_app
-
     started = g.get("started")
     if started is not None:
         route = request.url_rule.rule if request.url_rule else "unknown"
-        current_app.extensions["hua"].metrics.observe_request(route, response.status_code, time.perf_counter() - started)
+        _service().metrics.observe_request(route, response.status_code, time.perf_counter() - started)
     return response
 
 

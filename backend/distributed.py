@@ -2,7 +2,7 @@
 
 torchrun starts one process per GPU with LOCAL_RANK and WORLD_SIZE set; each
 process joins the process group before ``model.train`` wraps its model in DDP.
-The training jobs (``backend.cli``) and ``bench.gpu_check`` share this; it is a
+The training jobs (``backend.jobs.entry``) and ``bench.gpu_check`` share this; it is a
 module of its own so that the check, on a bare GPU machine, imports nothing
 else of the service (no Label Studio client, no Flask).
 """

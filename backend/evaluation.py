@@ -14,9 +14,8 @@ import logging
 
 from backend.annotations import TrainingSet
 from backend.labels import ProjectLabels
-from backend.service import Service
 from model.evaluate import Prequential, prequential
-from model.registry import load_version_model
+from model.registry import ModelRegistry, load_version_model
 from model.train import Progress, low_threshold_outputs, sample_target
 from model.versions import CheckpointError, Version, check_meta
 
@@ -37,8 +36,8 @@ def unseen_samples(version: Version, data: TrainingSet) -> list[int]:
 
 
 def evaluate_serving(
-    service: Service, version: Version | None, names: ProjectLabels, data: TrainingSet,
-    progress: Progress | None = None,
+    registry: ModelRegistry, version: Version | None, names: ProjectLabels, data: TrainingSet, *,
+    min_tasks: int, score_threshold: float, progress: Progress | None = None,
 ) -> Prequential:
     """``version``'s figures on the tasks of ``data`` it has never seen, or why there are none.
 
@@ -49,20 +48,19 @@ def evaluate_serving(
     if version is None:
         return Prequential(None, "none", "no earlier version to evaluate: this is the project's first model")
     unseen = unseen_samples(version, data)
-    settings = service.settings
-    context = {"tasks": len(unseen), "min_tasks": settings.eval_min_tasks,
+    context = {"tasks": len(unseen), "min_tasks": min_tasks,
                "trained_on_tasks": len(version.meta.get("annotation_ids") or []),
-               "task_ids": sorted(data.task_ids[i] for i in unseen), "score_threshold": settings.score_threshold}
-    if len(unseen) < settings.eval_min_tasks:
+               "task_ids": sorted(data.task_ids[i] for i in unseen), "score_threshold": score_threshold}
+    if len(unseen) < min_tasks:
         message = (f"{len(unseen)} task(s) annotated since {version.name} was trained; "
-                   f"figures need at least {settings.eval_min_tasks} (EVAL_MIN_TASKS)")
+                   f"figures need at least {min_tasks} (EVAL_MIN_TASKS)")
         return Prequential(version.name, "too_few", message, **context)
     if progress:
         progress(0.0, f"evaluating {version.name} on {len(unseen)} new tasks")
     samples = [data.samples[i] for i in unseen]
     try:
-        check_meta(version.meta, list(names.labels), service.detector_config.backbone)
-        model = load_version_model(service.detector_config, version).to(service.registry.device)
+        check_meta(version.meta, list(names.labels), registry.config.backbone)
+        model = load_version_model(registry.config, version).to(registry.device)
         outputs = low_threshold_outputs(model, samples)
     except (CheckpointError, RuntimeError, OSError) as exc:
         logger.warning("project %s: %s not evaluated: %s", version.project, version.name, exc)

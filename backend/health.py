@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from backend.jobs import JobBoard
+from backend.jobs.board import JobBoard
 from model.versions import WEIGHTS_FILE, is_project_id
 
 # Failures that a retry will meet again until someone acts (frees disk, fixes a token or permissions).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 
 import jwt
 import requests
@@ -102,8 +103,6 @@ class LabelStudioClient:
     """
 
     def __init__(self, auth: LabelStudioAuth, timeout: float = 60.0, retries: int = 0, backoff: float = 1.0) -> None:
-        if not auth.url:
-            raise LabelStudioError("LABEL_STUDIO_URL is not set: the backend cannot read annotations")
         self.auth = auth
         self.timeout = timeout
         self.retries = retries
@@ -111,7 +110,13 @@ class LabelStudioClient:
         self.session = requests.Session()
 
     def _send(self, method: str, path: str, **kwargs) -> requests.Response:
-        """The answer to one call: any below 500, after retrying connection errors and 5xx."""
+        """The answer to one call: any below 500, after retrying connection errors and 5xx.
+
+        Without LABEL_STUDIO_URL every call fails, not the client's creation:
+        a backend that only serves predictions needs no Label Studio API.
+        """
+        if not self.auth.url:
+            raise LabelStudioError("LABEL_STUDIO_URL is not set: the backend cannot read annotations")
         kwargs.setdefault("timeout", self.timeout)
         failure = ""
         for attempt in range(self.retries + 1):
@@ -189,7 +194,7 @@ class LabelStudioClient:
     def views(self, project: str | int) -> list[dict]:
         return self.request("GET", "/api/dm/views", params={"project": project}).json()
 
-    def save_view(self, project: str | int, title: str, data: dict) -> dict:
+    def save_view(self, project: str | int, title: str, data: Mapping[str, object]) -> dict:
         """Create the Data Manager tab ``title``, or update it in place if it exists."""
         existing = [v for v in self.views(project) if (v.get("data") or {}).get("title") == title]
         body = {"project": int(project), "data": {**data, "title": title}}

@@ -243,3 +243,28 @@ def predict_tasks(
                 out.results[i] = item
         last_batch = clock() - began
     return out
+
+
+@dataclass(frozen=True)
+class TaskPredictor:
+    """``predict_tasks`` with its settings bound once: what /predict, the rank job and the predict job share.
+
+    Args:
+        images: fetches and decodes task images under the image policy.
+        hua: the HUA settings new tasks are scored with.
+        batch_size: images per forward pass (BATCH_SIZE).
+        fetch_workers: images fetched at once (FETCH_WORKERS).
+        min_score: SCORE_THRESHOLD, the lowest score a pre-annotation keeps.
+    """
+
+    images: ImageLoader
+    hua: HUAConfig
+    batch_size: int
+    fetch_workers: int
+    min_score: float
+
+    def predict(self, tasks: Sequence[dict], names: ProjectLabels, served: ServedModel,
+                ranking: StoredRanking | None = None, *, queue: InferenceQueue | None = None,
+                deadline: Deadline | None = None) -> PredictedTasks:
+        return predict_tasks(tasks, names, served, self.images, batch_size=self.batch_size, workers=self.fetch_workers,
+                             ranking=ranking, hua=self.hua, min_score=self.min_score, queue=queue, deadline=deadline)

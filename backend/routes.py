@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import hmac
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from backend.auth import check_basic_auth
-from backend.deferred import defer_predictions
+from backend.deferred import DeferredTasks, defer_predictions
 from backend.errors import BadRequest, Unauthorized
 from backend.health import problems, project_disk_use
-from backend.jobs import ANNOTATION_EVENTS, RANK_NEW, TRAIN_NOW
+from backend.jobs.scheduler import ANNOTATION_EVENTS, RANK_NEW, TRAIN_NOW
 from backend.labels import ProjectLabels, parse_label_config
 from backend.metrics import ServiceMetrics
-from backend.predictions import Deadline, PredictedTasks, predict_tasks
+from backend.predictions import Deadline, PredictedTasks
 from backend.report import refresh_quality_gauges, version_rows
 from backend.service import Service
 from backend.settings import Settings
@@ -110,17 +111,18 @@ def health() -> Response:
     """Liveness plus what a user needs to see: the backbone (BACKBONE=auto's choice), device, weights fallbacks,
     versions, disk use per project, and "degraded" with the problems of ``backend.health``."""
     service = _service()
-    registry = service.__dict__.get("registry")  # not created yet: report without creating it
+    registry = service.registry
     root = Path(service.settings.model_dir)
     found = problems(root, service.board)
     body = {"status": "degraded" if found else "UP", "model_class": MODEL_CLASS,
-            "backbone": service.detector_config.backbone, "disk": {"projects": project_disk_use(root)}}
+            "backbone": registry.config.backbone, "disk": {"projects": project_disk_use(root)}}
     if found:
         body["problems"] = found
-    if registry is not None:
+    serving = registry.serving()
+    if serving:  # the device is named once a model runs there: asking earlier would touch CUDA
         body["device"] = str(registry.device)
-        body["weights"] = {p: r.__dict__ for p, r in registry.weights_reports.items()}
-        body["serving"] = {p: registry.peek(p).name for p in list(registry._served)}
+        body["weights"] = {p: asdict(r) for p, r in registry.weights_reports.items()}
+        body["serving"] = serving
     return jsonify(body)
 
 
@@ -150,14 +152,11 @@ def predict() -> Response:
     service = _service()
     served = service.registry.get(pid, names.labels, names.aliases)
     service.metrics.set_version(pid, served.name)
-    settings = service.settings
-    outcome = predict_tasks(
-        tasks, names, served, service.images, settings.batch_size, settings.fetch_workers,
-        service.rankings.get(served.version), settings.hua_config(), min_score=settings.score_threshold,
-        queue=service.inference, deadline=deadline,
-    )
+    outcome = service.predictor.predict(tasks, names, served, service.rankings.get(served.version),
+                                        queue=service.inference, deadline=deadline)
     if outcome.deferred:
-        defer_predictions(service, pid, outcome.deferred)
+        defer_predictions(DeferredTasks(service.settings.model_dir), service.scheduler, pid, outcome.deferred,
+                          service.settings.predict_deadline)
     _count(service.metrics, outcome)
     return jsonify({"results": outcome.results, "model_version": served.name})
 

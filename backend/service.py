@@ -1,20 +1,31 @@
-"""The long-lived parts of one backend process, built once from Settings."""
+"""The long-lived parts of one backend process, built once from Settings.
+
+``build_service`` builds every part up front; none of them loads a model or
+touches the GPU when built (the registry loads a project's model at its first
+``get``), so building the app and answering /health or /setup stay cheap.
+Tests and embedders pass their own Label Studio client or job runner through
+its keyword arguments instead of replacing attributes afterwards.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
+from typing import Protocol
 
 from backend.admission import Admission
 from backend.images import ImageLoader, ImagePolicy
 from backend.inference import InferenceQueue
-from backend.jobs import EmbeddedRunner, JobBoard, JobSlots, RQRunner, Scheduler
+from backend.jobs.board import JobBoard
+from backend.jobs.runners import EmbeddedRunner, JobSlots, RQRunner
+from backend.jobs.scheduler import Scheduler
 from backend.lsclient import LabelStudioAuth, LabelStudioClient
 from backend.metrics import ServiceMetrics
+from backend.predictions import TaskPredictor
 from backend.ranking_store import RankingCache
 from backend.settings import Settings
-from model.detector import DetectorConfig, device_kind, select_device
+from model.detector import device_kind
 from model.registry import ModelRegistry
 from model.versions import VersionStore
 
@@ -23,86 +34,93 @@ RQ_QUEUE = "hua"
 LS_RETRIES = 4
 
 
-@dataclass
-class Service:
-    """Settings plus what they build: version store, models, image loader, metrics.
+class Runner(Protocol):
+    """Starts a job somewhere else (a child process, an RQ worker); returns at once."""
 
-    The model registry is created on first use, so building the app (and
-    answering /health or /setup) never imports weights or touches the GPU.
-    """
+    def submit(self, project: str, kind: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Service:
+    """Settings and the parts they build; routes read them, job factories hand them on one by one."""
 
     settings: Settings
     metrics: ServiceMetrics
+    auth: LabelStudioAuth
+    ls_client: LabelStudioClient
+    store: VersionStore
+    registry: ModelRegistry
+    images: ImageLoader
+    predictor: TaskPredictor
+    inference: InferenceQueue
+    admission: Admission
+    rankings: RankingCache
+    board: JobBoard
+    scheduler: Scheduler
 
-    @classmethod
-    def create(cls, settings: Settings) -> "Service":
-        return cls(settings=settings, metrics=ServiceMetrics())
 
-    @cached_property
-    def store(self) -> VersionStore:
-        return VersionStore(self.settings.model_dir, keep=self.settings.keep_versions)
+def build_service(settings: Settings, *, ls_client: LabelStudioClient | None = None,
+                  runner: Runner | None = None) -> Service:
+    """Every part of a backend process for ``settings``.
 
-    @cached_property
-    def detector_config(self) -> DetectorConfig:
-        """The detector on this machine: BACKBONE=auto chosen for DEVICE, no CUDA context created."""
-        return self.settings.detector_config(device_kind(self.settings.device))
+    Args:
+        ls_client: how jobs call Label Studio (default: the API with the
+            backend's token, retried with backoff so that a restart of Label
+            Studio does not fail a job).
+        runner: where scheduled jobs run (default: RQ when REDIS_URL is set,
+            else child processes of this one).
+    """
+    auth = LabelStudioAuth(settings.label_studio_url, settings.api_key)
+    store = VersionStore(settings.model_dir, keep=settings.keep_versions)
+    registry = ModelRegistry(store, settings.detector_config(device_kind(settings.device)), settings.device)
+    images = ImageLoader(_image_policy(settings), auth.access_token)
+    board = JobBoard(settings.model_dir, stale_after=settings.job_timeout)
+    runner = runner or _default_runner(settings, board, registry)
+    return Service(
+        settings=settings,
+        metrics=ServiceMetrics(),
+        auth=auth,
+        ls_client=ls_client or LabelStudioClient(auth, retries=LS_RETRIES),
+        store=store,
+        registry=registry,
+        images=images,
+        predictor=TaskPredictor(images, settings.hua_config(), batch_size=settings.batch_size,
+                                fetch_workers=settings.fetch_workers, min_score=settings.score_threshold),
+        inference=InferenceQueue(settings.batch_size),
+        admission=Admission(settings.threads - settings.light_threads),
+        rankings=RankingCache(),
+        board=board,
+        scheduler=Scheduler(board, runner.submit, settings.train_every),
+    )
 
-    @cached_property
-    def registry(self) -> ModelRegistry:
-        device = select_device(self.settings.device)
-        return ModelRegistry(self.store, self.detector_config, device)
 
-    @cached_property
-    def inference(self) -> InferenceQueue:
-        """The process's one way to the model: requests batch together instead of competing for the cores."""
-        return InferenceQueue(self.settings.batch_size)
+def _default_runner(settings: Settings, board: JobBoard, registry: ModelRegistry) -> Runner:
+    """RQ when REDIS_URL is set; else child processes, after which this process serves the new version at once."""
+    if settings.redis_url:
+        return RQRunner(settings.redis_url, RQ_QUEUE, settings.job_timeout)
+    slots = JobSlots(settings.model_dir, settings.max_job_processes, stale_after=settings.job_timeout)
+    return EmbeddedRunner(board, swap_when_done(registry), env=os.environ | settings.to_env(), slots=slots)
 
-    @cached_property
-    def admission(self) -> Admission:
-        """How many /predict calls may hold a thread at once: all but LIGHT_THREADS of the worker's THREADS."""
-        return Admission(self.settings.threads - self.settings.light_threads)
 
-    @cached_property
-    def auth(self) -> LabelStudioAuth:
-        return LabelStudioAuth(self.settings.label_studio_url, self.settings.api_key)
+def swap_when_done(registry: ModelRegistry) -> Callable[[str, str, bool], None]:
+    """An embedded job's ``on_done``: a project this process serves is swapped to the new version at once,
+    not at the registry's next refresh; a failed job leaves the serving model alone."""
 
-    @cached_property
-    def rankings(self) -> RankingCache:
-        return RankingCache()
+    def finished(project: str, kind: str, ok: bool) -> None:
+        if ok and project in registry.serving():
+            registry.reload(project)
 
-    @cached_property
-    def ls_client(self) -> LabelStudioClient:
-        """Jobs call Label Studio through this: retried with backoff, so a restart of Label Studio does not fail them."""
-        return LabelStudioClient(self.auth, retries=LS_RETRIES)
+    return finished
 
-    @cached_property
-    def board(self) -> JobBoard:
-        return JobBoard(self.settings.model_dir, stale_after=self.settings.job_timeout)
 
-    @cached_property
-    def scheduler(self) -> Scheduler:
-        """Jobs go to RQ when REDIS_URL is set, else to child processes of this one."""
-        if self.settings.redis_url:
-            runner = RQRunner(self.settings.redis_url, RQ_QUEUE, self.settings.job_timeout)
-        else:
-            slots = JobSlots(self.settings.model_dir, self.settings.max_job_processes, stale_after=self.settings.job_timeout)
-            runner = EmbeddedRunner(self.board, self._job_finished, env=os.environ | self.settings.to_env(), slots=slots)
-        return Scheduler(self.board, runner.submit, self.settings.train_every)
-
-    def _job_finished(self, project: str, kind: str, ok: bool) -> None:
-        """Swap the serving model as soon as an embedded job wrote a new version."""
-        if ok and "registry" in self.__dict__:
-            self.registry.reload(project)
-
-    @cached_property
-    def images(self) -> ImageLoader:
-        s = self.settings
-        policy = ImagePolicy(
-            label_studio_url=s.label_studio_url,
-            allowed_hosts=s.image_hosts,
-            document_root=os.path.abspath(s.local_files_document_root) if s.local_files_document_root else "",
-            max_pixels=s.max_image_pixels,
-            timeout=s.fetch_timeout,
-            cache_dir=s.image_cache_dir or os.path.join(s.model_dir, ".cache", "images"),
-        )
-        return ImageLoader(policy, self.auth.access_token)
+def _image_policy(settings: Settings) -> ImagePolicy:
+    """Where images may come from, and how big and slow they may be (the security settings)."""
+    s = settings
+    return ImagePolicy(
+        label_studio_url=s.label_studio_url,
+        allowed_hosts=s.image_hosts,
+        document_root=os.path.abspath(s.local_files_document_root) if s.local_files_document_root else "",
+        max_pixels=s.max_image_pixels,
+        timeout=s.fetch_timeout,
+        cache_dir=s.image_cache_dir or os.path.join(s.model_dir, ".cache", "images"),
+    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backend.jobs import JobBoard, JobRecord
+from backend.jobs.board import JobBoard, JobRecord
 from backend.ranking_store import StoredRanking
 from model.evaluate import Prequential
 from model.hua import METRIC_NAMES

@@ -13,7 +13,7 @@ from helpers import DISPLAYED_SIZE, FROM_NAME, HUGE, LABEL_CONFIG, ROTATED, SMAL
 
 from backend.annotations import annotation_boxes, annotation_regions, newest_annotation, region_box, training_set
 from backend.labels import parse_label_config
-from backend.service import Service
+from backend.service import build_service
 
 NAMES = parse_label_config(LABEL_CONFIG)
 
@@ -44,7 +44,7 @@ def task(task_id: int, image: str, *annotations) -> dict:
 @pytest.fixture
 def loader(tmp_path, image_root):
     settings = make_settings(tmp_path / "models", local_files_document_root=str(image_root))
-    return Service.create(settings).images
+    return build_service(settings).images
 
 
 class TestNewestAnnotation:

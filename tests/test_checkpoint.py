@@ -85,8 +85,7 @@ class TestWarmStart:
 
     def test_a_project_registry_starts_from_the_checkpoint(self, saved, tmp_path):
         version, old = saved
-        registry = ModelRegistry(VersionStore(tmp_path), replace(CONFIG, weights=str(version.path)),
-                                 torch.device("cpu"))
+        registry = ModelRegistry(VersionStore(tmp_path), replace(CONFIG, weights=str(version.path)), "cpu")
         served = registry.get("7", ["car"])
         assert served.name == "v0001" and served.version.meta["weights"] == str(version.path)
         assert torch.equal(served.detector.model.rpn.head.conv[0][0].weight, old.rpn.head.conv[0][0].weight)

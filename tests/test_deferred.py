@@ -1,4 +1,4 @@
-"""Tests of backend/deferred.py: the predict job that finishes what /predict deferred.
+"""Tests of backend/deferred.py and backend/jobs/predict.py: the predict job that finishes what /predict deferred.
 
 The real small model on the CPU and a fake Label Studio (test_ranking_job's,
 with each task's predictions inlined as /api/tasks?fields=all gives them), so
@@ -16,12 +16,12 @@ import torch
 from helpers import LABEL_CONFIG, make_settings, write_image
 from test_ranking_job import FakeLabelStudio
 
-from backend.cli import JOBS
-from backend.deferred import KIND, DeferredTasks, holds_version, run_deferred_predictions
-from backend.jobs import run_job
+from backend.deferred import KIND, DeferredTasks, holds_version
+from backend.jobs.board import run_job
+from backend.jobs.entry import JOBS, predict_job
 from backend.labels import parse_label_config
 from backend.ranking_store import RANKING_FILE, StoredRanking
-from backend.service import Service
+from backend.service import Service, build_service
 from model.hua import Scale
 
 PROJECT = "3"
@@ -51,9 +51,8 @@ def service(tmp_path) -> Service:
     for task_id in range(1, 8):
         write_image(root / f"{task_id}.png", 40 + task_id, 32, (20 * task_id, 90, 160))
     (root / "broken.png").write_text("not an image")
-    service = Service.create(make_settings(tmp_path / "models", local_files_document_root=str(root), batch_size=2))
-    service.__dict__["ls_client"] = InliningLabelStudio([_task(i) for i in range(1, 8)])
-    return service
+    settings = make_settings(tmp_path / "models", local_files_document_root=str(root), batch_size=2)
+    return build_service(settings, ls_client=InliningLabelStudio([_task(i) for i in range(1, 8)]))
 
 
 def _hand_over(service: Service, *task_ids: int) -> None:
@@ -82,7 +81,7 @@ class TestDeferredTasks:
 class TestPredictJob:
     def test_pushes_one_prediction_per_task_and_reports_broken_images(self, service):
         _hand_over(service, 1, 2, 3, BROKEN)
-        result = run_deferred_predictions(service, PROJECT)
+        result = predict_job(service).run(PROJECT)
         fake, version = service.ls_client, _version(service)
         assert [fake.count(i, version) for i in (1, 2, 3, BROKEN, 5)] == [1, 1, 1, 0, 0]
         assert result["predicted"] == 3 and result["requested"] == 4
@@ -92,25 +91,25 @@ class TestPredictJob:
 
     def test_running_twice_never_duplicates(self, service):
         _hand_over(service, 1, 2)
-        run_deferred_predictions(service, PROJECT)
+        predict_job(service).run(PROJECT)
         _hand_over(service, 1, 2, 5)  # a second retrieve deferred the same tasks again
-        result = run_deferred_predictions(service, PROJECT)
+        result = predict_job(service).run(PROJECT)
         version = _version(service)
         assert [service.ls_client.count(i, version) for i in (1, 2, 5)] == [1, 1, 1]
         assert result["already_predicted"] == 2 and result["predicted"] == 1
 
     def test_pushes_as_it_goes(self, service, monkeypatch):
-        monkeypatch.setattr("backend.deferred.PUSH_EVERY", 2)
+        monkeypatch.setattr("backend.jobs.predict.PUSH_EVERY", 2)
         _hand_over(service, 1, 2, 3, 5, 6)
         progress: list[float] = []
-        run_deferred_predictions(service, PROJECT, lambda fraction, message: progress.append(fraction))
+        predict_job(service).run(PROJECT, lambda fraction, message: progress.append(fraction))
         pushes = [c[2] for c in service.ls_client.calls if c[0] == "import_predictions"]
         assert pushes == [[1, 2], [3, 5], [6]]
         assert progress == pytest.approx([0.4, 0.8, 1.0])
 
     def test_deleted_tasks_are_skipped(self, service):
         _hand_over(service, 1, 99)
-        result = run_deferred_predictions(service, PROJECT)
+        result = predict_job(service).run(PROJECT)
         assert result["gone"] == 1 and result["predicted"] == 1
 
     def test_runs_as_a_job_with_its_record(self, service):
@@ -134,7 +133,7 @@ class TestRankedVersion:
 
     def test_pushed_tasks_join_the_stored_ranking(self, service, ranked):
         _hand_over(service, 1, 2)
-        run_deferred_predictions(service, PROJECT)
+        predict_job(service).run(PROJECT)
         stored = json.loads((ranked.version.path / RANKING_FILE).read_text())["tasks"]
         pushed = {p["task"]: p for p in service.ls_client.predictions}
         assert set(stored) == {"1", "2", "7"}
@@ -143,7 +142,7 @@ class TestRankedVersion:
 
     def test_a_task_the_ranking_holds_is_pushed_from_it(self, service, ranked):
         _hand_over(service, 7)
-        run_deferred_predictions(service, PROJECT)
+        predict_job(service).run(PROJECT)
         (pushed,) = service.ls_client.predictions
         assert (pushed["task"], pushed["score"], pushed["result"]) == (7, 0.5, [])
 

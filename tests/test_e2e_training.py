@@ -12,7 +12,6 @@ Fixtures come from tests/labelstudio.py.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

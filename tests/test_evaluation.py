@@ -9,7 +9,7 @@ from helpers import LABEL_CONFIG, make_settings, write_image
 from backend.annotations import TrainingSet
 from backend.evaluation import evaluate_serving, unseen_samples
 from backend.labels import parse_label_config
-from backend.service import Service
+from backend.service import Service, build_service
 from model.train import Sample
 from model.versions import Version
 
@@ -28,10 +28,16 @@ def _data(tmp_path, task_ids: list[int]) -> TrainingSet:
     return data
 
 
+def _evaluate(service: Service, version: Version | None, names, data):
+    """``evaluate_serving`` with the service's parts and settings, as the training job calls it."""
+    return evaluate_serving(service.registry, version, names, data, min_tasks=service.settings.eval_min_tasks,
+                            score_threshold=service.settings.score_threshold)
+
+
 @pytest.fixture(scope="module")
 def service(tmp_path_factory) -> Service:
     settings = make_settings(tmp_path_factory.mktemp("evaluation-models"), eval_min_tasks=2, score_threshold=0.5)
-    return Service.create(settings)
+    return build_service(settings)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +58,7 @@ class TestUnseenSamples:
 
 class TestEvaluateServing:
     def test_figures_of_the_serving_version_on_new_tasks(self, service, base_version, tmp_path):
-        report = evaluate_serving(service, base_version, NAMES, _data(tmp_path, [5, 6, 7]))
+        report = _evaluate(service, base_version, NAMES, _data(tmp_path, [5, 6, 7]))
         assert report.status == "ok" and report.model_version == "v0001"
         assert report.tasks == 3 and report.task_ids == [5, 6, 7] and report.trained_on_tasks == 0
         assert report.min_tasks == 2 and report.score_threshold == 0.5
@@ -61,15 +67,15 @@ class TestEvaluateServing:
         assert report.acceptance["annotated"] == 3
 
     def test_too_few_new_tasks_give_no_number(self, service, base_version, tmp_path):
-        report = evaluate_serving(service, base_version, NAMES, _data(tmp_path, [5]))
+        report = _evaluate(service, base_version, NAMES, _data(tmp_path, [5]))
         assert report.status == "too_few" and report.figures() == {} and report.map_50 is None
         assert "at least 2 (EVAL_MIN_TASKS)" in report.message and report.tasks == 1
 
     def test_no_version_to_evaluate(self, service, tmp_path):
-        report = evaluate_serving(service, None, NAMES, _data(tmp_path, [5, 6]))
+        report = _evaluate(service, None, NAMES, _data(tmp_path, [5, 6]))
         assert report.status == "none" and report.model_version is None and report.figures() == {}
 
     def test_a_version_of_other_labels_is_reported_not_raised(self, service, base_version, tmp_path):
         other = Version(PROJECT, "v0009", base_version.path, {**base_version.meta, "labels": ["cat"]})
-        report = evaluate_serving(service, other, NAMES, _data(tmp_path, [5, 6]))
+        report = _evaluate(service, other, NAMES, _data(tmp_path, [5, 6]))
         assert report.status == "failed" and "labels" in report.message and report.figures() == {}

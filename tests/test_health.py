@@ -7,7 +7,7 @@ import torch
 from helpers import make_settings
 
 from backend.app import create_app
-from backend.jobs import JobRecord
+from backend.jobs.board import JobRecord
 from model.versions import VersionStore
 
 

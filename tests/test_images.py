@@ -20,7 +20,7 @@ import backend.lsclient as lsclient
 from backend.errors import ImageError
 from backend.images import ImageLoader
 from backend.lsclient import LabelStudioAuth, is_personal_access_token
-from backend.service import Service
+from backend.service import build_service
 
 LS = "http://ls.example.com:8080"
 PNG = Route(200, image_bytes(30, 20), "image/png")
@@ -28,7 +28,7 @@ PNG = Route(200, image_bytes(30, 20), "image/png")
 
 def _loader(tmp_path, **overrides) -> ImageLoader:
     """The loader the service builds from these settings (policy included)."""
-    return Service.create(make_settings(tmp_path / "models", **overrides)).images
+    return build_service(make_settings(tmp_path / "models", **overrides)).images
 
 
 class TestCheckUrl:

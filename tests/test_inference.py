@@ -16,7 +16,7 @@ import torch
 from helpers import LABELS, make_settings
 
 from backend.inference import InferenceQueue
-from backend.service import Service
+from backend.service import build_service
 from model.detections import Detections
 
 WAIT_S = 30.0  # a bound on waiting for threads, never a speed figure
@@ -148,7 +148,7 @@ class TestCrossRequestBatching:
 
 @pytest.mark.parametrize("flip", [False, True])
 def test_the_real_model_gives_the_same_results_through_the_queue(tmp_path, flip):
-    detector = Service.create(make_settings(tmp_path)).registry.get("1", LABELS).detector
+    detector = build_service(make_settings(tmp_path)).registry.get("1", LABELS).detector
     images = [torch.rand(3, 40, 56, generator=torch.Generator().manual_seed(i)) for i in range(3)]
     direct = detector.predict(images, flip=flip)
     queued = InferenceQueue(batch_size=2).bind(detector).predict(images, flip=flip)

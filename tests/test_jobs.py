@@ -1,4 +1,4 @@
-"""Tests of background training (backend/jobs.py, backend/training.py, backend/cli.py)
+"""Tests of background training (backend/jobs/, backend/cli.py)
 without Label Studio: the job board, the scheduler's coalescing under a burst
 of webhooks, failures (errors, out of memory, killed processes) and the
 atomicity of a version write killed halfway.
@@ -18,17 +18,20 @@ import sys
 import textwrap
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import LABEL_CONFIG, LABELS, SMALL, WIDE, make_settings
 
-import backend.training
 from backend.app import create_app
-from backend.cli import _train, run_job_from_env
-from backend.jobs import EmbeddedRunner, JobBoard, JobRecord, ProgressWriter, Scheduler, run_job
-from backend.training import TrainingError
+from backend.jobs.board import JobBoard, JobRecord, ProgressWriter, run_job
+from backend.jobs.entry import JOBS, run_job_from_env
+from backend.jobs.runners import EmbeddedRunner
+from backend.jobs.scheduler import Scheduler
+from backend.jobs.train import TrainingError
+from backend.service import build_service, swap_when_done
 from model.versions import VersionStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,11 +79,10 @@ class ThreadRunner:
 
 def _app_with(tmp_path: Path, work, start_delay: float = 0.0, **settings):
     """An app whose Service uses the real Scheduler and JobBoard with a ThreadRunner."""
-    app = create_app(make_settings(tmp_path / "models", **settings))
-    service = app.extensions["hua"]
-    runner = ThreadRunner(service.board, work, start_delay)
-    service.__dict__["scheduler"] = Scheduler(service.board, runner.submit, service.settings.train_every)
-    return app, service, runner
+    config = make_settings(tmp_path / "models", **settings)
+    runner = ThreadRunner(JobBoard(config.model_dir, stale_after=config.job_timeout), work, start_delay)
+    service = build_service(config, runner=runner)
+    return create_app(service=service), service, runner
 
 
 def _webhook(action: str, project=PROJECT, **extra) -> dict:
@@ -156,7 +158,7 @@ class TestJobBoard:
 
     def test_first_report_written_just_after_boot(self, tmp_path, monkeypatch):
         """``time.monotonic`` counts from boot: a machine up for 2 s must not lose the first report."""
-        monkeypatch.setattr("backend.jobs.time.monotonic", lambda: 2.0)
+        monkeypatch.setattr("backend.jobs.board.time.monotonic", lambda: 2.0)
         board = JobBoard(tmp_path)
         record = JobRecord("1", "train", status="running")
         ProgressWriter(board, record, interval=3600)(0.1, "first")
@@ -230,7 +232,7 @@ class TestRunJob:
         script = textwrap.dedent(
             f"""
             import pathlib, time
-            from backend.jobs import JobBoard, run_job
+            from backend.jobs.board import JobBoard, run_job
             def work(progress):
                 pathlib.Path({str(started)!r}).touch()
                 time.sleep(600)
@@ -379,13 +381,12 @@ class TestWebhookScheduling:
         assert sorted(runner.submitted) == [("1", "train"), ("2", "train")]
 
     def test_a_failing_submit_leaves_nothing_pending(self, tmp_path):
-        app = create_app(make_settings(tmp_path / "models"))
-        service = app.extensions["hua"]
+        class Broken:
+            def submit(self, project, kind):
+                raise ConnectionError("queue unreachable")
 
-        def broken(project, kind):
-            raise ConnectionError("queue unreachable")
-
-        service.__dict__["scheduler"] = Scheduler(service.board, broken, 1)
+        service = build_service(make_settings(tmp_path / "models"), runner=Broken())
+        app = create_app(service=service)
         assert app.test_client().post("/webhook", json=_webhook("START_TRAINING")).status_code == 500
         assert not service.board.is_pending(PROJECT, "train")
 
@@ -434,7 +435,7 @@ class TestWebhookSecret:
 
 
 class FakeLabelStudio:
-    """What backend.training reads from Label Studio: the project and its exported tasks."""
+    """What the training job reads from Label Studio: the project and its exported tasks."""
 
     def __init__(self, tasks: list[dict]) -> None:
         self.tasks = tasks
@@ -461,11 +462,10 @@ def _annotated(task_id: int, image: str, ann_id: int, label: str = "car") -> dic
 @pytest.fixture
 def training_service(tmp_path, image_root):
     """A Service serving project 5 (version v0001 from base weights), with a fake Label Studio."""
-    app = create_app(make_settings(tmp_path / "models", local_files_document_root=str(image_root), epochs=1))
-    service = app.extensions["hua"]
-    service.__dict__["ls_client"] = FakeLabelStudio(
+    settings = make_settings(tmp_path / "models", local_files_document_root=str(image_root), epochs=1)
+    service = build_service(settings, ls_client=FakeLabelStudio(
         [_annotated(1, WIDE, 101), _annotated(2, SMALL, 102, "person"), _annotated(3, "missing.png", 103)]
-    )
+    ))
     served = service.registry.get(PROJECT, list(LABELS))
     assert served.name == "v0001"
     return service
@@ -475,7 +475,7 @@ def training_service(tmp_path, image_root):
 class TestTrainingJobs:
     def test_a_training_makes_a_version_that_serves(self, training_service):
         service = training_service
-        result = run_job(service.board, PROJECT, "train", _train(service, PROJECT))
+        result = run_job(service.board, PROJECT, "train", JOBS["train"](service, PROJECT))
         assert result["model_version"] == "v0002"
         version = service.store.get(PROJECT, "v0002")
         meta = json.loads((version.path / "meta.json").read_text())
@@ -486,7 +486,7 @@ class TestTrainingJobs:
         assert meta["loss_summary"]["iterations"] == 1 and "lambda" in meta["loss_summary"]
         assert result["loss"] == meta["loss_summary"]
         assert service.registry.peek(PROJECT).name == "v0001"  # swapped only when the job is done
-        service._job_finished(PROJECT, "train", True)
+        swap_when_done(service.registry)(PROJECT, "train", True)
         assert service.registry.peek(PROJECT).name == "v0002"
         assert service.board.read(PROJECT, "train").status == "done"
 
@@ -494,14 +494,14 @@ class TestTrainingJobs:
         """A second trigger with the same annotations makes no version; an edited annotation
         (ANNOTATION_UPDATED: same id, new updated_at) does."""
         service = training_service
-        assert run_job(service.board, PROJECT, "train", _train(service, PROJECT))["model_version"] == "v0002"
-        again = run_job(service.board, PROJECT, "train", _train(service, PROJECT))
+        assert run_job(service.board, PROJECT, "train", JOBS["train"](service, PROJECT))["model_version"] == "v0002"
+        again = run_job(service.board, PROJECT, "train", JOBS["train"](service, PROJECT))
         assert "skipped" in again and "v0002" in again["skipped"]
         assert [v.name for v in service.store.versions(PROJECT)] == ["v0001", "v0002"]
         edited = service.ls_client.tasks[0]["annotations"][0]
         edited["updated_at"] = "2025-02-01T00:00:00Z"
         edited["result"][0]["value"]["rectanglelabels"] = ["person"]
-        assert run_job(service.board, PROJECT, "train", _train(service, PROJECT))["model_version"] == "v0003"
+        assert run_job(service.board, PROJECT, "train", JOBS["train"](service, PROJECT))["model_version"] == "v0003"
         meta = service.store.get(PROJECT, "v0003").meta
         assert meta["annotation_ids"] == [101, 102]
         assert meta["annotation_updated"]["101"] == "2025-02-01T00:00:00Z"
@@ -521,7 +521,7 @@ class TestTrainingJobs:
         if break_it == "out_of_memory":
             def oom(*args, **kwargs):
                 raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
-            monkeypatch.setattr(backend.training, "train", oom)
+            monkeypatch.setattr("backend.jobs.train.train", oom)
         elif break_it == "no_annotations":
             monkeypatch.setattr(service.ls_client, "tasks", [_annotated(3, "missing.png", 103)])
         elif break_it == "bad_annotations":  # regions without a width (hand-edited JSON, a broken import)
@@ -532,11 +532,11 @@ class TestTrainingJobs:
         else:
             def nan(*args, **kwargs):
                 raise FloatingPointError("training loss is not finite: {'total': nan}")
-            monkeypatch.setattr(backend.training, "train", nan)
+            monkeypatch.setattr("backend.jobs.train.train", nan)
         assert service.scheduler is not None  # the real scheduler; submit is not called here
         with pytest.raises(Exception):
-            run_job(service.board, PROJECT, "train", _train(service, PROJECT))
-        service._job_finished(PROJECT, "train", False)
+            run_job(service.board, PROJECT, "train", JOBS["train"](service, PROJECT))
+        swap_when_done(service.registry)(PROJECT, "train", False)
         record = service.board.read(PROJECT, "train")
         assert record.status == "failed"
         assert record.error.startswith(expected), record.error
@@ -545,8 +545,8 @@ class TestTrainingJobs:
         assert not list((service.store.root / PROJECT).glob(".tmp-*"))
         # the next trigger tries again, and succeeds once the cause is gone
         monkeypatch.undo()
-        service.__dict__["ls_client"] = FakeLabelStudio([_annotated(1, WIDE, 101)])
-        run_job(service.board, PROJECT, "train", _train(service, PROJECT))
+        service = replace(service, ls_client=FakeLabelStudio([_annotated(1, WIDE, 101)]))
+        run_job(service.board, PROJECT, "train", JOBS["train"](service, PROJECT))
         assert service.board.read(PROJECT, "train").status == "done"
         assert [v.name for v in service.store.versions(PROJECT)] == before + ["v0002"]
 
@@ -601,7 +601,7 @@ class TestEmbeddedRunner:
         default tmp_path/models), ``run_job``, os, signal and sys in scope, and the job's arguments in
         sys.argv; returns the commands the runner asked for."""
         script = (
-            "import os, signal, sys\nfrom backend.jobs import JobBoard, run_job\n"
+            "import os, signal, sys\nfrom backend.jobs.board import JobBoard, run_job\n"
             f"board = JobBoard({str(models or tmp_path / 'models')!r})\n" + textwrap.dedent(body)
         )
         commands = []
@@ -837,7 +837,7 @@ class TestOwnersThatAreGone:
     def test_a_flag_whose_owner_was_killed_is_claimed_at_the_next_event(self, tmp_path):
         board = JobBoard(tmp_path, stale_after=6 * 3600)
         proc = _sleeper(f"""
-            from backend.jobs import JobBoard
+            from backend.jobs.board import JobBoard
             assert JobBoard({str(tmp_path)!r}).claim_pending("1", "train")
             """)
         try:
@@ -861,7 +861,7 @@ class TestOwnersThatAreGone:
         """The serving process and its job killed together: the next start finds the flag and a "running" record."""
         proc = _sleeper(f"""
             import threading, time
-            from backend.jobs import JobBoard, run_job
+            from backend.jobs.board import JobBoard, run_job
             board = JobBoard({str(tmp_path)!r})
             started = threading.Event()
             threading.Thread(target=run_job, args=(board, "1", "train", lambda p: started.set() or time.sleep(600)),
@@ -882,7 +882,7 @@ class TestOwnersThatAreGone:
         """kill -9 between the version's rename and the record's "done": the version is there, so is the job."""
         proc = _sleeper(f"""
             import threading, time, torch
-            from backend.jobs import JobBoard, run_job
+            from backend.jobs.board import JobBoard, run_job
             from model.versions import VersionStore
             saved = threading.Event()
             def work(progress):
@@ -916,7 +916,7 @@ class TestOwnersThatAreGone:
         """Four processes count 50 events each while resets happen: every count survives a reset or lands after it."""
         script = f"""
             import sys
-            from backend.jobs import JobBoard
+            from backend.jobs.board import JobBoard
             board = JobBoard({str(tmp_path)!r})
             reached = sum(board.count_annotation("1", 1_000_000) for _ in range(50))
             """

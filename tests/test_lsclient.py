@@ -76,8 +76,8 @@ class TestUnknownProject:
 
     def test_a_job_for_an_unknown_project_fails_before_any_model(self, tmp_path, monkeypatch):
         """A webhook for an id Label Studio does not know: the job fails on its first call, no model made."""
-        from backend.cli import run_job_from_env
-        from backend.jobs import JobBoard
+        from backend.jobs.entry import run_job_from_env
+        from backend.jobs.board import JobBoard
 
         with LocalServer({}) as server:
             monkeypatch.setenv("MODEL_DIR", str(tmp_path / "models"))

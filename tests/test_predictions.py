@@ -18,7 +18,7 @@ from helpers import FROM_NAME, LABEL_CONFIG, LABELS, TO_NAME, make_settings, wri
 from backend.labels import parse_label_config
 from backend.predictions import Deadline, TaskFailure, box_result, predict_tasks, task_prediction
 from backend.ranking_store import StoredRanking
-from backend.service import Service
+from backend.service import build_service
 from model.detections import Detections
 from model.registry import ServedModel
 from model.versions import Version
@@ -164,7 +164,7 @@ def root(tmp_path) -> Path:
 
 
 def _loader(tmp_path, root):
-    return Service.create(make_settings(tmp_path / "models", local_files_document_root=str(root))).images
+    return build_service(make_settings(tmp_path / "models", local_files_document_root=str(root))).images
 
 
 def _task(task_id: int, name: str) -> dict:

@@ -13,18 +13,20 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from dataclasses import replace
 
 import pytest
 import torch
 from helpers import LABEL_CONFIG, LABELS, make_settings, predict_body
-from PIL import Image
 from test_ranking import CONFIG, CountingDetector, calibrated_model, make_image
 from torchvision.transforms.functional import to_pil_image, to_tensor
 
 from backend.app import create_app
-from backend.jobs import Scheduler
+from backend.jobs.entry import ranking_job
+from backend.jobs.rank import QUEUE_TITLE, QUEUE_VIEW
+from backend.jobs.scheduler import Scheduler
 from backend.predictions import task_prediction
-from backend.ranking import QUEUE_TITLE, QUEUE_VIEW, run_ranking
+from backend.service import build_service
 from backend.ranking_store import RANKING_FILE, RankingCache, StoredRanking
 from backend.labels import parse_label_config
 from backend.lsclient import LabelStudioError
@@ -103,7 +105,7 @@ class FakeLabelStudio:
         self.model_version = model_version
 
     def save_view(self, project, title, data):
-        self.calls.append(("save_view", str(project), title, copy.deepcopy(data)))
+        self.calls.append(("save_view", str(project), title, copy.deepcopy(dict(data))))
         existing = [v for v in self.views if v["data"]["title"] == title]
         if existing:
             existing[0]["data"] = {**data, "title": title}
@@ -139,10 +141,15 @@ def root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory, root):
+def fake_ls():
+    return FakeLabelStudio([_task(LABELED, [_car_annotation()]), *(_task(i) for i in (2, 3, 4, 5, BROKEN))])
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, root, fake_ls):
     settings = make_settings(tmp_path_factory.mktemp("ranking-models"), local_files_document_root=str(root),
                              batch_size=4, **HUA)
-    app = create_app(settings)
+    app = create_app(service=build_service(settings, ls_client=fake_ls))
     service = app.extensions["hua"]
     # the project's first version: the calibrated real detector, saved as the registry would
     meta = {"labels": list(LABELS), "backbone": CONFIG.backbone, "weights": "none", "weights_requested": "none",
@@ -154,13 +161,6 @@ def app(tmp_path_factory, root):
 @pytest.fixture(scope="module")
 def service(app):
     return app.extensions["hua"]
-
-
-@pytest.fixture(scope="module")
-def fake_ls(service):
-    fake = FakeLabelStudio([_task(LABELED, [_car_annotation()]), *(_task(i) for i in (2, 3, 4, 5, BROKEN))])
-    service.__dict__["ls_client"] = fake  # cached_property: the instance attribute wins
-    return fake
 
 
 @pytest.fixture(scope="module")
@@ -176,10 +176,10 @@ def counting(service) -> CountingDetector:
 @pytest.fixture(scope="module")
 def first_run(service, fake_ls, counting):
     records = Records()
-    logger = logging.getLogger("backend.ranking")
+    logger = logging.getLogger("backend.jobs.rank")
     logger.addHandler(records)
     try:
-        result = run_ranking(service, PROJECT)
+        result = ranking_job(service).run(PROJECT)
     finally:
         logger.removeHandler(records)
     served = service.registry.get(PROJECT, NAMES.labels, NAMES.aliases)
@@ -305,7 +305,7 @@ class TestRankingAgain:
     def test_a_second_run_with_nothing_new_pushes_nothing(self, service, fake_ls, first_run):
         before = first_run["path"].read_text()
         fake_ls.calls.clear()
-        result = run_ranking(service, PROJECT)
+        result = ranking_job(service).run(PROJECT)
         assert result["pushed"] == 0 and result["ranked"] == 4 and set(result["failed"]) == {BROKEN}
         assert "import_predictions" not in fake_ls.methods()
         assert "delete_version_predictions" not in fake_ls.methods()
@@ -319,7 +319,7 @@ class TestRankingAgain:
         old_predictions = copy.deepcopy(fake_ls.predictions)
         fake_ls.task_list += [_task(100), _task(101)]
         fake_ls.calls.clear()
-        result = run_ranking(service, PROJECT)
+        result = ranking_job(service).run(PROJECT)
         after = json.loads(first_run["path"].read_text())
         # ranking.json grows by exactly the new tasks; the old entries and scale stay
         assert set(after["tasks"]) == set(before["tasks"]) | {"100", "101"}
@@ -353,16 +353,16 @@ class TestRankingAgain:
         monkeypatch.setattr(fake_ls, "tasks", tasks_with_predictions)
         monkeypatch.setattr(fake_ls, "import_predictions", cut_short)
         with pytest.raises(LabelStudioError):
-            run_ranking(service, PROJECT)
+            ranking_job(service).run(PROJECT)
         assert sum(fake_ls.count(t, "v0001") for t in (300, 301)) == 1
         monkeypatch.setattr(fake_ls, "import_predictions", real_import)
-        result = run_ranking(service, PROJECT)
+        result = ranking_job(service).run(PROJECT)
         assert result["pushed"] == 1
         assert [fake_ls.count(t, "v0001") for t in (300, 301)] == [1, 1]
 
     def test_a_full_rerun_replaces_the_versions_predictions(self, service, fake_ls, first_run):
         fake_ls.calls.clear()
-        result = run_ranking(service, PROJECT, full=True)
+        result = ranking_job(service).run(PROJECT, full=True)
         ranked = [t["id"] for t in fake_ls.task_list if t["id"] not in (LABELED, BROKEN)]
         assert result["ranked"] == result["pushed"] == len(ranked)
         methods = fake_ls.methods()
@@ -461,17 +461,14 @@ class TestPredictFromRanking:
 class TestRankScheduling:
     @pytest.fixture
     def submitted(self, service):
+        """The jobs submitted by an app of the same parts whose scheduler records them instead of running them."""
         jobs: list[tuple[str, str]] = []
-        previous = service.__dict__.get("scheduler")
-        service.__dict__["scheduler"] = Scheduler(service.board, lambda p, k: jobs.append((p, k)), 10)
-        yield jobs
+        scheduler = Scheduler(service.board, lambda p, k: jobs.append((p, k)), 10)
+        yield create_app(service=replace(service, scheduler=scheduler)), jobs
         service.board.clear_pending(PROJECT, "rank")
-        if previous is None:
-            service.__dict__.pop("scheduler", None)
-        else:
-            service.__dict__["scheduler"] = previous
 
-    def test_tasks_created_schedules_one_rank_job(self, app, submitted):
+    def test_tasks_created_schedules_one_rank_job(self, submitted):
+        app, submitted = submitted
         client = app.test_client()
         body = {"action": "TASKS_CREATED", "project": {"id": int(PROJECT)}, "tasks": [{"id": 300}]}
         first = client.post("/webhook", json=body)
@@ -480,7 +477,8 @@ class TestRankScheduling:
         assert second.status_code == 202 and second.get_json()["status"] == "coalesced"
         assert submitted == [(PROJECT, "rank")]
 
-    def test_post_rank_schedules_a_rank_job(self, app, submitted):
+    def test_post_rank_schedules_a_rank_job(self, submitted):
+        app, submitted = submitted
         response = app.test_client().post("/rank", json={"project": PROJECT})
         assert response.status_code == 202 and response.get_json()["status"] == "scheduled"
         assert submitted == [(PROJECT, "rank")]
@@ -500,15 +498,11 @@ class TestNothingToRank:
     EMPTY = "8"
 
     @pytest.fixture
-    def empty_ls(self, service):
-        fake = FakeLabelStudio([{**_task(LABELED, [_car_annotation()]), "id": 50}])
-        previous = service.__dict__.get("ls_client")
-        service.__dict__["ls_client"] = fake
-        yield fake
-        service.__dict__["ls_client"] = previous
+    def empty_ls(self):
+        return FakeLabelStudio([{**_task(LABELED, [_car_annotation()]), "id": 50}])
 
     def test_a_project_without_unlabeled_tasks(self, service, empty_ls):
-        result = run_ranking(service, self.EMPTY)
+        result = ranking_job(replace(service, ls_client=empty_ls)).run(self.EMPTY)
         assert result["ranked"] == 0 and result["pushed"] == 0 and result["failed"] == {}
         # Label Studio refuses a model_version it does not know, and deleting predictions
         # clears the project's: neither is called, the project keeps its model_version
@@ -518,9 +512,9 @@ class TestNothingToRank:
         assert len(empty_ls.views) == 1
 
     def test_tasks_imported_later_get_a_full_ranking(self, service, empty_ls):
-        run_ranking(service, self.EMPTY)
+        ranking_job(replace(service, ls_client=empty_ls)).run(self.EMPTY)
         empty_ls.task_list += [_task(2), _task(3), _task(4)]
-        result = run_ranking(service, self.EMPTY)
+        result = ranking_job(replace(service, ls_client=empty_ls)).run(self.EMPTY)
         assert result["pushed"] == 3
         served = service.registry.get(self.EMPTY, NAMES.labels, NAMES.aliases)
         stored = StoredRanking.read(served.version)

@@ -10,6 +10,7 @@ import base64
 import logging
 import math
 import re
+from dataclasses import replace
 from urllib.parse import quote
 
 import pytest
@@ -39,7 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from backend.app import create_app
 from backend.deferred import DeferredTasks
 from backend.routes import MODEL_CLASS
-from backend.service import Service
+from backend.service import build_service
 
 VERSION = re.compile(r"^v\d{4,}$")
 
@@ -102,19 +103,20 @@ class TestHealth:
         assert body["serving"]["1"] == served
         assert body["weights"]["1"]["used"] == "none"
 
-    def test_does_not_create_the_registry(self, fresh_app):
-        assert fresh_app.test_client().get("/health").status_code == 200
-        assert "registry" not in _service(fresh_app).__dict__
+    def test_loads_no_model(self, fresh_app):
+        body = fresh_app.test_client().get("/health").get_json()
+        assert _service(fresh_app).registry.serving() == {}
+        assert "device" not in body and "serving" not in body  # the device is not asked for before a model runs
 
     @pytest.mark.parametrize("device, cuda, backbone", [
         ("auto", True, "resnet50_fpn_v2"), ("auto", False, "mobilenet_v3_fpn"), ("cpu", True, "mobilenet_v3_fpn"),
     ])
     def test_names_the_backbone_auto_chose(self, tmp_path, monkeypatch, device, cuda, backbone):
-        """Without loading a model: no registry, hence no CUDA context."""
+        """Without loading a model, hence without a CUDA context."""
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
         app = create_app(make_settings(tmp_path / "models", backbone="auto", device=device))
         assert app.test_client().get("/health").get_json()["backbone"] == backbone
-        assert "registry" not in _service(app).__dict__
+        assert _service(app).registry.serving() == {}
 
 
 class TestSetup:
@@ -130,7 +132,7 @@ class TestSetup:
         response = fresh_app.test_client().post("/setup", json=self.BODY)
         assert response.status_code == 200
         assert response.get_json() == {"model_version": "v0000"}  # no version yet
-        assert "registry" not in _service(fresh_app).__dict__
+        assert _service(fresh_app).registry.serving() == {}
 
     def test_names_the_newest_version_on_disk(self, fresh_app):
         store = _service(fresh_app).store
@@ -138,7 +140,7 @@ class TestSetup:
         store.save("3", {"w": torch.zeros(1)}, {"labels": list(LABELS)})
         response = fresh_app.test_client().post("/setup", json=self.BODY)
         assert response.get_json() == {"model_version": "v0002"}
-        assert "registry" not in _service(fresh_app).__dict__
+        assert _service(fresh_app).registry.serving() == {}
 
     def test_integer_project_and_no_schema(self, fresh_app):
         response = fresh_app.test_client().post("/setup", json={"project": 3})
@@ -235,10 +237,8 @@ class TestPredictDeadline:
     @pytest.fixture
     def late_app(self, tmp_path, image_root):
         """A deadline that has passed before the first batch can start."""
-        app = create_app(make_settings(tmp_path / "models", local_files_document_root=str(image_root),
-                                       predict_deadline=1e-9))
-        _service(app).__dict__["scheduler"] = _RecordingScheduler()
-        return app
+        settings = make_settings(tmp_path / "models", local_files_document_root=str(image_root), predict_deadline=1e-9)
+        return create_app(service=replace(build_service(settings), scheduler=_RecordingScheduler()))
 
     def test_unreached_tasks_get_empty_lists_and_a_predict_job(self, late_app, caplog):
         tasks = [local_task(41, SMALL), local_task(42, WIDE), local_task(43, TEXT)]
@@ -374,7 +374,7 @@ class TestVersionsRoute:
         body = response.get_json()
         assert body["versions"] == ["v0001", "v0002", "v0003"]
         assert [d["model_version"] for d in body["detail"]] == body["versions"]  # their figures: test_ui.py
-        assert "registry" not in _service(fresh_app).__dict__
+        assert _service(fresh_app).registry.serving() == {}
 
     def test_get_names_every_project_or_one(self, fresh_app):
         store = _service(fresh_app).store
@@ -449,15 +449,15 @@ class TestBasicAuth:
         assert auth_app.test_client().post(path, json={"project": "1"}).status_code == 401
 
     @pytest.mark.parametrize("action", ["ANNOTATION_CREATED", "START_TRAINING", "PROJECT_UPDATED"])
-    def test_webhook_acknowledges_without_auth(self, auth_app, monkeypatch, action):
+    def test_webhook_acknowledges_without_auth(self, auth_app, action):
         scheduler = _StubScheduler()
-        monkeypatch.setitem(_service(auth_app).__dict__, "scheduler", scheduler)
+        auth_app = create_app(service=replace(_service(auth_app), scheduler=scheduler))
         body = {"action": action, "project": {"id": 1}, "annotation": {"id": 5}, "task": {"id": 7}}
         response = auth_app.test_client().post("/webhook", json=body)
         assert 200 <= response.status_code < 300
         assert response.get_json()["action"] == action
         assert scheduler.events in ([], [("1", action)])  # at most handed on, never run here
-        assert "registry" not in _service(auth_app).__dict__  # nothing trained nor loaded
+        assert _service(auth_app).registry.serving() == {}  # nothing trained nor loaded
 
 
 class _StubScheduler:
@@ -484,7 +484,6 @@ class TestSecretsStayOutOfLogs:
 
         routes = {"/storage-data/uploaded/": upload, "/data/upload/1/photo.png": upload}
         caplog.set_level(logging.DEBUG)
-        monkeypatch.setattr(Service, "scheduler", _StubScheduler())
         with LocalServer(routes) as ls:
             settings = make_settings(
                 tmp_path / "models",
@@ -494,7 +493,7 @@ class TestSecretsStayOutOfLogs:
                 api_key=API_KEY,
                 log_level="DEBUG",
             )
-            client = create_app(settings).test_client()
+            client = create_app(service=replace(build_service(settings), scheduler=_StubScheduler())).test_client()
             auth = _basic(USER, PASSWORD)
             assert client.get("/health", headers=auth).status_code == 200
             setup = {"project": "1.17", "schema": LABEL_CONFIG, "hostname": ls.url, "access_token": API_KEY}

@@ -1,5 +1,5 @@
 """The RQ path (REDIS_URL set): webhooks enqueue jobs on a real redis-server, and
-``rq worker`` processes run them with ``backend.cli.run_job_from_env``.
+``rq worker`` processes run them with ``backend.jobs.entry.run_job_from_env``.
 
 redis-server is started on a free loopback port for this module (nothing is
 saved to disk). The test that trains needs a real Label Studio and is marked e2e.
@@ -116,7 +116,7 @@ def test_webhooks_enqueue_one_job(redis, redis_url, tmp_path):
     queue = _queue(redis)
     assert queue.count == 1
     (job,) = queue.get_jobs()
-    assert job.func_name == "backend.cli.run_job_from_env"
+    assert job.func_name == "backend.jobs.entry.run_job_from_env"
     assert job.args == ("4", "train")
     assert job.timeout == app.extensions["hua"].settings.job_timeout
     record = app.extensions["hua"].board.read("4", "train")
@@ -157,7 +157,7 @@ def _die_in_job(model_dir: str, project: str) -> None:
     import os
     import signal
 
-    from backend.jobs import JobBoard, run_job
+    from backend.jobs.board import JobBoard, run_job
 
     def work(progress):
         progress(0.3, "epoch 1/3")

@@ -21,7 +21,7 @@ from report_data import PROJECT, QUEUE, populate
 from werkzeug.serving import make_server
 
 from backend.app import create_app
-from backend.jobs import JobBoard
+from backend.jobs.board import JobBoard
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 

@@ -212,7 +212,7 @@ LABELS = ["car", "person"]
 
 @pytest.fixture
 def registry(store) -> ModelRegistry:
-    return ModelRegistry(store, CONFIG, torch.device("cpu"))
+    return ModelRegistry(store, CONFIG, "cpu")
 
 
 def _bias(served) -> torch.Tensor:
@@ -250,7 +250,7 @@ class TestModelRegistry:
 
     def test_a_new_registry_loads_the_saved_version(self, registry, store):
         first = registry.get("1", LABELS)
-        again = ModelRegistry(store, CONFIG, torch.device("cpu")).get("1", LABELS)
+        again = ModelRegistry(store, CONFIG, "cpu").get("1", LABELS)
         assert again.name == "v0001"
         assert torch.equal(_bias(again), _bias(first))
         assert len(store.versions("1")) == 1
@@ -277,7 +277,7 @@ class TestModelRegistry:
 
     def test_a_newer_version_of_another_backbone_is_never_loaded(self, store, caplog):
         """Another process (BACKBONE=auto on a GPU worker) wrote it: this one keeps serving its own."""
-        registry = ModelRegistry(store, CONFIG, torch.device("cpu"), refresh_every=0.0)
+        registry = ModelRegistry(store, CONFIG, "cpu", refresh_every=0.0)
         served = registry.get("1", LABELS)
         VersionStore(store.root).save("1", {"w": torch.zeros(1)}, {"labels": LABELS, "backbone": "resnet50_fpn_v2"})
         assert registry.get("1", LABELS) is served
@@ -307,7 +307,7 @@ from model.detector import DetectorConfig
 from model.registry import ModelRegistry
 from model.versions import VersionStore
 config = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False, score_threshold=0.0)
-registry = ModelRegistry(VersionStore({str(tmp_path)!r}), config, torch.device("cpu"))
+registry = ModelRegistry(VersionStore({str(tmp_path)!r}), config, "cpu")
 print("ready", flush=True)
 while not pathlib.Path({str(tmp_path / "go")!r}).exists():
     time.sleep(0.01)

@@ -1,4 +1,4 @@
-"""Background jobs (training, ranking): their state, coalescing and dispatch.
+"""The job board: every job's state, shared through MODEL_DIR by all processes.
 
 Everything a job needs to coordinate lives in MODEL_DIR, so it works the same
 with one gunicorn worker, several, or RQ workers on other machines sharing
@@ -15,8 +15,6 @@ MODEL_DIR:
   one runs per project and kind; the kernel releases it if the job is killed;
   the job's record names the process, so a dead job's record reads as failed
   (or done, when the version it was saving had been published);
-- ``.queue/``: tickets and slot locks bounding the job processes of all
-  projects together (``JobSlots``);
 - ``<project>/.jobs/annotations``: annotation events since the last training.
 """
 
@@ -26,12 +24,8 @@ import fcntl
 import json
 import logging
 import os
-import re
-import subprocess
-import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -43,12 +37,7 @@ from model.versions import is_project_id, project_id
 
 logger = logging.getLogger(__name__)
 
-TRAIN_NOW = {"START_TRAINING"}
-RANK_NEW = {"TASKS_CREATED"}
-ANNOTATION_EVENTS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"}
-
-
-def _now() -> str:
+def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -62,14 +51,14 @@ class JobRecord:
     progress: float = 0.0
     message: str = ""
     error: str | None = None
-    queued: str = field(default_factory=_now)
+    queued: str = field(default_factory=utc_now)
     started: str | None = None
     finished: str | None = None
     result: dict = field(default_factory=dict)
     owner: dict | None = None  # ProcessOwner.to_json() of the process running it
 
 
-def _read_json(path: Path) -> object:
+def read_json(path: Path) -> object:
     """A small JSON file's content; None when it is empty or damaged (FileNotFoundError passes)."""
     try:
         return json.loads(path.read_text() or "null")
@@ -139,7 +128,7 @@ class JobBoard:
         if record.status == "running" and self._abandoned(project, kind, record):
             published = self._published_by(record)
             if published:
-                record.status, record.progress, record.finished = "done", 1.0, record.finished or _now()
+                record.status, record.progress, record.finished = "done", 1.0, record.finished or utc_now()
                 record.result = {"model_version": published, "reconciled": "the job was killed after publishing it"}
             else:
                 record.status = "failed"
@@ -151,7 +140,7 @@ class JobBoard:
         if record.kind != "train" or not record.owner:
             return None
         for meta in sorted((self.root / record.project).glob("v*/meta.json"), reverse=True):
-            data = _read_json(meta)
+            data = read_json(meta)
             if isinstance(data, dict) and data.get("writer") == record.owner:
                 return meta.parent.name
         return None
@@ -232,7 +221,7 @@ class JobBoard:
         """Remove a pending flag whose owner is gone, or older than ``stale_after``; True if removed."""
         try:
             age = time.time() - path.stat().st_mtime
-            owner = ProcessOwner.from_json(_read_json(path))
+            owner = ProcessOwner.from_json(read_json(path))
         except FileNotFoundError:
             return False
         if age > self.stale_after or (owner is not None and owner.is_gone()):
@@ -252,7 +241,7 @@ class JobBoard:
         for path in self.root.glob("*/.jobs/*.json"):
             if not is_project_id(path.parent.parent.name):
                 continue
-            stored = _read_json(path)
+            stored = read_json(path)
             record = self.read(path.parent.parent.name, path.stem)
             if isinstance(stored, dict) and stored.get("status") == "running" and record and record.status != "running":
                 self.write(record)
@@ -332,239 +321,18 @@ def run_job(board: JobBoard, project: str, kind: str, work: Callable[[Callable[[
     with board.running(project, kind):
         board.clear_pending(project, kind)
         record = board.read(project, kind) or JobRecord(project, kind)
-        record = JobRecord(project, kind, status="running", queued=record.queued, started=_now(),
+        record = JobRecord(project, kind, status="running", queued=record.queued, started=utc_now(),
                            owner=ProcessOwner.current().to_json())
         board.write(record)
         try:
             record.result = work(ProgressWriter(board, record))
         except BaseException as exc:
-            record.status, record.error, record.finished = "failed", f"{type(exc).__name__}: {exc}", _now()
+            record.status, record.error, record.finished = "failed", f"{type(exc).__name__}: {exc}", utc_now()
             try:
                 board.write(record)
             except OSError as write_error:
                 logger.error("could not record the failure of %s %s: %s", kind, project, write_error)
             raise
-        record.status, record.progress, record.finished = "done", 1.0, _now()
+        record.status, record.progress, record.finished = "done", 1.0, utc_now()
         board.write(record)
         return record.result
-
-
-class JobSlots:
-    """At most ``limit`` job processes at once, among all processes sharing MODEL_DIR, started in the order asked.
-
-    Each job takes a ticket (a file named by the time it asked, naming its
-    owner) in ``MODEL_DIR/.queue`` and waits until its ticket is the oldest and
-    one of ``limit`` slot locks (fcntl) is free. The slot's descriptor is handed
-    to the job process, so the slot stays taken while that process lives, even
-    when the serving process that started it is killed, and the kernel frees it
-    when the job ends. Tickets of processes that are gone are dropped.
-
-    Args:
-        root (Path): MODEL_DIR.
-        limit (int): MAX_JOB_PROCESSES.
-        stale_after (float): seconds after which a ticket whose owner cannot be
-            checked (another host) is dropped.
-        poll (float): seconds between looks at the queue while waiting.
-    """
-
-    def __init__(self, root: Path | str, limit: int, stale_after: float = 6 * 3600, poll: float = 0.2) -> None:
-        self.folder = Path(root) / ".queue"
-        self.limit = limit
-        self.stale_after = stale_after
-        self.poll = poll
-
-    def ticket(self) -> Path:
-        """A place in the queue, taken when the job is asked for (so the order is the order of the events)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        ticket = self.folder / f"{time.time_ns():020d}-{os.getpid()}-{threading.get_ident()}.ticket"
-        ticket.write_text(json.dumps(ProcessOwner.current().to_json()))
-        return ticket
-
-    @contextmanager
-    def held(self, ticket: Path) -> Iterator[int]:
-        """Wait for ``ticket``'s turn and a free slot; yields the slot lock's descriptor."""
-        try:
-            fd = self._wait_for_turn(ticket.name)
-        finally:
-            ticket.unlink(missing_ok=True)
-        try:
-            yield fd
-        finally:
-            os.close(fd)
-
-    def _wait_for_turn(self, name: str) -> int:
-        while True:
-            if self._first() == name:
-                fd = self._free_slot()
-                if fd is not None:
-                    return fd
-            time.sleep(self.poll)
-
-    def _first(self) -> str | None:
-        """The oldest ticket whose owner may still be waiting; the others are removed."""
-        for path in sorted(self.folder.glob("*.ticket")):
-            try:
-                owner = ProcessOwner.from_json(_read_json(path))
-                age = time.time() - path.stat().st_mtime
-            except FileNotFoundError:
-                continue
-            if age > self.stale_after or (owner is not None and owner.is_gone()):
-                path.unlink(missing_ok=True)
-                continue
-            return path.name
-        return None
-
-    def _free_slot(self) -> int | None:
-        for i in range(self.limit):
-            fd = os.open(self.folder / f"slot-{i}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except BlockingIOError:
-                os.close(fd)
-        return None
-
-
-# "2026-01-01 10:00:00,123 ERROR backend.cli: " before a job process's own words.
-_LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ [\w.]+: ")
-
-
-def _last_words(lines: deque[bytes]) -> str:
-    """The last line a job process wrote to stderr, without the log prefix: its error, or a traceback's last line."""
-    for raw in reversed(lines):
-        line = raw.decode(errors="replace").strip()
-        if line:
-            return _LOG_PREFIX.sub("", line)[:500]
-    return ""
-
-
-def _run_child(command: list[str], env: dict[str, str] | None, slot: int) -> tuple[int, str]:
-    """Run a job process holding ``slot``; its exit status and last words.
-
-    Its stderr is passed on to ours line by line (the job's log stays in the
-    service's) and its tail kept, because a process that cannot write its
-    record (a full disk) can still say why it failed there.
-    """
-    tail: deque[bytes] = deque(maxlen=20)
-    with subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=(slot,)) as proc:
-        for line in proc.stderr:
-            tail.append(line)
-            sys.stderr.write(line.decode(errors="replace"))
-        code = proc.wait()
-    return code, _last_words(tail)
-
-
-class EmbeddedRunner:
-    """Runs each job as a child process (``python -m backend <kind> --project P``).
-
-    A child process, not a thread: a crash or an out-of-memory kill of a
-    training cannot take the serving worker down, and its memory is returned
-    when it ends. Jobs wait for a slot (``JobSlots``) before their process is
-    started, so a flood of events for many projects starts them one after
-    the other. ``on_done(project, kind, ok)`` runs in this process after the
-    child exits (the service reloads the model there).
-    """
-
-    def __init__(self, board: JobBoard, on_done: Callable[[str, str, bool], None], env: dict[str, str] | None = None,
-                 slots: JobSlots | None = None) -> None:
-        self.board = board
-        self.on_done = on_done
-        self.env = env
-        self.slots = slots or JobSlots(board.root, 1, stale_after=board.stale_after)
-
-    def submit(self, project: str, kind: str) -> None:
-        ticket = self.slots.ticket()
-        try:
-            threading.Thread(target=self._run, args=(project, kind, ticket), name=f"{kind}-{project}", daemon=True).start()
-        except BaseException:
-            ticket.unlink(missing_ok=True)
-            raise
-
-    def _run(self, project: str, kind: str, ticket: Path) -> None:
-        command = [sys.executable, "-m", "backend", kind, "--project", project, "--quiet"]
-        try:
-            with self.slots.held(ticket) as slot:
-                code, cause = _run_child(command, self.env, slot)
-        except Exception as exc:  # the process could not be started: say so, free the flag
-            logger.exception("%s for project %s could not start", kind, project)
-            code, cause = None, f"{type(exc).__name__}: {exc}"
-        if code != 0:
-            self._record_failure(project, kind, code, cause)
-        self.on_done(project, kind, code == 0)
-
-    def _record_failure(self, project: str, kind: str, code: int | None, cause: str) -> None:
-        """Record a job that recorded no outcome itself (killed, never started, disk full), with its cause."""
-        record = self.board.read(project, kind)
-        if record is None or record.finished is None:
-            record = record or JobRecord(project, kind)
-            said = f"job process exited with {code}" if code is not None else "job process did not start"
-            record.status, record.error, record.finished = "failed", f"{said}: {cause}" if cause else said, _now()
-            self.board.write(record)
-        if record.started is None:  # it never ran: nothing will clear its pending flag
-            self.board.clear_pending(project, kind)
-
-
-class RQRunner:
-    """Sends jobs to an RQ queue; ``rq worker`` processes (GPU machines) run them.
-
-    The worker runs ``backend.cli.run_job_from_env`` with its own environment
-    (MODEL_DIR shared with the serving replicas, which pick up new versions
-    from there).
-    """
-
-    def __init__(self, redis_url: str, queue: str, timeout: int) -> None:
-        from redis import Redis
-        from rq import Queue
-
-        self.queue = Queue(queue, connection=Redis.from_url(redis_url))
-        self.timeout = timeout
-
-    def submit(self, project: str, kind: str) -> None:
-        self.queue.enqueue("backend.cli.run_job_from_env", project, kind, job_timeout=self.timeout)
-
-
-class Scheduler:
-    """Turns Label Studio events into at most one running and one waiting job per project.
-
-    Args:
-        board (JobBoard): shared state.
-        submit (Callable[[str, str], None]): starts a job (EmbeddedRunner or RQRunner).
-        train_every (int): annotation events that trigger a training.
-    """
-
-    def __init__(self, board: JobBoard, submit: Callable[[str, str], None], train_every: int) -> None:
-        self.board = board
-        self.submit = submit
-        self.train_every = train_every
-
-    def on_event(self, project: str, action: str) -> str:
-        """What the event did: scheduled, coalesced, counted or ignored."""
-        if action in TRAIN_NOW:
-            return self.request(project, "train")
-        if action in RANK_NEW:
-            return self.request(project, "rank")
-        if action in ANNOTATION_EVENTS:
-            if self.board.count_annotation(project, self.train_every):
-                return self.request(project, "train")
-            return "counted"
-        return "ignored"
-
-    def request(self, project: str, kind: str) -> str:
-        """Queue a job unless one is already waiting.
-
-        Whatever fails after the flag is claimed (the record's write on a full
-        disk, the queue) clears the flag again, so the next event tries anew.
-        """
-        if kind == "train":
-            self.board.reset_annotations(project)
-        if not self.board.claim_pending(project, kind):
-            return "coalesced"
-        try:
-            current = self.board.read(project, kind)
-            if current is None or current.status != "running":  # a running job keeps its record; the flag says one waits
-                self.board.write(JobRecord(project, kind))
-            self.submit(project, kind)
-        except BaseException:
-            self.board.clear_pending(project, kind)
-            raise
-        return "scheduled"

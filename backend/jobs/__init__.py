@@ -1,0 +1,2 @@
+"""Background jobs: their shared state (``board``), where they run (``runners``), when (``scheduler``),
+what they do (``train``, ``rank``, ``predict``) and the entry point every way of running them calls (``entry``)."""

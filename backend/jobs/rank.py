@@ -1,0 +1,146 @@
+"""The HUA queue: rank a project's unlabeled tasks and write the order into Label Studio.
+
+A ranking belongs to a model version. Its results (boxes and task score per
+task) and its normalisation scale are kept in the version's folder
+(``ranking.json``), so that
+
+- /predict answers tasks the ranking already scored without running the model,
+  and scores new tasks on the same scale;
+- a rank job after TASKS_CREATED scores only the tasks the ranking lacks.
+
+In Label Studio the ranking becomes predictions of that model version (boxes +
+task score = 1 - priority), the project's model_version, and a Data Manager
+tab "HUA queue" of unlabeled tasks sorted by prediction score ascending.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import MappingProxyType
+
+import torch
+
+from dataclasses import dataclass
+
+from backend.annotations import annotation_regions, newest_annotation
+from backend.deferred import holds_version
+from backend.labels import ProjectLabels, parse_label_config
+from backend.lsclient import LabelStudioClient
+from backend.predictions import TaskPredictor, task_prediction
+from backend.ranking_store import RankingCache, StoredRanking
+from model.detector import image_tensor
+from model.ranking import labeled_class_frequency, score_pool
+from model.registry import ModelRegistry, ServedModel
+
+logger = logging.getLogger(__name__)
+
+QUEUE_TITLE = "HUA queue"
+QUEUE_VIEW = MappingProxyType({
+    "ordering": ["tasks:predictions_score"],
+    "filters": {  # nested values stay plain: the body goes through json.dumps
+        "conjunction": "and",
+        "items": [{"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}],
+    },
+})
+
+
+def labeled_frequency(tasks: list[dict], names: ProjectLabels) -> torch.Tensor:
+    """Class frequency of the labelled boxes (CD's p_L), from the newest annotation per task."""
+    labels = []
+    for task in tasks:
+        annotation = newest_annotation(task)
+        if annotation is not None:
+            labels.append(torch.tensor([cls for _, cls in annotation_regions(annotation, names, task.get("id"))], dtype=torch.int64))
+    return labeled_class_frequency(labels, len(names.labels))
+
+
+def _unlabeled(tasks: list[dict]) -> list[dict]:
+    return [t for t in tasks if not t.get("is_labeled") and not t.get("total_annotations")]
+
+
+@dataclass(frozen=True)
+class RankingJob:
+    """The parts a ranking uses, and the ranking itself (``run``).
+
+    Args:
+        client: Label Studio: tasks in, predictions and the queue's tab out.
+        registry: the serving model.
+        rankings: the stored rankings of the versions (``ranking.json``).
+        predictor: fetching, batching and the HUA settings, shared with /predict.
+    """
+
+    client: LabelStudioClient
+    registry: ModelRegistry
+    rankings: RankingCache
+    predictor: TaskPredictor
+
+    def run(self, project: str, progress=None, full: bool = False) -> dict:
+        """Bring the project's HUA queue up to date with the serving model.
+
+        A full ranking when the serving version has none yet, or one that scored
+        no task (or ``full``); otherwise only the unlabeled tasks the stored
+        ranking lacks are scored, on its stored scale, and pushed.
+        """
+        names = parse_label_config(self.client.project(project)["label_config"])
+        served = self.registry.get(project, names.labels, names.aliases)
+        all_tasks = self.client.tasks(project)
+        freq = labeled_frequency([t for t in all_tasks if t.get("annotations")], names)
+        pool = _unlabeled(all_tasks)
+        stored = self.rankings.get(served.version)
+        if full or stored.scale is None or not stored.tasks:  # an empty pool's scale admits nothing later
+            stored, failed = self._rank_all(served, pool, names, freq, progress)
+            created = self._push(project, stored.tasks, served.name, replace=True)
+        else:
+            missing = [t for t in pool if t["id"] not in stored.tasks]
+            added, failed = self._rank_new(served, missing, names, stored)
+            stored = StoredRanking(stored.scale, stored.labeled_freq, {**stored.tasks, **added}, stored.details)
+            pushed = {t["id"] for t in missing if not holds_version(t, served.name)}  # a push cut short: no duplicates
+            created = self._push(project, {k: v for k, v in added.items() if k in pushed}, served.name, replace=False)
+        stored.write(served.version)
+        for task_id, reason in failed.items():
+            logger.warning("project %s task %s: not ranked: %s", project, task_id, reason)
+        return {"model_version": served.name, "ranked": len(stored.tasks), "pushed": created, "failed": failed}
+
+    def _fetch(self, tasks: list[dict], names: ProjectLabels) -> tuple[dict[int, str], dict[int, str]]:
+        """Image paths by task id (downloaded concurrently into the cache) and failures."""
+        items = [((t.get("data") or {}).get(names.value_key), t["id"]) for t in tasks]
+        paths, failed = {}, {}
+        for (_, task_id), path in zip(items, self.predictor.images.path_many(items, self.predictor.fetch_workers)):
+            if isinstance(path, Exception):
+                failed[task_id] = str(path)
+            else:
+                paths[task_id] = path
+        return paths, failed
+
+    def _rank_all(self, served: ServedModel, tasks: list[dict], names: ProjectLabels,
+                  freq: torch.Tensor, progress) -> tuple[StoredRanking, dict[int, str]]:
+        paths, failed = self._fetch(tasks, names)
+        images, settings = self.predictor.images, self.predictor
+        source = lambda task_id: image_tensor(images.decode(paths[task_id]))  # noqa: E731
+        pool = score_pool(served.detector, list(paths), source, freq, settings.hua,
+                          settings.batch_size, progress=progress)
+        failed.update({int(k): v for k, v in pool.failed.items()})
+        ranking = StoredRanking(scale=pool.ranking.scale, labeled_freq=freq.tolist())
+        for key, det, score, why in zip(pool.keys, pool.detections, pool.ranking.score.tolist(), pool.explain()):
+            prediction = task_prediction(det, served.detector.labels, names, served.name, min_score=settings.min_score)
+            ranking.tasks[int(key)] = {**prediction, "score": score}
+            ranking.details[int(key)] = why
+        return ranking, failed
+
+    def _rank_new(self, served: ServedModel, tasks: list[dict], names: ProjectLabels,
+                  ranking: StoredRanking) -> tuple[dict[int, dict], dict[int, str]]:
+        """Score tasks on the stored scale (as /predict does); returns the new entries and failures."""
+        outcome = self.predictor.predict(tasks, names, served, ranking)
+        added = {t["id"]: r for t, r in zip(tasks, outcome.results) if r}
+        failed = {f.task_id: f"{f.reason}: {f.message}" for f in outcome.failures}
+        return added, failed
+
+    def _push(self, project: str, entries: dict[int, dict], version: str, replace: bool) -> int:
+        if replace and entries:  # LS also clears the project's model_version when it deletes
+            self.client.delete_version_predictions(project, version)
+        body = [{"task": task_id, **entry} for task_id, entry in entries.items()]
+        created = self.client.import_predictions(project, body) if body else 0
+        if created:  # LS refuses (400) a model_version it holds no prediction of
+            self.client.set_model_version(project, version)
+        self.client.save_view(project, QUEUE_TITLE, QUEUE_VIEW)
+        return created
