@@ -12,11 +12,13 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import torch
 from torchvision.models.detection import FasterRCNN
 
-from model.detector import Detector, DetectorConfig, WeightsReport, build_empty_model, build_model, warm_start
+from model.detector import (Detector, DetectorConfig, WeightsReport, build_empty_model, build_model, select_device,
+                            warm_start)
 from model.versions import CheckpointError, Version, VersionStore, check_backbone, check_meta, load_weights
 
 logger = logging.getLogger(__name__)
@@ -59,15 +61,13 @@ class ModelRegistry:
     Args:
         store (VersionStore): where versions live.
         config (DetectorConfig): backbone, base weights, thresholds.
-        device (torch.device): where models run.
+        device (str): DEVICE ("auto", "cpu" or "cuda"), resolved at the first model loaded.
     """
 
-    def __init__(
-        self, store: VersionStore, config: DetectorConfig, device: torch.device, refresh_every: float = 2.0
-    ) -> None:
+    def __init__(self, store: VersionStore, config: DetectorConfig, device: str, refresh_every: float = 2.0) -> None:
         self.store = store
         self.config = config
-        self.device = device
+        self.device_name = device
         self.refresh_every = refresh_every
         self._checked: dict[str, float] = {}
         self._served: dict[str, ServedModel] = {}
@@ -78,6 +78,15 @@ class ModelRegistry:
     def _project_lock(self, project: str) -> threading.Lock:
         with self._lock:
             return self._project_locks.setdefault(project, threading.Lock())
+
+    @cached_property
+    def device(self) -> torch.device:
+        """Where models run; resolved on first use, so building a registry never touches CUDA."""
+        return select_device(self.device_name)
+
+    def serving(self) -> dict[str, str]:
+        """The version each project is served with in this process (only projects loaded so far); loads nothing."""
+        return {project: served.name for project, served in list(self._served.items())}
 
     def peek(self, project: str) -> ServedModel | None:
         """The model serving ``project`` now, without loading anything."""
