@@ -21,13 +21,15 @@ import torch
 
 from backend.annotations import annotation_regions, newest_annotation
 from backend.deferred import holds_version
+from backend.images import ImageLoader
 from backend.labels import ProjectLabels, parse_label_config
 from backend.ranking_store import StoredRanking
-from backend.predictions import predict_tasks, task_prediction
+from backend.predictions import task_prediction
 from backend.service import Service
+from model.detections import Detections
 from model.detector import image_tensor
-from model.ranking import labeled_class_frequency, score_pool
 from model.registry import ServedModel
+from model.scoring import ImageSource, labeled_class_frequency, score_new_images, score_pool
 
 logger = logging.getLogger(__name__)
 
@@ -67,31 +69,40 @@ def _fetch(service: Service, tasks: list[dict], names: ProjectLabels) -> tuple[d
     return paths, failed
 
 
+def _image_source(images: ImageLoader, paths: dict[int, str]) -> ImageSource:
+    """The detector's input for a fetched task image, decoded when ``model.scoring`` asks (a batch at a time)."""
+    return lambda task_id: image_tensor(images.decode(paths[task_id]))
+
+
+def _predictions(served: ServedModel, names: ProjectLabels, keys: list, detections: list[Detections],
+                 scores: list[float], min_score: float) -> dict[int, dict]:
+    """Per scored task, its Label Studio prediction carrying the HUA task score."""
+    labels = served.detector.labels
+    return {int(key): {**task_prediction(det, labels, names, served.name, min_score=min_score), "score": score}
+            for key, det, score in zip(keys, detections, scores)}
+
+
 def _rank_all(service: Service, served: ServedModel, tasks: list[dict], names: ProjectLabels,
               freq: torch.Tensor, progress) -> tuple[StoredRanking, dict[int, str]]:
     paths, failed = _fetch(service, tasks, names)
-    source = lambda task_id: image_tensor(service.images.decode(paths[task_id]))  # noqa: E731
-    pool = score_pool(served.detector, list(paths), source, freq, service.settings.hua_config(),
-                      service.settings.batch_size, progress=progress)
+    pool = score_pool(served.detector, list(paths), _image_source(service.images, paths), freq,
+                      service.settings.hua_config(), batch_size=service.settings.batch_size, progress=progress)
     failed.update({int(k): v for k, v in pool.failed.items()})
-    ranking = StoredRanking(scale=pool.ranking.scale, labeled_freq=freq.tolist())
-    for key, det, score, why in zip(pool.keys, pool.detections, pool.ranking.score.tolist(), pool.explain()):
-        prediction = task_prediction(det, served.detector.labels, names, served.name,
-                                     min_score=service.settings.score_threshold)
-        ranking.tasks[int(key)] = {**prediction, "score": score}
-        ranking.details[int(key)] = why
-    return ranking, failed
+    scored = _predictions(served, names, pool.keys, pool.detections, pool.ranking.score.tolist(),
+                          service.settings.score_threshold)
+    details = {int(key): why for key, why in zip(pool.keys, pool.explain())}
+    return StoredRanking(pool.ranking.scale, freq.tolist(), scored, details), failed
 
 
 def _rank_new(service: Service, served: ServedModel, tasks: list[dict], names: ProjectLabels,
               ranking: StoredRanking) -> tuple[dict[int, dict], dict[int, str]]:
     """Score tasks on the stored scale (as /predict does); returns the new entries and failures."""
-    settings = service.settings
-    outcome = predict_tasks(tasks, names, served, service.images, settings.batch_size, settings.fetch_workers,
-                            ranking, settings.hua_config(), min_score=settings.score_threshold)
-    added = {t["id"]: r for t, r in zip(tasks, outcome.results) if r}
-    failed = {f.task_id: f"{f.reason}: {f.message}" for f in outcome.failures}
-    return added, failed
+    paths, failed = _fetch(service, tasks, names)
+    freq = torch.tensor(ranking.labeled_freq, dtype=torch.float64)
+    new = score_new_images(served.detector, list(paths), _image_source(service.images, paths), freq, ranking.scale,
+                           service.settings.hua_config(), batch_size=service.settings.batch_size)
+    failed.update({int(k): v for k, v in new.failed.items()})
+    return _predictions(served, names, new.keys, new.detections, new.scores, service.settings.score_threshold), failed
 
 
 def _push(service: Service, project: str, entries: dict[int, dict], version: str, replace: bool) -> int:

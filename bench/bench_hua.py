@@ -4,8 +4,8 @@ On one pool of N synthetic scenes (coloured shapes, fixed seed, decoded once and
 kept in memory so that no step pays for loading), in one run, with the rounds
 interleaved and the order rotated each round (medians reported):
 
-(a) plain: ``model.ranking.predict_pool`` over all N images, no flip: N forward passes;
-(b) HUA: ``model.ranking.score_pool``: N forward passes, the gate, P flipped passes
+(a) plain: ``model.scoring.predict_pool`` over all N images, no flip: N forward passes;
+(b) HUA: ``model.scoring.score_pool``: N forward passes, the gate, P flipped passes
     for the candidates and their four metrics, and ``rank_pool``: N + P passes;
 (c) CALD-style consistency: the original and 4 augmentations (horizontal flip,
     cutout, 0.8x resize, 90-degree rotation) of ALL N images, each through the

@@ -59,7 +59,7 @@ from torch import Tensor
 from backend.settings import Settings
 from bench.common import backend_env
 from model.detector import Detector
-from model.hua import image_entropy
+from model.hua import entropy_score
 from model.registry import load_version_model
 from model.train import load_image
 from model.versions import VersionStore
@@ -212,7 +212,7 @@ def bare_detector(env: dict[str, str]) -> Detector:
 def check_same_model(detector: Detector, tensors: list[Tensor], answer: dict) -> None:
     """Task scores and box counts of (a) must be those of (b): same weights, same pixels."""
     for det, result in zip(detector.predict(tensors), answer["results"]):
-        score = 1.0 - float(image_entropy(det.top_probs))
+        score = float(entropy_score(det.top_probs))
         if abs(score - result["score"]) > SCORE_TOLERANCE or len(det.boxes) != len(result["result"]):
             raise RuntimeError(
                 f"bare and service disagree (score {score:.5f} vs {result['score']:.5f}, "
