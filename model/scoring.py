@@ -94,7 +94,7 @@ class NewScores:
 
 @dataclass
 class _FirstPass:
-    """The images that made it through both passes so far, and their first-pass results."""
+    """The images still scored (loaded for the first pass, not lost on the second) and their first-pass results."""
 
     keys: list[Hashable]
     detections: list[Detections]
