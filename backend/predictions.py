@@ -26,9 +26,9 @@ from backend.labels import ProjectLabels
 from backend.ranking_store import StoredRanking
 from model.detections import Detections
 from model.detector import Detector, image_tensor
-from model.hua import HUAConfig, image_entropy
-from model.ranking import score_new_images
+from model.hua import HUAConfig, entropy_score
 from model.registry import ServedModel
+from model.scoring import score_new_images
 
 logger = logging.getLogger(__name__)
 
@@ -87,14 +87,14 @@ def task_prediction(
     ranking; annotators are shown only the confident ones. The task score is
     ``1 - H(x)``, H the retrieval gate's normalised entropy (METHOD.md section
     1): lower means less certain, which is the order Label Studio's uncertainty
-    sampling and prediction-score column use.
+    sampling and prediction-score column use (``model.hua.entropy_score``).
     """
     shown = detections.above(min_score)
     result = [
         box_result(box.tolist(), labels[int(cls) - 1], float(score), shown.width, shown.height, names)
         for box, cls, score in zip(shown.boxes, shown.labels, shown.scores)
     ]
-    return {"result": result, "score": 1.0 - float(image_entropy(detections.top_probs)), "model_version": version}
+    return {"result": result, "score": float(entropy_score(detections.top_probs)), "model_version": version}
 
 
 @dataclass
@@ -157,9 +157,10 @@ def predict_images(
     if ranking is None or ranking.scale is None:
         return [task_prediction(det, labels, names, version, min_score=min_score) for det in detector.predict(tensors)]
     freq = torch.tensor(ranking.labeled_freq, dtype=torch.float64)
-    scored = score_new_images(detector, tensors, freq, ranking.scale, hua)
+    scored = score_new_images(detector, range(len(tensors)), tensors.__getitem__, freq, ranking.scale, hua,
+                              batch_size=max(1, len(tensors)))  # the caller's batch, one forward pass
     return [{**task_prediction(det, labels, names, version, min_score=min_score), "score": score}
-            for det, score in scored]
+            for det, score in zip(scored.detections, scored.scores)]
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ On one pool of N synthetic scenes (coloured shapes, fixed seed, decoded once and
 kept in memory so that no step pays for loading), in one run, with the rounds
 interleaved and the order rotated each round (medians reported):
 
-(a) plain: ``model.ranking.predict_pool`` over all N images, no flip: N forward passes;
-(b) HUA: ``model.ranking.score_pool``: N forward passes, the gate, P flipped passes
+(a) plain: ``model.scoring.predict_pool`` over all N images, no flip: N forward passes;
+(b) HUA: ``model.scoring.score_pool``: N forward passes, the gate, P flipped passes
     for the candidates and their four metrics, and ``rank_pool``: N + P passes;
 (c) CALD-style consistency: the original and 4 augmentations (horizontal flip,
     cutout, 0.8x resize, 90-degree rotation) of ALL N images, each through the
@@ -64,7 +64,7 @@ import numpy as np
 import torch
 
 from bench.bench_hua_aggregate import median_seconds, synthetic_pool
-from bench.bench_predict import Service, free_port
+from bench.bench_predict import GunicornServer, free_port
 from bench.common import (
     SHAPE_LABELS,
     backend_env,
@@ -131,31 +131,31 @@ def time_ranked_predict(num_tasks: int, seed: int, repeats: int, backbone: str) 
         tmp_path = Path(tmp)
         threads = str(len(os.sched_getaffinity(0)))
         env = backend_env(free_port(), tmp_path / "models", backbone, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-        service = Service.start(env, tmp_path / "gunicorn.log")
+        server = GunicornServer.start(env, tmp_path / "gunicorn.log")
         try:
-            url = f"{service.url}/predict"
+            url = f"{server.url}/predict"
             body = {"tasks": [], "project": f"{PROJECT}.1700000000", "label_config": config_xml}
-            service.session.post(url, json=body, timeout=300).raise_for_status()  # creates v0001
+            server.session.post(url, json=body, timeout=300).raise_for_status()  # creates v0001
             version = VersionStore(tmp_path / "models").latest(PROJECT)
             if version is None:
-                raise RuntimeError(f"the first /predict wrote no model version; see {service.log_path}")
+                raise RuntimeError(f"the first /predict wrote no model version; see {server.log_path}")
             ranking, task_ids = stored_ranking(num_tasks, seed, version.name, names)
             ranking.write(version)
             body["tasks"] = [{"id": t, "data": {"image": UNFETCHED_URL.format(t)}} for t in task_ids]
 
             def call() -> tuple[float, int]:
                 start = time.perf_counter()
-                response = service.session.post(url, json=body, timeout=300)
+                response = server.session.post(url, json=body, timeout=300)
                 response.raise_for_status()
                 answer = response.json()
                 seconds = time.perf_counter() - start
-                check_answered_from_ranking(answer, ranking, task_ids, service.log_path)
+                check_answered_from_ranking(answer, ranking, task_ids, server.log_path)
                 return seconds, len(response.content)
 
             cold, size = call()
             warm = [call()[0] for _ in range(repeats)]
         finally:
-            service.stop()
+            server.stop()
     return {
         "tasks": num_tasks,
         "cold_s": cold,

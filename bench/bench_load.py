@@ -36,7 +36,7 @@ from pathlib import Path
 
 import requests
 
-from bench.bench_predict import LABEL_CONFIG, PROJECT, Service, free_port, write_images
+from bench.bench_predict import LABEL_CONFIG, PROJECT, GunicornServer, free_port, write_images
 from bench.common import backend_env
 
 WEBHOOK = {"action": "PROJECT_UPDATED", "project": {"id": int(PROJECT)}}
@@ -109,21 +109,23 @@ def worker_rss_mib(master: int) -> dict[int, float]:
     return found
 
 
-def run_load(service: Service, names: list[str], args: argparse.Namespace) -> tuple[Calls, list[tuple[float, dict]]]:
+def run_load(
+    server: GunicornServer, names: list[str], args: argparse.Namespace
+) -> tuple[Calls, list[tuple[float, dict]]]:
     """The clients and the polls for ``args.seconds``; returns the calls and the RSS samples over time."""
-    calls, rss = Calls(), [(0.0, worker_rss_mib(service.process.pid))]
+    calls, rss = Calls(), [(0.0, worker_rss_mib(server.process.pid))]
     start = time.monotonic()
     end = start + args.seconds
-    loops = [threading.Thread(target=client_loop, args=(service.url, names, i, end, args, calls))
+    loops = [threading.Thread(target=client_loop, args=(server.url, names, i, end, args, calls))
              for i in range(args.clients)]
-    loops += [threading.Thread(target=poll_loop, args=(service.url, route, end, args.poll_interval, calls))
+    loops += [threading.Thread(target=poll_loop, args=(server.url, route, end, args.poll_interval, calls))
               for route in ("/health", "/webhook")]
     for loop in loops:
         loop.start()
     while any(loop.is_alive() for loop in loops):
         time.sleep(min(10.0, max(0.1, end - time.monotonic())))
         if time.monotonic() - start - rss[-1][0] >= 10.0 or not any(loop.is_alive() for loop in loops):
-            rss.append((round(time.monotonic() - start, 1), worker_rss_mib(service.process.pid)))
+            rss.append((round(time.monotonic() - start, 1), worker_rss_mib(server.process.pid)))
     return calls, rss
 
 
@@ -180,12 +182,12 @@ def main(argv: list[str] | None = None) -> None:
                           THREADS=args.threads, LIGHT_THREADS=args.light_threads, BATCH_SIZE="8",
                           LOCAL_FILES_DOCUMENT_ROOT=str(doc_root), LOG_LEVEL="WARNING",
                           OMP_NUM_THREADS=args.torch_threads, MKL_NUM_THREADS=args.torch_threads)
-        service = Service.start(env, Path(tmp) / "gunicorn.log")
+        server = GunicornServer.start(env, Path(tmp) / "gunicorn.log")
         try:
-            service.predict(names[:1])  # the first version, made before the clock starts
-            calls, rss = run_load(service, names, args)
+            server.predict(names[:1])  # the first version, made before the clock starts
+            calls, rss = run_load(server, names, args)
         finally:
-            service.stop()
+            server.stop()
     rows = summary(calls)
     print_report(rows, rss, args)
     if args.out:

@@ -59,7 +59,7 @@ from torch import Tensor
 from backend.settings import Settings
 from bench.common import backend_env
 from model.detector import Detector
-from model.hua import image_entropy
+from model.hua import entropy_score
 from model.registry import load_version_model
 from model.train import load_image
 from model.versions import VersionStore
@@ -142,7 +142,7 @@ def free_port() -> int:
 
 
 @dataclass
-class Service:
+class GunicornServer:
     """A running gunicorn with the backend, and where its log goes."""
 
     url: str
@@ -151,15 +151,15 @@ class Service:
     session: requests.Session = field(default_factory=requests.Session)
 
     @classmethod
-    def start(cls, env: dict[str, str], log_path: Path, timeout_s: float = 120.0) -> "Service":
+    def start(cls, env: dict[str, str], log_path: Path, timeout_s: float = 120.0) -> "GunicornServer":
         gunicorn = Path(sys.executable).parent / "gunicorn"
         cmd = [str(gunicorn), "-c", "docker/gunicorn.conf.py", "backend.app:create_app()"]
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
-        service = cls(f"http://{env['HOST']}:{env['PORT']}", proc, log_path)
-        service.wait_ready(timeout_s)
-        return service
+        server = cls(f"http://{env['HOST']}:{env['PORT']}", proc, log_path)
+        server.wait_ready(timeout_s)
+        return server
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -212,7 +212,7 @@ def bare_detector(env: dict[str, str]) -> Detector:
 def check_same_model(detector: Detector, tensors: list[Tensor], answer: dict) -> None:
     """Task scores and box counts of (a) must be those of (b): same weights, same pixels."""
     for det, result in zip(detector.predict(tensors), answer["results"]):
-        score = 1.0 - float(image_entropy(det.top_probs))
+        score = float(entropy_score(det.top_probs))
         if abs(score - result["score"]) > SCORE_TOLERANCE or len(det.boxes) != len(result["result"]):
             raise RuntimeError(
                 f"bare and service disagree (score {score:.5f} vs {result['score']:.5f}, "
@@ -237,7 +237,7 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def measure(detector: Detector, service: Service, tensors: list[Tensor], names: list[str],
+def measure(detector: Detector, server: GunicornServer, tensors: list[Tensor], names: list[str],
             batch_sizes: list[int], repeats: int, warmup: int) -> dict[int, dict[str, list[float]]]:
     """Wall seconds per call of (a) and (b) for each batch size, taken alternately.
 
@@ -250,9 +250,9 @@ def measure(detector: Detector, service: Service, tensors: list[Tensor], names: 
         for n in batch_sizes:
             if rep % 2 == 0:
                 bare = _timed(lambda: detector.predict(tensors[:n]))
-                served = _timed(lambda: service.predict(names[:n]))
+                served = _timed(lambda: server.predict(names[:n]))
             else:
-                served = _timed(lambda: service.predict(names[:n]))
+                served = _timed(lambda: server.predict(names[:n]))
                 bare = _timed(lambda: detector.predict(tensors[:n]))
             if rep >= warmup:
                 samples[n]["bare"].append(bare)
@@ -329,14 +329,14 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
     threads = str(args.torch_threads)
     env = backend_env(free_port(), model_dir, args.backbone, SCORE_THRESHOLD="0.5", THREADS="4", BATCH_SIZE="8",
                       LOCAL_FILES_DOCUMENT_ROOT=str(doc_root), OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-    service = Service.start(env, tmp / "gunicorn.log")
+    server = GunicornServer.start(env, tmp / "gunicorn.log")
     try:
-        service.predict(names[:1])  # creates MODEL_DIR/<project>/v0001 from WEIGHTS=none
+        server.predict(names[:1])  # creates MODEL_DIR/<project>/v0001 from WEIGHTS=none
         detector = bare_detector(env)
-        check_same_model(detector, tensors, service.predict(names))
-        samples = measure(detector, service, tensors, names, args.batch_sizes, args.repeats, args.warmup)
+        check_same_model(detector, tensors, server.predict(names))
+        samples = measure(detector, server, tensors, names, args.batch_sizes, args.repeats, args.warmup)
     finally:
-        service.stop()
+        server.stop()
     return {"samples": samples, "rows": summarise(samples), "images": source}
 
 

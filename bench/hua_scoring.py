@@ -20,7 +20,7 @@ from bench.common import SHAPE_LABELS, interleaved, median, synthetic_scenes
 from model.detections import Detections
 from model.detector import Detector, DetectorConfig, build_model, select_device
 from model.hua import HUAConfig, js_divergence, num_candidates
-from model.ranking import labeled_class_frequency, predict_pool, score_pool
+from model.scoring import labeled_class_frequency, predict_pool, score_pool
 
 AUGMENTATIONS = ("flip", "cutout", "resize", "rotate90")
 RESIZE_FACTOR = 0.8
@@ -127,13 +127,13 @@ def _scoring_steps(
     source = images.__getitem__
     freq = labeled_class_frequency([], len(SHAPE_LABELS))
     steps = {
-        "a": lambda: outputs.update(plain=predict_pool(detector, keys, source, batch_size)),
-        "b": lambda: outputs.update(hua=score_pool(detector, keys, source, freq, hua, batch_size)),
+        "a": lambda: outputs.update(plain=predict_pool(detector, keys, source, batch_size=batch_size)),
+        "b": lambda: outputs.update(hua=score_pool(detector, keys, source, freq, hua, batch_size=batch_size)),
     }
     # warm-up: every input shape each step will see (batched, flipped, rotated, resized)
     warm = keys[: min(len(keys), 2)]
-    predict_pool(detector, warm, source, batch_size)
-    predict_pool(detector, warm, source, batch_size, flip=True)
+    predict_pool(detector, warm, source, batch_size=batch_size)
+    predict_pool(detector, warm, source, batch_size=batch_size, flip=True)
     if cald:
         steps["c"] = lambda: outputs.update(cald=cald_pool(detector, keys, source, batch_size))
         cald_pool(detector, warm, source, batch_size)

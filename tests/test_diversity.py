@@ -44,7 +44,7 @@ class TestScorePoolWithDiversity:
     def test_features_flow_and_order_is_a_permutation(self) -> None:
         from model.detector import Detector, DetectorConfig, build_model
         from model.hua import HUAConfig
-        from model.ranking import score_pool
+        from model.scoring import score_pool
 
         config = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False,
                                 score_threshold=0.0, min_size=64, max_size=96)

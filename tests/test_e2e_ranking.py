@@ -9,7 +9,7 @@ to the connected backend) puts the new tasks into the queue.
 
 Each project's first model version is written here, before the backend sees
 the project: the real small detector without weights, its frozen batch-norm
-statistics set from noise (``test_ranking.calibrated_model``) so that scores
+statistics set from noise (``test_scoring.calibrated_model``) so that scores
 differ between images. Fixtures (label_studio, ls_client, ml_backend) come from
 tests/labelstudio.py.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from helpers import LABEL_CONFIG
-from test_ranking import CONFIG, calibrated_model, make_image
+from test_scoring import CONFIG, calibrated_model, make_image
 from torchvision.transforms.functional import to_pil_image
 
 from model.versions import VersionStore

@@ -18,6 +18,7 @@ from model.hua import (
     Scale,
     aggregate,
     category_diversity,
+    entropy_score,
     fit_scale,
     image_entropy,
     image_metrics,
@@ -161,6 +162,17 @@ class TestImageEntropy:
             image_entropy(torch.ones(4))
 
 
+class TestEntropyScore:
+    def test_is_one_minus_entropy_in_float64(self) -> None:
+        rows = torch.tensor([[0.7, 0.2, 0.1], [0.3, 0.3, 0.4]])
+        score = entropy_score(rows)
+        assert score.dtype == torch.float64
+        assert score.item() == 1.0 - image_entropy(rows).item()
+
+    def test_no_roi_scores_zero(self) -> None:
+        assert entropy_score(torch.zeros((0, 3))).item() == 0.0
+
+
 class TestNumCandidates:
     @pytest.mark.parametrize(
         ("n", "expected"),
@@ -217,24 +229,24 @@ class TestSemanticAffinity:
     def test_consistent_box_is_zero(self) -> None:
         original = _dets(self.BOX, self.PROBS)
         flipped = _dets(_flip(self.BOX), self.PROBS)
-        assert semantic_affinity(original, flipped) == pytest.approx(0.0, abs=1e-6)
+        assert semantic_affinity(original, flipped).item() == pytest.approx(0.0, abs=1e-6)
 
     def test_unflipped_coordinates_do_not_match(self) -> None:
         # the same pixels without flipping back: [70, 20, 90, 40] vs [10, 20, 30, 40]
         original = _dets(self.BOX, self.PROBS)
         not_flipped = _dets(self.BOX, self.PROBS)  # read as flipped coords -> [70..90]
-        assert semantic_affinity(original, not_flipped) == pytest.approx(1.0)
+        assert semantic_affinity(original, not_flipped).item() == pytest.approx(1.0)
 
     def test_partial_overlap_hand_value(self) -> None:
         # back-mapped [5, 0, 15, 10] vs [0, 0, 10, 10]: IoU = 50 / 150 = 1/3, JS 0
         original = _dets([[0.0, 0.0, 10.0, 10.0]], self.PROBS)
         flipped = _dets([[85.0, 0.0, 95.0, 10.0]], self.PROBS)
-        assert semantic_affinity(original, flipped) == pytest.approx(2.0 / 3.0, rel=1e-5)
+        assert semantic_affinity(original, flipped).item() == pytest.approx(2.0 / 3.0, rel=1e-5)
 
     def test_different_class_is_one(self) -> None:
         original = _dets(self.BOX, [[0.0, 1.0, 0.0]])
         flipped = _dets(_flip(self.BOX), [[0.0, 0.0, 1.0]])
-        assert semantic_affinity(original, flipped) == pytest.approx(1.0, abs=1e-6)
+        assert semantic_affinity(original, flipped).item() == pytest.approx(1.0, abs=1e-6)
 
     def test_mean_over_detections_uses_best_match(self) -> None:
         # box A matched exactly (0), box B has no counterpart (1) -> 0.5;
@@ -242,7 +254,7 @@ class TestSemanticAffinity:
         boxes = [[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]]
         original = _dets(boxes, self.PROBS * 2)
         flipped = _dets(_flip([[5.0, 0.0, 15.0, 10.0], boxes[0]]), self.PROBS * 2)
-        assert semantic_affinity(original, flipped) == pytest.approx(0.5, abs=1e-6)
+        assert semantic_affinity(original, flipped).item() == pytest.approx(0.5, abs=1e-6)
 
     def test_width_mismatch_raises(self) -> None:
         with pytest.raises(ValueError, match="width"):
@@ -253,29 +265,29 @@ class TestCategoryDiversity:
     def test_hand_value(self) -> None:
         # q = [1, 0], p_L = [1/2, 1/2]
         probs = torch.tensor([[0.0, 1.0, 0.0]])
-        value = category_diversity(probs, torch.tensor([5.0, 5.0]))
+        value = category_diversity(probs, torch.tensor([5.0, 5.0])).item()
         assert value == pytest.approx(JS_ONEHOT_VS_UNIFORM, rel=1e-6)
 
     def test_matches_labeled_distribution_is_zero(self) -> None:
         # q = (0.2 + 0.2, 0.6 + 0.2) / 1.2 = (1/3, 2/3) = p_L
         probs = torch.tensor([[0.2, 0.2, 0.6], [0.6, 0.2, 0.2]])
-        assert category_diversity(probs, torch.tensor([1.0, 2.0])) == pytest.approx(0.0, abs=1e-7)
+        assert category_diversity(probs, torch.tensor([1.0, 2.0])).item() == pytest.approx(0.0, abs=1e-7)
 
     def test_lacking_class_scores_higher(self) -> None:
         freq = torch.tensor([40.0, 40.0, 0.0])  # class 3 never labeled
-        rare = category_diversity(torch.tensor([[0.1, 0.0, 0.0, 0.9]]), freq)
-        common = category_diversity(torch.tensor([[0.1, 0.9, 0.0, 0.0]]), freq)
+        rare = category_diversity(torch.tensor([[0.1, 0.0, 0.0, 0.9]]), freq).item()
+        common = category_diversity(torch.tensor([[0.1, 0.9, 0.0, 0.0]]), freq).item()
         assert rare == pytest.approx(1.0, abs=1e-6)  # disjoint support
         assert common == pytest.approx(JS_ONEHOT_VS_UNIFORM, rel=1e-6)
         assert rare > common
 
     def test_nothing_labeled_is_uniform(self) -> None:
         probs = torch.tensor([[0.0, 1.0, 0.0]])
-        value = category_diversity(probs, torch.zeros(2))
+        value = category_diversity(probs, torch.zeros(2)).item()
         assert value == pytest.approx(JS_ONEHOT_VS_UNIFORM, rel=1e-6)
 
     def test_no_detections_is_zero(self) -> None:
-        assert category_diversity(torch.zeros((0, 3)), torch.tensor([1.0, 0.0])) == 0.0
+        assert category_diversity(torch.zeros((0, 3)), torch.tensor([1.0, 0.0])).item() == 0.0
 
     def test_class_count_mismatch_raises(self) -> None:
         with pytest.raises(ValueError, match="labeled_class_freq"):
@@ -286,27 +298,27 @@ class TestOverlapRatio:
     def test_two_overlapping_boxes_is_one(self) -> None:
         # IoU = 50 / 100 = 0.5 >= 0.3
         boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 5.0]])
-        assert overlap_ratio(boxes) == 1.0
+        assert overlap_ratio(boxes).item() == 1.0
 
     def test_fraction_of_detections(self) -> None:
         boxes = torch.tensor(
             [[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 5.0], [50.0, 50.0, 60.0, 60.0]]
         )
-        assert overlap_ratio(boxes) == pytest.approx(2.0 / 3.0)
+        assert overlap_ratio(boxes).item() == pytest.approx(2.0 / 3.0)
 
     def test_below_threshold_is_zero(self) -> None:
         # inter 20, union 180: IoU 1/9 < 0.3
         boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [8.0, 0.0, 18.0, 10.0]])
-        assert overlap_ratio(boxes) == 0.0
+        assert overlap_ratio(boxes).item() == 0.0
 
     def test_threshold_is_inclusive(self) -> None:
         boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 5.0]])
-        assert overlap_ratio(boxes, iou_threshold=0.5) == 1.0
-        assert overlap_ratio(boxes, iou_threshold=0.51) == 0.0
+        assert overlap_ratio(boxes, iou_threshold=0.5).item() == 1.0
+        assert overlap_ratio(boxes, iou_threshold=0.51).item() == 0.0
 
     @pytest.mark.parametrize("d", [0, 1])
     def test_one_or_no_box_is_zero(self, d: int) -> None:
-        assert overlap_ratio(torch.tensor([[0.0, 0.0, 10.0, 10.0]] * d).reshape(-1, 4)) == 0.0
+        assert overlap_ratio(torch.tensor([[0.0, 0.0, 10.0, 10.0]] * d).reshape(-1, 4)).item() == 0.0
 
 
 class TestMergeClasses:
@@ -338,10 +350,10 @@ class TestDisplayFilter:
 class TestLocalizationUncertainty:
     def test_mean_over_detections_and_edges(self) -> None:
         sigmas = torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 2.0]])
-        assert localization_uncertainty(sigmas) == pytest.approx(6.0 / 8.0)
+        assert localization_uncertainty(sigmas).item() == pytest.approx(6.0 / 8.0)
 
     def test_no_detections_is_zero(self) -> None:
-        assert localization_uncertainty(torch.zeros((0, 4))) == 0.0
+        assert localization_uncertainty(torch.zeros((0, 4))).item() == 0.0
 
 
 class TestImageMetrics:
@@ -366,6 +378,17 @@ class TestImageMetrics:
         ones = torch.ones(2)
         assert image_metrics(dets, dets, ones, HUAConfig())[2].item() == 1.0
         assert image_metrics(dets, dets, ones, HUAConfig(overlap_iou=0.6))[2].item() == 0.0
+
+    def test_each_metric_is_a_float64_scalar_tensor(self) -> None:
+        """No metric waits on the device: each is a 0-d float64 tensor, the empty cases too."""
+        empty = Detections.empty(num_classes=2, width=WIDTH, height=100)
+        dets = _dets([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 5.0]], [[0.0, 1.0, 0.0]] * 2)
+        for d in (empty, dets):
+            values = (semantic_affinity(d, d), category_diversity(d.probs, torch.ones(2)),
+                      overlap_ratio(d.boxes), localization_uncertainty(d.sigmas))
+            for value in values:
+                assert isinstance(value, Tensor) and value.shape == () and value.dtype == torch.float64
+            assert torch.equal(image_metrics(d, d, torch.ones(2), HUAConfig()), torch.stack(values))
 
 
 class TestScale:

@@ -3,7 +3,7 @@
 detector on the CPU and a fake Label Studio client (the same methods as
 backend.lsclient.LabelStudioClient, recording every call).
 
-The project's first version is made here from ``test_ranking.calibrated_model``
+The project's first version is made here from ``test_scoring.calibrated_model``
 (the real detector without weights, its frozen batch-norm statistics set from
 noise) so that entropies and metrics depend on the image.
 """
@@ -18,7 +18,7 @@ from dataclasses import replace
 import pytest
 import torch
 from helpers import LABEL_CONFIG, LABELS, make_settings, predict_body
-from test_ranking import CONFIG, CountingDetector, calibrated_model, make_image
+from test_scoring import CONFIG, CountingDetector, calibrated_model, make_image
 from torchvision.transforms.functional import to_pil_image, to_tensor
 
 from backend.app import create_app

@@ -24,13 +24,15 @@ from dataclasses import dataclass
 
 from backend.annotations import annotation_regions, newest_annotation
 from backend.deferred import holds_version
+from backend.images import ImageLoader
 from backend.labels import ProjectLabels, parse_label_config
 from backend.lsclient import LabelStudioClient
 from backend.predictions import TaskPredictor, task_prediction
 from backend.ranking_store import RankingCache, StoredRanking
+from model.detections import Detections
 from model.detector import image_tensor
-from model.ranking import labeled_class_frequency, score_pool
 from model.registry import ModelRegistry, ServedModel
+from model.scoring import ImageSource, labeled_class_frequency, score_new_images, score_pool
 
 logger = logging.getLogger(__name__)
 
@@ -115,25 +117,25 @@ class RankingJob:
     def _rank_all(self, served: ServedModel, tasks: list[dict], names: ProjectLabels,
                   freq: torch.Tensor, progress) -> tuple[StoredRanking, dict[int, str]]:
         paths, failed = self._fetch(tasks, names)
-        images, settings = self.predictor.images, self.predictor
-        source = lambda task_id: image_tensor(images.decode(paths[task_id]))  # noqa: E731
-        pool = score_pool(served.detector, list(paths), source, freq, settings.hua,
-                          settings.batch_size, progress=progress)
+        settings = self.predictor
+        pool = score_pool(served.detector, list(paths), _image_source(settings.images, paths), freq, settings.hua,
+                          batch_size=settings.batch_size, progress=progress)
         failed.update({int(k): v for k, v in pool.failed.items()})
-        ranking = StoredRanking(scale=pool.ranking.scale, labeled_freq=freq.tolist())
-        for key, det, score, why in zip(pool.keys, pool.detections, pool.ranking.score.tolist(), pool.explain()):
-            prediction = task_prediction(det, served.detector.labels, names, served.name, min_score=settings.min_score)
-            ranking.tasks[int(key)] = {**prediction, "score": score}
-            ranking.details[int(key)] = why
-        return ranking, failed
+        scored = _predictions(served, names, pool.keys, pool.detections, pool.ranking.score.tolist(),
+                              settings.min_score)
+        details = {int(key): why for key, why in zip(pool.keys, pool.explain())}
+        return StoredRanking(pool.ranking.scale, freq.tolist(), scored, details), failed
 
     def _rank_new(self, served: ServedModel, tasks: list[dict], names: ProjectLabels,
                   ranking: StoredRanking) -> tuple[dict[int, dict], dict[int, str]]:
         """Score tasks on the stored scale (as /predict does); returns the new entries and failures."""
-        outcome = self.predictor.predict(tasks, names, served, ranking)
-        added = {t["id"]: r for t, r in zip(tasks, outcome.results) if r}
-        failed = {f.task_id: f"{f.reason}: {f.message}" for f in outcome.failures}
-        return added, failed
+        paths, failed = self._fetch(tasks, names)
+        settings = self.predictor
+        freq = torch.tensor(ranking.labeled_freq, dtype=torch.float64)
+        new = score_new_images(served.detector, list(paths), _image_source(settings.images, paths), freq,
+                               ranking.scale, settings.hua, batch_size=settings.batch_size)
+        failed.update({int(k): v for k, v in new.failed.items()})
+        return _predictions(served, names, new.keys, new.detections, new.scores, settings.min_score), failed
 
     def _push(self, project: str, entries: dict[int, dict], version: str, replace: bool) -> int:
         if replace and entries:  # LS also clears the project's model_version when it deletes
@@ -144,3 +146,16 @@ class RankingJob:
             self.client.set_model_version(project, version)
         self.client.save_view(project, QUEUE_TITLE, QUEUE_VIEW)
         return created
+
+
+def _image_source(images: ImageLoader, paths: dict[int, str]) -> ImageSource:
+    """The detector's input for a fetched task image, decoded when ``model.scoring`` asks (a batch at a time)."""
+    return lambda task_id: image_tensor(images.decode(paths[task_id]))
+
+
+def _predictions(served: ServedModel, names: ProjectLabels, keys: list, detections: list[Detections],
+                 scores: list[float], min_score: float) -> dict[int, dict]:
+    """Per scored task, its Label Studio prediction carrying the HUA task score."""
+    labels = served.detector.labels
+    return {int(key): {**task_prediction(det, labels, names, served.name, min_score=min_score), "score": score}
+            for key, det, score in zip(keys, detections, scores)}

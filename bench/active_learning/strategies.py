@@ -3,7 +3,7 @@
 Every strategy sees the same :class:`PoolView` (the detector trained this cycle,
 the pool, which images are labeled, the budget B) and returns at most B pool
 indices, none of them labeled. The detector, its inference and the HUA ranking
-are the service's own code (``model.detector.Detector``, ``model.ranking``,
+are the service's own code (``model.detector.Detector``, ``model.scoring``,
 ``model.hua``); this module adds only what the service has no use for:
 
 - ``random``: B images uniformly at random (the baseline).
@@ -15,7 +15,7 @@ are the service's own code (``model.detector.Detector``, ``model.ranking``,
   consistent images go on; (2) of those, the B whose predicted class profile
   diverges most (JS) from the labeled set's. Detections are the detector's at
   its configured score threshold (the service's 0.5; CALD's code used 0.05).
-- ``hua``: HUA (``model.ranking.score_pool`` with P = retrieval_ratio * B): the
+- ``hua``: HUA (``model.scoring.score_pool`` with P = retrieval_ratio * B): the
   top B of its ranking.
 - ``hua_kcenter``: HUA with the service's optional diversity pass
   (``HUA_DIVERSITY``, ``model.diversity``): k-center greedy on pooled backbone
@@ -37,7 +37,7 @@ from torchvision.transforms.functional import InterpolationMode, resize, rotate
 from model.detections import Detections
 from model.detector import Detector
 from model.hua import HUAConfig, image_entropy, js_divergence
-from model.ranking import labeled_class_frequency, predict_pool, score_pool
+from model.scoring import labeled_class_frequency, predict_pool, score_pool
 from model.train import Sample, load_image
 
 _LN2: float = math.log(2.0)
@@ -134,7 +134,7 @@ def select_random(view: PoolView, settings: StrategySettings) -> list[int]:
 
 def select_entropy(view: PoolView, settings: StrategySettings) -> list[int]:
     """The retrieval gate alone: the B images of highest H(x), ties to the lower index."""
-    keys, detections, _ = predict_pool(view.detector, list(view.unlabeled), view.load, view.batch_size)
+    keys, detections, _ = predict_pool(view.detector, list(view.unlabeled), view.load, batch_size=view.batch_size)
     if not keys:
         return []
     entropy = torch.stack([image_entropy(d.top_probs) for d in detections])
@@ -143,7 +143,7 @@ def select_entropy(view: PoolView, settings: StrategySettings) -> list[int]:
 
 
 def hua_ranking(view: PoolView, settings: StrategySettings) -> list[int]:
-    """The unlabeled pool in HUA order, most informative first (``model.ranking.score_pool``)."""
+    """The unlabeled pool in HUA order, most informative first (``model.scoring.score_pool``)."""
     freq = labeled_class_frequency([view.pool[i].labels for i in view.labeled], view.num_classes)
     scores = score_pool(
         view.detector, list(view.unlabeled), view.load, freq, settings.hua,

@@ -1,4 +1,4 @@
-"""Tests of model/ranking.py: HUA over a pool with the real small detector on the CPU.
+"""Tests of model/scoring.py: HUA over a pool and over new images with the real small detector on the CPU.
 
 The detector is torchvision's mobilenet_v3_320_fpn Faster R-CNN with our
 uncertainty head, built without any weights (nothing is downloaded). Straight
@@ -21,7 +21,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from model.detections import Detections
 from model.detector import Detector, DetectorConfig, build_model
 from model.hua import METRIC_NAMES, HUAConfig, image_entropy, image_metrics, num_candidates, score_single
-from model.ranking import labeled_class_frequency, score_new_images, score_pool
+from model.scoring import labeled_class_frequency, score_new_images, score_pool
 
 LABELS = ["car", "person"]
 CONFIG = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False, score_threshold=0.0)
@@ -31,7 +31,7 @@ SCORE_TOLERANCE = 1e-9
 
 
 # --------------------------------------------------------------------------
-# helpers (also used by tests/test_ranking_job.py)
+# helpers (also used by tests/test_ranking_job.py and tests/test_e2e_ranking.py)
 # --------------------------------------------------------------------------
 
 
@@ -312,10 +312,10 @@ class TestScoreNewImages:
         counting = CountingDetector(detector)
         # The same images in the same order: the detector sees the same batches as in
         # the pool (its float32 outputs depend on what else is in a batch).
-        scored = score_new_images(counting, [images[k] for k in pool.keys], freq, pool.ranking.scale, HALF)
-        assert len(scored) == len(pool.keys)
+        scored = score_new_images(counting, pool.keys, images.__getitem__, freq, pool.ranking.scale, HALF, batch_size=8)
+        assert scored.keys == pool.keys and scored.failed == {}
         compared = 0
-        for i, (key, (det, score)) in enumerate(zip(pool.keys, scored)):
+        for i, (key, det, score) in enumerate(zip(pool.keys, scored.detections, scored.scores)):
             if _tied_non_candidate(pool, i):
                 continue
             assert torch.equal(det.boxes, pool.detections[i].boxes), key
@@ -323,7 +323,7 @@ class TestScoreNewImages:
             compared += 1
         assert compared >= len(pool.keys) - 1
         # the flipped pass ran only for the images the stored gate admits
-        admitted = [k for k, (det, _) in zip(pool.keys, scored)
+        admitted = [k for k, det in zip(pool.keys, scored.detections)
                     if float(image_entropy(det.top_probs)) >= pool.ranking.scale.entropy_cutoff]
         assert len(counting.images(flip=True)) == len(admitted)
         assert {_index_of(img, images) for img in counting.images(flip=True)} == set(admitted)
@@ -336,13 +336,16 @@ class TestScoreNewImages:
         for i, key in enumerate(keys):
             if _tied_non_candidate(pool, i):
                 continue
-            ((_, score),) = score_new_images(detector, [images[key]], freq, pool.ranking.scale, config)
+            (score,) = score_new_images(detector, [key], images.__getitem__, freq, pool.ranking.scale, config,
+                                        batch_size=1).scores
             assert abs(score - _score_of(pool, key)) <= SCORE_TOLERANCE, (key, score, _score_of(pool, key))
 
     def test_matches_score_single_on_the_stored_scale(self, detector, images, pool_run):
         pool, freq = pool_run["pool"], pool_run["freq"]
         new = make_image(99, 60, 44)
-        ((det, score),) = score_new_images(detector, [new], freq, pool.ranking.scale, HALF)
+        scored = score_new_images(detector, ["new"], {"new": new}.__getitem__, freq, pool.ranking.scale, HALF,
+                                  batch_size=1)
+        (det,), (score,) = scored.detections, scored.scores
         entropy = float(image_entropy(det.top_probs))
         metrics = None
         if entropy >= pool.ranking.scale.entropy_cutoff:
@@ -352,7 +355,21 @@ class TestScoreNewImages:
 
     def test_no_images(self, detector, pool_run):
         pool = pool_run["pool"]
-        assert score_new_images(detector, [], pool_run["freq"], pool.ranking.scale, HALF) == []
+        scored = score_new_images(detector, [], {}.__getitem__, pool_run["freq"], pool.ranking.scale, HALF,
+                                  batch_size=1)
+        assert scored.keys == [] and scored.scores == [] and scored.failed == {}
+
+    def test_an_image_that_fails_to_load_is_listed_not_scored(self, detector, images, pool_run):
+        def source(key: Hashable) -> Tensor:
+            if key == "broken":
+                raise BrokenImage("disk on fire")
+            return images[key]
+
+        pool = pool_run["pool"]
+        scored = score_new_images(detector, ["broken", "img0"], source, pool_run["freq"], pool.ranking.scale, HALF,
+                                  batch_size=2)
+        assert scored.keys == ["img0"] and len(scored.scores) == 1
+        assert scored.failed == {"broken": "BrokenImage: disk on fire"}
 
 
 class TestYoungDetector:
