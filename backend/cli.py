@@ -15,12 +15,12 @@ from collections.abc import Callable
 from tqdm import tqdm
 
 from backend.deferred import run_deferred_predictions
-from backend.distributed import join_process_group, torchrun_command, under_torchrun
 from backend.jobs import run_job
 from backend.service import Service
 from backend.settings import Settings
 from backend.ranking import run_ranking
 from backend.training import NothingNew, run_training
+from model.distributed import join_process_group, torchrun_command, under_torchrun
 
 logger = logging.getLogger(__name__)
 

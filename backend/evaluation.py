@@ -15,9 +15,9 @@ import logging
 from backend.annotations import TrainingSet
 from backend.labels import ProjectLabels
 from backend.service import Service
-from model.evaluate import Prequential, prequential
+from model.evaluate import Prequential, low_threshold_outputs, prequential, sample_target
 from model.registry import load_version_model
-from model.train import Progress, low_threshold_outputs, sample_target
+from model.train import Progress
 from model.versions import CheckpointError, Version, check_meta
 
 logger = logging.getLogger(__name__)

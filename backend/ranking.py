@@ -25,7 +25,7 @@ from backend.labels import ProjectLabels, parse_label_config
 from backend.ranking_store import StoredRanking
 from backend.predictions import predict_tasks, task_prediction
 from backend.service import Service
-from model.detector import image_tensor
+from model.images import image_tensor
 from model.ranking import labeled_class_frequency, score_pool
 from model.registry import ServedModel
 

@@ -16,8 +16,9 @@ from backend.evaluation import evaluate_serving
 from backend.labels import ProjectLabels, parse_label_config
 from backend.service import Service
 from model.detector import build_model
+from model.distributed import is_main_process
 from model.registry import load_version_model
-from model.train import Progress, is_main_process, train
+from model.train import Progress, train
 from model.versions import Version
 
 logger = logging.getLogger(__name__)

@@ -60,8 +60,8 @@ from backend.settings import Settings
 from bench.common import backend_env
 from model.detector import Detector
 from model.hua import image_entropy
+from model.images import load_image
 from model.registry import load_version_model
-from model.train import load_image
 from model.versions import VersionStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -28,8 +28,9 @@ import torch
 from bench.active_learning.dataset import DigitScenesConfig, class_agnostic, pretrain_scenes
 from bench.active_learning.loop import limit_test_proposals
 from model.detector import DetectorConfig, build_model
+from model.evaluate import evaluate_map
 from model.losses import LossConfig
-from model.train import Sample, TrainConfig, evaluate_map, train
+from model.train import Sample, TrainConfig, train
 from model.versions import Version, VersionStore
 
 #: The VersionStore project the pretrained checkpoints are saved under (a project id is a positive integer).
