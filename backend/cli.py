@@ -36,7 +36,7 @@ def _train(service: Service, project: str, full: bool = False) -> Work:
             logger.info("project %s: nothing new to train on (%s); ranking only", project, exc)
             return {"skipped": str(exc)}
         meta = version.meta
-        return {"model_version": version.name, "metrics": meta.get("metrics", {}), "loss": meta.get("loss_summary", {})}
+        return {"model_version": version.name, "metrics": meta.metrics or {}, "loss": meta.loss_summary or {}}
 
     return work
 

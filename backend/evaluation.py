@@ -30,8 +30,8 @@ def unseen_samples(version: Version, data: TrainingSet) -> list[int]:
     ids were recorded, its annotation id) is in the version's meta: a task
     annotated again is not new to the version.
     """
-    seen_tasks = set(version.meta.get("task_ids") or [])
-    seen_annotations = set(version.meta.get("annotation_ids") or [])
+    seen_tasks = set(version.meta.task_ids or [])
+    seen_annotations = set(version.meta.annotation_ids or [])
     return [i for i, (task, annotation) in enumerate(zip(data.task_ids, data.annotation_ids))
             if task not in seen_tasks and annotation not in seen_annotations]
 
@@ -51,7 +51,7 @@ def evaluate_serving(
     unseen = unseen_samples(version, data)
     settings = service.settings
     context = {"tasks": len(unseen), "min_tasks": settings.eval_min_tasks,
-               "trained_on_tasks": len(version.meta.get("annotation_ids") or []),
+               "trained_on_tasks": len(version.meta.annotation_ids or []),
                "task_ids": sorted(data.task_ids[i] for i in unseen), "score_threshold": settings.score_threshold}
     if len(unseen) < settings.eval_min_tasks:
         message = (f"{len(unseen)} task(s) annotated since {version.name} was trained; "

@@ -19,6 +19,7 @@ from model.detector import build_model
 from model.distributed import is_main_process
 from model.registry import load_version_model
 from model.train import Progress, train
+from model.version_meta import VersionMeta
 from model.versions import Version
 
 logger = logging.getLogger(__name__)
@@ -43,20 +44,20 @@ def _starting_point(service: Service, project: str, names: ProjectLabels) -> tup
     config = service.detector_config
     if not service.settings.train_reinit:
         start = service.registry.version_for(project, names.labels, names.aliases)
-        return load_version_model(config, start), start.name, start.meta.get("weights", "unknown")
+        return load_version_model(config, start), start.name, start.meta.weights or "unknown"
     model, report = build_model(config, list(names.labels), names.aliases)
     return model, None, report.used
 
 
-def _same_data(meta: dict, ids: list[int], updated: dict[str, str], names: ProjectLabels) -> bool:
+def _same_data(meta: VersionMeta, ids: list[int], updated: dict[str, str], names: ProjectLabels) -> bool:
     """A version's meta says it was trained on these annotations, unedited, with these labels.
 
     An edited annotation (ANNOTATION_UPDATED) keeps its id: its update time tells.
     """
     return (
-        meta.get("annotation_ids") == sorted(ids)
-        and meta.get("annotation_updated") == updated
-        and meta.get("labels") == list(names.labels)
+        meta.annotation_ids == sorted(ids)
+        and meta.annotation_updated == updated
+        and meta.labels == list(names.labels)
     )
 
 
@@ -98,20 +99,20 @@ def run_training(service: Service, project: str, progress: Progress | None = Non
     result = train(model, data.samples, config, service.registry.device, progress)
     if not is_main_process():
         return None
-    meta = {
-        "labels": list(names.labels),
-        "backbone": service.detector_config.backbone,
-        "weights": origin,
-        "parent": parent,
+    meta = VersionMeta(
+        labels=list(names.labels),
+        backbone=service.detector_config.backbone,
+        weights=origin,
+        parent=parent,
         **_data_meta(data),
-        "evaluation": evaluation.to_json(),
-        "metrics": result.metrics,
-        "epoch_losses": result.epoch_losses,
-        "loss_summary": result.summary,
-        "held_out": result.held_out,
-        "train_config": {k: v for k, v in asdict(config).items() if k != "loss"},
-        "loss": asdict(config.loss),
-    }
+        evaluation=evaluation,
+        metrics=result.metrics,
+        epoch_losses=result.epoch_losses,
+        loss_summary=result.summary,
+        held_out=result.held_out,
+        train_config={k: v for k, v in asdict(config).items() if k != "loss"},
+        loss=asdict(config.loss),
+    )
     version = service.store.save(project, model.cpu().state_dict(), meta)
     logger.info("project %s: trained %s (parent %s), metrics %s", project, version.name, parent, result.metrics)
     return version

@@ -206,7 +206,7 @@ def bare_detector(env: dict[str, str]) -> Detector:
     if version is None:
         raise RuntimeError("the service wrote no model version")
     model = load_version_model(settings.detector_config("cpu"), version)
-    return Detector(model, version.meta["labels"], torch.device("cpu"))
+    return Detector(model, version.meta.labels, torch.device("cpu"))
 
 
 def check_same_model(detector: Detector, tensors: list[Tensor], answer: dict) -> None:
