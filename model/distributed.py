@@ -3,9 +3,9 @@
 torchrun starts one process per GPU with LOCAL_RANK and WORLD_SIZE set; each
 process joins the process group before ``model.train`` wraps its model in DDP
 (``data_parallel``). Rank 0 alone evaluates, saves and reports
-(``is_main_process``). The training jobs (``backend.cli``) and
-``bench.gpu_check`` launch and join through here, so that the check, on a bare
-GPU machine, imports nothing of the service (no Label Studio client, no Flask).
+(``is_main_process``). The service's training jobs and ``bench.gpu_check``
+launch and join through here; the check, on a bare GPU machine, imports
+nothing of the service (no Label Studio client, no Flask).
 """
 
 from __future__ import annotations

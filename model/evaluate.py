@@ -150,7 +150,7 @@ def _per_class(values: dict[str, Tensor]) -> dict[int, float]:
 
 
 @torch.inference_mode()
-def predict_samples(model: FasterRCNN, samples: Sequence[Sample], batch_size: int = 4) -> list[dict[str, Tensor]]:
+def predict_samples(model: FasterRCNN, samples: Sequence[Sample], *, batch_size: int = 4) -> list[dict[str, Tensor]]:
     """Raw torchvision outputs (boxes, labels, scores, ...) for each sample's image."""
     device = next(model.parameters()).device
     model.eval()
