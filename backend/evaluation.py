@@ -14,9 +14,9 @@ import logging
 
 from backend.annotations import TrainingSet
 from backend.labels import ProjectLabels
-from model.evaluate import Prequential, prequential
+from model.evaluate import Prequential, low_threshold_outputs, prequential, sample_target
 from model.registry import ModelRegistry, load_version_model
-from model.train import Progress, low_threshold_outputs, sample_target
+from model.train import Progress
 from model.versions import CheckpointError, Version, check_meta
 
 logger = logging.getLogger(__name__)
@@ -29,8 +29,8 @@ def unseen_samples(version: Version, data: TrainingSet) -> list[int]:
     ids were recorded, its annotation id) is in the version's meta: a task
     annotated again is not new to the version.
     """
-    seen_tasks = set(version.meta.get("task_ids") or [])
-    seen_annotations = set(version.meta.get("annotation_ids") or [])
+    seen_tasks = set(version.meta.task_ids or [])
+    seen_annotations = set(version.meta.annotation_ids or [])
     return [i for i, (task, annotation) in enumerate(zip(data.task_ids, data.annotation_ids))
             if task not in seen_tasks and annotation not in seen_annotations]
 
@@ -49,7 +49,7 @@ def evaluate_serving(
         return Prequential(None, "none", "no earlier version to evaluate: this is the project's first model")
     unseen = unseen_samples(version, data)
     context = {"tasks": len(unseen), "min_tasks": min_tasks,
-               "trained_on_tasks": len(version.meta.get("annotation_ids") or []),
+               "trained_on_tasks": len(version.meta.annotation_ids or []),
                "task_ids": sorted(data.task_ids[i] for i in unseen), "score_threshold": score_threshold}
     if len(unseen) < min_tasks:
         message = (f"{len(unseen)} task(s) annotated since {version.name} was trained; "

@@ -1,4 +1,4 @@
-"""Fetching and decoding task images, safely.
+"""Fetching task images safely, and decoding them within the pixel limit (``model.images`` decodes).
 
 Downloads go through label-studio-sdk's ``get_local_path`` (it knows Label
 Studio's upload, local-files, storage-proxy and cloud-presign URLs and the
@@ -25,6 +25,10 @@ from dataclasses import dataclass
 from urllib.parse import urljoin, urlparse
 
 import requests
+
+# label-studio-sdk 2.x has no public name for its media download helpers: they live only in its private
+# ``_extensions`` package, which the SDK's own converter imports too. Re-implementing them would mean
+# copying its knowledge of Label Studio's URL kinds, so we import them there (requirements.txt pins the SDK).
 from label_studio_sdk._extensions.label_studio_tools.core.utils.io import (
     get_local_path,
     http_session,
@@ -32,15 +36,15 @@ from label_studio_sdk._extensions.label_studio_tools.core.utils.io import (
     resolve_local_storage_file,
     safe_build_path,
 )
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from backend.errors import ImageError
+from model.images import displayed, displayed_size
 
 logger = logging.getLogger(__name__)
 
 _LS_RELATIVE = ("/data/", "data/", "/upload", "upload/", "/storage-data/")
 _CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")
-_EXIF_ORIENTATION = 0x0112
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -174,7 +178,7 @@ class ImageLoader:
                         f"image of {img.width}x{img.height} pixels exceeds MAX_IMAGE_PIXELS={self.policy.max_pixels}",
                         "too_large",
                     )
-                return ImageOps.exif_transpose(img).convert("RGB")
+                return displayed(img)
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise ImageError(f"not a decodable image: {type(exc).__name__}", "undecodable") from None
 
@@ -197,9 +201,7 @@ class ImageLoader:
         """(width, height) as displayed (EXIF rotation applied), read from the header only."""
         try:
             with Image.open(path) as img:
-                width, height = img.size
-                if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
-                    width, height = height, width
+                width, height = displayed_size(img)
         except (UnidentifiedImageError, OSError) as exc:
             raise ImageError(f"not a decodable image: {type(exc).__name__}", "undecodable") from None
         if width * height > self.policy.max_pixels:

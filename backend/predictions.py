@@ -25,8 +25,9 @@ from backend.inference import InferenceQueue, QueuedDetector
 from backend.labels import ProjectLabels
 from backend.ranking_store import StoredRanking
 from model.detections import Detections
-from model.detector import Detector, image_tensor
+from model.detector import Detector
 from model.hua import HUAConfig, entropy_score
+from model.images import image_tensor
 from model.registry import ServedModel
 from model.scoring import score_new_images
 

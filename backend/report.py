@@ -21,9 +21,9 @@ def evaluations(versions: list[Version]) -> dict[str, tuple[str, Prequential]]:
     """Evaluated version name -> (the version whose training measured it, the figures)."""
     found: dict[str, tuple[str, Prequential]] = {}
     for version in versions:
-        stored = version.meta.get("evaluation")
-        if stored and stored.get("model_version"):
-            found[stored["model_version"]] = (version.name, Prequential.from_json(stored))
+        evaluation = version.meta.evaluation
+        if evaluation and evaluation.model_version:
+            found[evaluation.model_version] = (version.name, evaluation)
     return found
 
 
@@ -35,11 +35,11 @@ def version_rows(versions: list[Version]) -> list[dict]:
         by, evaluation = measured.get(version.name, (None, None))
         rows.append({
             "model_version": version.name,
-            "created": version.meta.get("created"),
-            "parent": version.meta.get("parent"),
-            "weights": version.meta.get("weights"),
-            "trained_on_tasks": len(version.meta.get("annotation_ids") or []),
-            "held_out": version.meta.get("metrics") or {},
+            "created": version.meta.created,
+            "parent": version.meta.parent,
+            "weights": version.meta.weights,
+            "trained_on_tasks": len(version.meta.annotation_ids or []),
+            "held_out": version.meta.metrics or {},
             "evaluated_by": by,
             "evaluation": evaluation.to_json() if evaluation else None,
             "figures": evaluation.figures() if evaluation else {},
@@ -52,9 +52,9 @@ def version_rows(versions: list[Version]) -> list[dict]:
 def latest_evaluation(versions: list[Version]) -> Prequential | None:
     """The figures the newest training measured (on the version it replaced), if any."""
     for version in reversed(versions):
-        stored = version.meta.get("evaluation")
-        if stored and stored.get("model_version"):
-            return Prequential.from_json(stored)
+        evaluation = version.meta.evaluation
+        if evaluation and evaluation.model_version:
+            return evaluation
     return None
 
 

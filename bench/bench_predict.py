@@ -60,8 +60,8 @@ from backend.settings import Settings
 from bench.common import backend_env
 from model.detector import Detector
 from model.hua import entropy_score
+from model.images import load_image
 from model.registry import load_version_model
-from model.train import load_image
 from model.versions import VersionStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -206,7 +206,7 @@ def bare_detector(env: dict[str, str]) -> Detector:
     if version is None:
         raise RuntimeError("the service wrote no model version")
     model = load_version_model(settings.detector_config("cpu"), version)
-    return Detector(model, version.meta["labels"], torch.device("cpu"))
+    return Detector(model, version.meta.labels, torch.device("cpu"))
 
 
 def check_same_model(detector: Detector, tensors: list[Tensor], answer: dict) -> None:

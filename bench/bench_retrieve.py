@@ -128,7 +128,7 @@ def bare(model_dir: Path, project: int, env: dict[str, str], images: list[torch.
     """(c): the version the service wrote, over the same images at the same batch size, in this process."""
     settings = Settings.from_env(env)
     version = VersionStore(model_dir).latest(str(project))
-    detector = Detector(load_version_model(settings.detector_config("cpu"), version), version.meta["labels"],
+    detector = Detector(load_version_model(settings.detector_config("cpu"), version), version.meta.labels,
                         torch.device("cpu"))
     detector.predict(images[:batch_size])  # warm-up, as the service's first /predict
     started = time.monotonic()

@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from backend.settings import ENVIRONMENT
-from model.detector import image_tensor
+from model.images import image_tensor
 from model.train import Sample
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ screen, with the device's name (``torch.cuda.get_device_name``):
     batch: ``bench.bench_train_step`` (time ratio, peak GPU memory of each).
 (c) a two-step data-parallel training under torchrun, one process per visible
     GPU (NCCL; one process with gloo on a CPU): the launcher of
-    ``python -m backend train`` (``backend.distributed.torchrun_command``) starting
+    ``python -m backend train`` (``model.distributed.torchrun_command``) starting
     this module's ``--ddp-worker``, which trains with ``model.train.train``.
     Reported: steps, seconds, and whether the replicas ended identical.
 (d) HUA scoring of a 1,000-image pool against one plain pass over it:
@@ -56,7 +56,6 @@ import torch.distributed as dist
 from torch import Tensor
 from torchvision.models.detection import FasterRCNN
 
-from backend.distributed import join_process_group, torchrun_command
 from bench import bench_train_step
 from bench.bench_predict import decoded_tensors, write_images
 from bench.common import (
@@ -84,6 +83,7 @@ from model.detector import (
     resolve_backbone,
     select_device,
 )
+from model.distributed import join_process_group, torchrun_command
 from model.train import TrainConfig, train
 
 INFERENCE_GOAL = 0.95

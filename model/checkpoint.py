@@ -25,10 +25,11 @@ import torch
 from torch import Tensor, nn
 
 from model.heads import UncertainBoxPredictor
+from model.version_meta import VersionMeta
 from model.versions import META_FILE, WEIGHTS_FILE, CheckpointError, check_backbone
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict]:
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], VersionMeta]:
     """The state dict and meta of a version folder, or of the ``weights.pt`` inside one.
 
     Raises:
@@ -38,11 +39,11 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict]:
     if folder.name == WEIGHTS_FILE:
         folder = folder.parent
     try:
-        meta = json.loads((folder / META_FILE).read_text())
+        meta = VersionMeta.from_json(json.loads((folder / META_FILE).read_text()))
         state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"cannot read the checkpoint at {folder}: {exc}") from exc
-    if not isinstance(meta.get("labels"), list) or not meta["labels"]:
+    if not isinstance(meta.labels, list) or not meta.labels:
         raise CheckpointError(f"{folder / META_FILE} names no labels")
     return state, meta
 
@@ -89,4 +90,4 @@ def checkpoint_labels(path: str | Path, backbone: str) -> tuple[dict[str, Tensor
     """
     state, meta = read_checkpoint(path)
     check_backbone(meta, backbone)
-    return state, list(meta["labels"])
+    return state, list(meta.labels)

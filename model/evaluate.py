@@ -6,7 +6,9 @@ the annotators go on labeling while it serves. The tasks annotated since then
 are a fair test of that version (prequential, "predict, then learn"): AP
 against the annotators' boxes, and how much of its pre-annotations they kept.
 
-Nothing here knows where the images or boxes came from: detections and
+The same AP measures a model on labelled samples: the held-out slice of a
+training and the active-learning benchmark's test set (``evaluate_map``).
+Below that, nothing knows where the images or boxes came from: detections and
 ground truth are tensors, one dict per image, boxes ``x1, y1, x2, y2`` in pixels.
 """
 
@@ -14,10 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+from torchvision.models.detection import FasterRCNN
 from torchvision.ops import box_iou
+
+from model.images import load_image
+
+if TYPE_CHECKING:  # model.train imports this module: its default held-out evaluation is evaluate_map
+    from model.train import Sample
 
 # Figures a report carries as numbers, in the order pages and gauges show them.
 FIGURES = ("map_50", "map", "accepted", "recall")
@@ -138,6 +147,40 @@ def _per_class(values: dict[str, Tensor]) -> dict[int, float]:
     classes = values["classes"].reshape(-1).tolist()
     per_class = values["map_per_class"].reshape(-1).tolist()
     return {int(c): float(v) for c, v in zip(classes, per_class) if v >= 0}
+
+
+@torch.inference_mode()
+def predict_samples(model: FasterRCNN, samples: Sequence[Sample], *, batch_size: int = 4) -> list[dict[str, Tensor]]:
+    """Raw torchvision outputs (boxes, labels, scores, ...) for each sample's image."""
+    device = next(model.parameters()).device
+    model.eval()
+    outputs: list[dict[str, Tensor]] = []
+    for start in range(0, len(samples), batch_size):
+        images = [load_image(s.image_path).to(device) for s in samples[start : start + batch_size]]
+        outputs.extend({k: v.cpu() for k, v in out.items()} for out in model(images))
+    return outputs
+
+
+def low_threshold_outputs(model: FasterRCNN, samples: Sequence[Sample]) -> list[dict[str, Tensor]]:
+    """Detections of each sample's image with the score threshold lowered to 0.001 (as COCO
+    evaluation does: AP needs the whole precision-recall curve), then restored."""
+    threshold = model.roi_heads.score_thresh
+    model.roi_heads.score_thresh = 0.001
+    try:
+        return predict_samples(model, samples)
+    finally:
+        model.roi_heads.score_thresh = threshold
+
+
+def sample_target(sample: Sample) -> dict[str, Tensor]:
+    """A sample's boxes (``Tensor[M, 4]``) and labels (``Tensor[M]``) as ground truth."""
+    return {"boxes": sample.boxes.reshape(-1, 4).float(), "labels": sample.labels.reshape(-1)}
+
+
+def evaluate_map(model: FasterRCNN, samples: Sequence[Sample]) -> dict[str, float]:
+    """COCO-style mAP (torchmetrics): ``map`` (AP 0.5:0.95) and ``map_50`` on ``samples``."""
+    values = average_precision(low_threshold_outputs(model, samples), [sample_target(s) for s in samples])
+    return {"map": values["map"], "map_50": values["map_50"], "images": float(len(samples))}
 
 
 @dataclass(frozen=True)

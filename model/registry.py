@@ -19,6 +19,7 @@ from torchvision.models.detection import FasterRCNN
 
 from model.detector import (Detector, DetectorConfig, WeightsReport, build_empty_model, build_model, select_device,
                             warm_start)
+from model.version_meta import VersionMeta
 from model.versions import CheckpointError, Version, VersionStore, check_backbone, check_meta, load_weights
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def load_version_model(config: DetectorConfig, version: Version) -> FasterRCNN:
             its weights belong to another architecture and are never loaded.
     """
     check_backbone(version.meta, config.backbone)
-    model = build_empty_model(config, len(version.meta["labels"]))
+    model = build_empty_model(config, len(version.meta.labels))
     model.load_state_dict(load_weights(version))
     return model
 
@@ -156,7 +157,7 @@ class ModelRegistry:
         """``version_for``, with the model when it was just made (so that it is not loaded again)."""
         built: list[FasterRCNN] = []
 
-        def make() -> tuple[dict[str, torch.Tensor], dict]:
+        def make() -> tuple[dict[str, torch.Tensor], VersionMeta]:
             model, meta = self._new_model(project, labels, aliases)
             built.append(model)
             return model.state_dict(), meta
@@ -164,7 +165,7 @@ class ModelRegistry:
         version, made = self.store.newest_or_save(project, lambda v: self._fits(v, labels), make)
         return version, built[0] if made else None
 
-    def _new_model(self, project: str, labels: list[str], aliases: dict[str, list[str]]) -> tuple[FasterRCNN, dict]:
+    def _new_model(self, project: str, labels: list[str], aliases: dict[str, list[str]]) -> tuple[FasterRCNN, VersionMeta]:
         """A model for a label set the project has no version for, and its meta.
 
         Warm-started from the project's newest trained version of this backbone
@@ -175,7 +176,7 @@ class ModelRegistry:
         versions = self.store.versions(project)
         level = logging.WARNING if versions else logging.INFO  # a label config (or BACKBONE) changed
         source = next((v for v in reversed(versions)
-                       if "annotation_ids" in v.meta and v.meta.get("backbone") == self.config.backbone), None)
+                       if v.meta.trained and v.meta.backbone == self.config.backbone), None)
         if source is None:
             model, report = build_model(self.config, labels, aliases)
             self.weights_reports[project] = report
@@ -184,29 +185,24 @@ class ModelRegistry:
             return model, self._base_meta(labels, report)
         logger.log(level, "project %s: no version for labels %s; warm-starting from %s", project, labels, source.name)
         model = warm_start(replace(self.config, weights=str(source.path)), labels)
-        meta = {"labels": labels, "backbone": self.config.backbone, "weights": f"{source.name} (warm start)",
-                "weights_requested": self.config.weights, "parent": source.name}
+        meta = VersionMeta(labels=labels, backbone=self.config.backbone, weights=f"{source.name} (warm start)",
+                           weights_requested=self.config.weights, parent=source.name)
         return model, meta
 
     def _load_or_create(self, project: str, labels: list[str], aliases: dict[str, list[str]]) -> ServedModel:
         version, model = self._version_for(project, labels, aliases)
         if model is None:
             return self._load(version)
-        logger.info("project %s: created %s (%s)", project, version.name, version.meta["weights"])
+        logger.info("project %s: created %s (%s)", project, version.name, version.meta.weights)
         return ServedModel(Detector(model, labels, self.device), version)
 
     def _load(self, version: Version) -> ServedModel:
         model = load_version_model(self.config, version)
-        return ServedModel(Detector(model, version.meta["labels"], self.device), version)
+        return ServedModel(Detector(model, version.meta.labels, self.device), version)
 
-    def _base_meta(self, labels: list[str], report: WeightsReport) -> dict:
+    def _base_meta(self, labels: list[str], report: WeightsReport) -> VersionMeta:
         """The meta of a version made from base weights (it has no parent)."""
         if report.fell_back:
             logger.warning("weights %s unavailable, using %s: %s", report.requested, report.used, "; ".join(report.reasons))
-        return {
-            "labels": labels,
-            "backbone": self.config.backbone,
-            "weights": report.used,
-            "weights_requested": report.requested,
-            "parent": None,
-        }
+        return VersionMeta(labels=labels, backbone=self.config.backbone, weights=report.used,
+                           weights_requested=report.requested, parent=None)

@@ -14,14 +14,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from PIL import Image, ImageOps
 from torch import Tensor
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.models.detection import FasterRCNN
 
-from model.detector import image_tensor
-from model.evaluate import average_precision
+from model.distributed import data_parallel, is_distributed, is_main_process
+from model.evaluate import evaluate_map
+from model.images import load_image
 from model.losses import LossConfig, combine_losses
 
 logger = logging.getLogger(__name__)
@@ -129,12 +128,6 @@ class TrainResult:
     held_out: list[str] = field(default_factory=list)
 
 
-def load_image(path: str) -> Tensor:
-    """Decode an image file as Label Studio shows it: EXIF-rotated RGB, ``Tensor[3, H, W]`` in [0, 1]."""
-    with Image.open(path) as img:
-        return image_tensor(ImageOps.exif_transpose(img).convert("RGB"))
-
-
 class DetectionDataset(Dataset):
     """Samples as (image, target) pairs, mirrored horizontally with probability ``flip_prob``."""
 
@@ -233,32 +226,12 @@ def _clip(model: torch.nn.Module, max_norm: float) -> bool:
     return bool(norm > max_norm)
 
 
-def is_distributed() -> bool:
-    """True inside a torch.distributed job (torchrun), where ``train`` uses DDP."""
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def is_main_process() -> bool:
-    """Rank 0, or the only process: the one that evaluates, saves and reports."""
-    return not is_distributed() or torch.distributed.get_rank() == 0
-
-
 def _loader(train_set: Sequence[Sample], config: TrainConfig, rng: random.Random) -> DataLoader:
     dataset = DetectionDataset(train_set, config.flip_prob, rng)
     sampler = DistributedSampler(dataset, shuffle=True, seed=config.seed or 0) if is_distributed() else None
     return DataLoader(
         dataset, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
         collate_fn=_collate, generator=torch.Generator().manual_seed(config.seed or 0),
-    )
-
-
-def _parallel(model: FasterRCNN, device: torch.device, config: TrainConfig) -> torch.nn.Module:
-    """DDP around ``model`` in a distributed job; the standard loss leaves the log-variance layer unused."""
-    if not is_distributed():
-        return model
-    return DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=config.loss.kind == LossConfig.STANDARD,
     )
 
 
@@ -287,7 +260,8 @@ def train(
     loader = _loader(train_set, config, rng)
     model.roi_heads.loss = config.loss
     model.to(device).train()
-    network = _parallel(model, device, config)
+    # the standard loss leaves the log-variance layer unused, which DDP must be told
+    network = data_parallel(model, device, find_unused_parameters=config.loss.kind == LossConfig.STANDARD)
     optimizer = _optimizer(model, config)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
     result = TrainResult(trained_on=[s.key for s in train_set], held_out=[s.key for s in held_out])
@@ -337,37 +311,3 @@ def _epoch_mean(result: TrainResult, epoch: int, logged: dict[str, float]) -> No
 
 def _fmt(values: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4f}" for k, v in sorted(values.items()))
-
-
-@torch.inference_mode()
-def predict_samples(model: FasterRCNN, samples: Sequence[Sample], batch_size: int = 4) -> list[dict[str, Tensor]]:
-    """Raw torchvision outputs (boxes, labels, scores, ...) for each sample's image."""
-    device = next(model.parameters()).device
-    model.eval()
-    outputs: list[dict[str, Tensor]] = []
-    for start in range(0, len(samples), batch_size):
-        images = [load_image(s.image_path).to(device) for s in samples[start : start + batch_size]]
-        outputs.extend({k: v.cpu() for k, v in out.items()} for out in model(images))
-    return outputs
-
-
-def low_threshold_outputs(model: FasterRCNN, samples: Sequence[Sample]) -> list[dict[str, Tensor]]:
-    """Detections of each sample's image with the score threshold lowered to 0.001 (as COCO
-    evaluation does: AP needs the whole precision-recall curve), then restored."""
-    threshold = model.roi_heads.score_thresh
-    model.roi_heads.score_thresh = 0.001
-    try:
-        return predict_samples(model, samples)
-    finally:
-        model.roi_heads.score_thresh = threshold
-
-
-def sample_target(sample: Sample) -> dict[str, Tensor]:
-    """A sample's boxes (``Tensor[M, 4]``) and labels (``Tensor[M]``) as ground truth."""
-    return {"boxes": sample.boxes.reshape(-1, 4).float(), "labels": sample.labels.reshape(-1)}
-
-
-def evaluate_map(model: FasterRCNN, samples: Sequence[Sample]) -> dict[str, float]:
-    """COCO-style mAP (torchmetrics): ``map`` (AP 0.5:0.95) and ``map_50`` on ``samples``."""
-    values = average_precision(low_threshold_outputs(model, samples), [sample_target(s) for s in samples])
-    return {"map": values["map"], "map_50": values["map_50"], "images": float(len(samples))}

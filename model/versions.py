@@ -18,13 +18,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 from model.owners import ProcessOwner
+from model.version_meta import VersionMeta
 
 WEIGHTS_FILE = "weights.pt"
 META_FILE = "meta.json"
@@ -67,7 +68,7 @@ class Version:
     project: str
     name: str
     path: Path
-    meta: dict
+    meta: VersionMeta
 
     @property
     def weights_path(self) -> Path:
@@ -108,7 +109,7 @@ class VersionStore:
         for path in sorted(folder.iterdir()):
             meta = path / META_FILE
             if _VERSION.match(path.name) and meta.is_file() and (path / WEIGHTS_FILE).is_file():
-                found.append(Version(project, path.name, path, json.loads(meta.read_text())))
+                found.append(Version(project, path.name, path, VersionMeta.from_json(json.loads(meta.read_text()))))
         return sorted(found, key=lambda v: int(_VERSION.match(v.name).group(1)))  # v10000 after v9999
 
     def latest(self, project: str) -> Version | None:
@@ -131,12 +132,12 @@ class VersionStore:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def save(self, project: str, state_dict: dict[str, torch.Tensor], meta: dict) -> Version:
+    def save(self, project: str, state_dict: dict[str, torch.Tensor], meta: VersionMeta) -> Version:
         """Write a new version atomically and return it.
 
         ``meta`` is stored with ``model_version``, ``project``, ``created`` and
         ``writer`` (the process, so that a job killed just after publishing it
-        can be recognised as done) added. What killed saves left is removed
+        can be recognised as done) set. What killed saves left is removed
         first (``clean_partial``).
         """
         self.clean_partial(project)
@@ -144,7 +145,7 @@ class VersionStore:
             return self._publish(project, tmp, meta)
 
     def newest_or_save(
-        self, project: str, fits: Callable[[Version], bool], make: Callable[[], tuple[dict[str, torch.Tensor], dict]]
+        self, project: str, fits: Callable[[Version], bool], make: Callable[[], tuple[dict[str, torch.Tensor], VersionMeta]]
     ) -> tuple[Version, bool]:
         """The newest version that ``fits``, else a new one from ``make()`` (state dict, meta); True if made.
 
@@ -174,13 +175,12 @@ class VersionStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    def _publish(self, project: str, tmp: Path, meta: dict) -> Version:
+    def _publish(self, project: str, tmp: Path, meta: VersionMeta) -> Version:
         """Name the staged folder as the next version and rename it into place (the caller holds the lock)."""
         existing = self.versions(project)
         name = version_name(int(_VERSION.match(existing[-1].name).group(1)) + 1 if existing else 1)
-        full_meta = {**meta, "model_version": name, "project": project, "created": _now(),
-                     "writer": ProcessOwner.current().to_json()}
-        _write_json(tmp / META_FILE, full_meta)
+        full_meta = replace(meta, model_version=name, project=project, created=_now(), writer=ProcessOwner.current())
+        _write_json(tmp / META_FILE, full_meta.to_json())
         (tmp / OWNER_FILE).unlink()
         os.rename(tmp, tmp.parent / name)
         self._prune(project)
@@ -198,9 +198,9 @@ class VersionStore:
             return []
         newest: dict[str, Version] = {}
         for version in versions:
-            newest[json.dumps([version.meta.get("labels"), version.meta.get("backbone")])] = version
+            newest[json.dumps([version.meta.labels, version.meta.backbone])] = version
         kept = {v.name for v in versions[-self.keep:]} | {v.name for v in newest.values()}
-        kept |= {v.meta.get("parent") for v in newest.values()}
+        kept |= {v.meta.parent for v in newest.values()}
         gone = [v for v in versions if v.name not in kept]
         for version in gone:
             shutil.rmtree(version.path, ignore_errors=True)
@@ -236,25 +236,25 @@ def load_weights(version: Version, map_location: str | torch.device = "cpu") -> 
     return torch.load(version.weights_path, map_location=map_location, weights_only=True)
 
 
-def check_backbone(meta: dict, backbone: str) -> None:
+def check_backbone(meta: VersionMeta, backbone: str) -> None:
     """Refuse a checkpoint made with another backbone: its weights belong to another architecture.
 
     Raises:
         CheckpointError: naming both backbones.
     """
-    if meta.get("backbone") != backbone:
-        raise CheckpointError(f"checkpoint backbone {meta.get('backbone')!r} differs from {backbone!r}")
+    if meta.backbone != backbone:
+        raise CheckpointError(f"checkpoint backbone {meta.backbone!r} differs from {backbone!r}")
 
 
-def check_meta(meta: dict, labels: list[str], backbone: str) -> None:
+def check_meta(meta: VersionMeta, labels: list[str], backbone: str) -> None:
     """Refuse a checkpoint whose classes or backbone differ from what is asked.
 
     Raises:
         CheckpointError: naming the field that disagrees.
     """
     check_backbone(meta, backbone)
-    if list(meta.get("labels", [])) != list(labels):
-        raise CheckpointError(f"checkpoint labels {meta.get('labels')} differ from the project's {list(labels)}")
+    if list(meta.labels) != list(labels):
+        raise CheckpointError(f"checkpoint labels {meta.labels} differ from the project's {list(labels)}")
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -13,7 +13,8 @@ import torch.distributed as dist
 from PIL import Image, ImageDraw
 
 from model.detector import DetectorConfig, build_model
-from model.train import Sample, TrainConfig, is_main_process, train
+from model.distributed import is_main_process
+from model.train import Sample, TrainConfig, train
 
 
 def _samples(folder: Path, count: int) -> list[Sample]:

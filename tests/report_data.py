@@ -10,6 +10,7 @@ from backend.jobs.board import JobBoard, JobRecord
 from backend.ranking_store import StoredRanking
 from model.evaluate import Prequential
 from model.hua import METRIC_NAMES
+from model.version_meta import VersionMeta
 from model.versions import VersionStore
 
 PROJECT = "3"
@@ -21,19 +22,19 @@ QUEUE = {  # task id -> (task score, entropy, candidate)
 }
 
 
-def _evaluation(version: str, trained_on: int) -> dict:
+def _evaluation(version: str, trained_on: int) -> Prequential:
     map_50, map_, accepted, recall, tasks = FIGURES[version]
     return Prequential(
         version, "ok", tasks=tasks, min_tasks=5, trained_on_tasks=trained_on, task_ids=list(range(tasks)),
         map=map_, map_50=map_50, per_class={"car": {"ap": map_, "ap50": map_50}},
         acceptance={"predicted": 10, "annotated": 12, "matched": 6, "accepted": accepted, "recall": recall},
-    ).to_json()
+    )
 
 
-def _meta(parent: str | None, tasks: int, evaluation: dict | None) -> dict:
-    meta = {"labels": LABELS, "backbone": "mobilenet_v3_320_fpn", "weights": "none", "parent": parent,
-            "annotation_ids": list(range(1, tasks + 1)), "task_ids": list(range(1, tasks + 1))}
-    return meta | ({"evaluation": evaluation} if evaluation else {})
+def _meta(parent: str | None, tasks: int, evaluation: Prequential | None) -> VersionMeta:
+    return VersionMeta(labels=LABELS, backbone="mobilenet_v3_320_fpn", weights="none", parent=parent,
+                       annotation_ids=list(range(1, tasks + 1)), task_ids=list(range(1, tasks + 1)),
+                       evaluation=evaluation)
 
 
 def populate(model_dir: Path | str, project: str = PROJECT) -> None:
@@ -43,7 +44,7 @@ def populate(model_dir: Path | str, project: str = PROJECT) -> None:
     store.save(project, {}, _meta("v0001", 6, _evaluation("v0001", 0)))
     store.save(project, {}, _meta("v0002", 18, _evaluation("v0002", 6)))
     too_few = Prequential("v0003", "too_few", "2 task(s) annotated since v0003 was trained; figures need at least 5 "
-                          "(EVAL_MIN_TASKS)", tasks=2, min_tasks=5, trained_on_tasks=18).to_json()
+                          "(EVAL_MIN_TASKS)", tasks=2, min_tasks=5, trained_on_tasks=18)
     newest = store.save(project, {}, _meta("v0003", 20, too_few))
     ranking = StoredRanking(tasks={t: {"result": [], "score": s, "model_version": newest.name}
                                    for t, (s, _, _) in QUEUE.items()})

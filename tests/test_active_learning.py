@@ -375,8 +375,8 @@ class TestWarmStart:
     def test_pretrained_once_then_read_from_the_cache(self, tmp_path: Path, monkeypatch) -> None:
         args = (TINY.pretrain, TINY.digits, TINY.simulation.detector, tmp_path, torch.device("cpu"))
         version = pretrain.warm_start(*args)
-        assert version.meta["labels"] == [dataset.PRETRAIN_LABEL] and version.meta["parent"] is None
-        assert version.meta["backbone"] == TINY.simulation.detector.backbone and version.weights_path.exists()
+        assert version.meta.labels == [dataset.PRETRAIN_LABEL] and version.meta.parent is None
+        assert version.meta.backbone == TINY.simulation.detector.backbone and version.weights_path.exists()
         monkeypatch.setattr(pretrain, "train", lambda *a, **k: pytest.fail("pretrained again"))
         assert pretrain.warm_start(*args).path == version.path
         other = replace(TINY.pretrain, seed=1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import pytest
@@ -12,6 +11,7 @@ from backend.settings import Settings, SettingsError
 from model.checkpoint import class_rows
 from model.detector import DetectorConfig, build_model
 from model.registry import ModelRegistry
+from model.version_meta import VersionMeta
 from model.versions import CheckpointError, VersionStore
 
 CONFIG = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False, min_size=64, max_size=96)
@@ -28,7 +28,7 @@ def saved(tmp_path_factory):
             layer.weight.normal_()
             layer.bias.normal_()
     store = VersionStore(tmp_path_factory.mktemp("models"))
-    meta = {"labels": OLD_LABELS, "backbone": CONFIG.backbone, "weights": "none", "parent": None}
+    meta = VersionMeta(labels=OLD_LABELS, backbone=CONFIG.backbone, weights="none", parent=None)
     version = store.save("1", model.state_dict(), meta)
     return version, model
 
@@ -74,8 +74,8 @@ class TestWarmStart:
 
     def test_another_backbone_is_refused(self, saved, tmp_path):
         version, _ = saved
-        meta = json.loads((version.path / "meta.json").read_text())
-        other = VersionStore(tmp_path).save("2", torch.load(version.weights_path), {**meta, "backbone": "mobilenet_v2_fpn"})
+        meta = replace(version.meta, backbone="mobilenet_v2_fpn")
+        other = VersionStore(tmp_path).save("2", torch.load(version.weights_path), meta)
         with pytest.raises(CheckpointError, match="backbone"):
             build_model(replace(CONFIG, weights=str(other.path)), ["car"])
 
@@ -87,7 +87,7 @@ class TestWarmStart:
         version, old = saved
         registry = ModelRegistry(VersionStore(tmp_path), replace(CONFIG, weights=str(version.path)), "cpu")
         served = registry.get("7", ["car"])
-        assert served.name == "v0001" and served.version.meta["weights"] == str(version.path)
+        assert served.name == "v0001" and served.version.meta.weights == str(version.path)
         assert torch.equal(served.detector.model.rpn.head.conv[0][0].weight, old.rpn.head.conv[0][0].weight)
 
 

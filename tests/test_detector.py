@@ -191,19 +191,3 @@ class TestDetectorPredict:
         assert (flipped.width, flipped.height) == (200, 100)
         assert torch.allclose(flipped.boxes, mirrored.boxes, atol=1e-3)
         assert torch.allclose(flipped.scores, mirrored.scores, atol=1e-5)
-
-
-@pytest.mark.parametrize("size", [(1, 1), (37, 23), (640, 480)])
-def test_image_tensor_matches_torchvisions_to_tensor(size):
-    """The faster conversion changes nothing the detector sees."""
-    import numpy as np
-    from PIL import Image
-    from torchvision.transforms.functional import to_tensor
-
-    from model.detector import image_tensor
-
-    pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    image = Image.fromarray(pixels)
-    converted = image_tensor(image)
-    assert converted.dtype == torch.float32 and converted.shape == (3, size[1], size[0])
-    assert torch.equal(converted, to_tensor(image))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from helpers import LABEL_CONFIG, make_settings, write_image
@@ -11,6 +13,7 @@ from backend.evaluation import evaluate_serving, unseen_samples
 from backend.labels import parse_label_config
 from backend.service import Service, build_service
 from model.train import Sample
+from model.version_meta import VersionMeta
 from model.versions import Version
 
 NAMES = parse_label_config(LABEL_CONFIG)
@@ -48,11 +51,11 @@ def base_version(service) -> Version:
 
 class TestUnseenSamples:
     def test_tasks_the_version_was_trained_on_are_seen(self, tmp_path):
-        version = Version(PROJECT, "v0002", tmp_path, {"task_ids": [1, 2], "annotation_ids": [101, 102]})
+        version = Version(PROJECT, "v0002", tmp_path, VersionMeta(task_ids=[1, 2], annotation_ids=[101, 102]))
         assert unseen_samples(version, _data(tmp_path, [1, 2, 3, 4])) == [2, 3]
 
     def test_a_version_without_task_ids_is_read_by_annotation_id(self, tmp_path):
-        version = Version(PROJECT, "v0002", tmp_path, {"annotation_ids": [103]})
+        version = Version(PROJECT, "v0002", tmp_path, VersionMeta(annotation_ids=[103]))
         assert unseen_samples(version, _data(tmp_path, [1, 3])) == [0]
 
 
@@ -76,6 +79,6 @@ class TestEvaluateServing:
         assert report.status == "none" and report.model_version is None and report.figures() == {}
 
     def test_a_version_of_other_labels_is_reported_not_raised(self, service, base_version, tmp_path):
-        other = Version(PROJECT, "v0009", base_version.path, {**base_version.meta, "labels": ["cat"]})
+        other = Version(PROJECT, "v0009", base_version.path, replace(base_version.meta, labels=["cat"]))
         report = _evaluate(service, other, NAMES, _data(tmp_path, [5, 6]))
         assert report.status == "failed" and "labels" in report.message and report.figures() == {}

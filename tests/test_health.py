@@ -8,6 +8,7 @@ from helpers import make_settings
 
 from backend.app import create_app
 from backend.jobs.board import JobRecord
+from model.version_meta import VersionMeta
 from model.versions import VersionStore
 
 
@@ -25,14 +26,14 @@ def _board(model_dir):
 class TestDisk:
     def test_room_for_a_version_is_up_with_disk_use_per_project(self, tmp_path):
         store = VersionStore(tmp_path)
-        version = store.save("4", {"w": torch.zeros(1000)}, {"labels": ["car"]})
+        version = store.save("4", {"w": torch.zeros(1000)}, VersionMeta(labels=["car"]))
         body = _health(tmp_path)
         assert body["status"] == "UP" and "problems" not in body
         assert body["disk"]["projects"]["4"] >= version.weights_path.stat().st_size
 
     def test_a_disk_smaller_than_one_version_is_degraded(self, small_disk):
         store = VersionStore(small_disk)
-        store.save("4", {"w": torch.zeros(300_000)}, {"labels": ["car"]})  # 1.2 MB of 2: no room for another
+        store.save("4", {"w": torch.zeros(300_000)}, VersionMeta(labels=["car"]))  # 1.2 MB of 2: no room for another
         body = _health(small_disk)
         assert body["status"] == "degraded"
         (problem,) = body["problems"]

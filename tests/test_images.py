@@ -1,5 +1,6 @@
-"""Tests of backend/images.py (URL policy, fetching, decoding) and of
-backend/lsclient.py (the token the image downloads authenticate with).
+"""Tests of backend/images.py (URL policy, fetching, decoding), of model/images.py
+(the detector's input) and of backend/lsclient.py (the token the image
+downloads authenticate with).
 
 HTTP is real: a tiny http.server on 127.0.0.1 (tests/helpers.py) stands in for
 Label Studio and for image hosts.
@@ -12,8 +13,11 @@ import threading
 import time
 
 import jwt
+import numpy as np
 import pytest
+import torch
 from PIL import Image
+from torchvision.transforms.functional import to_tensor
 from helpers import BLUE, RED, LocalServer, Route, image_bytes, make_settings, write_exif_rotated_jpeg, write_image
 
 import backend.lsclient as lsclient
@@ -21,6 +25,7 @@ from backend.errors import ImageError
 from backend.images import ImageLoader
 from backend.lsclient import LabelStudioAuth, is_personal_access_token
 from backend.service import build_service
+from model.images import image_tensor, load_image
 
 LS = "http://ls.example.com:8080"
 PNG = Route(200, image_bytes(30, 20), "image/png")
@@ -384,3 +389,20 @@ class TestLabelStudioAuth:
     def test_repr_hides_the_key(self):
         pat = _jwt("refresh", 86400)
         assert pat not in repr(LabelStudioAuth("http://ls", pat))
+
+
+class TestDetectorInput:
+    """model/images.py: what training, evaluation and inference feed the detector."""
+
+    @pytest.mark.parametrize("size", [(1, 1), (37, 23), (640, 480)])
+    def test_image_tensor_matches_torchvisions_to_tensor(self, size):
+        """The faster conversion changes nothing the detector sees."""
+        pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        image = Image.fromarray(pixels)
+        converted = image_tensor(image)
+        assert converted.dtype == torch.float32 and converted.shape == (3, size[1], size[0])
+        assert torch.equal(converted, to_tensor(image))
+
+    def test_load_image_applies_exif_rotation(self, tmp_path):
+        path = write_exif_rotated_jpeg(tmp_path / "r.jpg", 60, 40, orientation=6)
+        assert load_image(str(path)).shape == (3, 60, 40)  # stored 60 x 40, shown rotated: H 60, W 40

@@ -32,6 +32,7 @@ from backend.jobs.runners import EmbeddedRunner
 from backend.jobs.scheduler import Scheduler
 from backend.jobs.train import TrainingError
 from backend.service import build_service, swap_when_done
+from model.version_meta import VersionMeta
 from model.versions import VersionStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -503,8 +504,8 @@ class TestTrainingJobs:
         edited["result"][0]["value"]["rectanglelabels"] = ["person"]
         assert run_job(service.board, PROJECT, "train", JOBS["train"](service, PROJECT))["model_version"] == "v0003"
         meta = service.store.get(PROJECT, "v0003").meta
-        assert meta["annotation_ids"] == [101, 102]
-        assert meta["annotation_updated"]["101"] == "2025-02-01T00:00:00Z"
+        assert meta.annotation_ids == [101, 102]
+        assert meta.annotation_updated["101"] == "2025-02-01T00:00:00Z"
 
     @pytest.mark.parametrize(
         "break_it, expected",
@@ -735,6 +736,7 @@ _SAVE_SCRIPT = """
 import os, pathlib, sys, time
 import torch
 import model.versions as versions
+from model.version_meta import VersionMeta
 
 root, stage, marker = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])
 real_save = torch.save
@@ -758,7 +760,7 @@ else:  # killed after the weights, while writing meta.json (before the rename)
     versions._write_json = write_then_stall
 
 state = {f"layer{i}.weight": torch.randn(1024, 1024) for i in range(48)}  # ~200 MB
-versions.VersionStore(root).save("3", state, {"labels": ["car"]})
+versions.VersionStore(root).save("3", state, VersionMeta(labels=["car"]))
 """
 
 
@@ -766,7 +768,7 @@ versions.VersionStore(root).save("3", state, {"labels": ["car"]})
 @pytest.mark.parametrize("stage", ["weights", "meta"])
 def test_a_killed_save_leaves_no_version(tmp_path, stage):
     store = VersionStore(tmp_path / "models")
-    first = store.save("3", {"w": torch.ones(2)}, {"labels": ["car"]})
+    first = store.save("3", {"w": torch.ones(2)}, VersionMeta(labels=["car"]))
     marker = tmp_path / "stalled"
     proc = subprocess.Popen(
         [sys.executable, "-c", _SAVE_SCRIPT, str(store.root), stage, str(marker)],
@@ -786,7 +788,7 @@ def test_a_killed_save_leaves_no_version(tmp_path, stage):
     assert [v.name for v in store.versions("3")] == ["v0001"]
     assert store.latest("3") == first
     assert store.projects() == ["3"]
-    nxt = store.save("3", {"w": torch.zeros(2)}, {"labels": ["car"]})  # cleans up first: its writer is dead
+    nxt = store.save("3", {"w": torch.zeros(2)}, VersionMeta(labels=["car"]))  # cleans up first: its writer is dead
     assert nxt.name == "v0002"
     assert not list((store.root / "3").glob(".tmp-*")), "the killed save's folder waits for its hour"
 
@@ -883,10 +885,11 @@ class TestOwnersThatAreGone:
         proc = _sleeper(f"""
             import threading, time, torch
             from backend.jobs.board import JobBoard, run_job
+            from model.version_meta import VersionMeta
             from model.versions import VersionStore
             saved = threading.Event()
             def work(progress):
-                VersionStore({str(tmp_path)!r}).save("3", {{"w": torch.ones(1)}}, {{"labels": ["car"]}})
+                VersionStore({str(tmp_path)!r}).save("3", {{"w": torch.ones(1)}}, VersionMeta(labels=["car"]))
                 saved.set()
                 time.sleep(600)
             threading.Thread(target=run_job, args=(JobBoard({str(tmp_path)!r}), "3", "train", work), daemon=True).start()

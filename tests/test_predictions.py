@@ -21,6 +21,7 @@ from backend.ranking_store import StoredRanking
 from backend.service import build_service
 from model.detections import Detections
 from model.registry import ServedModel
+from model.version_meta import VersionMeta
 from model.versions import Version
 
 NAMES = parse_label_config(LABEL_CONFIG)
@@ -150,7 +151,7 @@ class FakeClock:
 
 
 def _served(detector, tmp_path: Path) -> ServedModel:
-    return ServedModel(detector, Version("1", "v0007", tmp_path, {"labels": list(LABELS)}))
+    return ServedModel(detector, Version("1", "v0007", tmp_path, VersionMeta(labels=list(LABELS))))
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from backend.labels import parse_label_config
 from backend.lsclient import LabelStudioError
 from model.hua import METRIC_NAMES, HUAConfig, Scale, image_entropy, image_metrics, num_candidates, score_single
 from model.registry import ServedModel
+from model.version_meta import VersionMeta
 
 pytestmark = pytest.mark.slow
 
@@ -152,8 +153,8 @@ def app(tmp_path_factory, root, fake_ls):
     app = create_app(service=build_service(settings, ls_client=fake_ls))
     service = app.extensions["hua"]
     # the project's first version: the calibrated real detector, saved as the registry would
-    meta = {"labels": list(LABELS), "backbone": CONFIG.backbone, "weights": "none", "weights_requested": "none",
-            "parent": None}
+    meta = VersionMeta(labels=list(LABELS), backbone=CONFIG.backbone, weights="none", weights_requested="none",
+                       parent=None)
     service.store.save(PROJECT, calibrated_model().state_dict(), meta)
     return app
 
@@ -380,7 +381,7 @@ class TestRankingStore:
     def test_round_trip(self, tmp_path):
         from model.versions import Version
 
-        version = Version(PROJECT, "v0003", tmp_path, {})
+        version = Version(PROJECT, "v0003", tmp_path, VersionMeta())
         scale = Scale(torch.tensor([0.1, 0.2, 0.0, 1.0], dtype=torch.float64),
                       torch.tensor([0.3, 0.2, 0.5, 1.7], dtype=torch.float64), 0.123456789012345)
         why = {"entropy": 0.75, "candidate": True, "metrics": {"semantic_affinity": 0.1}, "informativeness": 1.2}
@@ -396,7 +397,7 @@ class TestRankingStore:
     def test_no_file_is_an_empty_ranking(self, tmp_path):
         from model.versions import Version
 
-        empty = StoredRanking.read(Version(PROJECT, "v0001", tmp_path, {}))
+        empty = StoredRanking.read(Version(PROJECT, "v0001", tmp_path, VersionMeta()))
         assert empty.scale is None and empty.tasks == {}
 
     def test_the_cache_rereads_a_changed_file(self, tmp_path):
@@ -404,7 +405,7 @@ class TestRankingStore:
 
         from model.versions import Version
 
-        version = Version(PROJECT, "v0001", tmp_path, {})
+        version = Version(PROJECT, "v0001", tmp_path, VersionMeta())
         cache = RankingCache()
         assert cache.get(version).tasks == {}
         StoredRanking(None, [], {1: {"score": 0.1}}).write(version)

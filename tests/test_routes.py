@@ -41,6 +41,7 @@ from backend.app import create_app
 from backend.deferred import DeferredTasks
 from backend.routes import MODEL_CLASS
 from backend.service import build_service
+from model.version_meta import VersionMeta
 
 VERSION = re.compile(r"^v\d{4,}$")
 
@@ -136,8 +137,8 @@ class TestSetup:
 
     def test_names_the_newest_version_on_disk(self, fresh_app):
         store = _service(fresh_app).store
-        store.save("3", {"w": torch.zeros(1)}, {"labels": list(LABELS)})
-        store.save("3", {"w": torch.zeros(1)}, {"labels": list(LABELS)})
+        store.save("3", {"w": torch.zeros(1)}, VersionMeta(labels=list(LABELS)))
+        store.save("3", {"w": torch.zeros(1)}, VersionMeta(labels=list(LABELS)))
         response = fresh_app.test_client().post("/setup", json=self.BODY)
         assert response.get_json() == {"model_version": "v0002"}
         assert _service(fresh_app).registry.serving() == {}
@@ -369,7 +370,7 @@ class TestVersionsRoute:
     def test_lists_versions_oldest_first(self, fresh_app):
         store = _service(fresh_app).store
         for _ in range(3):
-            store.save("4", {"w": torch.zeros(1)}, {"labels": list(LABELS)})
+            store.save("4", {"w": torch.zeros(1)}, VersionMeta(labels=list(LABELS)))
         response = fresh_app.test_client().post("/versions", json={"project": "4.1700000000"})
         body = response.get_json()
         assert body["versions"] == ["v0001", "v0002", "v0003"]
@@ -378,9 +379,9 @@ class TestVersionsRoute:
 
     def test_get_names_every_project_or_one(self, fresh_app):
         store = _service(fresh_app).store
-        store.save("4", {"w": torch.zeros(1)}, {"labels": list(LABELS)})
-        store.save("5", {"w": torch.zeros(1)}, {"labels": list(LABELS)})
-        store.save("5", {"w": torch.zeros(1)}, {"labels": list(LABELS)})
+        store.save("4", {"w": torch.zeros(1)}, VersionMeta(labels=list(LABELS)))
+        store.save("5", {"w": torch.zeros(1)}, VersionMeta(labels=list(LABELS)))
+        store.save("5", {"w": torch.zeros(1)}, VersionMeta(labels=list(LABELS)))
         client = fresh_app.test_client()
         assert client.get("/versions").get_json() == {"versions": ["v0001", "v0002"]}
         assert client.get("/versions?project=4").get_json()["versions"] == ["v0001"]

@@ -1,4 +1,4 @@
-"""Tests of model/train.py: the training loop, its helpers and its evaluation.
+"""Tests of model/train.py (the training loop, its helpers) and of the mAP it reports (model/evaluate.py).
 
 The learning test fine-tunes torchvision's ImageNet MobileNetV2 (the file that
 `make test` puts in ./.cache/torch; nothing is downloaded) on synthetic images
@@ -17,18 +17,10 @@ from PIL import Image, ImageDraw
 from torchvision.ops import box_iou
 
 from model.detector import DetectorConfig, build_model
+from model.evaluate import evaluate_map, predict_samples
+from model.images import load_image
 from model.losses import LossConfig
-from model.train import (
-    Sample,
-    TrainConfig,
-    evaluate_map,
-    flip_boxes,
-    load_image,
-    predict_samples,
-    split_holdout,
-    train,
-    train_step,
-)
+from model.train import Sample, TrainConfig, flip_boxes, split_holdout, train, train_step
 
 REPO = Path(__file__).resolve().parent.parent
 TORCH_HOME = REPO / ".cache" / "torch"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 
 import pytest
 from helpers import LocalServer, Route, make_settings
@@ -12,6 +13,7 @@ from PIL import Image
 from report_data import FIGURES, PROJECT, QUEUE, populate
 
 from backend.app import create_app
+from model.version_meta import VersionMeta
 from model.versions import VersionStore
 
 USER, PASSWORD = "ml", "s3cret"
@@ -90,8 +92,7 @@ class TestMetrics:
         populate(tmp_path)
         client = _client(tmp_path)
         client.get("/metrics", headers=AUTH)
-        meta = json.loads((store.latest(PROJECT).path / "meta.json").read_text())
-        meta["evaluation"] = json.loads((store.get(PROJECT, "v0003").path / "meta.json").read_text())["evaluation"]
+        meta = replace(store.latest(PROJECT).meta, evaluation=store.get(PROJECT, "v0003").meta.evaluation)
         store.save(PROJECT, {}, meta)  # v0005 holds v0002's figures again
         text = client.get("/metrics", headers=AUTH).get_data(as_text=True)
         line = f'hua_prequential{{figure="map_50",model_version="v0002",project="{PROJECT}"}} 0.45'
@@ -111,7 +112,7 @@ class TestPage:
         assert 'id="no-projects"' in page and "1 &minus; priority" in page
 
     def test_one_version_not_measured_yet(self, tmp_path):
-        VersionStore(tmp_path).save("5", {}, {"labels": ["car"], "backbone": "b", "parent": None})
+        VersionStore(tmp_path).save("5", {}, VersionMeta(labels=["car"], backbone="b", parent=None))
         page = _client(tmp_path).get("/ui", headers=AUTH).get_data(as_text=True)
         assert 'data-version="v0001"' in page and "not measured yet" in page
         assert "Not ranked yet" in page and "No job has run" in page

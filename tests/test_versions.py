@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -19,9 +20,10 @@ import torch
 import model.versions as versions_module
 from model.detector import DetectorConfig
 from model.registry import ModelRegistry, load_version_model
+from model.version_meta import VersionMeta
 from model.versions import CheckpointError, VersionStore, check_meta, load_weights, version_name
 
-META = {"labels": ["car", "person"], "backbone": "mobilenet_v3_320_fpn"}
+META = VersionMeta(labels=["car", "person"], backbone="mobilenet_v3_320_fpn")
 
 
 def _weights(value: float) -> dict[str, torch.Tensor]:
@@ -56,9 +58,9 @@ class TestVersionStore:
 
     def test_meta_is_stored_with_version_project_and_time(self, store):
         before = datetime.now(timezone.utc).replace(microsecond=0)
-        saved = store.save("7", _weights(1.0), {**META, "metrics": {"map": 0.5}})
+        saved = store.save("7", _weights(1.0), replace(META, metrics={"map": 0.5}))
         on_disk = json.loads((saved.path / "meta.json").read_text())
-        assert on_disk == saved.meta
+        assert on_disk == saved.meta.to_json()
         assert on_disk["model_version"] == "v0001"
         assert on_disk["project"] == "7"
         assert on_disk["labels"] == ["car", "person"]
@@ -203,7 +205,7 @@ class TestCheckMeta:
 
     def test_meta_without_fields_is_refused(self):
         with pytest.raises(CheckpointError):
-            check_meta({}, ["car"], "mobilenet_v3_320_fpn")
+            check_meta(VersionMeta(), ["car"], "mobilenet_v3_320_fpn")
 
 
 CONFIG = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False, score_threshold=0.0)
@@ -227,7 +229,7 @@ class TestModelRegistry:
         assert served.detector.labels == LABELS
         assert served.detector.model.roi_heads.box_predictor.cls_score.out_features == len(LABELS) + 1
         meta = store.latest("1").meta
-        assert (meta["labels"], meta["backbone"], meta["weights"]) == (LABELS, CONFIG.backbone, "none")
+        assert (meta.labels, meta.backbone, meta.weights) == (LABELS, CONFIG.backbone, "none")
         assert registry.weights_reports["1"].used == "none"
         assert registry.peek("1") is served
 
@@ -244,8 +246,8 @@ class TestModelRegistry:
         assert second.name == "v0002"
         assert second.detector.labels == ["car", "person", "bike"]
         assert second.detector.model.roi_heads.box_predictor.cls_score.out_features == 4
-        assert store.latest("1").meta["labels"] == ["car", "person", "bike"]
-        assert store.latest("1").meta["weights"] == "none"  # from base weights, not from v0001
+        assert store.latest("1").meta.labels == ["car", "person", "bike"]
+        assert store.latest("1").meta.weights == "none"  # from base weights, not from v0001
         assert any("labels" in r.getMessage() for r in caplog.records)
 
     def test_a_new_registry_loads_the_saved_version(self, registry, store):
@@ -261,7 +263,7 @@ class TestModelRegistry:
         state = served.detector.model.state_dict()
         state = {k: v.clone() for k, v in state.items()}
         state["roi_heads.box_predictor.cls_score.bias"] += 1.0
-        VersionStore(store.root).save("1", state, {**served.version.meta, "parent": "v0001"})  # another process
+        VersionStore(store.root).save("1", state, replace(served.version.meta, parent="v0001"))  # another process
         assert registry.peek("1") is served
         reloaded = registry.reload("1")
         assert reloaded.name == "v0002"
@@ -270,16 +272,16 @@ class TestModelRegistry:
         assert registry.get("1", LABELS) is reloaded
 
     def test_checkpoint_of_another_backbone_is_replaced(self, registry, store):
-        store.save("1", {"w": torch.zeros(1)}, {"labels": LABELS, "backbone": "resnet50_fpn_v2"})
+        store.save("1", {"w": torch.zeros(1)}, VersionMeta(labels=LABELS, backbone="resnet50_fpn_v2"))
         served = registry.get("1", LABELS)
         assert served.name == "v0002"
-        assert store.latest("1").meta["backbone"] == CONFIG.backbone
+        assert store.latest("1").meta.backbone == CONFIG.backbone
 
     def test_a_newer_version_of_another_backbone_is_never_loaded(self, store, caplog):
         """Another process (BACKBONE=auto on a GPU worker) wrote it: this one keeps serving its own."""
         registry = ModelRegistry(store, CONFIG, "cpu", refresh_every=0.0)
         served = registry.get("1", LABELS)
-        VersionStore(store.root).save("1", {"w": torch.zeros(1)}, {"labels": LABELS, "backbone": "resnet50_fpn_v2"})
+        VersionStore(store.root).save("1", {"w": torch.zeros(1)}, VersionMeta(labels=LABELS, backbone="resnet50_fpn_v2"))
         assert registry.get("1", LABELS) is served
         with caplog.at_level(logging.WARNING, logger="model.registry"):
             assert registry.reload("1") is served
@@ -288,7 +290,7 @@ class TestModelRegistry:
 
 class TestLoadVersionModel:
     def test_refuses_weights_of_another_backbone(self, store):
-        version = store.save("1", {"w": torch.zeros(1)}, {"labels": LABELS, "backbone": "resnet50_fpn_v2"})
+        version = store.save("1", {"w": torch.zeros(1)}, VersionMeta(labels=LABELS, backbone="resnet50_fpn_v2"))
         with pytest.raises(CheckpointError, match="resnet50_fpn_v2"):
             load_version_model(CONFIG, version)
 
@@ -331,7 +333,7 @@ print(registry.get("1", ["car", "person"]).name, flush=True)
 class TestPruning:
     @staticmethod
     def _save(store, labels, parent=None) -> str:
-        return store.save("1", _weights(1.0), {"labels": labels, "backbone": CONFIG.backbone, "parent": parent}).name
+        return store.save("1", _weights(1.0), VersionMeta(labels=labels, backbone=CONFIG.backbone, parent=parent)).name
 
     def test_old_versions_go_but_each_label_sets_newest_and_its_parent_stay(self, tmp_path):
         store = VersionStore(tmp_path, keep=2)
@@ -354,14 +356,14 @@ class TestLineageByLabelSet:
         base = registry.get("1", LABELS)
         state = {k: v + 0.5 if k.endswith("cls_score.weight") else v
                  for k, v in base.detector.model.state_dict().items()}
-        meta = {"labels": LABELS, "backbone": CONFIG.backbone, "parent": base.name, "annotation_ids": [1]}
+        meta = VersionMeta(labels=LABELS, backbone=CONFIG.backbone, parent=base.name, annotation_ids=[1])
         return store.save("1", state, meta).name
 
     def test_new_labels_warm_start_from_the_trained_version(self, registry, store):
         trained = self._trained(store, registry)
         trained_rows = load_weights(store.get("1", trained))["roi_heads.box_predictor.cls_score.weight"]
         served = registry.get("1", ["person", "bike", "car"])
-        assert served.version.meta["parent"] == trained and "warm start" in served.version.meta["weights"]
+        assert served.version.meta.parent == trained and "warm start" in served.version.meta.weights
         rows = served.detector.model.roi_heads.box_predictor.cls_score.weight.detach()
         assert torch.equal(rows[1], trained_rows[2]) and torch.equal(rows[3], trained_rows[1])  # person, car kept
 
@@ -373,4 +375,4 @@ class TestLineageByLabelSet:
         assert len(store.versions("1")) == count  # no new untrained version for the old labels
 
     def test_a_new_project_starts_from_base_weights(self, registry, store):
-        assert registry.get("2", ["car"]).version.meta["parent"] is None
+        assert registry.get("2", ["car"]).version.meta.parent is None

@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from model.owners import ProcessOwner
-from model.versions import is_project_id, project_id
+from model.versions import VersionStore, is_project_id, project_id
 
 logger = logging.getLogger(__name__)
 
@@ -137,13 +137,11 @@ class JobBoard:
 
     def _published_by(self, record: JobRecord) -> str | None:
         """The version a dead training had written (its meta names the writer), if any."""
-        if record.kind != "train" or not record.owner:
+        owner = ProcessOwner.from_json(record.owner)
+        if record.kind != "train" or owner is None:
             return None
-        for meta in sorted((self.root / record.project).glob("v*/meta.json"), reverse=True):
-            data = read_json(meta)
-            if isinstance(data, dict) and data.get("writer") == record.owner:
-                return meta.parent.name
-        return None
+        versions = VersionStore(self.root).versions(record.project)
+        return next((v.name for v in reversed(versions) if v.meta.writer == owner), None)
 
     def _abandoned(self, project: str, kind: str, record: JobRecord) -> bool:
         owner = ProcessOwner.from_json(record.owner)

@@ -22,7 +22,7 @@ from backend.jobs.train import NothingNew, TrainingJob
 from backend.deferred import DeferredTasks
 from backend.service import Service, build_service
 from backend.settings import Settings
-from backend.distributed import join_process_group, torchrun_command, under_torchrun
+from model.distributed import join_process_group, torchrun_command, under_torchrun
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def _train(service: Service, project: str, full: bool = False) -> Work:
             logger.info("project %s: nothing new to train on (%s); ranking only", project, exc)
             return {"skipped": str(exc)}
         meta = version.meta
-        return {"model_version": version.name, "metrics": meta.get("metrics", {}), "loss": meta.get("loss_summary", {})}
+        return {"model_version": version.name, "metrics": meta.metrics or {}, "loss": meta.loss_summary or {}}
 
     return work
 

@@ -30,7 +30,7 @@ from backend.lsclient import LabelStudioClient
 from backend.predictions import TaskPredictor, task_prediction
 from backend.ranking_store import RankingCache, StoredRanking
 from model.detections import Detections
-from model.detector import image_tensor
+from model.images import image_tensor
 from model.registry import ModelRegistry, ServedModel
 from model.scoring import ImageSource, labeled_class_frequency, score_new_images, score_pool
 

@@ -19,9 +19,11 @@ from backend.images import ImageLoader
 from backend.labels import ProjectLabels, parse_label_config
 from backend.lsclient import LabelStudioClient
 from model.detector import build_model
-from model.registry import ModelRegistry, load_version_model
+from model.distributed import is_main_process
 from model.evaluate import Prequential
-from model.train import Progress, TrainConfig, TrainResult, is_main_process, train
+from model.registry import ModelRegistry, load_version_model
+from model.train import Progress, TrainConfig, TrainResult, train
+from model.version_meta import VersionMeta
 from model.versions import Version, VersionStore
 
 logger = logging.getLogger(__name__)
@@ -35,15 +37,15 @@ class NothingNew(Exception):
     """The serving version was trained on exactly the annotations that exist now."""
 
 
-def _same_data(meta: dict, ids: list[int], updated: dict[str, str], names: ProjectLabels) -> bool:
+def _same_data(meta: VersionMeta, ids: list[int], updated: dict[str, str], names: ProjectLabels) -> bool:
     """A version's meta says it was trained on these annotations, unedited, with these labels.
 
     An edited annotation (ANNOTATION_UPDATED) keeps its id: its update time tells.
     """
     return (
-        meta.get("annotation_ids") == sorted(ids)
-        and meta.get("annotation_updated") == updated
-        and meta.get("labels") == list(names.labels)
+        meta.annotation_ids == sorted(ids)
+        and meta.annotation_updated == updated
+        and meta.labels == list(names.labels)
     )
 
 
@@ -115,22 +117,22 @@ class TrainingJob:
         return version
 
     def _meta(self, names: ProjectLabels, data: TrainingSet, origin: str, parent: str | None,
-              evaluation: Prequential, result: TrainResult) -> dict:
+              evaluation: Prequential, result: TrainResult) -> VersionMeta:
         """The new version's meta: where it started, what it saw, how training went."""
-        return {
-            "labels": list(names.labels),
-            "backbone": self.registry.config.backbone,
-            "weights": origin,
-            "parent": parent,
+        return VersionMeta(
+            labels=list(names.labels),
+            backbone=self.registry.config.backbone,
+            weights=origin,
+            parent=parent,
             **_data_meta(data),
-            "evaluation": evaluation.to_json(),
-            "metrics": result.metrics,
-            "epoch_losses": result.epoch_losses,
-            "loss_summary": result.summary,
-            "held_out": result.held_out,
-            "train_config": {k: v for k, v in asdict(self.config).items() if k != "loss"},
-            "loss": asdict(self.config.loss),
-        }
+            evaluation=evaluation,
+            metrics=result.metrics,
+            epoch_losses=result.epoch_losses,
+            loss_summary=result.summary,
+            held_out=result.held_out,
+            train_config={k: v for k, v in asdict(self.config).items() if k != "loss"},
+            loss=asdict(self.config.loss),
+        )
 
     def _evaluate(self, latest: Version | None, names: ProjectLabels, data: TrainingSet,
                   progress: Progress | None) -> Prequential:
@@ -148,6 +150,6 @@ class TrainingJob:
         config = self.registry.config
         if not self.reinit:
             start = self.registry.version_for(project, names.labels, names.aliases)
-            return load_version_model(config, start), start.name, start.meta.get("weights", "unknown")
+            return load_version_model(config, start), start.name, start.meta.weights or "unknown"
         model, report = build_model(config, list(names.labels), names.aliases)
         return model, None, report.used

@@ -135,7 +135,7 @@ def warm_started(config, args: argparse.Namespace, data: dict) -> tuple[object, 
     version = warm_start(config.pretrain, config.digits, sim.detector, args.cache, select_device(sim.device),
                          check=data[config.seeds[0]].test, test_proposals=sim.rpn_test_proposals)
     detector = replace(sim.detector, weights=str(version.path))
-    info = {"path": str(version.path), "from": sim.detector.weights, **version.meta.get("pretraining", {})}
+    info = {"path": str(version.path), "from": sim.detector.weights, **(version.meta.pretraining or {})}
     return replace(config, simulation=replace(sim, detector=detector)), info
 
 

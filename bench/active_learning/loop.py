@@ -4,7 +4,7 @@ One *run* is one (strategy, loss, seed). It starts from ``initial`` pool images
 drawn at random with the seed (the same first set for every strategy and loss
 with that seed), then, for cycle 0..cycles: re-initialise the detector from its
 base weights (the paper's protocol; the benchmark's base is a pretrained
-checkpoint), ``model.train.train`` on the labeled images, ``model.train.evaluate_map``
+checkpoint), ``model.train.train`` on the labeled images, ``model.evaluate.evaluate_map``
 on the test split, and, except after the last cycle, let the strategy pick
 ``budget`` more images, whose ground truth is then "annotated" (moved to the
 labeled set). Every cycle yields a :class:`Row`, which records the images picked
@@ -41,8 +41,9 @@ from tqdm import tqdm
 from bench.active_learning.dataset import BenchDataset
 from bench.active_learning.strategies import STRATEGIES, PoolView, StrategySettings, select
 from model.detector import Detector, DetectorConfig, build_model, select_device
+from model.evaluate import evaluate_map
 from model.losses import LOSS_NAMES, LossConfig
-from model.train import TrainConfig, evaluate_map, train
+from model.train import TrainConfig, train
 
 CSV_FIELDS: tuple[str, ...] = (
     "strategy", "loss", "seed", "cycle", "labeled", "boxes", "ap50", "ap",

@@ -28,8 +28,10 @@ import torch
 from bench.active_learning.dataset import DigitScenesConfig, class_agnostic, pretrain_scenes
 from bench.active_learning.loop import limit_test_proposals
 from model.detector import DetectorConfig, build_model
+from model.evaluate import evaluate_map
 from model.losses import LossConfig
-from model.train import Sample, TrainConfig, evaluate_map, train
+from model.train import Sample, TrainConfig, train
+from model.version_meta import VersionMeta
 from model.versions import Version, VersionStore
 
 #: The VersionStore project the pretrained checkpoints are saved under (a project id is a positive integer).
@@ -93,11 +95,11 @@ def warm_start(
         raise RuntimeError(f"{report.requested} weights unavailable ({'; '.join(report.reasons)})")
     started = time.perf_counter()
     result = train(model, samples, replace(config.train, seed=config.seed), device)
-    meta = {"labels": list(names), "backbone": detector.backbone, "weights": report.used,
-            "weights_requested": report.requested, "parent": None,
-            "pretraining": {"images": len(samples), "iterations": config.train.iterations,
-                            "train_s": round(time.perf_counter() - started, 1), "losses": result.summary}}
+    pretraining = {"images": len(samples), "iterations": config.train.iterations,
+                   "train_s": round(time.perf_counter() - started, 1), "losses": result.summary}
     if check:
         limit_test_proposals(model, test_proposals)
-        meta["pretraining"]["check_ap50_agnostic"] = evaluate_map(model, class_agnostic(check))["map_50"]
+        pretraining["check_ap50_agnostic"] = evaluate_map(model, class_agnostic(check))["map_50"]
+    meta = VersionMeta(labels=list(names), backbone=detector.backbone, weights=report.used,
+                       weights_requested=report.requested, parent=None, pretraining=pretraining)
     return VersionStore(folder).save(PROJECT, model.state_dict(), meta)

@@ -37,8 +37,9 @@ from torchvision.transforms.functional import InterpolationMode, resize, rotate
 from model.detections import Detections
 from model.detector import Detector
 from model.hua import HUAConfig, image_entropy, js_divergence
+from model.images import load_image
 from model.scoring import labeled_class_frequency, predict_pool, score_pool
-from model.train import Sample, load_image
+from model.train import Sample
 
 _LN2: float = math.log(2.0)
 
