@@ -160,14 +160,9 @@ class Settings:
             weights=self.weights,
             score_threshold=self.hua_score_threshold,
             gate_top_k=self.hua_top_k,
+            log_var_bound=self.log_var_bound,
             allow_download=self.allow_weights_download,
-            loss=self.loss_config(),
         )
-
-    def loss_config(self) -> LossConfig:
-        """LOSS, SYNC_FORM, EIOU_GAMMA, SYNC_LAMBDA (empty: dynamic matching) and LOG_VAR_BOUND."""
-        return LossConfig(kind=self.loss, form=self.sync_form, eiou_gamma=self.eiou_gamma,
-                          lambda_fixed=self.sync_lambda, log_var_bound=self.log_var_bound)
 
     def hua_config(self) -> HUAConfig:
         """The slice of the settings that ``model.hua`` needs (METHOD.md sections 1-2)."""
@@ -182,7 +177,8 @@ class Settings:
         )
 
     def train_config(self) -> TrainConfig:
-        """The slice of the settings that ``model.train`` needs."""
+        """The slice of the settings that ``model.train`` needs; its loss is LOSS, SYNC_FORM,
+        EIOU_GAMMA and SYNC_LAMBDA (empty: dynamic matching)."""
         return TrainConfig(
             epochs=self.epochs,
             iterations=self.train_iterations,
@@ -193,7 +189,8 @@ class Settings:
             seed=self.train_seed,
             grad_clip=self.grad_clip,
             reinit=self.train_reinit,
-            loss=self.loss_config(),
+            loss=LossConfig(kind=self.loss, form=self.sync_form, eiou_gamma=self.eiou_gamma,
+                            lambda_fixed=self.sync_lambda),
         )
 
     @property
