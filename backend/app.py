@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 # Label Studio's automatic webhook carries no credentials: /webhook is a
 # trigger only (it reads nothing but the project id and the action).
-_OPEN_ENDPOINTS = {"backend.webhook"}
+_OPEN_ENDPOINTS = frozenset({"backend.webhook"})
 
 
 def create_app(settings: Settings | None = None) -> Flask:

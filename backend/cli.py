@@ -11,6 +11,7 @@ import argparse
 import logging
 import subprocess
 from collections.abc import Callable
+from types import MappingProxyType
 
 from tqdm import tqdm
 
@@ -49,9 +50,9 @@ def _predict(service: Service, project: str, full: bool = False) -> Work:
     return lambda progress: run_deferred_predictions(service, project, progress)
 
 
-JOBS = {"train": _train, "rank": _rank, "predict": _predict}
+JOBS = MappingProxyType({"train": _train, "rank": _rank, "predict": _predict})
 # A training (or a START_TRAINING with nothing new) is followed by a ranking with the serving model.
-FOLLOW_UP = {"train": "rank"}
+FOLLOW_UP = MappingProxyType({"train": "rank"})
 
 
 def _with_bar(work: Work, title: str) -> Work:

@@ -43,9 +43,9 @@ from model.versions import is_project_id, project_id
 
 logger = logging.getLogger(__name__)
 
-TRAIN_NOW = {"START_TRAINING"}
-RANK_NEW = {"TASKS_CREATED"}
-ANNOTATION_EVENTS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"}
+TRAIN_NOW = frozenset({"START_TRAINING"})
+RANK_NEW = frozenset({"TASKS_CREATED"})
+ANNOTATION_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"})
 
 
 def _now() -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 
 import jwt
 import requests
@@ -189,7 +190,7 @@ class LabelStudioClient:
     def views(self, project: str | int) -> list[dict]:
         return self.request("GET", "/api/dm/views", params={"project": project}).json()
 
-    def save_view(self, project: str | int, title: str, data: dict) -> dict:
+    def save_view(self, project: str | int, title: str, data: Mapping) -> dict:
         """Create the Data Manager tab ``title``, or update it in place if it exists."""
         existing = [v for v in self.views(project) if (v.get("data") or {}).get("title") == title]
         body = {"project": int(project), "data": {**data, "title": title}}

@@ -16,6 +16,7 @@ tab "HUA queue" of unlabeled tasks sorted by prediction score ascending.
 from __future__ import annotations
 
 import logging
+from types import MappingProxyType
 
 import torch
 
@@ -32,13 +33,13 @@ from model.registry import ServedModel
 logger = logging.getLogger(__name__)
 
 QUEUE_TITLE = "HUA queue"
-QUEUE_VIEW = {
+QUEUE_VIEW = MappingProxyType({
     "ordering": ["tasks:predictions_score"],
     "filters": {
         "conjunction": "and",
         "items": [{"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}],
     },
-}
+})
 
 
 def labeled_frequency(tasks: list[dict], names: ProjectLabels) -> torch.Tensor:

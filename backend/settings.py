@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 from urllib.parse import urlparse
 
 from model.detector import WEIGHT_SOURCES, DetectorConfig, resolve_backbone
@@ -203,7 +204,7 @@ class Settings:
 
 
 # Environment variable -> Settings attribute.
-ENVIRONMENT: dict[str, str] = {
+ENVIRONMENT: Mapping[str, str] = MappingProxyType({
     "HOST": "host",
     "PORT": "port",
     "MODEL_DIR": "model_dir",
@@ -260,7 +261,7 @@ ENVIRONMENT: dict[str, str] = {
     "HUA_MERGE_IOU": "hua_merge_iou",
     "HUA_DIVERSITY": "hua_diversity",
     "HUA_DIVERSITY_WINDOW": "hua_diversity_window",
-}
+})
 
 
 def _env_name(attr: str) -> str:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 import torch
 from PIL import Image
@@ -109,7 +110,7 @@ def _mobilenet_v2_fpn(*, weights: None, weights_backbone: WeightsEnum | None, nu
     return frcnn.FasterRCNN(backbone, num_classes, rpn_anchor_generator=anchors, **kwargs)
 
 
-BACKBONES: dict[str, Backbone] = {
+BACKBONES: Mapping[str, Backbone] = MappingProxyType({
     "mobilenet_v3_320_fpn": Backbone(
         frcnn.fasterrcnn_mobilenet_v3_large_320_fpn,
         frcnn.FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1,
@@ -126,14 +127,14 @@ BACKBONES: dict[str, Backbone] = {
         ResNet50_Weights.IMAGENET1K_V1,
     ),
     "mobilenet_v2_fpn": Backbone(_mobilenet_v2_fpn, None, MobileNet_V2_Weights.IMAGENET1K_V1),
-}
+})
 
 
 AUTO_BACKBONE = "auto"
 #: What BACKBONE=auto builds on each kind of device: torchvision's best Faster
 #: R-CNN where a GPU makes its cost small, the MobileNetV3 FPN where a CPU would
 #: make a labeller wait (4.5 against 280 GFLOPs per image in torchvision's tables).
-AUTO_BACKBONES: dict[str, str] = {"cuda": "resnet50_fpn_v2", "cpu": "mobilenet_v3_fpn"}
+AUTO_BACKBONES: Mapping[str, str] = MappingProxyType({"cuda": "resnet50_fpn_v2", "cpu": "mobilenet_v3_fpn"})
 
 
 def resolve_backbone(name: str, device_kind: str) -> str:

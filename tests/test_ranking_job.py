@@ -103,7 +103,7 @@ class FakeLabelStudio:
         self.model_version = model_version
 
     def save_view(self, project, title, data):
-        self.calls.append(("save_view", str(project), title, copy.deepcopy(data)))
+        self.calls.append(("save_view", str(project), title, copy.deepcopy(dict(data))))
         existing = [v for v in self.views if v["data"]["title"] == title]
         if existing:
             existing[0]["data"] = {**data, "title": title}
