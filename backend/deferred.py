@@ -128,8 +128,9 @@ def _predict_and_push(service: Service, project: str, served: ServedModel, names
     failed: dict[int, str] = {}
     for start in range(0, len(tasks), PUSH_EVERY):
         chunk = tasks[start : start + PUSH_EVERY]
-        outcome = predict_tasks(chunk, names, served, service.images, settings.batch_size, settings.fetch_workers,
-                                ranking, settings.hua_config(), min_score=settings.score_threshold)
+        outcome = predict_tasks(chunk, names, served, service.images, batch_size=settings.batch_size,
+                                workers=settings.fetch_workers, ranking=ranking, hua=settings.hua_config(),
+                                min_score=settings.score_threshold)
         entries = {task["id"]: result for task, result in zip(chunk, outcome.results) if result}
         if entries:
             client.import_predictions(project, [{"task": task_id, **entry} for task_id, entry in entries.items()])

@@ -60,7 +60,7 @@ def _fetch(service: Service, tasks: list[dict], names: ProjectLabels) -> tuple[d
     """Image paths by task id (downloaded concurrently into the cache) and failures."""
     items = [((t.get("data") or {}).get(names.value_key), t["id"]) for t in tasks]
     paths, failed = {}, {}
-    for (_, task_id), path in zip(items, service.images.path_many(items, service.settings.fetch_workers)):
+    for (_, task_id), path in zip(items, service.images.path_many(items, workers=service.settings.fetch_workers)):
         if isinstance(path, Exception):
             failed[task_id] = str(path)
         else:
@@ -88,8 +88,9 @@ def _rank_new(service: Service, served: ServedModel, tasks: list[dict], names: P
               ranking: StoredRanking) -> tuple[dict[int, dict], dict[int, str]]:
     """Score tasks on the stored scale (as /predict does); returns the new entries and failures."""
     settings = service.settings
-    outcome = predict_tasks(tasks, names, served, service.images, settings.batch_size, settings.fetch_workers,
-                            ranking, settings.hua_config(), min_score=settings.score_threshold)
+    outcome = predict_tasks(tasks, names, served, service.images, batch_size=settings.batch_size,
+                            workers=settings.fetch_workers, ranking=ranking, hua=settings.hua_config(),
+                            min_score=settings.score_threshold)
     added = {t["id"]: r for t, r in zip(tasks, outcome.results) if r}
     failed = {f.task_id: f"{f.reason}: {f.message}" for f in outcome.failures}
     return added, failed

@@ -152,8 +152,8 @@ def predict() -> Response:
     service.metrics.set_version(pid, served.name)
     settings = service.settings
     outcome = predict_tasks(
-        tasks, names, served, service.images, settings.batch_size, settings.fetch_workers,
-        service.rankings.get(served.version), settings.hua_config(), min_score=settings.score_threshold,
+        tasks, names, served, service.images, batch_size=settings.batch_size, workers=settings.fetch_workers,
+        ranking=service.rankings.get(served.version), hua=settings.hua_config(), min_score=settings.score_threshold,
         queue=service.inference, deadline=deadline,
     )
     if outcome.deferred:

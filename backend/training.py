@@ -84,7 +84,7 @@ def run_training(service: Service, project: str, progress: Progress | None = Non
     """
     client = service.ls_client
     names = parse_label_config(client.project(project)["label_config"])
-    data = training_set(client.labeled_tasks(project), names, service.images, service.settings.fetch_workers)
+    data = training_set(client.labeled_tasks(project), names, service.images, workers=service.settings.fetch_workers)
     if not data.samples:
         raise TrainingError(f"project {project} has no usable annotations (skipped: {data.skipped})")
     latest = service.store.latest(project)
