@@ -113,12 +113,12 @@ def annotation_boxes(
     return boxes, labels
 
 
-def training_set(tasks: Sequence[dict], names: ProjectLabels, loader: ImageLoader, workers: int) -> TrainingSet:
+def training_set(tasks: Sequence[dict], names: ProjectLabels, loader: ImageLoader, *, workers: int) -> TrainingSet:
     """Samples for every task with a usable annotation; images fetched concurrently."""
     chosen = [(task, newest_annotation(task)) for task in tasks]
     chosen = [(task, ann) for task, ann in chosen if ann is not None]
     urls = [((task.get("data") or {}).get(names.value_key), task.get("id")) for task, _ in chosen]
-    paths = loader.path_many(urls, workers)
+    paths = loader.path_many(urls, workers=workers)
     result = TrainingSet()
     for (task, annotation), path in zip(chosen, paths):
         try:

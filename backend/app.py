@@ -24,7 +24,7 @@ _OPEN_ENDPOINTS = frozenset({"backend.webhook"})
 
 
 def create_app(settings: Settings | None = None, service: Service | None = None) -> Flask:
-    """Build the Flask app from ``service``, or from the parts ``settings`` build (default: the environment, read once)."""
+    """The Flask app on ``service``, or on the parts ``settings`` build (default: the environment, read once)."""
     if service is None:
         service = build_service(settings or Settings.from_env())
     settings = service.settings

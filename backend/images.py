@@ -183,7 +183,7 @@ class ImageLoader:
             raise ImageError(f"not a decodable image: {type(exc).__name__}", "undecodable") from None
 
     def load_many(
-        self, items: list[tuple[object, int | None]], workers: int, then: Callable[[Image.Image], R] | None = None
+        self, items: list[tuple[object, int | None]], *, workers: int, then: Callable[[Image.Image], R] | None = None
     ) -> list[Image.Image | R | ImageError]:
         """Load several images concurrently; a failure is returned in its slot, not raised.
 
@@ -191,11 +191,11 @@ class ImageLoader:
         torch release the GIL), so a conversion is spread over the cores too.
         """
         convert = then or (lambda image: image)
-        return _concurrently(lambda item: convert(self.load(*item)), items, workers)
+        return _concurrently(lambda item: convert(self.load(*item)), items, workers=workers)
 
-    def path_many(self, items: list[tuple[object, int | None]], workers: int) -> list[str | ImageError]:
+    def path_many(self, items: list[tuple[object, int | None]], *, workers: int) -> list[str | ImageError]:
         """Fetch several images concurrently (see ``load_many``)."""
-        return _concurrently(lambda item: self.path(*item), items, workers)
+        return _concurrently(lambda item: self.path(*item), items, workers=workers)
 
     def size(self, path: str) -> tuple[int, int]:
         """(width, height) as displayed (EXIF rotation applied), read from the header only."""
@@ -210,7 +210,7 @@ class ImageLoader:
         return width, height
 
 
-def _concurrently(fn: Callable[[T], R], items: list[T], workers: int) -> list[R | ImageError]:
+def _concurrently(fn: Callable[[T], R], items: list[T], *, workers: int) -> list[R | ImageError]:
     """``fn`` over ``items`` in a thread pool, keeping each ImageError in its slot."""
     def one(item: T) -> R | ImageError:
         try:

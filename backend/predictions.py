@@ -136,11 +136,13 @@ class Deadline:
         return self.clock() + seconds <= self.at
 
 
-def load_task_images(tasks: Sequence[dict], names: ProjectLabels, loader: ImageLoader, workers: int) -> list[TaskImage]:
+def load_task_images(
+    tasks: Sequence[dict], names: ProjectLabels, loader: ImageLoader, *, workers: int
+) -> list[TaskImage]:
     """Fetch, decode and convert the tasks' images concurrently; failures are kept per task."""
     items = [(task.get("data", {}).get(names.value_key), task.get("id")) for task in tasks]
     images = []
-    for (_, task_id), item in zip(items, loader.load_many(items, workers, then=image_tensor)):
+    for (_, task_id), item in zip(items, loader.load_many(items, workers=workers, then=image_tensor)):
         if isinstance(item, ImageError):
             logger.warning("task %s: %s", task_id, item)
             images.append(TaskImage(task_id, None, TaskFailure(task_id, item.reason, str(item))))
@@ -179,7 +181,7 @@ class _BatchPredictor:
 
     def __call__(self, tasks: Sequence[dict]) -> list[dict | TaskFailure]:
         """Each task's prediction or failure; a failing forward pass fails its batch only."""
-        images = load_task_images(tasks, self.names, self.loader, self.workers)
+        images = load_task_images(tasks, self.names, self.loader, workers=self.workers)
         out: list[dict | TaskFailure] = [item.failure for item in images]
         ok = [i for i, item in enumerate(images) if item.image is not None]
         try:
@@ -211,11 +213,11 @@ def predict_tasks(
     names: ProjectLabels,
     served: ServedModel,
     loader: ImageLoader,
+    *,
     batch_size: int,
     workers: int,
     ranking: StoredRanking | None = None,
     hua: HUAConfig = HUAConfig(),
-    *,
     min_score: float,
     queue: InferenceQueue | None = None,
     deadline: Deadline | None = None,

@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 from urllib.parse import urlparse
 
 from model.detector import WEIGHT_SOURCES, DetectorConfig, resolve_backbone
@@ -160,14 +161,9 @@ class Settings:
             weights=self.weights,
             score_threshold=self.hua_score_threshold,
             gate_top_k=self.hua_top_k,
+            log_var_bound=self.log_var_bound,
             allow_download=self.allow_weights_download,
-            loss=self.loss_config(),
         )
-
-    def loss_config(self) -> LossConfig:
-        """LOSS, SYNC_FORM, EIOU_GAMMA, SYNC_LAMBDA (empty: dynamic matching) and LOG_VAR_BOUND."""
-        return LossConfig(kind=self.loss, form=self.sync_form, eiou_gamma=self.eiou_gamma,
-                          lambda_fixed=self.sync_lambda, log_var_bound=self.log_var_bound)
 
     def hua_config(self) -> HUAConfig:
         """The slice of the settings that ``model.hua`` needs (METHOD.md sections 1-2)."""
@@ -182,7 +178,8 @@ class Settings:
         )
 
     def train_config(self) -> TrainConfig:
-        """The slice of the settings that ``model.train`` needs."""
+        """The slice of the settings that ``model.train`` needs; its loss is LOSS, SYNC_FORM,
+        EIOU_GAMMA and SYNC_LAMBDA (empty: dynamic matching)."""
         return TrainConfig(
             epochs=self.epochs,
             iterations=self.train_iterations,
@@ -193,7 +190,8 @@ class Settings:
             seed=self.train_seed,
             grad_clip=self.grad_clip,
             reinit=self.train_reinit,
-            loss=self.loss_config(),
+            loss=LossConfig(kind=self.loss, form=self.sync_form, eiou_gamma=self.eiou_gamma,
+                            lambda_fixed=self.sync_lambda),
         )
 
     @property
@@ -206,7 +204,7 @@ class Settings:
 
 
 # Environment variable -> Settings attribute.
-ENVIRONMENT: dict[str, str] = {
+ENVIRONMENT: Mapping[str, str] = MappingProxyType({
     "HOST": "host",
     "PORT": "port",
     "MODEL_DIR": "model_dir",
@@ -263,7 +261,7 @@ ENVIRONMENT: dict[str, str] = {
     "HUA_MERGE_IOU": "hua_merge_iou",
     "HUA_DIVERSITY": "hua_diversity",
     "HUA_DIVERSITY_WINDOW": "hua_diversity_window",
-}
+})
 
 
 def _env_name(attr: str) -> str:

@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 
 from backend.settings import Settings
 from model.detector import DetectorConfig, build_model
-from model.losses import LOSS_NAMES, LossConfig
+from model.losses import LOSS_NAMES
 from model.train import Sample, TrainResult, train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,14 +57,14 @@ def scenes(folder: Path, count: int, objects: int, size: tuple[int, int] = (160,
     return samples
 
 
-def imagenet_model(loss: LossConfig, seed: int = 0) -> torch.nn.Module:
+def imagenet_model(seed: int = 0) -> torch.nn.Module:
     """MobileNetV2-FPN with torchvision's ImageNet backbone for classes "red" and "blue".
 
     Raises:
         RuntimeError: the ImageNet file is not in ./.cache/torch (run `make weights`).
     """
     config = DetectorConfig(backbone="mobilenet_v2_fpn", weights="imagenet", allow_download=False,
-                            min_size=128, max_size=160, loss=loss)
+                            min_size=128, max_size=160)
     torch.manual_seed(seed)
     previous = os.environ.get("TORCH_HOME")
     os.environ["TORCH_HOME"] = str(TORCH_HOME)  # only while building: the caller's cache stays its own
@@ -86,7 +86,7 @@ def retrain(name: str, samples: list[Sample], iterations: int | None = None) -> 
     config = Settings(loss=kind, sync_form="paper" if paper else "default").train_config()
     if iterations is not None:
         config = replace(config, min_iterations=iterations)
-    return train(imagenet_model(config.loss), samples, config, torch.device("cpu"))
+    return train(imagenet_model(), samples, config, torch.device("cpu"))
 
 
 def first_and_last(result: TrainResult, key: str, steps: int = 10) -> tuple[float, float]:

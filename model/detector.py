@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +27,6 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from model.checkpoint import checkpoint_labels, copy_class_rows, resized_predictor
 from model.detections import Detections
 from model.heads import UncertainBoxPredictor, UncertaintyRoIHeads
-from model.losses import LossConfig
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,14 @@ class DetectorConfig:
     the ranking sees a young model's doubts; the boxes shown to annotators are
     filtered higher by the service (``SCORE_THRESHOLD``, ``Detections.above``).
     ``gate_top_k`` is the gate's K (METHOD.md section 1), read only here.
+    ``log_var_bound`` is a_max of the predictor's bounded log-variance
+    ``alpha = a_max * tanh(raw / a_max)`` [ours: 5], so that exp(-alpha) never
+    explodes and the gradient never vanishes; it must be > 0. It is part of the
+    forward pass, hence of the architecture; the loss is the training's
+    (``model.train.TrainConfig.loss``), which ``train`` gives the heads.
+    ``rpn_test_proposals`` caps the RPN's proposals at inference, before and
+    after NMS (torchvision's ``rpn_pre/post_nms_top_n_test``); ``None`` keeps
+    the builder's default (1000, 150 for the 320 px MobileNet).
     ``allow_download`` lets torchvision fetch a missing weights file; when False
     (tests, offline servers) only files already in torch's cache are used.
     """
@@ -56,7 +64,8 @@ class DetectorConfig:
     min_size: int | None = None
     max_size: int | None = None
     sampled_rois: int = 256
-    loss: LossConfig = LossConfig()
+    log_var_bound: float = 5.0
+    rpn_test_proposals: int | None = None
     allow_download: bool = True
 
     def __post_init__(self) -> None:
@@ -64,6 +73,10 @@ class DetectorConfig:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {sorted(BACKBONES)}")
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+        if not self.log_var_bound > 0.0:
+            raise ValueError(f"log_var_bound must be > 0, got {self.log_var_bound}")
+        if self.rpn_test_proposals is not None and self.rpn_test_proposals < 1:
+            raise ValueError(f"rpn_test_proposals must be None or at least 1, got {self.rpn_test_proposals}")
 
 
 @dataclass(frozen=True)
@@ -84,7 +97,7 @@ def _mobilenet_v2_fpn(*, weights: None, weights_backbone: WeightsEnum | None, nu
     return frcnn.FasterRCNN(backbone, num_classes, rpn_anchor_generator=anchors, **kwargs)
 
 
-BACKBONES: dict[str, Backbone] = {
+BACKBONES: Mapping[str, Backbone] = MappingProxyType({
     "mobilenet_v3_320_fpn": Backbone(
         frcnn.fasterrcnn_mobilenet_v3_large_320_fpn,
         frcnn.FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1,
@@ -101,14 +114,14 @@ BACKBONES: dict[str, Backbone] = {
         ResNet50_Weights.IMAGENET1K_V1,
     ),
     "mobilenet_v2_fpn": Backbone(_mobilenet_v2_fpn, None, MobileNet_V2_Weights.IMAGENET1K_V1),
-}
+})
 
 
 AUTO_BACKBONE = "auto"
 #: What BACKBONE=auto builds on each kind of device: torchvision's best Faster
 #: R-CNN where a GPU makes its cost small, the MobileNetV3 FPN where a CPU would
 #: make a labeller wait (4.5 against 280 GFLOPs per image in torchvision's tables).
-AUTO_BACKBONES: dict[str, str] = {"cuda": "resnet50_fpn_v2", "cpu": "mobilenet_v3_fpn"}
+AUTO_BACKBONES: Mapping[str, str] = MappingProxyType({"cuda": "resnet50_fpn_v2", "cpu": "mobilenet_v3_fpn"})
 
 
 def resolve_backbone(name: str, device_kind: str) -> str:
@@ -140,7 +153,10 @@ def _build_base(
     config: DetectorConfig, source: str, num_classes: int, backbone: Backbone
 ) -> frcnn.FasterRCNN:
     kwargs = {"box_batch_size_per_image": config.sampled_rois}
-    kwargs.update({k: v for k, v in (("min_size", config.min_size), ("max_size", config.max_size)) if v})
+    optional = (("min_size", config.min_size), ("max_size", config.max_size),
+                ("rpn_pre_nms_top_n_test", config.rpn_test_proposals),
+                ("rpn_post_nms_top_n_test", config.rpn_test_proposals))
+    kwargs.update({k: v for k, v in optional if v})
     if source == "coco":
         return backbone.build(weights=backbone.coco, weights_backbone=None, **kwargs)
     weights_backbone = backbone.imagenet if source == "imagenet" else None
@@ -204,15 +220,13 @@ def adapt_head(
     head already knows; background always comes from the old head's row 0.
     """
     old = model.roi_heads.box_predictor
-    predictor = UncertainBoxPredictor(old.cls_score.in_features, num_classes + 1, config.loss.log_var_bound)
+    predictor = UncertainBoxPredictor(old.cls_score.in_features, num_classes + 1, config.log_var_bound)
     if old.cls_score.out_features != predictor.cls_score.out_features or rows:
         _init_from_rows(predictor.cls_score, old.cls_score, rows, 1)
         _init_from_rows(predictor.bbox_pred, old.bbox_pred, rows, 4)
     else:
         predictor.load_state_dict(old.state_dict(), strict=False)
-    heads = UncertaintyRoIHeads.from_torchvision(
-        model.roi_heads, predictor, gate_top_k=config.gate_top_k, loss=config.loss
-    )
+    heads = UncertaintyRoIHeads.from_torchvision(model.roi_heads, predictor, gate_top_k=config.gate_top_k)
     heads.score_thresh = config.score_threshold
     heads.nms_thresh = config.nms_iou
     heads.detections_per_img = config.max_detections

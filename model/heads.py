@@ -54,16 +54,20 @@ class UncertaintyRoIHeads(RoIHeads):
     ``sigmas`` (per-edge sigma of the detection's class) and ``top_probs`` (the
     softmax rows of the ``gate_top_k`` RoIs with the highest foreground
     probability, before the score threshold).
+
+    ``loss`` belongs to the training, not to the architecture: ``model.train.train``
+    sets it from its ``TrainConfig``; until then it is the default ``LossConfig``,
+    so a model built only for inference needs none.
     """
 
-    def __init__(self, *args, gate_top_k: int = 10, loss: LossConfig = LossConfig(), **kwargs) -> None:
+    def __init__(self, *args, gate_top_k: int = 10, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.gate_top_k = gate_top_k
-        self.loss = loss
+        self.loss = LossConfig()
 
     @classmethod
     def from_torchvision(
-        cls, heads: RoIHeads, predictor: UncertainBoxPredictor, *, gate_top_k: int, loss: LossConfig
+        cls, heads: RoIHeads, predictor: UncertainBoxPredictor, *, gate_top_k: int
     ) -> "UncertaintyRoIHeads":
         """Wrap the pooler, head and thresholds of an existing ``RoIHeads``."""
         new = cls(
@@ -79,7 +83,6 @@ class UncertaintyRoIHeads(RoIHeads):
             heads.nms_thresh,
             heads.detections_per_img,
             gate_top_k=gate_top_k,
-            loss=loss,
         )
         return new
 

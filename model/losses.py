@@ -8,7 +8,9 @@ only place where ``LossConfig`` is read.
 
 The synchronic loss is METHOD.md section 4. What the paper states is marked
 [paper]; definitions and constants that it leaves open are marked [ours], and
-every constant is a ``LossConfig`` setting with the METHOD.md default.
+every constant is a ``LossConfig`` setting with the METHOD.md default, but the
+log-variance bound of ``bounded_log_var``: the predictor applies it in its
+forward pass, so it is part of the architecture (``DetectorConfig.log_var_bound``).
 
 Every term is a zero that stays attached to the autograd graph when a batch
 has no positive proposal (a Label Studio task with no boxes), as
@@ -64,9 +66,6 @@ class LossConfig:
             (0.1, 0.9)], with 0 <= low <= high <= 1.
         smooth_l1_beta (float): beta of every smooth-L1 term (L_loc and
             L_aware); torchvision's ``fastrcnn_loss`` uses 1/9. Must be >= 0.
-        log_var_bound (float): a_max of the bounded log-variance
-            ``alpha = a_max * tanh(raw / a_max)`` [ours: 5], so exp(-alpha)
-            never explodes and the gradient never vanishes. Must be > 0.
 
     Raises:
         ValueError: for an unknown ``kind`` or a constant out of its range.
@@ -83,15 +82,12 @@ class LossConfig:
     lambda_fixed: float | None = None
     lambda_clip: tuple[float, float] = (0.1, 0.9)
     smooth_l1_beta: float = _TORCHVISION_BETA
-    log_var_bound: float = 5.0
 
     def __post_init__(self) -> None:
         if self.kind not in (self.SYNCHRONIC, self.STANDARD):
             raise ValueError(f"kind must be 'synchronic' or 'standard', got {self.kind!r}")
         if self.form not in (self.DEFAULT_FORM, self.PAPER_FORM):
             raise ValueError(f"form must be 'default' or 'paper', got {self.form!r}")
-        if not self.log_var_bound > 0.0:
-            raise ValueError(f"log_var_bound must be > 0, got {self.log_var_bound}")
         if not 0.0 < self.eiou_gamma <= 1.0:
             raise ValueError(f"eiou_gamma must lie in (0, 1], got {self.eiou_gamma}")
         if self.lambda_fixed is not None and not 0.0 <= self.lambda_fixed <= 1.0:

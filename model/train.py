@@ -43,6 +43,7 @@ class TrainConfig:
     paper's protocol) instead of fine-tuning the serving version.
     ``holdout_fraction`` of the samples (at least ``min_holdout``, only when
     at least ``min_samples_for_holdout`` exist) are kept out for mAP.
+    ``loss`` is the RoI heads' loss, held only here: ``train`` hands it to the heads.
     """
 
     epochs: int = 8

@@ -150,7 +150,7 @@ def _view(data: dataset.BenchDataset, labeled: list[int], budget: int, detector:
 def tiny_detector(tiny_data: dataset.BenchDataset) -> Detector:
     from bench.active_learning.loop import fresh_model
 
-    model = fresh_model(TINY.simulation, TINY.simulation.detector.loss, tiny_data.labels, seed=0)
+    model = fresh_model(TINY.simulation, tiny_data.labels, seed=0)
     return Detector(model.eval(), tiny_data.labels, torch.device("cpu"))
 
 
@@ -461,4 +461,4 @@ def test_missing_weights_are_an_error_not_a_fallback(tiny_data) -> None:
 
     imagenet = replace(TINY.simulation, detector=replace(TINY.simulation.detector, weights="imagenet"))
     with pytest.raises(RuntimeError, match="weights unavailable"):  # the tests' TORCH_HOME is empty
-        fresh_model(imagenet, imagenet.detector.loss, tiny_data.labels, seed=0)
+        fresh_model(imagenet, tiny_data.labels, seed=0)

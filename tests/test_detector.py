@@ -3,6 +3,8 @@ inference of the real small detector on the CPU (no weights are downloaded)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -18,6 +20,7 @@ from model.detector import (
     resolve_backbone,
     select_device,
 )
+from model.losses import LossConfig
 
 LABELS = ["car", "person", "dog"]
 CONFIG = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False, score_threshold=0.0)
@@ -60,6 +63,12 @@ class TestDetectorConfig:
     def test_threshold_out_of_range(self, threshold):
         with pytest.raises(ValueError, match="score_threshold"):
             DetectorConfig(score_threshold=threshold)
+
+    def test_log_var_bound_and_test_proposals_out_of_range(self):
+        with pytest.raises(ValueError, match="log_var_bound"):
+            DetectorConfig(log_var_bound=0.0)
+        with pytest.raises(ValueError, match="rpn_test_proposals"):
+            DetectorConfig(rpn_test_proposals=0)
 
 
 class TestSelectDevice:
@@ -141,6 +150,19 @@ class TestWeightsFallback:
         predictor = model.roi_heads.box_predictor
         assert predictor.cls_score.out_features == len(LABELS) + 1
         assert predictor.bbox_log_var.out_features == 4 * (len(LABELS) + 1)
+
+    def test_architecture_settings_reach_the_model(self):
+        config = replace(CONFIG, log_var_bound=3.0, rpn_test_proposals=40)
+        model, _ = build_model(config, LABELS)
+        assert model.roi_heads.box_predictor.log_var_bound == 3.0
+        assert model.train().rpn.pre_nms_top_n() == 2000  # training keeps its own
+        model.eval()
+        assert model.rpn.pre_nms_top_n() == 40 and model.rpn.post_nms_top_n() == 40
+        assert model.roi_heads.loss == LossConfig()  # inference needs no loss; training sets its own
+
+    def test_the_builders_test_proposals_are_kept_by_default(self):
+        model, _ = build_model(CONFIG, LABELS)
+        assert model.eval().rpn.post_nms_top_n() == 150  # the 320 px builder's own default
 
     def test_empty_model_has_the_same_keys_as_a_built_one(self):
         built, _ = build_model(CONFIG, LABELS)

@@ -602,11 +602,9 @@ class TestLossNames:
         with pytest.raises(ValueError, match="unknown loss"):
             LossConfig.from_name(bad)
 
-    def test_unknown_form_and_bound(self) -> None:
+    def test_unknown_form(self) -> None:
         with pytest.raises(ValueError, match="form"):
             LossConfig(form="literal")
-        with pytest.raises(ValueError, match="log_var_bound"):
-            LossConfig(log_var_bound=0.0)
 
 
 class TestBoundedLogVar:

@@ -185,13 +185,14 @@ class TestPredictTasks:
     def test_batches_never_exceed_the_batch_size(self, tmp_path, root):
         detector = _StubDetector()
         tasks = [_task(i, f"{i}.png") for i in range(5)]
-        predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), batch_size=2, workers=2, min_score=0.0)
+        predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), batch_size=2, workers=2,
+                      min_score=0.0)
         assert detector.batches == [2, 2, 1]
 
     def test_exif_rotated_image_reports_the_displayed_size(self, tmp_path, root):
         (result,) = predict_tasks(
-            [_task(1, "rotated.jpg")], NAMES, _served(_StubDetector(), tmp_path), _loader(tmp_path, root), 2, 1,
-            min_score=0.0,
+            [_task(1, "rotated.jpg")], NAMES, _served(_StubDetector(), tmp_path), _loader(tmp_path, root),
+            batch_size=2, workers=1, min_score=0.0,
         ).results
         region = result["result"][0]
         assert (region["original_width"], region["original_height"]) == (40, 60)
@@ -201,7 +202,8 @@ class TestPredictTasks:
         detector = _StubDetector()
         tasks = [_task(1, "0.png"), _task(2, "text.png"), {"id": 3, "data": {}}, _task(4, "1.png")]
         with caplog.at_level(logging.WARNING, logger="backend.predictions"):
-            out = predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), 8, 2, min_score=0.0)
+            out = predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), batch_size=8,
+                                workers=2, min_score=0.0)
         # [] makes Label Studio store nothing: no "the model found nothing here" for a broken image
         assert out.results[1] == [] and out.results[2] == []
         assert out.results[0]["result"] and out.results[3]["result"]
@@ -216,7 +218,8 @@ class TestPredictTasks:
         detector = _StubDetector(fail_on_call=1)
         tasks = [_task(i, f"{i}.png") for i in range(3)]
         with caplog.at_level(logging.ERROR, logger="backend.predictions"):
-            out = predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), 2, 2, min_score=0.0)
+            out = predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), batch_size=2,
+                                workers=2, min_score=0.0)
         assert out.results[:2] == [[], []]
         assert len(out.results[2]["result"]) == 1
         assert [(f.task_id, f.reason) for f in out.failures] == [(0, "inference"), (1, "inference")]
@@ -224,7 +227,8 @@ class TestPredictTasks:
 
     def test_no_tasks(self, tmp_path, root):
         detector = _StubDetector()
-        out = predict_tasks([], NAMES, _served(detector, tmp_path), _loader(tmp_path, root), 2, 2, min_score=0.0)
+        out = predict_tasks([], NAMES, _served(detector, tmp_path), _loader(tmp_path, root), batch_size=2, workers=2,
+                            min_score=0.0)
         assert (out.results, out.deferred, out.failures) == ([], [], [])
         assert detector.batches == []
 
@@ -235,8 +239,8 @@ class TestDeadline:
 
     def _predict(self, tmp_path, root, tasks, deadline, ranking=None, clock=None):
         detector = _StubDetector(clock=clock)
-        out = predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), 2, 2, ranking,
-                            min_score=0.0, deadline=deadline)
+        out = predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), batch_size=2, workers=2,
+                            ranking=ranking, min_score=0.0, deadline=deadline)
         return out, detector
 
     def test_a_batch_starts_only_if_the_last_one_still_fits(self, tmp_path, root):

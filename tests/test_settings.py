@@ -206,8 +206,10 @@ def test_loss_and_training_length_settings():
     settings = Settings.from_env({"LOSS": "synchronic", "SYNC_FORM": "paper", "LOG_VAR_BOUND": "3",
                                   "TRAIN_ITERATIONS": "50", "TRAIN_MIN_ITERATIONS": "20", "WARMUP_FRACTION": "0.2"})
     train = settings.train_config()
-    assert train.loss.name == "synchronic-paper" and train.loss.log_var_bound == 3.0
+    assert train.loss.name == "synchronic-paper"
     assert (train.iterations, train.min_iterations, train.warmup_fraction) == (50, 20, 0.2)
-    assert settings.detector_config("cpu").loss == train.loss
+    assert settings.detector_config("cpu").log_var_bound == 3.0  # the predictor's, not the loss's
     with pytest.raises(SettingsError, match="form"):
         Settings.from_env({"SYNC_FORM": "literal"})
+    with pytest.raises(SettingsError, match="log_var_bound"):
+        Settings.from_env({"LOG_VAR_BOUND": "0"})

@@ -68,7 +68,8 @@ class PredictJob:
             outcome = self.predictor.predict(chunk, names, served, ranking)
             entries = {task["id"]: result for task, result in zip(chunk, outcome.results) if result}
             if entries:
-                self.client.import_predictions(project, [{"task": task_id, **entry} for task_id, entry in entries.items()])
+                body = [{"task": task_id, **entry} for task_id, entry in entries.items()]
+                self.client.import_predictions(project, body)
             added.update(entries)
             failed.update({f.task_id: f"{f.reason}: {f.message}" for f in outcome.failures})
             if progress is not None:
@@ -78,7 +79,7 @@ class PredictJob:
         return {"predicted": len(added), "failed": failed}
 
     def _join_ranking(self, project: str, served: ServedModel, added: dict[int, dict]) -> None:
-        """Add the pushed tasks to the version's stored ranking, so a later rank job neither scores nor pushes them again.
+        """Add the pushed tasks to the version's stored ranking: a later rank job neither scores nor pushes them again.
 
         Under the rank job's lock: a rank job reads ranking.json when it starts and
         rewrites it when it ends, which would otherwise drop these entries.

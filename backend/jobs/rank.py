@@ -52,7 +52,8 @@ def labeled_frequency(tasks: list[dict], names: ProjectLabels) -> torch.Tensor:
     for task in tasks:
         annotation = newest_annotation(task)
         if annotation is not None:
-            labels.append(torch.tensor([cls for _, cls in annotation_regions(annotation, names, task.get("id"))], dtype=torch.int64))
+            regions = annotation_regions(annotation, names, task.get("id"))
+            labels.append(torch.tensor([cls for _, cls in regions], dtype=torch.int64))
     return labeled_class_frequency(labels, len(names.labels))
 
 
@@ -107,7 +108,8 @@ class RankingJob:
         """Image paths by task id (downloaded concurrently into the cache) and failures."""
         items = [((t.get("data") or {}).get(names.value_key), t["id"]) for t in tasks]
         paths, failed = {}, {}
-        for (_, task_id), path in zip(items, self.predictor.images.path_many(items, self.predictor.fetch_workers)):
+        fetched = self.predictor.images.path_many(items, workers=self.predictor.fetch_workers)
+        for (_, task_id), path in zip(items, fetched):
             if isinstance(path, Exception):
                 failed[task_id] = str(path)
             else:

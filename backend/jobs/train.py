@@ -99,7 +99,7 @@ class TrainingJob:
             NothingNew: the serving version already saw every annotation.
         """
         names = parse_label_config(self.client.project(project)["label_config"])
-        data = training_set(self.client.labeled_tasks(project), names, self.images, self.fetch_workers)
+        data = training_set(self.client.labeled_tasks(project), names, self.images, workers=self.fetch_workers)
         if not data.samples:
             raise TrainingError(f"project {project} has no usable annotations (skipped: {data.skipped})")
         latest = self.store.latest(project)

@@ -133,7 +133,7 @@ def warm_started(config, args: argparse.Namespace, data: dict) -> tuple[object, 
     sim = config.simulation
     torch.set_num_threads(max(1, config.workers * config.threads))
     version = warm_start(config.pretrain, config.digits, sim.detector, args.cache, select_device(sim.device),
-                         check=data[config.seeds[0]].test, test_proposals=sim.rpn_test_proposals)
+                         check=data[config.seeds[0]].test)
     detector = replace(sim.detector, weights=str(version.path))
     info = {"path": str(version.path), "from": sim.detector.weights, **(version.meta.pretraining or {})}
     return replace(config, simulation=replace(sim, detector=detector)), info

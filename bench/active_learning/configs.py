@@ -83,7 +83,6 @@ def warm() -> BenchConfig:
     ones available offline; 128 px scenes upsampled to 256 px because its stride
     of 32 leaves too few cells at 128 (quick preset's measurement, README).
     """
-    loss = LossConfig.from_name("synchronic")
     return BenchConfig(
         name="warm",
         dataset="digits",
@@ -95,14 +94,13 @@ def warm() -> BenchConfig:
             initial=40, budget=40, cycles=4,
             detector=DetectorConfig(
                 backbone="mobilenet_v2_fpn", weights="imagenet", allow_download=False,
-                min_size=256, max_size=256, sampled_rois=32, loss=loss,
+                min_size=256, max_size=256, sampled_rois=32, rpn_test_proposals=50,
             ),
             train=TrainConfig(
                 iterations=WARM_ITERATIONS, lr=0.005, batch_size=4, warmup_fraction=0.1, lr_drops=(0.8, 0.95),
-                flip_prob=0.5, holdout_fraction=0.0, loss=loss,
+                flip_prob=0.5, holdout_fraction=0.0,
             ),
             strategies=StrategySettings(hua=HUAConfig(retrieval_ratio=4.0)),
-            rpn_test_proposals=50,
             device="cpu",
             batch_size=8,
         ),
@@ -122,7 +120,6 @@ def paper() -> BenchConfig:
     offers) with ImageNet weights, and the uncertainty-aware box head with
     either loss. Images as CALD's VOC setting (min 600, max 1000).
     """
-    loss = LossConfig.from_name("synchronic")
     return BenchConfig(
         name="paper",
         dataset="voc07",
@@ -130,14 +127,13 @@ def paper() -> BenchConfig:
             initial=500, budget=500, cycles=6,
             detector=DetectorConfig(
                 backbone="resnet50_fpn_v2", weights="imagenet", allow_download=False,
-                min_size=600, max_size=1000, sampled_rois=512, loss=loss,
+                min_size=600, max_size=1000, sampled_rois=512,
             ),
             train=TrainConfig(
                 epochs=20, min_iterations=1, lr=0.0025, momentum=0.9, weight_decay=1e-4, batch_size=4,
-                warmup_fraction=0.01, lr_drops=(16 / 20, 19 / 20), flip_prob=0.5, holdout_fraction=0.0, loss=loss,
+                warmup_fraction=0.01, lr_drops=(16 / 20, 19 / 20), flip_prob=0.5, holdout_fraction=0.0,
             ),
             strategies=StrategySettings(hua=HUAConfig(retrieval_ratio=4.0)),
-            rpn_test_proposals=None,
             device="auto",
             batch_size=8,
         ),
@@ -155,7 +151,6 @@ def paper() -> BenchConfig:
 def tiny() -> BenchConfig:
     """Seconds, for the tests: a dozen small scenes, one cycle, a warm start of two steps from an
     untrained backbone, every strategy and every loss."""
-    loss = LossConfig.from_name("synchronic")
     return BenchConfig(
         name="tiny",
         dataset="digits",
@@ -167,12 +162,10 @@ def tiny() -> BenchConfig:
             initial=4, budget=3, cycles=1,
             detector=DetectorConfig(
                 backbone="mobilenet_v2_fpn", weights="none", allow_download=False,
-                min_size=96, max_size=96, sampled_rois=16, score_threshold=0.05, loss=loss,
+                min_size=96, max_size=96, sampled_rois=16, score_threshold=0.05, rpn_test_proposals=20,
             ),
-            train=TrainConfig(iterations=4, lr=0.002, batch_size=2, warmup_fraction=0.5, holdout_fraction=0.0,
-                              loss=loss),
+            train=TrainConfig(iterations=4, lr=0.002, batch_size=2, warmup_fraction=0.5, holdout_fraction=0.0),
             strategies=StrategySettings(hua=HUAConfig(retrieval_ratio=2.0)),
-            rpn_test_proposals=20,
             device="cpu",
             batch_size=4,
         ),

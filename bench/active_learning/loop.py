@@ -116,12 +116,9 @@ class SimulationConfig:
         budget (int): B, images selected per cycle.
         cycles (int): selections; there are ``cycles + 1`` trainings and evaluations.
         detector (DetectorConfig): built afresh every cycle from its ``weights``;
-            its ``loss`` is set per run.
+            its ``rpn_test_proposals`` is a speed setting for small CPU runs [ours].
         train (TrainConfig): its ``loss`` and ``seed`` are set per run and cycle.
         strategies (StrategySettings): the strategies' own settings.
-        rpn_test_proposals (int | None): proposals kept by the RPN at inference
-            (torchvision's ``rpn_pre/post_nms_top_n_test``; ``None`` keeps the
-            builder's 1000). A speed setting for small CPU runs [ours].
         device (str): "cpu", "cuda" or "auto".
         batch_size (int): images per inference pass.
     """
@@ -132,7 +129,6 @@ class SimulationConfig:
     detector: DetectorConfig
     train: TrainConfig
     strategies: StrategySettings = field(default_factory=StrategySettings)
-    rpn_test_proposals: int | None = None
     device: str = "cpu"
     batch_size: int = 8
 
@@ -177,27 +173,17 @@ def initial_set(pool_size: int, count: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(pool_size), count))
 
 
-def limit_test_proposals(model: torch.nn.Module, count: int | None) -> None:
-    """Keep ``count`` RPN proposals at inference (before and after NMS), as torchvision's
-    ``rpn_pre_nms_top_n_test`` / ``rpn_post_nms_top_n_test`` builder arguments do
-    (``model.detector`` does not pass builder arguments through)."""
-    if count is not None:
-        model.rpn._pre_nms_top_n["testing"] = count
-        model.rpn._post_nms_top_n["testing"] = count
-
-
-def fresh_model(config: SimulationConfig, loss: LossConfig, labels: Sequence[str], seed: int) -> torch.nn.Module:
+def fresh_model(config: SimulationConfig, labels: Sequence[str], seed: int) -> torch.nn.Module:
     """The detector re-initialised from its base weights, with a seeded new head.
 
     Raises:
         RuntimeError: the configured weights are not available (no silent fallback).
     """
     torch.manual_seed(seed)
-    model, report = build_model(replace(config.detector, loss=loss), list(labels))
+    model, report = build_model(config.detector, list(labels))
     if report.fell_back:  # a benchmark must not quietly start from other weights than it says
         raise RuntimeError(f"{report.requested} weights unavailable ({'; '.join(report.reasons)}); "
                            "put the file in $TORCH_HOME/hub/checkpoints or pass --allow-download")
-    limit_test_proposals(model, config.rpn_test_proposals)
     return model
 
 
@@ -205,12 +191,12 @@ def _train_and_evaluate(
     step: Step, data: BenchDataset, config: SimulationConfig, progress: TrainProgress | None,
 ) -> tuple[Detector, dict[str, float], float, float]:
     """A fresh model trained on the step's labeled images; (detector, test metrics, train s, eval s)."""
-    loss = LossConfig.from_name(step.loss)
     device = select_device(config.device)
-    model = fresh_model(config, loss, data.labels, step.seed)
+    model = fresh_model(config, data.labels, step.seed)
     started = time.perf_counter()
     train(model, [data.pool[i] for i in step.labeled],
-          replace(config.train, loss=loss, seed=step.seed * 1000 + step.cycle, holdout_fraction=0.0),
+          replace(config.train, loss=LossConfig.from_name(step.loss), seed=step.seed * 1000 + step.cycle,
+                  holdout_fraction=0.0),
           device, progress)
     trained = time.perf_counter()
     metrics = evaluate_map(model, data.test)

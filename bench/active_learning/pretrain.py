@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 
 from bench.active_learning.dataset import DigitScenesConfig, class_agnostic, pretrain_scenes
-from bench.active_learning.loop import limit_test_proposals
 from model.detector import DetectorConfig, build_model
 from model.evaluate import evaluate_map
 from model.losses import LossConfig
@@ -58,7 +57,7 @@ class PretrainConfig:
     def fingerprint(self, digits: DigitScenesConfig, detector: DetectorConfig) -> str:
         """A short hash of the pretraining, its scenes and the detector it starts from."""
         text = json.dumps({"digits": digits.pretrain_fingerprint(), "pretrain": dataclasses.asdict(self),
-                           "detector": dataclasses.asdict(replace(detector, loss=self.train.loss))},
+                           "detector": dataclasses.asdict(detector)},
                           sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
@@ -70,7 +69,7 @@ def cached_checkpoint(folder: Path) -> Version | None:
 
 def warm_start(
     config: PretrainConfig, digits: DigitScenesConfig, detector: DetectorConfig, cache_root: Path | str,
-    device: torch.device, check: Sequence[Sample] = (), test_proposals: int | None = None,
+    device: torch.device, check: Sequence[Sample] = (),
 ) -> Version:
     """The pretrained checkpoint of ``config``: from the cache, or trained now and cached.
 
@@ -78,9 +77,8 @@ def warm_start(
         detector (DetectorConfig): the detector to pretrain, from its own ``weights``
             (e.g. ImageNet); the benchmark then builds from the returned version's path.
         check (Sequence[Sample]): images (of any classes) on which the new checkpoint's
-            class-agnostic AP50 is measured and kept in its meta (none: not measured).
-        test_proposals (int | None): RPN proposals kept for that measurement, as the
-            benchmark keeps them (``SimulationConfig.rpn_test_proposals``).
+            class-agnostic AP50 is measured and kept in its meta (none: not measured),
+            with the detector's own ``rpn_test_proposals``, as the benchmark measures.
     Raises:
         RuntimeError: the detector's configured weights are not available.
     """
@@ -90,7 +88,7 @@ def warm_start(
         return cached
     names, samples = pretrain_scenes(digits, cache_root)
     torch.manual_seed(config.seed)
-    model, report = build_model(replace(detector, loss=config.train.loss), list(names))
+    model, report = build_model(detector, list(names))
     if report.fell_back:
         raise RuntimeError(f"{report.requested} weights unavailable ({'; '.join(report.reasons)})")
     started = time.perf_counter()
@@ -98,7 +96,6 @@ def warm_start(
     pretraining = {"images": len(samples), "iterations": config.train.iterations,
                    "train_s": round(time.perf_counter() - started, 1), "losses": result.summary}
     if check:
-        limit_test_proposals(model, test_proposals)
         pretraining["check_ap50_agnostic"] = evaluate_map(model, class_agnostic(check))["map_50"]
     meta = VersionMeta(labels=list(names), backbone=detector.backbone, weights=report.used,
                        weights_requested=report.requested, parent=None, pretraining=pretraining)
