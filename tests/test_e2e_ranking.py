@@ -28,6 +28,7 @@ from helpers import LABEL_CONFIG
 from test_scoring import CONFIG, calibrated_model, make_image
 from torchvision.transforms.functional import to_pil_image
 
+from model.version_meta import VersionMeta
 from model.versions import VersionStore
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -57,8 +58,8 @@ def _url(name: str) -> str:
 
 def _seed_version(ml_backend, project: int) -> str:
     """The project's first version, written where the backend will find it."""
-    meta = {"labels": list(LABELS), "backbone": ml_backend.env["BACKBONE"], "weights": "none",
-            "weights_requested": "none", "parent": None}
+    meta = VersionMeta(labels=list(LABELS), backbone=ml_backend.env["BACKBONE"], weights="none",
+                       weights_requested="none", parent=None)
     assert ml_backend.env["BACKBONE"] == CONFIG.backbone
     return VersionStore(ml_backend.model_dir).save(str(project), calibrated_model().state_dict(), meta).name
 
