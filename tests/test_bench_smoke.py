@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from bench import bench_hua, bench_train_step, gpu_check
+from bench import bench_hua, bench_predict, bench_train_step, gpu_check
 from model.hua import HUAConfig, num_candidates
 
 pytestmark = pytest.mark.slow
@@ -52,6 +52,17 @@ def test_bench_hua_tiny(tmp_path, capsys):
 
     written = json.loads(out.read_text())
     assert written["P"] == 2 and written["predict"]["tasks"] == 50
+
+
+def test_bench_predict_tiny(tmp_path, capsys):
+    """The backend under gunicorn, as the README's command starts it, against the bare forward pass."""
+    out = tmp_path / "predict.json"
+    result = bench_predict.main(["--batch-sizes", "1", "2", "--repeats", "1", "--warmup", "0",
+                                 "--image-size", "48x64", "--out", str(out)])
+    assert [row["batch_size"] for row in result["rows"]] == [1, 2]
+    assert all(math.isfinite(row["overhead_pct"]) for row in result["rows"])
+    assert "/predict overhead" in capsys.readouterr().out
+    assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
 
 
 def test_bench_train_step_tiny(tmp_path, capsys):
