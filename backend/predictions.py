@@ -80,22 +80,26 @@ def box_result(box: Sequence[float], label: str, score: float, width: int, heigh
 
 
 def task_prediction(
-    detections: Detections, labels: Sequence[str], names: ProjectLabels, version: str, *, min_score: float
+    detections: Detections, labels: Sequence[str], names: ProjectLabels, version: str, *, min_score: float,
+    score: float | None = None,
 ) -> dict:
     """A task's prediction: its boxes scoring at least ``min_score`` (SCORE_THRESHOLD) and a task-level confidence.
 
     The detector returns boxes down to HUA's analysis threshold (0.05) for the
     ranking; annotators are shown only the confident ones. The task score is
-    ``1 - H(x)``, H the retrieval gate's normalised entropy (METHOD.md section
-    1): lower means less certain, which is the order Label Studio's uncertainty
-    sampling and prediction-score column use (``model.hua.entropy_score``).
+    ``score``, HUA's for a ranked task, else ``1 - H(x)``, H the retrieval
+    gate's normalised entropy (METHOD.md section 1): lower means less certain,
+    which is the order Label Studio's uncertainty sampling and prediction-score
+    column use (``model.hua.entropy_score``).
     """
     shown = detections.above(min_score)
     result = [
         box_result(box.tolist(), labels[int(cls) - 1], float(score), shown.width, shown.height, names)
         for box, cls, score in zip(shown.boxes, shown.labels, shown.scores)
     ]
-    return {"result": result, "score": float(entropy_score(detections.top_probs)), "model_version": version}
+    if score is None:
+        score = float(entropy_score(detections.top_probs))
+    return {"result": result, "score": score, "model_version": version}
 
 
 @dataclass
@@ -162,7 +166,7 @@ def predict_images(
     freq = torch.tensor(ranking.labeled_freq, dtype=torch.float64)
     scored = score_new_images(detector, range(len(tensors)), tensors.__getitem__, freq, ranking.scale, hua,
                               batch_size=max(1, len(tensors)))  # the caller's batch, one forward pass
-    return [{**task_prediction(det, labels, names, version, min_score=min_score), "score": score}
+    return [task_prediction(det, labels, names, version, min_score=min_score, score=score)
             for det, score in zip(scored.detections, scored.scores)]
 
 

@@ -111,6 +111,11 @@ class TestTaskPrediction:
         assert task_prediction(det(uniform), list(LABELS), NAMES, "v1", min_score=0.0)["score"] == pytest.approx(0.0, abs=1e-6)
         assert task_prediction(det(half), list(LABELS), NAMES, "v1", min_score=0.0)["score"] == pytest.approx(1 - math.log(2) / math.log(3))
 
+    def test_a_ranked_task_carries_its_hua_score_instead(self):
+        certain = torch.tensor([[0.0, 1.0, 0.0]])  # 1 - H(x) would be 1
+        det = _detections([[0, 0, 1, 1]], [1], [0.5], 10, 10, top_probs=certain)
+        assert task_prediction(det, list(LABELS), NAMES, "v1", min_score=0.0, score=0.25)["score"] == 0.25
+
     def test_coordinates_use_the_detections_size(self):
         det = _detections([[20, 10, 120, 60]], [1], [0.9], 200, 100)
         (region,) = task_prediction(det, list(LABELS), NAMES, "v1", min_score=0.0)["result"]

@@ -119,12 +119,12 @@ class RankingJob:
     def _rank_all(self, served: ServedModel, tasks: list[dict], names: ProjectLabels,
                   freq: torch.Tensor, progress) -> tuple[StoredRanking, dict[int, str]]:
         paths, failed = self._fetch(tasks, names)
-        settings = self.predictor
-        pool = score_pool(served.detector, list(paths), _image_source(settings.images, paths), freq, settings.hua,
-                          batch_size=settings.batch_size, progress=progress)
+        predictor = self.predictor
+        pool = score_pool(served.detector, list(paths), _image_source(predictor.images, paths), freq, predictor.hua,
+                          batch_size=predictor.batch_size, progress=progress)
         failed.update({int(k): v for k, v in pool.failed.items()})
         scored = _predictions(served, names, pool.keys, pool.detections, pool.ranking.score.tolist(),
-                              settings.min_score)
+                              predictor.min_score)
         details = {int(key): why for key, why in zip(pool.keys, pool.explain())}
         return StoredRanking(pool.ranking.scale, freq.tolist(), scored, details), failed
 
@@ -132,12 +132,12 @@ class RankingJob:
                   ranking: StoredRanking) -> tuple[dict[int, dict], dict[int, str]]:
         """Score tasks on the stored scale (as /predict does); returns the new entries and failures."""
         paths, failed = self._fetch(tasks, names)
-        settings = self.predictor
+        predictor = self.predictor
         freq = torch.tensor(ranking.labeled_freq, dtype=torch.float64)
-        new = score_new_images(served.detector, list(paths), _image_source(settings.images, paths), freq,
-                               ranking.scale, settings.hua, batch_size=settings.batch_size)
+        new = score_new_images(served.detector, list(paths), _image_source(predictor.images, paths), freq,
+                               ranking.scale, predictor.hua, batch_size=predictor.batch_size)
         failed.update({int(k): v for k, v in new.failed.items()})
-        return _predictions(served, names, new.keys, new.detections, new.scores, settings.min_score), failed
+        return _predictions(served, names, new.keys, new.detections, new.scores, predictor.min_score), failed
 
     def _push(self, project: str, entries: dict[int, dict], version: str, replace: bool) -> int:
         if replace and entries:  # LS also clears the project's model_version when it deletes
@@ -159,5 +159,5 @@ def _predictions(served: ServedModel, names: ProjectLabels, keys: list, detectio
                  scores: list[float], min_score: float) -> dict[int, dict]:
     """Per scored task, its Label Studio prediction carrying the HUA task score."""
     labels = served.detector.labels
-    return {int(key): {**task_prediction(det, labels, names, served.name, min_score=min_score), "score": score}
+    return {int(key): task_prediction(det, labels, names, served.name, min_score=min_score, score=score)
             for key, det, score in zip(keys, detections, scores)}
