@@ -6,12 +6,13 @@ stored ranking covers and every task predicted in time; the others get ``[]``
 (Label Studio stores nothing for them) and their ids go to a "predict" job,
 run like trainings and rankings (a child process or RQ, progress in /jobs).
 
-The job (``backend.jobs.predict``) predicts them with the serving model, on the stored ranking's scale
-when there is one (so they join the HUA queue), and pushes them into Label
-Studio in bulk a few batches at a time, so they appear while it runs. Every
-task ends with exactly one prediction of that version: a task that already
-holds one (answered by a later retrieve, or pushed by an earlier job that was
-killed after pushing) is skipped, never predicted twice.
+The job (``backend.jobs.predict``) predicts them with the serving model, on
+the stored ranking's scale when there is one (so they join the HUA queue),
+and pushes them into Label Studio in bulk a few batches at a time, so they
+appear while it runs. Every task ends with exactly one prediction of that
+version: a task that already holds one (answered by a later retrieve, or
+pushed by an earlier job that was killed after pushing) is skipped, never
+predicted twice.
 """
 
 from __future__ import annotations

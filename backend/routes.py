@@ -15,7 +15,7 @@ from pathlib import Path
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from backend.auth import check_basic_auth
-from backend.deferred import DeferredTasks, defer_predictions
+from backend.deferred import defer_predictions
 from backend.errors import BadRequest, Unauthorized
 from backend.health import problems, project_disk_use
 from backend.jobs.scheduler import ANNOTATION_EVENTS, RANK_NEW, TRAIN_NOW
@@ -155,8 +155,7 @@ def predict() -> Response:
     outcome = service.predictor.predict(tasks, names, served, service.rankings.get(served.version),
                                         queue=service.inference, deadline=deadline)
     if outcome.deferred:
-        defer_predictions(DeferredTasks(service.settings.model_dir), service.scheduler, pid, outcome.deferred,
-                          service.settings.predict_deadline)
+        defer_predictions(service.deferred, service.scheduler, pid, outcome.deferred, service.settings.predict_deadline)
     _count(service.metrics, outcome)
     return jsonify({"results": outcome.results, "model_version": served.name})
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from backend.admission import Admission
+from backend.deferred import DeferredTasks
 from backend.images import ImageLoader, ImagePolicy
 from backend.inference import InferenceQueue
 from backend.jobs.board import JobBoard
@@ -57,6 +58,7 @@ class Service:
     rankings: RankingCache
     board: JobBoard
     scheduler: Scheduler
+    deferred: DeferredTasks
 
 
 def build_service(settings: Settings, *, ls_client: LabelStudioClient | None = None,
@@ -91,6 +93,7 @@ def build_service(settings: Settings, *, ls_client: LabelStudioClient | None = N
         rankings=RankingCache(),
         board=board,
         scheduler=Scheduler(board, runner.submit, settings.train_every),
+        deferred=DeferredTasks(settings.model_dir),
     )
 
 

@@ -56,7 +56,7 @@ def service(tmp_path) -> Service:
 
 
 def _hand_over(service: Service, *task_ids: int) -> None:
-    DeferredTasks(service.settings.model_dir).add(PROJECT, list(task_ids))
+    service.deferred.add(PROJECT, list(task_ids))
 
 
 def _version(service: Service) -> str:
@@ -87,7 +87,7 @@ class TestPredictJob:
         assert result["predicted"] == 3 and result["requested"] == 4
         assert list(result["failed"]) == [BROKEN] and result["failed"][BROKEN].startswith("undecodable")
         assert all(p["result"] and p["model_version"] == version for p in fake.predictions)
-        assert DeferredTasks(service.settings.model_dir).pending(PROJECT) == ([], set())
+        assert service.deferred.pending(PROJECT) == ([], set())
 
     def test_running_twice_never_duplicates(self, service):
         _hand_over(service, 1, 2)

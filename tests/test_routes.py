@@ -38,7 +38,6 @@ from helpers import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from backend.app import create_app
-from backend.deferred import DeferredTasks
 from backend.routes import MODEL_CLASS
 from backend.service import build_service
 from model.version_meta import VersionMeta
@@ -249,7 +248,7 @@ class TestPredictDeadline:
         assert response.get_json()["results"] == [[], [], []]
         service = _service(late_app)
         assert service.scheduler.requested == [("1", "predict")]
-        _, ids = DeferredTasks(service.settings.model_dir).pending("1")
+        _, ids = service.deferred.pending("1")
         assert ids == {41, 42, 43}  # the broken image too: nobody has looked at it yet
         (message,) = [r.getMessage() for r in caplog.records if r.name == "backend.deferred"]
         assert "3 tasks" in message and "/jobs" in message
@@ -265,7 +264,7 @@ class TestPredictDeadline:
         service = _service(client.application)
         body = client.post("/predict", json=predict_body([local_task(44, SMALL)])).get_json()
         assert body["results"][0]["result"]
-        assert DeferredTasks(service.settings.model_dir).pending("1") == ([], set())
+        assert service.deferred.pending("1") == ([], set())
 
 
 def _post_raw(client, path: str, data: str):

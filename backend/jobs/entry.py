@@ -19,7 +19,6 @@ from backend.jobs.board import run_job
 from backend.jobs.predict import PredictJob
 from backend.jobs.rank import RankingJob
 from backend.jobs.train import NothingNew, TrainingJob
-from backend.deferred import DeferredTasks
 from backend.service import Service, build_service
 from backend.settings import Settings
 from model.distributed import join_process_group, torchrun_command, under_torchrun
@@ -42,9 +41,8 @@ def ranking_job(service: Service) -> RankingJob:
 
 
 def predict_job(service: Service) -> PredictJob:
-    return PredictJob(handed=DeferredTasks(service.settings.model_dir), client=service.ls_client,
-                      registry=service.registry, rankings=service.rankings, predictor=service.predictor,
-                      board=service.board)
+    return PredictJob(handed=service.deferred, client=service.ls_client, registry=service.registry,
+                      rankings=service.rankings, predictor=service.predictor, board=service.board)
 
 
 def _train(service: Service, project: str, full: bool = False) -> Work:
