@@ -80,13 +80,17 @@ def imagenet_model(seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def retrain(name: str, samples: list[Sample], iterations: int | None = None) -> TrainResult:
-    """Settings' training recipe with loss ``name`` (``iterations`` overrides the floor)."""
+def retrain(name: str, samples: list[Sample], iterations: int | None = None, seed: int = 0) -> TrainResult:
+    """Settings' training recipe with loss ``name`` (``iterations`` overrides the floor).
+
+    Seeded (initialisation, data order and flips), as TRAIN_SEED would seed it: every loss form
+    sees the same steps, and a run is repeatable.
+    """
     kind, _, paper = name.partition("-")
-    config = Settings(loss=kind, sync_form="paper" if paper else "default").train_config()
+    config = replace(Settings(loss=kind, sync_form="paper" if paper else "default").train_config(), seed=seed)
     if iterations is not None:
         config = replace(config, min_iterations=iterations)
-    return train(imagenet_model(), samples, config, torch.device("cpu"))
+    return train(imagenet_model(seed), samples, config, torch.device("cpu"))
 
 
 def first_and_last(result: TrainResult, key: str, steps: int = 10) -> tuple[float, float]:

@@ -79,13 +79,14 @@ def test_a_first_retraining_on_two_photos_learns(tmp_path):
     """The service's recipe (Settings' defaults) on 2 annotated images of 20 objects: the RPN's
     objectness (at chance, ln 2, at the start) and the classifier fall clearly.
 
-    60 steps here to keep the suite short; ``python -m bench.bench_retrain`` runs the real floor
-    (TRAIN_MIN_ITERATIONS = 200) for every loss form (README: "A first retraining").
+    The service's floor of TRAIN_MIN_ITERATIONS = 200 steps, seeded: at 60 steps the classifier
+    ended near 0.7x its start, passing or failing with the unseeded flips (seed 0: 0.716x).
+    ``python -m bench.bench_retrain`` runs every loss form (README: "A first retraining").
     """
     if not IMAGENET_FILE.is_file():
         pytest.skip(f"{IMAGENET_FILE} is missing: run `make weights` (or `make test`) first")
-    result = bench_retrain.retrain("synchronic", scenes(tmp_path, 2, objects=20), iterations=60)
-    assert result.summary["iterations"] == 60
+    result = bench_retrain.retrain("synchronic", scenes(tmp_path, 2, objects=20))
+    assert result.summary["iterations"] == 200
     for key in bench_retrain.WATCHED:
         first, last = bench_retrain.first_and_last(result, key)
         assert last < 0.7 * first, (key, first, last, result.summary)
