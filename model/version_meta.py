@@ -88,11 +88,22 @@ class VersionMeta:
 
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> VersionMeta:
-        """A ``meta.json``'s content; any field may be missing (files of older releases)."""
+        """A ``meta.json``'s content; any field may be missing (files of older releases).
+
+        Raises:
+            ValueError: ``data`` is not a version's meta (not an object, or a
+                field of the wrong shape): one error for every damage, so that a
+                reader can skip or refuse the version.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a version's meta is a JSON object, not {type(data).__name__}")
         names = {f.name for f in fields(cls)} - {"extra"}
         values = {k: v for k, v in data.items() if k in names}
-        if values.get("evaluation") is not None:
-            values["evaluation"] = Prequential.from_json(values["evaluation"])
+        try:
+            if values.get("evaluation") is not None:
+                values["evaluation"] = Prequential.from_json(values["evaluation"])
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"its evaluation is not one: {exc}") from exc
         if values.get("writer") is not None:
             values["writer"] = ProcessOwner.from_json(values["writer"])
         return cls(**values, extra={k: v for k, v in data.items() if k not in names})

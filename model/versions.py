@@ -10,7 +10,9 @@ per project serialises the choice of the next version name.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
+import logging
 import os
 import re
 import shutil
@@ -26,6 +28,8 @@ import torch
 
 from model.owners import ProcessOwner
 from model.version_meta import VersionMeta
+
+logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "weights.pt"
 META_FILE = "meta.json"
@@ -106,11 +110,12 @@ class VersionStore:
         if not folder.is_dir():
             return []
         found = []
-        for path in sorted(folder.iterdir()):
-            meta = path / META_FILE
-            if _VERSION.match(path.name) and meta.is_file() and (path / WEIGHTS_FILE).is_file():
-                found.append(Version(project, path.name, path, VersionMeta.from_json(json.loads(meta.read_text()))))
-        return sorted(found, key=lambda v: int(_VERSION.match(v.name).group(1)))  # v10000 after v9999
+        for path in _version_folders(folder):
+            if (path / META_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
+                meta = _read_meta(path)
+                if meta is not None:
+                    found.append(Version(project, path.name, path, meta))
+        return found
 
     def latest(self, project: str) -> Version | None:
         """The newest complete version, or None."""
@@ -177,8 +182,8 @@ class VersionStore:
 
     def _publish(self, project: str, tmp: Path, meta: VersionMeta) -> Version:
         """Name the staged folder as the next version and rename it into place (the caller holds the lock)."""
-        existing = self.versions(project)
-        name = version_name(int(_VERSION.match(existing[-1].name).group(1)) + 1 if existing else 1)
+        taken = _version_folders(tmp.parent)  # damaged versions too: their names stay taken
+        name = version_name(_version_number(taken[-1]) + 1 if taken else 1)
         full_meta = replace(meta, model_version=name, project=project, created=_now(), writer=ProcessOwner.current())
         _write_json(tmp / META_FILE, full_meta.to_json())
         (tmp / OWNER_FILE).unlink()
@@ -218,6 +223,34 @@ class VersionStore:
         for path in stale:
             shutil.rmtree(path, ignore_errors=True)
         return len(stale)
+
+
+def _version_number(path: Path) -> int:
+    return int(_VERSION.match(path.name).group(1))
+
+
+def _version_folders(folder: Path) -> list[Path]:
+    """The folders of ``folder`` named as versions, oldest first (v10000 after v9999)."""
+    return sorted((p for p in folder.iterdir() if _VERSION.match(p.name)), key=_version_number)
+
+
+def _read_meta(path: Path) -> VersionMeta | None:
+    """A version's metadata; None, with a warning, when its meta.json cannot be read.
+
+    A damaged file (a disk error, a hand edit) must cost that version only:
+    raising here would stop every reader of the project, the serving model included.
+    """
+    try:
+        return VersionMeta.from_json(json.loads((path / META_FILE).read_text()))
+    except (OSError, ValueError) as exc:
+        _warn_damaged(str(path), f"{type(exc).__name__}: {exc}")
+        return None
+
+
+@functools.lru_cache(maxsize=256)
+def _warn_damaged(path: str, reason: str) -> None:
+    """Logged once per folder and reason in a process: readers list versions on every request."""
+    logger.warning("ignoring version %s: its %s cannot be read (%s)", path, META_FILE, reason)
 
 
 def _abandoned(tmp: Path, older_than: float) -> bool:

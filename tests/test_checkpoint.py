@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -82,6 +83,13 @@ class TestWarmStart:
     def test_unreadable_checkpoint_is_refused(self, tmp_path):
         with pytest.raises(CheckpointError, match="cannot read"):
             build_model(replace(CONFIG, weights=str(tmp_path)), ["car"])
+
+    def test_a_damaged_meta_is_refused(self, saved, tmp_path):
+        version, _ = saved
+        copy = shutil.copytree(version.path, tmp_path / "v0001")
+        (copy / "meta.json").write_text("[]")
+        with pytest.raises(CheckpointError, match="cannot read"):
+            build_model(replace(CONFIG, weights=str(copy)), ["car"])
 
     def test_a_project_registry_starts_from_the_checkpoint(self, saved, tmp_path):
         version, old = saved

@@ -47,6 +47,12 @@ class TestMissingFields:
         assert (meta.labels, meta.backbone, meta.parent, meta.evaluation, meta.writer) == (["car"], None, None, None, None)
         assert not meta.trained
 
+    @pytest.mark.parametrize("data", [[], "v0001", {"evaluation": {}}, {"evaluation": 7}])
+    def test_a_damaged_file_is_one_error(self, data):
+        """ValueError whatever the damage: readers skip (the store) or refuse (WEIGHTS) on it."""
+        with pytest.raises(ValueError):
+            VersionMeta.from_json(data)
+
     def test_absent_values_are_left_out_but_parent_is_written(self):
         """As the writers always did: null ``parent`` means base weights, which a reader looks for."""
         assert VersionMeta(labels=["car"], backbone="b", weights="none").to_json() == {

@@ -185,6 +185,21 @@ class TestCrashMidWrite:
         (half / "weights.pt").write_bytes(b"partial")
         self._assert_unchanged(store)
         assert store.get("1", "v0002") is None
+        # its name stays taken: renaming a new version onto it would fail the save
+        assert store.save("1", _weights(2.0), META).name == "v0003"
+
+    @pytest.mark.parametrize("content", ['{"labels": ["car"', "[]", '{"evaluation": {}}', ""])
+    def test_a_damaged_meta_costs_that_version_only(self, store, caplog, content):
+        store.save("1", _weights(1.0), META)
+        store.save("1", _weights(2.0), META)
+        (store.root / "1" / "v0002" / "meta.json").write_text(content)
+        with caplog.at_level(logging.WARNING, logger="model.versions"):
+            assert [v.name for v in store.versions("1")] == ["v0001"]
+            assert [v.name for v in store.versions("1")] == ["v0001"]
+        warnings = [r.getMessage() for r in caplog.records if "v0002" in r.getMessage()]
+        assert len(warnings) == 1 and "meta.json cannot be read" in warnings[0]  # once, not on every read
+        assert store.save("1", _weights(3.0), META).name == "v0003"
+        assert [v.name for v in store.versions("1")] == ["v0001", "v0003"]
 
     def test_clean_partial_on_a_missing_project(self, store):
         assert store.clean_partial("99") == 0
