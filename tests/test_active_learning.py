@@ -294,8 +294,9 @@ class TestReport:
         assert "| hua + synchronic | random + synchronic | 3 | +0.0 [+0.0, +0.0]; +2.0 [-0.5, +4.5];" in text
         assert "| 3/4 | 180 (90 %) of 200 | 700 (100 %) of 700 |" in text
         assert "![AP50 against labeled images and boxes](p.png)" in text
-        assert "| hua + synchronic | 1.0 | 0.5 | 0.2 | 0.002 |" in report.timing_table(rows + [
-            _row("hua", "synchronic", 0, 0, 0.3, picked=(1,))])
+        selected = [_row("hua", "synchronic", 0, c, 0.3, picked=(1,)) for c in range(3)]
+        paused = [replace(selected[0], cycle=3, train_s=900.0, select_s=1000.0)]  # a worker suspended meanwhile
+        assert "| hua + synchronic | 1.0 | 0.5 | 0.2 | 0.002 |" in report.timing_table(rows + selected + paused)
         png = report.plot(rows, tmp_path / "p.png", "t")
         assert png.read_bytes()[:4] == b"\x89PNG"
 
@@ -429,6 +430,7 @@ def test_command_line_end_to_end_with_resume(tmp_path: Path, monkeypatch) -> Non
     published = tmp_path / "published"
     assert "](active_learning_tiny.png)" in (published / "active_learning_tiny.md").read_text()
     assert read_rows(published / "active_learning_tiny.csv") == rows
+    assert json.loads((published / "active_learning_tiny.meta.json").read_text()) == meta  # a fresh clone resumes
     (out / "report.md").unlink()  # the report can be rebuilt from the CSV alone
     assert cli.main(base + ["--report-only"]) == 0
     assert "hua + synchronic" in (out / "report.md").read_text()

@@ -13,9 +13,10 @@ The default preset is ``warm`` (METHOD.md section 6). Writes into ``--out``:
 each cycle picked, so that ``--resume`` continues any run at its next cycle),
 ``report.md`` (tables, the paired comparisons, the loss decision), ``ap50.png``,
 ``summary.json`` and ``meta.json`` (machine, settings, every invocation's
-command and duration). ``--publish`` copies the report, plot and CSV to
-``bench/results/`` (committed). The warm start and the scenes are cached under
-``--cache``.
+command and duration). ``--publish`` copies the report, plot, CSV and meta to
+``bench/results/`` (committed); on a fresh clone, copying the CSV and meta back
+into ``--out`` lets ``--resume`` continue there. The warm start and the scenes
+are cached under ``--cache`` (rebuilt when missing, with the same seeds).
 """
 
 from __future__ import annotations
@@ -202,6 +203,7 @@ def write_report(rows, config, meta: dict, out: Path, publish: bool) -> None:
         published_plot = RESULTS_DIR / f"{stem}.png"
         _publish(plot_path, published_plot.name)
         _publish(out / "results.csv", f"{stem}.csv")
+        _publish(out / "meta.json", f"{stem}.meta.json")
         (RESULTS_DIR / f"{stem}.md").write_text(text.replace(f"]({plot_path.name})", f"]({published_plot.name})"))
 
 

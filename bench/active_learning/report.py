@@ -337,19 +337,24 @@ def _boxes_table(all_curves: Sequence[Curve]) -> str:
 
 
 def timing_table(rows: Sequence[Row]) -> str:
-    """Mean wall seconds per cycle of each run's training, evaluation and selection, and selection per image."""
+    """Median wall seconds per cycle of each run's training, evaluation and selection, and selection per image.
+
+    Medians, not means: a benchmark run in pieces on a shared machine has cycles
+    that include a pause (a suspended worker, a test suite run beside it), and
+    one of those would move a mean by minutes.
+    """
     groups: dict[tuple[str, str], list[Row]] = {}
     for r in rows:
         groups.setdefault((r.strategy, r.loss), []).append(r)
-    lines = ["### Time per cycle (wall seconds, mean over cycles and seeds; a shared cycle-0 training "
+    lines = ["### Time per cycle (wall seconds, median over cycles and seeds; a shared cycle-0 training "
              "counts for each run)", "",
              "| run | train | evaluate | select | select per unlabeled image |", "|---|---:|---:|---:|---:|"]
     for (strategy, loss), group in sorted(groups.items(), key=lambda kv: (kv[0][0] != BASELINE, kv[0])):
         selecting = [r for r in group if r.unlabeled and r.picked]
-        per_image = statistics.fmean(r.select_s / r.unlabeled for r in selecting) if selecting else 0.0
-        select_s = statistics.fmean(r.select_s for r in selecting) if selecting else 0.0
-        lines.append(f"| {strategy} + {loss} | {statistics.fmean(r.train_s for r in group):.1f} "
-                     f"| {statistics.fmean(r.eval_s for r in group):.1f} | {select_s:.1f} | {per_image:.3f} |")
+        per_image = statistics.median(r.select_s / r.unlabeled for r in selecting) if selecting else 0.0
+        select_s = statistics.median(r.select_s for r in selecting) if selecting else 0.0
+        lines.append(f"| {strategy} + {loss} | {statistics.median(r.train_s for r in group):.1f} "
+                     f"| {statistics.median(r.eval_s for r in group):.1f} | {select_s:.1f} | {per_image:.3f} |")
     return "\n".join(lines)
 
 
