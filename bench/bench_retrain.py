@@ -26,12 +26,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from backend.settings import Settings
+from bench.common import REPO_TORCH_HOME
 from model.detector import DetectorConfig, build_model
 from model.losses import LOSS_NAMES
 from model.train import Sample, TrainResult, train
 
-REPO = Path(__file__).resolve().parent.parent
-TORCH_HOME = REPO / ".cache" / "torch"
 COLOURS = ((220, 30, 30), (30, 60, 220))  # class 1 red, class 2 blue
 WATCHED = ("loss_objectness", "loss_classifier")
 
@@ -67,7 +66,7 @@ def imagenet_model(seed: int = 0) -> torch.nn.Module:
                             min_size=128, max_size=160)
     torch.manual_seed(seed)
     previous = os.environ.get("TORCH_HOME")
-    os.environ["TORCH_HOME"] = str(TORCH_HOME)  # only while building: the caller's cache stays its own
+    os.environ["TORCH_HOME"] = str(REPO_TORCH_HOME)  # only while building: the caller's cache stays its own
     try:
         model, report = build_model(config, ["red", "blue"])
     finally:

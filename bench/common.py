@@ -30,6 +30,8 @@ from model.train import Sample
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REPO_TORCH_HOME = REPO_ROOT / ".cache" / "torch"
+#: torchvision's ImageNet MobileNetV2 file in the repository's cache (``make weights`` puts it there).
+IMAGENET_FILE = REPO_TORCH_HOME / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth"
 
 #: Classes of the synthetic scenes, in the order of their class indices 1..3.
 SHAPE_LABELS: tuple[str, ...] = ("circle", "square", "triangle")

@@ -14,12 +14,12 @@ import torch
 
 from bench import bench_retrain
 from bench.bench_retrain import scenes
+from bench.common import IMAGENET_FILE
 from model.detector import DetectorConfig, build_model
 from model.images import load_image
 from model.losses import LossConfig, combine_losses
 from model.train import Sample, TrainConfig, train
 
-IMAGENET_FILE = bench_retrain.TORCH_HOME / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth"
 CPU = torch.device("cpu")
 
 

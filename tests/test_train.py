@@ -16,15 +16,13 @@ import torch
 from PIL import Image, ImageDraw
 from torchvision.ops import box_iou
 
+from bench.common import IMAGENET_FILE, REPO_TORCH_HOME
 from model.detector import DetectorConfig, build_model
 from model.evaluate import evaluate_map, predict_samples
 from model.images import load_image
 from model.losses import LossConfig
 from model.train import Sample, TrainConfig, flip_boxes, split_holdout, train, train_step
 
-REPO = Path(__file__).resolve().parent.parent
-TORCH_HOME = REPO / ".cache" / "torch"
-IMAGENET_FILE = TORCH_HOME / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth"
 CPU = torch.device("cpu")
 SMALL_CONFIG = DetectorConfig(
     backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False, min_size=64, max_size=96
@@ -259,7 +257,7 @@ def trained(tmp_path_factory):
     if not IMAGENET_FILE.is_file():
         pytest.skip(f"{IMAGENET_FILE} is missing: run `make weights` (or `make test`) first")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TORCH_HOME", str(TORCH_HOME))
+        mp.setenv("TORCH_HOME", str(REPO_TORCH_HOME))
         config = DetectorConfig(
             backbone="mobilenet_v2_fpn", weights="imagenet", min_size=128, max_size=192, sampled_rois=64,
             score_threshold=0.3, allow_download=False,

@@ -264,8 +264,10 @@ def _exclusive(out: Path) -> IO[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TORCH_HOME", str(REPO_ROOT / ".cache" / "torch"))
     args = parse_args(argv)
+    from bench.common import use_repo_torch_home
+
+    use_repo_torch_home()  # before the loop's imports build anything
     from bench.active_learning.loop import read_rows, run_all
 
     config = build_config(args)
