@@ -21,6 +21,7 @@ import random
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+from unittest.mock import patch
 
 import torch
 from PIL import Image, ImageDraw
@@ -65,15 +66,8 @@ def imagenet_model(seed: int = 0) -> torch.nn.Module:
     config = DetectorConfig(backbone="mobilenet_v2_fpn", weights="imagenet", allow_download=False,
                             min_size=128, max_size=160)
     torch.manual_seed(seed)
-    previous = os.environ.get("TORCH_HOME")
-    os.environ["TORCH_HOME"] = str(REPO_TORCH_HOME)  # only while building: the caller's cache stays its own
-    try:
+    with patch.dict(os.environ, TORCH_HOME=str(REPO_TORCH_HOME)):  # only while building: the caller's cache stays
         model, report = build_model(config, ["red", "blue"])
-    finally:
-        if previous is None:
-            del os.environ["TORCH_HOME"]
-        else:
-            os.environ["TORCH_HOME"] = previous
     if report.fell_back:
         raise RuntimeError(f"ImageNet weights unavailable: {report.reasons}; run `make weights`")
     return model
