@@ -484,7 +484,7 @@ class TestTrainingJobs:
         assert meta["skipped"] == {"image": 1}
         assert meta["parent"] == "v0001" and meta["labels"] == list(LABELS)
         assert len(meta["epoch_losses"]) == 1
-        assert meta["loss_summary"]["iterations"] == 1 and "lambda" in meta["loss_summary"]
+        assert meta["loss_summary"]["iterations"] == 1 and "loss_objectness" in meta["loss_summary"]
         assert result["loss"] == meta["loss_summary"]
         assert service.registry.peek(PROJECT).name == "v0001"  # swapped only when the job is done
         swap_when_done(service.registry)(PROJECT, "train", True)
