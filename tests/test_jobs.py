@@ -463,7 +463,8 @@ def _annotated(task_id: int, image: str, ann_id: int, label: str = "car") -> dic
 @pytest.fixture
 def training_service(tmp_path, image_root):
     """A Service serving project 5 (version v0001 from base weights), with a fake Label Studio."""
-    settings = make_settings(tmp_path / "models", local_files_document_root=str(image_root), epochs=1)
+    settings = make_settings(tmp_path / "models", local_files_document_root=str(image_root), epochs=1,
+                             loss="synchronic")  # its version meta must keep lambda and the betas
     service = build_service(settings, ls_client=FakeLabelStudio(
         [_annotated(1, WIDE, 101), _annotated(2, SMALL, 102, "person"), _annotated(3, "missing.png", 103)]
     ))
@@ -484,7 +485,7 @@ class TestTrainingJobs:
         assert meta["skipped"] == {"image": 1}
         assert meta["parent"] == "v0001" and meta["labels"] == list(LABELS)
         assert len(meta["epoch_losses"]) == 1
-        assert meta["loss_summary"]["iterations"] == 1 and "loss_objectness" in meta["loss_summary"]
+        assert meta["loss_summary"]["iterations"] == 1 and "lambda" in meta["loss_summary"]
         assert result["loss"] == meta["loss_summary"]
         assert service.registry.peek(PROJECT).name == "v0001"  # swapped only when the job is done
         swap_when_done(service.registry)(PROJECT, "train", True)
