@@ -11,12 +11,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
+from types import MappingProxyType
 
 import jwt
 import requests
 
 # Refresh an access token this many seconds before it expires.
 _EXPIRY_MARGIN_S = 30.0
+
+# The Data Manager tab Label Studio makes for a project without tabs: every task, unfiltered, unsorted.
+DEFAULT_VIEW_TITLE = "Default"
+DEFAULT_VIEW: Mapping[str, object] = MappingProxyType({"filters": {"conjunction": "and", "items": []}, "ordering": []})
 
 
 def is_personal_access_token(key: str) -> bool:
@@ -195,9 +200,20 @@ class LabelStudioClient:
         return self.request("GET", "/api/dm/views", params={"project": project}).json()
 
     def save_view(self, project: str | int, title: str, data: Mapping[str, object]) -> dict:
-        """Create the Data Manager tab ``title``, or update it in place if it exists."""
-        existing = [v for v in self.views(project) if (v.get("data") or {}).get("title") == title]
+        """Create the Data Manager tab ``title``, or update it in place if it exists.
+
+        Label Studio makes its own "Default" tab (every task, no filter) only
+        when the Data Manager opens a project that has no tab at all. A tab
+        created here first would leave the project without it, and annotated
+        tasks, which a queue's filter leaves out, in no tab: so in a project
+        with no tab the default one is created first, as Label Studio would.
+        """
+        views = self.views(project)
+        existing = [v for v in views if (v.get("data") or {}).get("title") == title]
         body = {"project": int(project), "data": {**data, "title": title}}
         if existing:
             return self.request("PATCH", f"/api/dm/views/{existing[0]['id']}", json=body).json()
+        if not views:
+            default = {"project": int(project), "data": {**DEFAULT_VIEW, "title": DEFAULT_VIEW_TITLE}}
+            self.request("POST", "/api/dm/views", json=default)
         return self.request("POST", "/api/dm/views", json=body).json()

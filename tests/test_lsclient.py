@@ -9,7 +9,8 @@ import socket
 import pytest
 from helpers import LocalServer, Route
 
-from backend.lsclient import LabelStudioAuth, LabelStudioClient, LabelStudioError, ProjectNotFound
+from backend.lsclient import (DEFAULT_VIEW_TITLE, LabelStudioAuth, LabelStudioClient, LabelStudioError,
+                              ProjectNotFound)
 
 PROJECT = {"id": 3, "label_config": "<View/>"}
 
@@ -65,6 +66,49 @@ class TestRetries:
             with pytest.raises(LabelStudioError) as caught:
                 _client(server.url, retries=0).project(3)
         assert "legacy-token" not in str(caught.value)
+
+
+def _views(*existing: dict):
+    """/api/dm/views: GET lists ``existing`` plus the views POSTed since; POST answers the new view."""
+    views = list(existing)
+
+    def route(seen) -> Route:
+        if seen.method == "POST":
+            views.append({"id": 100 + len(views), **json.loads(seen.body)})
+            return Route(201, json.dumps(views[-1]).encode(), "application/json")
+        return Route(200, json.dumps(views).encode(), "application/json")
+
+    return route
+
+
+def _posted(server: LocalServer) -> list[dict]:
+    return [json.loads(s.body) for s in server.seen if s.method == "POST"]
+
+
+QUEUE = {"ordering": ["tasks:predictions_score"],
+         "filters": {"conjunction": "and", "items": [
+             {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}]}}
+
+
+class TestSaveView:
+    def test_a_project_without_tabs_gets_label_studios_default_tab_first(self):
+        """Label Studio makes no "Default" tab once a tab exists: the backend makes it, unfiltered, then its own."""
+        with LocalServer({"/api/dm/views": _views()}) as server:
+            saved = _client(server.url).save_view(3, "HUA queue", QUEUE)
+            default, queue = _posted(server)
+        assert default == {"project": 3, "data": {"title": DEFAULT_VIEW_TITLE, "ordering": [],
+                                                  "filters": {"conjunction": "and", "items": []}}}
+        assert DEFAULT_VIEW_TITLE == "Default"
+        assert queue == {"project": 3, "data": {**QUEUE, "title": "HUA queue"}}
+        assert saved["data"]["title"] == "HUA queue"
+
+    def test_a_project_with_tabs_gets_only_the_queue_tab(self):
+        """The user's tabs (or Label Studio's own Default) are left alone, and no second Default is made."""
+        mine = {"id": 7, "project": 3, "data": {"title": "Tab 1", "filters": {"conjunction": "and", "items": []}}}
+        with LocalServer({"/api/dm/views": _views(mine)}) as server:
+            _client(server.url).save_view(3, "HUA queue", QUEUE)
+            (queue,) = _posted(server)
+        assert queue["data"]["title"] == "HUA queue"
 
 
 class TestUnknownProject:
