@@ -10,14 +10,30 @@ the SDK leaves to its caller:
 - local files only under LOCAL_FILES_DOCUMENT_ROOT (the SDK's own
   ``safe_build_path`` refuses ``..``);
 - a timeout on every request, and a pixel limit checked from the header
-  before any pixel is decoded.
+  before any pixel is decoded;
+- a cache keyed by what names the image (the task's cloud URI or Label
+  Studio URL, never the presigned URL a download was redirected to), written
+  atomically, so a second retrieve or a ranking downloads nothing again.
+
+Redirects (see ``_TimeoutSession``): Label Studio's presign endpoints
+(``/tasks/<id>/presign/``, ``/projects/<id>/presign/``, ``/storage-data/``)
+may redirect to any http(s) host, because Label Studio signed that URL for a
+storage an administrator connected (a bucket's host is not known in advance:
+AWS gives each bucket a host of its own). Every other redirect, Label
+Studio's own included, must stay within the policy's hosts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 import posixpath
+import re
+import shutil
+import tempfile
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +61,9 @@ logger = logging.getLogger(__name__)
 
 _LS_RELATIVE = ("/data/", "data/", "/upload", "upload/", "/storage-data/")
 _CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")
+# Label Studio's endpoints that answer with a redirect to a URL it signed for a connected storage
+_PRESIGN_PATH = re.compile(r"^/(tasks|projects)/\d+/presign/?$|^/storage-data/")
+_HOSTS_SETTING = "ALLOWED_IMAGE_HOSTS"
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -64,9 +83,16 @@ class ImagePolicy:
 class _TimeoutSession(requests.Session):
     """A session that refuses hosts outside the policy and never waits forever.
 
-    Redirects are checked too: only Label Studio (``trusted``, whose cloud
-    presign answers redirect to the bucket's host) may send us elsewhere; any
-    other host may only redirect to an allowed host.
+    The first request must go to an allowed host (Label Studio's is one).
+    A redirect is followed when it comes from one of Label Studio's presign
+    endpoints (``_PRESIGN_PATH``: Label Studio signed the target for a storage
+    its administrator connected, to whatever host the bucket has), or when
+    its target is an allowed host. Anything else, e.g. an allowed image host
+    or a Label Studio page redirecting elsewhere, is refused before the
+    target is contacted; the task's failure (logged with its id) names the
+    host and ALLOWED_IMAGE_HOSTS.
+    requests drops the Authorization header when a redirect changes host or
+    port, so Label Studio's token never reaches the bucket.
     """
 
     def __init__(self, allowed_hosts: frozenset[str], trusted: str, timeout: float) -> None:
@@ -78,15 +104,20 @@ class _TimeoutSession(requests.Session):
     def get_redirect_target(self, resp: requests.Response) -> str | None:  # noqa: D102 (requests' hook)
         target = super().get_redirect_target(resp)
         if target is not None:
-            source = urlparse(resp.url).netloc.lower()
-            destination = urlparse(urljoin(resp.url, target)).netloc.lower()
-            if source != self._trusted and destination not in self._allowed:
-                raise ImageError(f"image host {source!r} redirected to {destination!r}, which is not allowed", "refused")
+            source, destination = urlparse(resp.url), urlparse(urljoin(resp.url, target))
+            signed = source.netloc.lower() == self._trusted and bool(_PRESIGN_PATH.match(source.path))
+            if destination.scheme not in ("http", "https"):
+                raise ImageError(f"image host {source.netloc!r} redirected to a {destination.scheme!r} URL", "refused")
+            if not signed and destination.netloc.lower() not in self._allowed:
+                raise ImageError(f"image host {source.netloc!r} redirected to {destination.netloc!r}, which is not "
+                                 f"allowed: add {destination.netloc} to {_HOSTS_SETTING} to allow it", "refused")
         return target
 
     def request(self, method: str, url: str, **kwargs):  # noqa: D102 (requests' signature)
-        if urlparse(url).netloc.lower() not in self._allowed:
-            raise ImageError(f"image host {urlparse(url).netloc!r} is not allowed", "refused")
+        host = urlparse(url).netloc
+        if host.lower() not in self._allowed:
+            raise ImageError(f"image host {host!r} is not allowed: add {host} to {_HOSTS_SETTING} to allow it",
+                             "refused")
         kwargs.setdefault("timeout", self._timeout)
         return super().request(method, url, **kwargs)
 
@@ -103,6 +134,13 @@ class ImageLoader:
     def __init__(self, policy: ImagePolicy, access_token: Callable[[], str]) -> None:
         self.policy = policy
         self._access_token = access_token
+        self._downloads = 0
+        self._lock = threading.Lock()
+
+    @property
+    def downloads(self) -> int:
+        """Images this loader has downloaded (cache hits and local files are not counted)."""
+        return self._downloads
 
     def check_url(self, url: object) -> str:
         """The URL if the policy allows it; raises ImageError otherwise."""
@@ -116,7 +154,8 @@ class ImageLoader:
         if parsed.scheme not in ("http", "https"):
             raise ImageError(f"unsupported image URL scheme {parsed.scheme!r}", "refused")
         if parsed.netloc.lower() not in self.policy.allowed_hosts:
-            raise ImageError(f"image host {parsed.netloc!r} is not Label Studio's nor in ALLOWED_IMAGE_HOSTS", "refused")
+            raise ImageError(f"image host {parsed.netloc!r} is not Label Studio's nor in {_HOSTS_SETTING}: add "
+                             f"{parsed.netloc} to {_HOSTS_SETTING} to allow it", "refused")
         return url
 
     def _is_local_file(self, url: str) -> bool:
@@ -129,33 +168,61 @@ class ImageLoader:
         return safe_build_path(self.policy.document_root, posixpath.normpath(relative).lstrip("/"))
 
     def path(self, url: object, task_id: int | None = None) -> str:
-        """Download (or find) the image and return a local path to it."""
+        """Download (or find in the cache) the image and return a local path to it."""
         url = self.check_url(url)
-        hosts = self.policy.allowed_hosts
-        try:
-            if self._is_local_file(url):
+        if self._is_local_file(url):
+            try:
                 return self._local_path(url)
-            if self.policy.cache_dir:  # the SDK writes downloads there without creating it
-                os.makedirs(self.policy.cache_dir, exist_ok=True)
-            # without a document root the SDK must fetch local files from Label Studio: no resolver
-            # (an installed resolver that answers None makes the SDK refuse the file instead)
-            resolver = self._resolve_local if self.policy.document_root else None
-            session = _TimeoutSession(hosts, urlparse(self.policy.label_studio_url).netloc.lower(), self.policy.timeout)
-            with http_session(session), local_files_resolver(resolver):
-                return get_local_path(
-                    url,
-                    cache_dir=self.policy.cache_dir or None,
-                    hostname=self.policy.label_studio_url,
-                    access_token=self._access_token(),
-                    task_id=task_id,
-                    download_resources=True,
-                )
+            except (OSError, ValueError) as exc:
+                raise ImageError(f"could not read the image: {exc}", "missing") from None
+        cached = self._cache_path(url)
+        if cached is not None and os.path.isfile(cached):
+            return cached
+        try:
+            return self._download(url, task_id, cached)
         except ImageError:
             raise
+        except requests.HTTPError as exc:
+            raise _http_failure(exc) from None
         except (OSError, ValueError, requests.RequestException) as exc:
             raise ImageError(f"could not fetch the image: {_without_query(exc)}") from None
         except Exception as exc:  # the SDK raises bare Exception for some URL kinds
             raise ImageError(f"could not fetch the image: {type(exc).__name__}") from None
+
+    def _cache_path(self, url: str) -> str | None:
+        """Where the image of ``url`` is cached: named by the URL the task holds (for a cloud task its
+        ``s3://`` URI), never by the signed URL Label Studio redirects to, which changes on every request."""
+        if not self.policy.cache_dir:
+            return None
+        digest = hashlib.sha256(url.encode()).hexdigest()[:32]
+        suffix = os.path.splitext(urlparse(url).path)[1].lower()
+        return os.path.join(self.policy.cache_dir, digest + (suffix if re.fullmatch(r"\.\w{1,8}", suffix) else ""))
+
+    def _download(self, url: str, task_id: int | None, cached: str | None) -> str:
+        """Fetch through the SDK into a private folder, then move the file into the cache in one step
+        (a download cut short leaves nothing behind that a later call would take for the image)."""
+        # without a document root the SDK must fetch local files from Label Studio: no resolver
+        # (an installed resolver that answers None makes the SDK refuse the file instead)
+        resolver = self._resolve_local if self.policy.document_root else None
+        session = _TimeoutSession(self.policy.allowed_hosts, urlparse(self.policy.label_studio_url).netloc.lower(),
+                                  self.policy.timeout)
+        scratch = None
+        if cached is not None:
+            os.makedirs(self.policy.cache_dir, exist_ok=True)
+            scratch = tempfile.mkdtemp(prefix=".download-", dir=self.policy.cache_dir)
+        try:
+            with http_session(session), local_files_resolver(resolver):
+                fetched = get_local_path(url, cache_dir=scratch, hostname=self.policy.label_studio_url,
+                                         access_token=self._access_token(), task_id=task_id, download_resources=True)
+            if scratch is None or not fetched.startswith(scratch + os.sep):
+                return fetched  # no cache of ours (the SDK's own), or a file the SDK found on this disk
+            with self._lock:
+                self._downloads += 1
+            os.replace(fetched, cached)
+            return cached
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
 
     def _local_path(self, url: str) -> str:
         """The file itself, under the document root (the SDK would copy it into the cache)."""
@@ -166,8 +233,19 @@ class ImageLoader:
         return filepath
 
     def load(self, url: object, task_id: int | None = None) -> Image.Image:
-        """Fetch and decode, with EXIF orientation applied (as browsers show it)."""
-        return self.decode(self.path(url, task_id))
+        """Fetch and decode, with EXIF orientation applied (as browsers show it).
+
+        A downloaded file that does not decode leaves the cache, so that the
+        object, once replaced in its storage, is fetched again.
+        """
+        path = self.path(url, task_id)
+        try:
+            return self.decode(path)
+        except ImageError as exc:
+            if exc.reason == "undecodable" and self.policy.cache_dir and path.startswith(self.policy.cache_dir):
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+            raise
 
     def decode(self, path: str) -> Image.Image:
         """Decode a local image file into RGB, refusing ones over the pixel limit."""
@@ -222,6 +300,36 @@ def _concurrently(fn: Callable[[T], R], items: list[T], *, workers: int) -> list
         return [one(item) for item in items]
     with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
         return list(pool.map(one, items))
+
+
+def _http_failure(exc: requests.HTTPError) -> ImageError:
+    """An HTTP error answer as a task failure, by what it means for the image.
+
+    404/410: the object is gone (``missing``); 401/403: its host refuses the
+    credentials (``refused``); 424 is Label Studio proxying a storage (presign
+    off) that failed: its ``detail`` (the storage's own error) tells which;
+    anything else is ``unreachable``.
+    """
+    response = exc.response
+    status, host = (response.status_code, urlparse(response.url).netloc) if response is not None else (None, "?")
+    detail = _storage_detail(response) if status == 424 else ""
+    text = f"HTTP {status} from {host}" + (f": {detail}" if detail else "")
+    if status in (404, 410) or any(code in detail for code in ("NoSuchKey", "Not Found", "(404)", "BlobNotFound")):
+        return ImageError(f"image not found in its storage ({text})", "missing")
+    if status in (401, 403) or any(code in detail for code in ("AccessDenied", "InvalidAccessKeyId", "Forbidden",
+                                                                "SignatureDoesNotMatch", "(403)")):
+        return ImageError(f"image access denied ({text}): check the storage's credentials in Label Studio", "refused")
+    return ImageError(f"could not fetch the image ({text})")
+
+
+def _storage_detail(response: requests.Response) -> str:
+    """Label Studio's ``{"error", "detail"}`` of a failed storage proxy, shortened and without query strings."""
+    try:
+        detail = str(response.json().get("detail") or "")
+    except ValueError:
+        return ""
+    return " ".join(word.split("?")[0] if "://" in word else word for word in detail.split())[:300]
+
 
 def _without_query(exc: Exception) -> str:
     """An exception message with URL query strings cut, since they may carry signatures or tokens."""

@@ -9,6 +9,7 @@ Label Studio and for image hosts.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 
@@ -248,13 +249,31 @@ class TestFetchHttp:
                 loader = _loader(tmp_path, allowed_image_hosts=(allowed.netloc, target.netloc))
                 assert loader.load(f"{allowed.url}/img.png").size == (30, 20)
 
-    def test_label_studio_may_redirect_anywhere(self, tmp_path):
-        # Cloud presign answers redirect from Label Studio to the bucket's host.
+    def test_label_studio_presign_may_redirect_anywhere(self, tmp_path):
+        # Label Studio's presign endpoint redirects to the bucket's host, which no setting lists.
         with LocalServer({"/img.png": PNG}) as bucket:
-            with LocalServer({"/img.png": Route(302, b"", location=f"{bucket.url}/img.png")}) as ls:
+            with LocalServer({"/tasks/5/presign/": Route(303, b"", location=f"{bucket.url}/img.png?sig=1")}) as ls:
                 loader = _loader(tmp_path, label_studio_url=ls.url, api_key="legacy-token-123")
-                assert loader.load(f"{ls.url}/img.png").size == (30, 20)
-        assert "Authorization" not in bucket.seen[0].headers
+                assert loader.load("s3://bucket/img.png", task_id=5).size == (30, 20)
+        assert [s.path.split("?")[0] for s in ls.seen] == ["/tasks/5/presign/"]
+        assert ls.seen[0].headers["Authorization"] == "Token legacy-token-123"
+        assert "Authorization" not in bucket.seen[0].headers  # the token stays with Label Studio
+
+    def test_other_label_studio_pages_redirect_only_within_the_policy(self, tmp_path):
+        with LocalServer({"/img.png": PNG}) as elsewhere:
+            with LocalServer({"/data/local-files/": Route(302, b"", location=f"{elsewhere.url}/img.png")}) as ls:
+                loader = _loader(tmp_path, label_studio_url=ls.url, api_key="legacy-token-123")
+                with pytest.raises(ImageError) as info:
+                    loader.load("/data/local-files/?d=a.png", task_id=5)
+        assert elsewhere.seen == []
+        assert info.value.reason == "refused"
+        assert f"add {elsewhere.netloc} to ALLOWED_IMAGE_HOSTS" in str(info.value)
+
+    def test_refused_host_names_the_host_and_the_setting(self, tmp_path):
+        loader = _loader(tmp_path, label_studio_url=LS)
+        with pytest.raises(ImageError) as info:
+            loader.load("https://photos.example.org/a.png")
+        assert "photos.example.org" in str(info.value) and "ALLOWED_IMAGE_HOSTS" in str(info.value)
 
     def test_http_error_message_has_no_query_string(self, tmp_path):
         with LocalServer({}) as server:
@@ -317,6 +336,116 @@ class TestFetchFromLabelStudio:
             with pytest.raises(ImageError):
                 loader.load("/data/upload/3/photo.png")
         assert ls.seen == []
+
+
+def _truncating_server(declared: int, sent: bytes):
+    """A raw HTTP server on 127.0.0.1 that promises ``declared`` bytes, sends ``sent`` and hangs up
+    (an S3 server stopped in the middle of a download). Returns (url, stop)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(5)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                             + str(declared).encode() + b"\r\n\r\n" + sent)
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    def close() -> None:
+        stop.set()
+        listener.close()
+
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", close
+
+
+class TestCloudImages:
+    """``s3://`` task images through Label Studio's presign endpoint: the cache, and the failures."""
+
+    def test_the_cache_is_keyed_by_the_cloud_uri_not_the_signed_url(self, tmp_path):
+        signatures = iter(range(100))
+
+        def presign(seen):  # a new signature on every request, as Label Studio's are
+            return Route(303, b"", location=f"{bucket.url}/img.png?X-Amz-Signature={next(signatures)}")
+
+        routes = {"/tasks/5/presign/": presign, "/tasks/6/presign/": presign}
+        with LocalServer({"/img.png": PNG}) as bucket, LocalServer(routes) as ls:
+            loader = _loader(tmp_path, label_studio_url=ls.url, api_key="legacy-token-123")
+            first = loader.path("s3://bucket/img.png", task_id=5)
+            again = [loader.path("s3://bucket/img.png", task_id=5) for _ in range(3)]
+            assert loader.load("s3://bucket/img.png", task_id=5).size == (30, 20)
+            other = loader.path("s3://bucket/other/img.png", task_id=6)  # same name, another object
+        assert again == [first] * 3 and other != first
+        assert loader.downloads == 2
+        assert len(bucket.seen) == 2 and len(ls.seen) == 2
+        assert [p.name for p in (tmp_path / "models" / ".cache" / "images").iterdir()] != []
+        assert not list((tmp_path / "models" / ".cache" / "images").glob(".download-*"))
+
+    def test_a_download_cut_short_is_not_cached(self, tmp_path):
+        body = image_bytes(30, 20)
+        url, close = _truncating_server(len(body), body[: len(body) // 2])
+        try:
+            with LocalServer({"/tasks/5/presign/": Route(303, b"", location=f"{url}/img.png")}) as ls:
+                loader = _loader(tmp_path, label_studio_url=ls.url, api_key="legacy-token-123")
+                with pytest.raises(ImageError) as info:
+                    loader.path("s3://bucket/img.png", task_id=5)
+        finally:
+            close()
+        assert info.value.reason == "unreachable"
+        assert loader.downloads == 0
+        cache = tmp_path / "models" / ".cache" / "images"
+        assert [p for p in cache.rglob("*") if p.is_file()] == []
+
+    def test_server_down_is_unreachable(self, tmp_path):
+        with LocalServer({}) as gone:
+            down = gone.url
+        with LocalServer({"/tasks/5/presign/": Route(303, b"", location=f"{down}/img.png")}) as ls:
+            loader = _loader(tmp_path, label_studio_url=ls.url, api_key="legacy-token-123")
+            with pytest.raises(ImageError) as info:
+                loader.path("s3://bucket/img.png", task_id=5)
+        assert info.value.reason == "unreachable"
+
+    @pytest.mark.parametrize("status, reason", [(404, "missing"), (403, "refused"), (500, "unreachable")])
+    def test_bucket_answers_by_status(self, tmp_path, status, reason):
+        with LocalServer({"/img.png": Route(status, b"<Error/>", "application/xml")}) as bucket:
+            location = f"{bucket.url}/img.png?X-Amz-Signature=SECRET"
+            with LocalServer({"/tasks/5/presign/": Route(303, b"", location=location)}) as ls:
+                loader = _loader(tmp_path, label_studio_url=ls.url, api_key="legacy-token-123")
+                with pytest.raises(ImageError) as info:
+                    loader.path("s3://bucket/img.png", task_id=5)
+        assert info.value.reason == reason and str(status) in str(info.value)
+        assert bucket.netloc in str(info.value) and "SECRET" not in str(info.value)
+
+    @pytest.mark.parametrize("detail, reason", [
+        ("An error occurred (NoSuchKey) when calling the GetObject operation: The specified key does not exist.",
+         "missing"),
+        ("An error occurred (InvalidAccessKeyId) when calling the GetObject operation", "refused"),
+        ("Could not connect to the endpoint URL: \"http://127.0.0.1:1/bucket/a.png?x=SECRET\"", "unreachable"),
+    ])
+    def test_label_studio_proxy_failures_by_storage_error(self, tmp_path, detail, reason):
+        """Presign off: Label Studio answers 424 with the storage's error in ``detail``."""
+        body = json.dumps({"error": "Storage stream failed while proxying data", "detail": detail}).encode()
+        with LocalServer({"/tasks/5/presign/": Route(424, body, "application/json")}) as ls:
+            loader = _loader(tmp_path, label_studio_url=ls.url, api_key="legacy-token-123")
+            with pytest.raises(ImageError) as info:
+                loader.path("s3://bucket/a.png", task_id=5)
+        assert info.value.reason == reason and "424" in str(info.value)
+        assert "SECRET" not in str(info.value)
+
+    def test_a_non_image_object_is_undecodable_and_leaves_the_cache(self, tmp_path):
+        with LocalServer({"/tasks/5/presign/": Route(200, b"%PDF-1.4 not an image", "application/pdf")}) as ls:
+            loader = _loader(tmp_path, label_studio_url=ls.url, api_key="legacy-token-123")
+            for _ in range(2):
+                with pytest.raises(ImageError) as info:
+                    loader.load("s3://bucket/a.jpg", task_id=5)
+                assert info.value.reason == "undecodable"
+        assert loader.downloads == 2  # fetched again: the object may have been replaced meanwhile
 
 
 def _jwt(token_type: str, expires_in: float, **claims) -> str:
