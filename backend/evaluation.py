@@ -56,7 +56,7 @@ def evaluate_serving(
                    f"figures need at least {min_tasks} (EVAL_MIN_TASKS)")
         return Prequential(version.name, "too_few", message, **context)
     if progress:
-        progress(0.0, f"evaluating {version.name} on {len(unseen)} new tasks")
+        progress(0.0, f"measuring how well {version.name} did on the {len(unseen)} tasks annotated since its training")
     samples = [data.samples[i] for i in unseen]
     try:
         check_meta(version.meta, list(names.labels), registry.config.backbone)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from backend.ranking_store import RankingCache
 from backend.service import Service
+from backend.weights import describe_version
 from model.evaluate import Prequential
 from model.versions import Version, VersionStore
 
@@ -96,6 +97,8 @@ def project_report(service: Service, project: str, queue_size: int = QUEUE_HEAD)
     return {
         "project": project,
         "serving": versions[-1].name if versions else None,
+        "weights": describe_version(versions[-1].name, versions[-1].meta,
+                                    service.registry.weights_reports.get(project)) if versions else None,
         "min_tasks": service.settings.eval_min_tasks,
         "versions": version_rows(versions),
         "latest_evaluation": latest.to_json() if latest else None,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-from dataclasses import asdict
 from pathlib import Path
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -25,6 +24,7 @@ from backend.predictions import Deadline, PredictedTasks
 from backend.report import refresh_quality_gauges, version_rows
 from backend.service import Service
 from backend.settings import Settings
+from backend.weights import serving_weights
 from model.versions import project_id as canonical_project_id
 
 logger = logging.getLogger(__name__)
@@ -108,20 +108,21 @@ def _tasks(body: dict) -> list[dict]:
 @bp.get("/")
 @bp.get("/health")
 def health() -> Response:
-    """Liveness plus what a user needs to see: the backbone (BACKBONE=auto's choice), device, weights fallbacks,
-    versions, disk use per project, and "degraded" with the problems of ``backend.health``."""
+    """Liveness plus what a user needs to see: the backbone (BACKBONE=auto's choice), which weights the serving
+    models started from and what that means (``backend.weights``), device, versions, disk use per project, and
+    "degraded" with the problems of ``backend.health``."""
     service = _service()
     registry = service.registry
     root = Path(service.settings.model_dir)
     found = problems(root, service.board)
     body = {"status": "degraded" if found else "UP", "model_class": MODEL_CLASS,
-            "backbone": registry.config.backbone, "disk": {"projects": project_disk_use(root)}}
+            "backbone": registry.config.backbone, "weights": serving_weights(registry, service.settings.weights),
+            "disk": {"projects": project_disk_use(root)}}
     if found:
         body["problems"] = found
     serving = registry.serving()
     if serving:  # the device is named once a model runs there: asking earlier would touch CUDA
         body["device"] = str(registry.device)
-        body["weights"] = {p: asdict(r) for p, r in registry.weights_reports.items()}
         body["serving"] = serving
     return jsonify(body)
 

@@ -11,6 +11,7 @@ The app's basic auth covers these routes like every other.
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 
 import requests
 from flask import Blueprint, Response, current_app, jsonify, render_template
@@ -20,6 +21,7 @@ from backend.plot import quality_png
 from backend.report import known_projects, project_report, version_rows
 from backend.routes import project_id
 from backend.service import Service
+from backend.weights import summary
 from model.hua import METRIC_NAMES
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,8 @@ bp = Blueprint("ui", __name__, template_folder="templates")
 
 # Seconds the page waits for Label Studio per project: a page, not a job.
 LABEL_STUDIO_TIMEOUT_S = 2.0
+# The page's one time format, in UTC (its script writes the same).
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
 
 
 def _service() -> Service:
@@ -42,6 +46,20 @@ def _percent(value: float | None) -> str:
 @bp.app_template_filter("num")
 def _number(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
+
+
+@bp.app_template_filter("utc")
+def _utc(value: str | None) -> str:
+    """An ISO time (the job board's, in UTC) as "2026-12-03 17:07:51 UTC", the one format of the page."""
+    if not value:
+        return "—"
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc)
+    return moment.strftime(TIME_FORMAT)
 
 
 @bp.get("/projects/<project>/report")
@@ -67,8 +85,10 @@ def page() -> str:
     names = known_projects(service.store, service.board.all())
     statuses = _label_studio_statuses(service, names)
     projects = [{"project": p, "report": project_report(service, p), "label_studio": statuses[p]} for p in names]
+    started = {p["project"]: p["report"]["weights"] for p in projects if p["report"]["weights"]}
+    weights = summary(started, service.settings.weights, service.registry.config.backbone)
     return render_template(
-        "ui.html", projects=projects, metric_names=METRIC_NAMES,
+        "ui.html", projects=projects, metric_names=METRIC_NAMES, weights=weights,
         min_tasks=service.settings.eval_min_tasks, score_threshold=service.settings.score_threshold,
     )
 

@@ -40,6 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from backend.app import create_app
 from backend.routes import MODEL_CLASS
 from backend.service import build_service
+from model.detector import build_model
 from model.version_meta import VersionMeta
 
 VERSION = re.compile(r"^v\d{4,}$")
@@ -101,12 +102,40 @@ class TestHealth:
         body = client.get("/health").get_json()
         assert body["device"] == "cpu"
         assert body["serving"]["1"] == served
-        assert body["weights"]["1"]["used"] == "none"
+        assert body["weights"]["projects"]["1"]["used"] == "none"
 
     def test_loads_no_model(self, fresh_app):
         body = fresh_app.test_client().get("/health").get_json()
         assert _service(fresh_app).registry.serving() == {}
         assert "device" not in body and "serving" not in body  # the device is not asked for before a model runs
+        assert body["weights"]["source"] == "random initialisation (configured: WEIGHTS=none)"
+        assert "no model loaded yet" in body["weights"]["meaning"]
+
+    def test_weights_fallen_back_to_random_say_there_are_no_pre_annotations(self, tmp_path, monkeypatch):
+        """COCO asked for, no file in the cache and no download: /health says what the user will (not) see."""
+        monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+        app = create_app(make_settings(tmp_path / "models", weights="coco"))
+        client = app.test_client()
+        assert client.post("/predict", json=predict_body([])).status_code == 200
+        weights = client.get("/health").get_json()["weights"]
+        assert weights["source"] == "random initialisation (coco weights were asked for but could not be had)"
+        assert weights["meaning"] == "no pre-annotations until the first trainings" and weights["fell_back"] is True
+        (project,) = weights["projects"].values()
+        assert project["version"] == "v0001" and project["requested"] == "coco" and project["used"] == "none"
+        assert any("not available offline" in reason for reason in project["reasons"])
+
+    def test_weights_of_a_pretrained_start(self, tmp_path):
+        """A version made from COCO weights (written here: a test downloads nothing) is described as such."""
+        settings = make_settings(tmp_path / "models")
+        service = build_service(settings)
+        model, _ = build_model(service.registry.config, list(LABELS))
+        meta = VersionMeta(labels=list(LABELS), backbone=settings.backbone, weights="coco", weights_requested="coco")
+        service.store.save("1", model.state_dict(), meta)
+        client = create_app(settings).test_client()
+        assert client.post("/predict", json=predict_body([])).get_json()["model_version"] == "v0001"
+        weights = client.get("/health").get_json()["weights"]
+        assert weights["source"] == f"COCO weights ({settings.backbone})" and weights["fell_back"] is False
+        assert weights["meaning"].startswith("pre-annotations from the start for labels that match a COCO class")
 
     @pytest.mark.parametrize("device, cuda, backbone", [
         ("auto", True, "resnet50_fpn_v2"), ("auto", False, "mobilenet_v3_fpn"), ("cpu", True, "mobilenet_v3_fpn"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import replace
+from datetime import datetime, timezone
 
 import pytest
 from helpers import LocalServer, Route, make_settings
@@ -13,6 +14,7 @@ from PIL import Image
 from report_data import FIGURES, PROJECT, QUEUE, populate
 
 from backend.app import create_app
+from backend.jobs.board import JobBoard
 from model.version_meta import VersionMeta
 from model.versions import VersionStore
 
@@ -110,12 +112,39 @@ class TestPage:
     def test_zero_projects(self, tmp_path):
         page = _client(tmp_path).get("/ui", headers=AUTH).get_data(as_text=True)
         assert 'id="no-projects"' in page and "1 &minus; priority" in page
+        assert "<b>Model weights: random initialisation (configured: WEIGHTS=none)</b>: no pre-annotations" in page
+
+    def test_the_weights_banner_says_what_a_random_start_means(self, tmp_path):
+        meta = VersionMeta(labels=["car"], backbone="b", weights="none", weights_requested="coco", parent=None)
+        VersionStore(tmp_path).save("5", {}, meta)
+        page = _client(tmp_path).get("/ui", headers=AUTH).get_data(as_text=True)
+        banner = page.split('id="weights">')[1].split("</p>")[0]
+        assert ("<b>Model weights: random initialisation (coco weights were asked for but could not be had)</b>: "
+                "no pre-annotations until the first trainings.") in banner
+        assert 'class="weights fell-back"' in page
+        assert "Serving v0001, started from <b>random initialisation" in page
+
+    def test_the_weights_banner_names_a_pretrained_start(self, tmp_path):
+        meta = VersionMeta(labels=["car"], backbone="b", weights="coco", weights_requested="coco", parent=None)
+        VersionStore(tmp_path).save("5", {}, meta)
+        page = _client(tmp_path).get("/ui", headers=AUTH).get_data(as_text=True)
+        assert "<b>Model weights: COCO weights (b)</b>: pre-annotations from the start" in page
+        assert 'class="weights" id="weights"' in page  # not marked as a fallback
+
+    def test_one_time_zone_and_format(self, many):
+        page = _client(many).get("/ui", headers=AUTH).get_data(as_text=True)
+        assert "All times on this page are UTC." in page
+        started = JobBoard(many).read(PROJECT, "train").started
+        shown = datetime.fromisoformat(started).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        assert f"<td class=\"text\">{shown}</td>" in page
+        assert "toLocaleTimeString" not in page and 'toISOString().slice(0, 19).replace("T", " ") + " UTC' in page
 
     def test_one_version_not_measured_yet(self, tmp_path):
         VersionStore(tmp_path).save("5", {}, VersionMeta(labels=["car"], backbone="b", parent=None))
         page = _client(tmp_path).get("/ui", headers=AUTH).get_data(as_text=True)
         assert 'data-version="v0001"' in page and "not measured yet" in page
         assert "Not ranked yet" in page and "No job has run" in page
+        assert "unknown weights" in page  # a meta that does not say where its weights came from
 
     def test_many_versions_figures_queue_and_jobs(self, many):
         page = _client(many).get("/ui", headers=AUTH).get_data(as_text=True)

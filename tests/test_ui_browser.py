@@ -3,6 +3,7 @@ backend's app served over HTTP on a model folder a few trainings left (tests/rep
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -62,6 +63,14 @@ def test_the_page_shows_what_the_json_says_and_follows_the_jobs(served):
             board.write(record)
             wait_for_progress(page, PROJECT, "train", 0.6)
             assert page.locator('tr.job[data-kind="train"] .job-message').inner_text() == "step 12/20"
+            # which weights the model started from, near the top and visible, in the report's words
+            banner = page.locator("#weights")
+            assert banner.is_visible() and report["weights"]["source"] in banner.inner_text()
+            assert banner.inner_text().startswith("Model weights: trained version v0004")
+            # one time zone and format on the page, the script's line included (whatever the browser's zone)
+            assert re.fullmatch(r"Jobs updated \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\.",
+                                page.locator("#poll-state").inner_text()), page.locator("#poll-state").inner_text()
+            assert "2026-12-01 10:00:00 UTC" in page.locator('tr.job[data-kind="train"]').inner_text()
             screenshot(page, "ui-constructed")
         finally:
             browser.close()
