@@ -73,7 +73,7 @@ class PredictJob:
             added.update(entries)
             failed.update({f.task_id: f"{f.reason}: {f.message}" for f in outcome.failures})
             if progress is not None:
-                progress((start + len(chunk)) / len(tasks), f"{start + len(chunk)} of {len(tasks)} tasks predicted")
+                progress((start + len(chunk)) / len(tasks), f"{start + len(chunk)} of {len(tasks)} tasks pre-annotated")
         if added and ranking.scale is not None:
             self._join_ranking(project, served, added)
         return {"predicted": len(added), "failed": failed}
