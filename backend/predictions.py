@@ -26,7 +26,7 @@ from backend.labels import ProjectLabels
 from backend.ranking_store import StoredRanking
 from model.detections import Detections
 from model.detector import Detector
-from model.hua import HUAConfig, entropy_score
+from model.hua import HUAConfig, entropy_score, image_entropy
 from model.images import image_tensor
 from model.registry import ServedModel
 from model.scoring import score_new_images
@@ -81,24 +81,20 @@ def box_result(box: Sequence[float], label: str, score: float, width: int, heigh
 
 def task_prediction(
     detections: Detections, labels: Sequence[str], names: ProjectLabels, version: str, *, min_score: float,
-    score: float | None = None,
+    score: float,
 ) -> dict:
-    """A task's prediction: its boxes scoring at least ``min_score`` (SCORE_THRESHOLD) and a task-level confidence.
+    """A task's prediction: its boxes scoring at least ``min_score`` (SCORE_THRESHOLD) and its task score.
 
     The detector returns boxes down to HUA's analysis threshold (0.05) for the
-    ranking; annotators are shown only the confident ones. The task score is
-    ``score``, HUA's for a ranked task, else ``1 - H(x)``, H the retrieval
-    gate's normalised entropy (METHOD.md section 1): lower means less certain,
-    which is the order Label Studio's uncertainty sampling and prediction-score
-    column use (``model.hua.entropy_score``).
+    ranking; annotators are shown only the confident ones. ``score`` is HUA's
+    (``model.hua``, docs/method.md section 3): lower means more worth labeling,
+    the order of Label Studio's uncertainty sampling and prediction-score column.
     """
     shown = detections.above(min_score)
     result = [
         box_result(box.tolist(), labels[int(cls) - 1], float(score), shown.width, shown.height, names)
         for box, cls, score in zip(shown.boxes, shown.labels, shown.scores)
     ]
-    if score is None:
-        score = float(entropy_score(detections.top_probs))
     return {"result": result, "score": score, "model_version": version}
 
 
@@ -162,7 +158,8 @@ def predict_images(
     """Predictions of decoded images (``image_tensor``); scored on the stored ranking's scale when there is one."""
     labels = detector.labels
     if ranking is None or ranking.scale is None:
-        return [task_prediction(det, labels, names, version, min_score=min_score) for det in detector.predict(tensors)]
+        return [task_prediction(det, labels, names, version, min_score=min_score,
+                                score=entropy_score(image_entropy(det, hua))) for det in detector.predict(tensors)]
     freq = torch.tensor(ranking.labeled_freq, dtype=torch.float64)
     scored = score_new_images(detector, range(len(tensors)), tensors.__getitem__, freq, ranking.scale, hua,
                               batch_size=max(1, len(tensors)))  # the caller's batch, one forward pass

@@ -7,6 +7,7 @@ every serving process through ``RankingCache``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from model.hua import Scale
 from model.versions import Version
 
 RANKING_FILE = "ranking.json"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,7 +40,7 @@ class StoredRanking:
         if not path.exists():
             return cls()
         data = json.loads(path.read_text())
-        scale = Scale.from_dict(data["scale"]) if data.get("scale") else None
+        scale = _scale(data.get("scale"), path)
         tasks = {int(k): v for k, v in data.get("tasks", {}).items()}
         details = {int(k): v for k, v in data.get("details", {}).items()}
         return cls(scale, data.get("labeled_freq", []), tasks, details)
@@ -47,13 +50,25 @@ class StoredRanking:
         path = version.path / RANKING_FILE
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         body = {
-            "scale": self.scale.to_dict() if self.scale else None,
+            "scale": self.scale.to_json() if self.scale else None,
             "labeled_freq": self.labeled_freq,
             "tasks": {str(k): v for k, v in self.tasks.items()},
             "details": {str(k): v for k, v in self.details.items()},
         }
         tmp.write_text(json.dumps(body))
         os.replace(tmp, path)
+
+
+def _scale(data: dict | None, path: Path) -> Scale | None:
+    """The stored scale; ``None`` (the next ranking is a full one) for none, or for an
+    older format that places tasks by other rules than the serving code's."""
+    if not data:
+        return None
+    try:
+        return Scale.from_json(data)
+    except ValueError as error:
+        logger.warning("%s: its scale is not used (%s); the next ranking ranks the whole pool", path, error)
+        return None
 
 
 class RankingCache:

@@ -62,10 +62,11 @@ class Settings:
     image_cache_dir: str = ""
     train_every: int = 10
     train_reinit: bool = False
-    # METHOD.md section 6's rule, applied over 5 seeds (bench/results/active_learning_warm.md):
-    # synchronic - standard = -2.5 [-3.2, -1.9] AP50, so torchvision's loss is the default.
-    loss: str = "standard"
-    sync_form: str = "default"
+    # The paper's synchronic form (docs/method.md, section 4): on the warm benchmark over 5 seeds
+    # (bench/results/active_learning_warm.md) it is +2.8 [+2.0, +3.5] AP50 over the standard loss, the
+    # balanced form (SYNC_FORM=balanced, an ablation) -2.5 [-3.2, -1.9].
+    loss: str = "synchronic"
+    sync_form: str = "paper"
     eiou_gamma: float = 0.8
     sync_lambda: float | None = None
     log_var_bound: float = 5.0
@@ -82,13 +83,14 @@ class Settings:
     job_timeout: int = 6 * 3600
     max_job_processes: int = 1
     keep_versions: int = 10
-    hua_top_k: int = 10
+    hua_aggregate: str = "sum"
     hua_retrieval_fraction: float = 0.5
     hua_min_candidates: int = 64
     hua_candidates: int | None = None
     hua_overlap_iou: float = 0.3
     hua_score_threshold: float = 0.05
     hua_merge_iou: float = 0.7
+    hua_confident_score: float = 0.3
     hua_diversity: bool = False
     hua_diversity_window: int = 64
 
@@ -146,12 +148,23 @@ class Settings:
                                 f"folder saved by this backend (weights.pt + meta.json); {self.weights!r} does not exist")
         if not 0.0 <= self.score_threshold <= 1.0:
             raise SettingsError(f"SCORE_THRESHOLD must be in [0, 1], got {self.score_threshold}")
+        self._validate_loss()
         try:
             self.detector_config("cpu")  # checks the names; "cpu" or "cuda" alike
             self.train_config()
             self.hua_config()
         except ValueError as exc:
             raise SettingsError(str(exc)) from exc
+
+    def _validate_loss(self) -> None:
+        """LOSS and SYNC_FORM name their choices (LossConfig checks the constants)."""
+        kinds = (LossConfig.SYNCHRONIC, LossConfig.STANDARD)
+        if self.loss not in kinds:
+            raise SettingsError(f"LOSS must be {' or '.join(kinds)}, got {self.loss!r}")
+        forms = (LossConfig.PAPER_FORM, LossConfig.BALANCED_FORM)
+        if self.sync_form not in forms:
+            raise SettingsError(f"SYNC_FORM must be {' or '.join(forms)} (the paper's form is the default), "
+                                f"got {self.sync_form!r}")
 
     def detector_config(self, device_kind: str) -> DetectorConfig:
         """The slice of the settings that ``model.detector`` needs, in a process on ``device_kind``.
@@ -162,7 +175,6 @@ class Settings:
             backbone=resolve_backbone(self.backbone, device_kind),
             weights=self.weights,
             score_threshold=self.hua_score_threshold,
-            gate_top_k=self.hua_top_k,
             log_var_bound=self.log_var_bound,
             allow_download=self.allow_weights_download,
         )
@@ -170,11 +182,13 @@ class Settings:
     def hua_config(self) -> HUAConfig:
         """The slice of the settings that ``model.hua`` needs (METHOD.md sections 1-2)."""
         return HUAConfig(
+            aggregate=self.hua_aggregate,
             retrieval_fraction=self.hua_retrieval_fraction,
             min_candidates=self.hua_min_candidates,
             candidates=self.hua_candidates,
             overlap_iou=self.hua_overlap_iou,
             merge_iou=self.hua_merge_iou,
+            confident_score=self.hua_confident_score,
             diversity=self.hua_diversity,
             diversity_window=self.hua_diversity_window,
         )
@@ -254,13 +268,14 @@ ENVIRONMENT: Mapping[str, str] = MappingProxyType({
     "JOB_TIMEOUT": "job_timeout",
     "MAX_JOB_PROCESSES": "max_job_processes",
     "KEEP_VERSIONS": "keep_versions",
-    "HUA_TOP_K": "hua_top_k",
+    "HUA_AGGREGATE": "hua_aggregate",
     "HUA_RETRIEVAL_FRACTION": "hua_retrieval_fraction",
     "HUA_MIN_CANDIDATES": "hua_min_candidates",
     "HUA_CANDIDATES": "hua_candidates",
     "HUA_OVERLAP_IOU": "hua_overlap_iou",
     "HUA_SCORE_THRESHOLD": "hua_score_threshold",
     "HUA_MERGE_IOU": "hua_merge_iou",
+    "HUA_CONFIDENT_SCORE": "hua_confident_score",
     "HUA_DIVERSITY": "hua_diversity",
     "HUA_DIVERSITY_WINDOW": "hua_diversity_window",
 })

@@ -105,7 +105,7 @@ def stored_ranking(num_tasks: int, seed: int, version_name: str, names) -> tuple
     """A ranking of ``num_tasks`` tasks: Scale from ``fit_scale``, two boxes and a score per task."""
     entropy, mask, metrics = synthetic_pool(num_tasks, seed)
     cand_entropy = entropy[mask]
-    scale = fit_scale(metrics, entropy_cutoff=float(cand_entropy.min()) if cand_entropy.numel() else math.inf)
+    scale = fit_scale(metrics, entropy, float(cand_entropy.min()) if cand_entropy.numel() else math.inf)
     ranking = rank_pool(entropy, metrics, mask, scale)
     rng = np.random.default_rng(seed)
     width, height = 640, 480

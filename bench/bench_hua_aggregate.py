@@ -12,6 +12,7 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -72,15 +73,16 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--n must be >= 0 and --repeats >= 1")
 
     entropy, mask, metrics = synthetic_pool(args.n, args.seed)
-    scale = fit_scale(metrics)
+    cutoff = float(entropy[mask].min()) if bool(mask.any()) else math.inf
+    scale = fit_scale(metrics, entropy, cutoff)
     normalised = normalise(metrics, scale)
     l_all = torch.zeros(args.n, dtype=torch.float64)
     l_all[mask] = aggregate(normalised)
     steps: dict[str, Callable[[], object]] = {
-        "fit_scale": lambda: fit_scale(metrics),
+        "fit_scale": lambda: fit_scale(metrics, entropy, cutoff),
         "normalise": lambda: normalise(metrics, scale),
         "aggregate": lambda: aggregate(normalised),
-        "priorities": lambda: priorities(entropy, mask, l_all),
+        "priorities": lambda: priorities(entropy, mask, l_all, scale),
         "rank_pool (all)": lambda: rank_pool(entropy, metrics, mask),
     }
     print(

@@ -59,7 +59,7 @@ from torch import Tensor
 from backend.settings import Settings
 from bench.common import backend_env
 from model.detector import Detector
-from model.hua import entropy_score
+from model.hua import HUAConfig, entropy_score, image_entropy
 from model.images import load_image
 from model.registry import load_version_model
 from model.versions import VersionStore
@@ -216,7 +216,7 @@ def check_same_model(detector: Detector, tensors: list[Tensor], answer: dict, mi
     detector returns more, down to HUA's analysis threshold.
     """
     for det, result in zip(detector.predict(tensors), answer["results"]):
-        score, shown = float(entropy_score(det.top_probs)), len(det.above(min_score).boxes)
+        score, shown = entropy_score(image_entropy(det, HUAConfig())), len(det.above(min_score).boxes)
         if abs(score - result["score"]) > SCORE_TOLERANCE or shown != len(result["result"]):
             raise RuntimeError(
                 f"bare and service disagree (score {score:.5f} vs {result['score']:.5f}, "

@@ -27,10 +27,6 @@ class Detections:
         sigmas (Tensor[D, 4]): per-edge standard deviation of the box in the
             box-delta space (``exp(alpha / 2)``); zeros when the box head has no
             log-variance output.
-        top_probs (Tensor[K, C+1]): softmax rows of the K RoIs with the highest
-            foreground probability, taken before the score threshold, so that an
-            image with no confident detection still has a defined entropy
-            (METHOD.md section 1). K <= the configured gate size.
         width (int): width of the original image in pixels.
         height (int): height of the original image in pixels.
         features (Tensor[D] | None): the image's pooled backbone feature, when
@@ -42,7 +38,6 @@ class Detections:
     scores: Tensor
     probs: Tensor
     sigmas: Tensor
-    top_probs: Tensor
     width: int
     height: int
     features: Tensor | None = None
@@ -53,7 +48,7 @@ class Detections:
     @property
     def num_classes(self) -> int:
         """C, the number of foreground classes."""
-        return int(self.top_probs.shape[-1]) - 1
+        return int(self.probs.shape[-1]) - 1
 
     @classmethod
     def empty(cls, num_classes: int, width: int, height: int) -> "Detections":
@@ -65,7 +60,6 @@ class Detections:
             scores=torch.zeros((0,)),
             probs=torch.zeros((0, c1)),
             sigmas=torch.zeros((0, 4)),
-            top_probs=torch.zeros((0, c1)),
             width=width,
             height=height,
         )
@@ -77,10 +71,12 @@ class Detections:
         analysis threshold, 0.05); pre-annotations only the confident ones.
         """
         keep = self.scores >= min_score
-        if bool(keep.all()):
-            return self
-        return replace(self, boxes=self.boxes[keep], labels=self.labels[keep], scores=self.scores[keep],
-                       probs=self.probs[keep], sigmas=self.sigmas[keep])
+        return self if bool(keep.all()) else self.select(keep)
+
+    def select(self, index: Tensor) -> "Detections":
+        """The detections picked by ``index`` (a bool mask or int64 indices), in its order."""
+        return replace(self, boxes=self.boxes[index], labels=self.labels[index], scores=self.scores[index],
+                       probs=self.probs[index], sigmas=self.sigmas[index])
 
     def to(self, device: torch.device | str) -> "Detections":
         """A copy with every tensor on ``device``."""
@@ -90,7 +86,6 @@ class Detections:
             self.scores.to(device),
             self.probs.to(device),
             self.sigmas.to(device),
-            self.top_probs.to(device),
             self.width,
             self.height,
             None if self.features is None else self.features.to(device),

@@ -42,7 +42,6 @@ class DetectorConfig:
     analysis threshold [ours: 0.05, torchvision's and CALD's default], so that
     the ranking sees a young model's doubts; the boxes shown to annotators are
     filtered higher by the service (``SCORE_THRESHOLD``, ``Detections.above``).
-    ``gate_top_k`` is the gate's K (METHOD.md section 1), read only here.
     ``log_var_bound`` is a_max of the predictor's bounded log-variance
     ``alpha = a_max * tanh(raw / a_max)`` [ours: 5], so that exp(-alpha) never
     explodes and the gradient never vanishes; it must be > 0. It is part of the
@@ -60,7 +59,6 @@ class DetectorConfig:
     score_threshold: float = 0.05
     nms_iou: float = 0.5
     max_detections: int = 100
-    gate_top_k: int = 10
     min_size: int | None = None
     max_size: int | None = None
     sampled_rois: int = 256
@@ -226,7 +224,7 @@ def adapt_head(
         _init_from_rows(predictor.bbox_pred, old.bbox_pred, rows, 4)
     else:
         predictor.load_state_dict(old.state_dict(), strict=False)
-    heads = UncertaintyRoIHeads.from_torchvision(model.roi_heads, predictor, gate_top_k=config.gate_top_k)
+    heads = UncertaintyRoIHeads.from_torchvision(model.roi_heads, predictor)
     heads.score_thresh = config.score_threshold
     heads.nms_thresh = config.nms_iou
     heads.detections_per_img = config.max_detections
@@ -369,7 +367,6 @@ def _to_detections(out: dict[str, Tensor], image: Tensor, features: Tensor | Non
         scores=out["scores"].float().cpu(),
         probs=out["probs"].float().cpu(),
         sigmas=out["sigmas"].float().cpu(),
-        top_probs=out["top_probs"].float().cpu(),
         width=int(image.shape[-1]),
         height=int(image.shape[-2]),
         features=features,

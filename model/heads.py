@@ -2,8 +2,8 @@
 
 torchvision's ``FastRCNNPredictor`` gives class logits and box deltas; the
 synchronic loss (METHOD.md section 4) and HUA's localisation metric (section 2)
-also need a log-variance per box coordinate, and HUA's gate needs the full
-softmax of every detection and of the top RoIs before thresholding. The heads
+also need a log-variance per box coordinate, and HUA's gate and metrics need
+the full softmax of every detection. The heads
 here add exactly that and leave everything else to torchvision.
 """
 
@@ -51,23 +51,20 @@ class UncertaintyRoIHeads(RoIHeads):
     Training returns the loss terms of ``model.losses`` (or torchvision's two
     terms when ``loss.kind`` is "standard"). Inference returns, per image, the
     usual boxes/labels/scores plus ``probs`` (full softmax of each detection),
-    ``sigmas`` (per-edge sigma of the detection's class) and ``top_probs`` (the
-    softmax rows of the ``gate_top_k`` RoIs with the highest foreground
-    probability, before the score threshold).
+    and ``sigmas`` (per-edge sigma of the detection's class).
 
     ``loss`` belongs to the training, not to the architecture: ``model.train.train``
     sets it from its ``TrainConfig``; until then it is the default ``LossConfig``,
     so a model built only for inference needs none.
     """
 
-    def __init__(self, *args, gate_top_k: int = 10, **kwargs) -> None:
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.gate_top_k = gate_top_k
         self.loss = LossConfig()
 
     @classmethod
     def from_torchvision(
-        cls, heads: RoIHeads, predictor: UncertainBoxPredictor, *, gate_top_k: int
+        cls, heads: RoIHeads, predictor: UncertainBoxPredictor
     ) -> "UncertaintyRoIHeads":
         """Wrap the pooler, head and thresholds of an existing ``RoIHeads``."""
         new = cls(
@@ -82,7 +79,6 @@ class UncertaintyRoIHeads(RoIHeads):
             heads.score_thresh,
             heads.nms_thresh,
             heads.detections_per_img,
-            gate_top_k=gate_top_k,
         )
         return new
 
@@ -159,15 +155,12 @@ class UncertaintyRoIHeads(RoIHeads):
         keep = keep[box_ops.remove_small_boxes(boxes[keep], min_size=1e-2)]
         keep = keep[box_ops.batched_nms(boxes[keep], scores[keep], labels[keep], self.nms_thresh)]
         keep = keep[: self.detections_per_img]
-        foreground = 1.0 - probs[:, 0]
-        top = foreground.topk(min(self.gate_top_k, num_rois)).indices
         return {
             "boxes": boxes[keep],
             "labels": labels[keep],
             "scores": scores[keep],
             "probs": probs[rois[keep]],
             "sigmas": sigmas[rois[keep], labels[keep]],
-            "top_probs": probs[top],
         }
 
 

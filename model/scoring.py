@@ -2,7 +2,7 @@
 
 Both run one path: a first forward pass for every image (its detections, the
 pre-annotations, and its gate entropy), then a second, mirrored one only for
-the images the gate passes, for the Semantic Affinity metric (METHOD.md
+the images the gate passes, for the Semantic Affinity metric (docs/method.md
 section 2). That is what makes HUA cheaper than consistency-based scoring,
 which augments every image. A pool's gate is its top P by entropy
 (``score_pool``, which fits the Scale); a new image's is the stored Scale's
@@ -38,6 +38,10 @@ from model.hua import (
 ImageSource = Callable[[Hashable], Tensor]
 Progress = Callable[[float, str], None]
 Predict = Callable[[list[Tensor]], list[Detections]]
+
+#: What a ranking's progress says to a user in each pass (shown on /jobs and /ui).
+DETECTING = "finding objects in every image"
+CHECKING = "double-checking the most uncertain images (mirrored)"
 
 
 @dataclass(frozen=True)
@@ -161,15 +165,16 @@ def predict_pool(
 ) -> tuple[list[Hashable], list[Detections], dict[Hashable, str]]:
     """Detections of every loadable image, in batches (images are not kept in memory)."""
     predict = partial(detector.predict, flip=flip)
-    return _predict_batches(predict, keys, source, batch_size, progress, "flipped pass" if flip else "first pass")
+    return _predict_batches(predict, keys, source, batch_size, progress, CHECKING if flip else DETECTING)
 
 
 def _first_pass(
-    predict: Predict, keys: Sequence[Hashable], source: ImageSource, batch_size: int, progress: Progress | None,
+    predict: Predict, keys: Sequence[Hashable], source: ImageSource, config: HUAConfig, batch_size: int,
+    progress: Progress | None,
 ) -> _FirstPass:
     """Detections and float64 gate entropies of every loadable image."""
-    done, detections, failed = _predict_batches(predict, keys, source, batch_size, progress, "first pass")
-    entropy = (torch.stack([image_entropy(d.top_probs) for d in detections]).double() if detections
+    done, detections, failed = _predict_batches(predict, keys, source, batch_size, progress, DETECTING)
+    entropy = (torch.stack([image_entropy(d, config) for d in detections]) if detections
                else torch.zeros(0, dtype=torch.float64))
     return _FirstPass(done, detections, entropy, failed)
 
@@ -205,7 +210,7 @@ def score_pool(
     budget: int | None = None,
     progress: Progress | None = None,
 ) -> PoolScores:
-    """Rank a pool with HUA (sections 1-3 of METHOD.md).
+    """Rank a pool with HUA (docs/method.md sections 1-3).
 
     Args:
         source: loads one image as ``Tensor[3, H, W]`` in [0, 1]; may raise.
@@ -214,7 +219,7 @@ def score_pool(
         progress: (fraction, message); the first pass is the first 80%.
     """
     predict = partial(detector.predict, features=True) if config.diversity else detector.predict
-    first = _first_pass(predict, keys, source, batch_size, _share(progress, 0.0, 0.8))
+    first = _first_pass(predict, keys, source, config, batch_size, _share(progress, 0.0, 0.8))
     mask = select_candidates(first.entropy, num_candidates(len(first.keys), config, budget))
     candidates = [first.keys[i] for i in torch.nonzero(mask).flatten().tolist()]
     metrics_by_key = _gated_metrics(detector, first, candidates, source, labeled_freq, config, batch_size,
@@ -222,7 +227,7 @@ def score_pool(
     mask = torch.tensor([key in metrics_by_key for key in first.keys], dtype=torch.bool)
     rows = [metrics_by_key[key] for key in first.keys if key in metrics_by_key]
     metrics = torch.stack(rows) if rows else torch.zeros((0, 4), dtype=torch.float64)
-    ranking = rank_pool(first.entropy, metrics, mask)
+    ranking = rank_pool(first.entropy, metrics, mask, points=config.scale_points)
     if config.diversity and first.detections:
         ranking = _diversified(ranking, torch.stack([d.features for d in first.detections]), config.diversity_window)
     return PoolScores(first.keys, first.detections, first.entropy, ranking, first.failed, metrics)
@@ -243,7 +248,7 @@ def score_new_images(
     The mirrored pass runs only for the images the stored gate would admit
     (entropy at least ``scale.entropy_cutoff``), as for the pool's candidates.
     """
-    first = _first_pass(detector.predict, keys, source, batch_size, None)
+    first = _first_pass(detector.predict, keys, source, config, batch_size, None)
     gated = [key for key, h in zip(first.keys, first.entropy.tolist()) if h >= scale.entropy_cutoff]
     metrics = _gated_metrics(detector, first, gated, source, labeled_freq, config, batch_size, None)
     scores = [score_single(h, metrics.get(key), scale) for key, h in zip(first.keys, first.entropy.tolist())]

@@ -141,6 +141,131 @@ class TestDigitScenes:
         assert sample.labels.tolist() == [dataset.VOC_CLASSES.index("dog") + 1]
 
 
+#: ``varied``'s scenes at a test's size: 128 px, a 40-image pool, a 20-image test split.
+VARIED_SMALL = replace(configs.varied().digits, image_size=128, pool_images=40, test_images=20, min_scale=8,
+                       max_scale=40, min_test_boxes=2)
+
+
+@pytest.fixture(scope="module")
+def varied_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return dataset.prepare_digit_scenes(VARIED_SMALL, tmp_path_factory.mktemp("varied"))
+
+
+def _split(folder: Path, split: str) -> dict:
+    return json.loads((folder / f"{split}.json").read_text())
+
+
+def _boxes_by_image(doc: dict) -> dict[int, list[list[float]]]:
+    boxes: dict[int, list[list[float]]] = {im["id"]: [] for im in doc["images"]}
+    for a in doc["annotations"]:
+        x, y, w, h = a["bbox"]
+        boxes[a["image_id"]].append([x, y, x + w, y + h])
+    return boxes
+
+
+class TestVariedScenes:
+    """The pool of METHOD.md section 7 (``DigitScenesConfig``'s later fields), and ``uniform`` unchanged by them."""
+
+    def test_uniform_scenes_are_unchanged(self, tmp_path: Path) -> None:
+        import hashlib
+
+        import numpy as np
+        from PIL import Image
+
+        # captured before the varied fields existed: the cached scenes and the warm start keep their names
+        assert configs.uniform().digits.fingerprint() == "2a6efde521"
+        assert configs.uniform().digits.pretrain_fingerprint() == "41e3f3b73d"
+        config = dataset.DigitScenesConfig(image_size=64, pool_images=3, test_images=2, pretrain_images=2,
+                                           pretrain_share=0.3, min_digits=2, max_digits=5, min_scale=16,
+                                           max_scale=40, class_skew=2.0)
+        folder = dataset.write_digit_scenes(config, tmp_path, ("pool", "test", "pretrain"))
+        digest = hashlib.sha256()
+        for path in sorted((folder / "images").glob("*.png")):
+            digest.update(np.asarray(Image.open(path)).tobytes())
+        for split in ("pool", "test", "pretrain"):
+            digest.update(json.dumps(_split(folder, split)["annotations"]).encode())
+        assert (config.fingerprint(), digest.hexdigest()[:16]) == ("3c2aedcb32", "45e63a4f08f9d4f4")
+
+    def test_geometric_object_count(self) -> None:
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        counts = np.array([dataset._digit_count(VARIED_SMALL, rng) for _ in range(4000)])
+        assert counts.min() == 1 and counts.max() <= 12
+        share = np.bincount(counts, minlength=13)[1:] / len(counts)
+        assert share[1] / share[0] == pytest.approx(0.7, abs=0.07)
+        assert share[2] / share[1] == pytest.approx(0.7, abs=0.1)
+        assert counts.mean() == pytest.approx(3.1, abs=0.2)
+
+    def test_placed_objects_per_image(self, varied_folder: Path) -> None:
+        for split in ("pool", "test"):
+            assert all(len(b) <= 12 for b in _boxes_by_image(_split(varied_folder, split)).values())
+
+    def test_zipf_class_shares(self) -> None:
+        import numpy as np
+
+        freq = dataset.zipf_frequencies(10, 1.2, np.random.default_rng(0))
+        ranked = np.sort(freq)[::-1]
+        expected = np.arange(1, 11) ** -1.2
+        assert ranked == pytest.approx(expected / expected.sum())
+        assert ranked[0] == pytest.approx(0.405, abs=0.005) and ranked[0] / ranked[-1] == pytest.approx(10 ** 1.2)
+        other = dataset.zipf_frequencies(10, 1.2, np.random.default_rng(1))
+        assert np.argmax(freq) != np.argmax(other) or not np.array_equal(np.argsort(freq), np.argsort(other))
+
+    def test_pool_follows_its_seeds_class_order(self, varied_folder: Path) -> None:
+        weights = dataset._class_weights(VARIED_SMALL, VARIED_SMALL.seed)
+        boxes = dataset.scene_statistics(_split(varied_folder, "pool"))["class_boxes"]
+        head, tail = int(weights.argmax()), int(weights.argmin())
+        assert boxes[head] > boxes[tail]
+
+    def test_overlap_at_most_max_overlap(self, varied_folder: Path) -> None:
+        for split in ("pool", "test"):
+            for boxes in _boxes_by_image(_split(varied_folder, split)).values():
+                for i, a in enumerate(boxes):
+                    assert all(dataset._box_iou(a, b) <= 0.5 + 1e-9 for b in boxes[i + 1:])
+
+    def test_near_duplicate_groups_in_the_pool_only(self, varied_folder: Path) -> None:
+        pool, test = _split(varied_folder, "pool"), _split(varied_folder, "test")
+        stats = dataset.scene_statistics(pool)
+        assert stats["grouped"] == 12 and 1 <= stats["groups"] <= 2  # 30 % of 40 in groups of 5-10
+        assert dataset.scene_statistics(test)["groups"] == 0
+        boxes, labels = _boxes_by_image(pool), {}
+        for a in pool["annotations"]:
+            labels.setdefault(a["image_id"], []).append(a["category_id"])
+        members: dict[int, list[int]] = {}
+        for im in pool["images"]:
+            if im["duplicate_group"] is not None:
+                members.setdefault(im["duplicate_group"], []).append(im["id"])
+        for ids in members.values():
+            assert 5 <= len(ids) <= 10 and ids == list(range(ids[0], ids[0] + len(ids)))  # a burst
+            first = boxes[ids[0]]
+            for other in ids[1:]:
+                assert labels.get(other) == labels.get(ids[0])
+                shift = {(b[0] - a[0], b[1] - a[1]) for a, b in zip(first, boxes[other])}
+                assert len(shift) <= 1 and all(abs(dx) <= 8 and abs(dy) <= 8 for dx, dy in shift)
+
+    def test_hard_share(self, varied_folder: Path) -> None:
+        for split, count in (("pool", 40), ("test", 20)):
+            assert dataset.scene_statistics(_split(varied_folder, split))["hard"] == round(0.15 * count)
+
+    def test_every_class_has_its_test_boxes(self, varied_folder: Path, tmp_path: Path) -> None:
+        assert min(dataset.scene_statistics(_split(varied_folder, "test"))["class_boxes"]) >= 2
+        impossible = replace(VARIED_SMALL, pool_images=0, test_images=2, min_test_boxes=50)
+        with pytest.raises(RuntimeError, match="under 50 boxes"):
+            dataset.write_digit_scenes(impossible, tmp_path)
+
+    def test_statistics_section(self, varied_folder: Path) -> None:
+        text = dataset.statistics_markdown({VARIED_SMALL.seed: varied_folder})
+        assert "### The scenes" in text and "| 0 | pool | 40 |" in text and "| 0 | test | 20 |" in text
+
+    def test_warm_is_uniforms_former_name(self, tmp_path: Path) -> None:
+        from bench.active_learning import __main__ as cli
+
+        config = cli.build_config(cli.parse_args(["--preset", "warm", "--out", str(tmp_path)]))
+        assert config.name == "uniform" and configs.PUBLISHED_AS[config.name] == "warm"
+        assert cli.build_config(cli.parse_args(["--config", "varied", "--out", str(tmp_path)])).name == "varied"
+
+
 def _view(data: dataset.BenchDataset, labeled: list[int], budget: int, detector: Detector) -> PoolView:
     unlabeled = [i for i in range(len(data.pool)) if i not in set(labeled)]
     return PoolView(detector, data.pool, labeled, unlabeled, budget, len(data.labels), seed=3, batch_size=4)
@@ -183,7 +308,7 @@ def _detections(boxes: list[list[float]], probs: list[list[float]]) -> Detection
     p = torch.tensor(probs)
     return Detections(
         boxes=torch.tensor(boxes), labels=p[:, 1:].argmax(1) + 1, scores=p[:, 1:].amax(1), probs=p,
-        sigmas=torch.zeros(len(boxes), 4), top_probs=p, width=100, height=100,
+        sigmas=torch.zeros(len(boxes), 4), width=100, height=100,
     )
 
 
@@ -270,13 +395,13 @@ class TestReport:
                 diff = shift + (0.01 * (-1) ** (seed + 1) if seed < 4 else 0.0)
                 rows += [_row("random", "standard", seed, cycle, standard),
                          _row("random", "synchronic", seed, cycle, standard + diff),
-                         _row("random", "synchronic-paper", seed, cycle, standard - 0.1)]
+                         _row("random", "synchronic-balanced", seed, cycle, standard - 0.1)]
         decision = report.decide(report.curves(rows))
         assert decision.loss == outcome and decision.cycles == 5 and decision.difference.n == 5
         assert decision.difference.mean == pytest.approx(shift, abs=1e-12)
         text = report.markdown(rows, "t", cycles=5, seeds=5)
         assert f"default LOSS is **{outcome}**." in text and "provisional" not in text
-        assert "| synchronic-paper | 5 | -10.0" in text
+        assert "| synchronic-balanced | 5 | -10.0" in text
 
     def test_decision_is_provisional_until_every_seed_is_in(self) -> None:
         rows = [_row("random", loss, 0, c, 0.3) for loss in ("standard", "synchronic") for c in range(2)]
@@ -317,6 +442,18 @@ class TestLoopBookkeeping:
         rows = [_row("random", "synchronic", 0, 0, 0.3, picked=(7, 3)), _row("hua", "standard", 1, 1, 0.4)]
         write_rows(tmp_path / "r.csv", rows)
         assert read_rows(tmp_path / "r.csv") == sorted(rows, key=lambda r: (r.strategy, r.loss, r.seed, r.cycle))
+
+    def test_csv_in_the_names_before_issue_25_is_read_in_todays(self, tmp_path: Path) -> None:
+        """A CSV with ``synchronic-paper`` rows: that is the paper's form, and its ``synchronic`` the balanced."""
+        old = [_row("random", "synchronic-paper", 0, 0, 0.3), _row("random", "synchronic", 0, 0, 0.2),
+               _row("random", "standard", 0, 0, 0.1)]
+        write_rows(tmp_path / "old.csv", old)
+        assert {(r.loss, r.ap50) for r in read_rows(tmp_path / "old.csv")} == {
+            ("synchronic", 0.3), ("synchronic-balanced", 0.2), ("standard", 0.1)}
+        new = [_row("random", "synchronic", 0, 0, 0.3), _row("random", "synchronic-balanced", 0, 0, 0.2)]
+        write_rows(tmp_path / "new.csv", new)
+        assert {(r.loss, r.ap50) for r in read_rows(tmp_path / "new.csv")} == {
+            ("synchronic", 0.3), ("synchronic-balanced", 0.2)}
 
     def test_resumable_rows_stop_at_a_runs_first_gap(self) -> None:
         rows = [_row("random", "synchronic", 0, c, 0.3) for c in (0, 1, 3)] + [_row("hua", "synchronic", 0, 1, 0.3)]
@@ -453,7 +590,7 @@ def test_calibration_writes_what_it_tried(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(cli, "RESULTS_DIR", tmp_path / "published")
     assert cli.main(["--config", "tiny", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
                      "--calibrate", "1", "2", "--publish"]) == 0
-    text = (tmp_path / "published" / "active_learning_calibration.md").read_text()
+    text = (tmp_path / "published" / "active_learning_tiny_calibration.md").read_text()
     assert "| 1 |" in text and "| 2 |" in text and "fewest iterations" in text
     assert not (tmp_path / "out" / "results.csv").exists()
 

@@ -22,7 +22,7 @@ from backend.jobs.entry import JOBS, predict_job
 from backend.labels import parse_label_config
 from backend.ranking_store import RANKING_FILE, StoredRanking
 from backend.service import Service, build_service
-from model.hua import Scale
+from model.hua import fit_scale
 
 PROJECT = "3"
 NAMES = parse_label_config(LABEL_CONFIG)
@@ -126,7 +126,7 @@ class TestRankedVersion:
     @pytest.fixture
     def ranked(self, service):
         served = service.registry.get(PROJECT, NAMES.labels, NAMES.aliases)
-        scale = Scale(torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64), 0.0)
+        scale = fit_scale(torch.tensor([[0.0] * 4, [1.0] * 4], dtype=torch.float64), torch.ones(2), 0.0)
         entry = {"result": [], "score": 0.5, "model_version": served.name}
         StoredRanking(scale, [0.5, 0.5], {7: entry}).write(served.version)
         return served

@@ -201,6 +201,5 @@ class TestAdaptHead:
         assert heads.box_predictor.bbox_pred.out_features == 12
         assert torch.all(heads.box_predictor.bbox_log_var.weight == 0)  # sigma = 1 at the start
         assert (heads.score_thresh, heads.nms_thresh, heads.detections_per_img) == (0.3, 0.4, 7)
-        assert heads.gate_top_k == CONFIG.gate_top_k
         assert isinstance(model.backbone[1], FrozenBatchNorm2d)
         assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())

@@ -12,7 +12,7 @@ from backend.app import create_app
 from backend.labels import parse_label_config
 from backend.predictions import task_prediction
 from model.detections import Detections
-from model.hua import EMPTY_IMAGE_ENTROPY
+from model.hua import HUAConfig, entropy_score, image_entropy
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +39,13 @@ class TestNoDetections:
         assert isinstance(score, float) and math.isfinite(score) and 0.0 <= score <= 1.0
         assert item["model_version"] == "v0001"
 
-    def test_detector_still_reports_the_gate_rows(self, strict_app):
-        """Nothing passes SCORE_THRESHOLD 1.0, yet HUA sees the analysis-threshold boxes and the gate rows."""
+    def test_detector_still_reports_the_analysis_detections(self, strict_app):
+        """Nothing passes SCORE_THRESHOLD 1.0, yet HUA sees the analysis-threshold boxes."""
         detector = strict_app.extensions["hua"].registry.get("1", LABELS).detector
         (det,) = detector.predict([torch.rand(3, 48, 64)])
         shown = det.above(1.0)
         assert len(shown) == 0 and len(det) > 0 and bool((det.scores >= 0.05).all())
         assert shown.boxes.shape == (0, 4) and shown.probs.shape == (0, len(LABELS) + 1)
-        assert det.top_probs.shape[0] > 0  # taken before the threshold: the entropy is defined
         assert (det.width, det.height) == (64, 48)
 
 
@@ -56,12 +55,14 @@ class TestEmptyDetections:
         assert len(det) == 0
         assert det.num_classes == 3
         assert det.boxes.shape == (0, 4) and det.labels.shape == (0,) and det.labels.dtype == torch.int64
-        assert det.probs.shape == (0, 4) and det.sigmas.shape == (0, 4) and det.top_probs.shape == (0, 4)
+        assert det.probs.shape == (0, 4) and det.sigmas.shape == (0, 4)
 
     def test_prediction_of_an_image_with_no_roi_at_all(self):
         det = Detections.empty(num_classes=len(LABELS), width=20, height=10)
-        out = task_prediction(det, list(LABELS), parse_label_config(LABEL_CONFIG), "v0001", min_score=0.0)
+        score = entropy_score(image_entropy(det, HUAConfig()))
+        out = task_prediction(det, list(LABELS), parse_label_config(LABEL_CONFIG), "v0001", min_score=0.0,
+                              score=score)
         assert out["result"] == []
-        # nothing seen is maximally uncertain: score 1 - H with H = EMPTY_IMAGE_ENTROPY
-        assert out["score"] == pytest.approx(1.0 - EMPTY_IMAGE_ENTROPY)
+        # under HUA_AGGREGATE=sum an image with nothing seen has H = 0: nothing to be wrong about
+        assert out["score"] == 1.0
         assert out["model_version"] == "v0001"

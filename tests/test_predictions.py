@@ -8,7 +8,6 @@ the real model is exercised through the routes in test_routes.py.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from model.versions import Version
 NAMES = parse_label_config(LABEL_CONFIG)
 
 
-def _detections(boxes, labels, scores, width, height, top_probs=None) -> Detections:
+def _detections(boxes, labels, scores, width, height) -> Detections:
     n, c1 = len(boxes), len(LABELS) + 1
     probs = torch.full((n, c1), 1.0 / c1)
     return Detections(
@@ -36,7 +35,6 @@ def _detections(boxes, labels, scores, width, height, top_probs=None) -> Detecti
         scores=torch.tensor(scores, dtype=torch.float32),
         probs=probs,
         sigmas=torch.ones((n, 4)),
-        top_probs=probs if top_probs is None else top_probs,
         width=width,
         height=height,
     )
@@ -96,29 +94,18 @@ class TestBoxResult:
 class TestTaskPrediction:
     def test_labels_are_mapped_from_class_indices(self):
         det = _detections([[0, 0, 10, 10], [10, 10, 20, 20]], [2, 1], [0.9, 0.6], 40, 20)
-        out = task_prediction(det, list(LABELS), NAMES, "v0003", min_score=0.0)
+        out = task_prediction(det, list(LABELS), NAMES, "v0003", min_score=0.0, score=0.5)
         assert [r["value"]["rectanglelabels"] for r in out["result"]] == [["person"], ["car"]]
         assert [r["score"] for r in out["result"]] == pytest.approx([0.9, 0.6])
         assert out["model_version"] == "v0003"
 
-    def test_score_is_one_minus_gate_entropy(self):
-        c1 = len(LABELS) + 1
-        certain = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # entropy 0
-        uniform = torch.full((2, c1), 1.0 / c1)  # entropy ln(C+1), normalised to 1
-        half = torch.tensor([[0.5, 0.5, 0.0]])  # ln 2 / ln 3
-        det = lambda top: _detections([[0, 0, 1, 1]], [1], [0.5], 10, 10, top_probs=top)  # noqa: E731
-        assert task_prediction(det(certain), list(LABELS), NAMES, "v1", min_score=0.0)["score"] == pytest.approx(1.0)
-        assert task_prediction(det(uniform), list(LABELS), NAMES, "v1", min_score=0.0)["score"] == pytest.approx(0.0, abs=1e-6)
-        assert task_prediction(det(half), list(LABELS), NAMES, "v1", min_score=0.0)["score"] == pytest.approx(1 - math.log(2) / math.log(3))
-
-    def test_a_ranked_task_carries_its_hua_score_instead(self):
-        certain = torch.tensor([[0.0, 1.0, 0.0]])  # 1 - H(x) would be 1
-        det = _detections([[0, 0, 1, 1]], [1], [0.5], 10, 10, top_probs=certain)
+    def test_the_task_carries_the_score_it_is_given(self):
+        det = _detections([[0, 0, 1, 1]], [1], [0.5], 10, 10)
         assert task_prediction(det, list(LABELS), NAMES, "v1", min_score=0.0, score=0.25)["score"] == 0.25
 
     def test_coordinates_use_the_detections_size(self):
         det = _detections([[20, 10, 120, 60]], [1], [0.9], 200, 100)
-        (region,) = task_prediction(det, list(LABELS), NAMES, "v1", min_score=0.0)["result"]
+        (region,) = task_prediction(det, list(LABELS), NAMES, "v1", min_score=0.0, score=0.5)["result"]
         assert (region["original_width"], region["original_height"]) == (200, 100)
         assert (region["value"]["x"], region["value"]["width"]) == (10.0, 50.0)
 

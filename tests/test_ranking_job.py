@@ -30,7 +30,7 @@ from backend.service import build_service
 from backend.ranking_store import RANKING_FILE, RankingCache, StoredRanking
 from backend.labels import parse_label_config
 from backend.lsclient import LabelStudioError
-from model.hua import METRIC_NAMES, HUAConfig, Scale, image_entropy, image_metrics, num_candidates, score_single
+from model.hua import METRIC_NAMES, HUAConfig, Scale, fit_scale, image_entropy, image_metrics, num_candidates, score_single
 from model.registry import ServedModel
 from model.version_meta import VersionMeta
 
@@ -205,11 +205,11 @@ def _expected_scores(detector, images: list[torch.Tensor], stored: dict) -> list
     """Scores on the stored scale, recomputed from the detector and model.hua.score_single
     (one batch for the first pass and one for the admitted images' flipped pass, as
     backend.predictions batches them)."""
-    scale = Scale.from_dict(stored["scale"])
+    scale = Scale.from_json(stored["scale"])
     freq = torch.tensor(stored["labeled_freq"], dtype=torch.float64)
     config = HUAConfig(min_candidates=0, retrieval_fraction=0.5)
     dets = detector.predict(images)
-    entropies = [float(image_entropy(d.top_probs)) for d in dets]
+    entropies = [float(image_entropy(d, config)) for d in dets]
     chosen = [i for i, h in enumerate(entropies) if h >= scale.entropy_cutoff]
     flipped = dict(zip(chosen, detector.predict([images[i] for i in chosen], flip=True)))
     return [
@@ -240,8 +240,8 @@ class TestFullRanking:
         stored = first_run["stored"]
         assert set(stored["tasks"]) == {"2", "3", "4", "5"}  # not the labelled task, not the broken one
         assert stored["labeled_freq"] == [1.0, 0.0]  # one car box in the labelled task
-        scale = Scale.from_dict(stored["scale"])
-        assert scale.to_dict() == stored["scale"]
+        scale = Scale.from_json(stored["scale"])
+        assert scale.to_json() == stored["scale"]
         for entry in stored["tasks"].values():
             assert entry["model_version"] == "v0001"
             assert 0.0 <= entry["score"] <= 1.0
@@ -253,7 +253,7 @@ class TestFullRanking:
         candidates = [d for d in details.values() if d["candidate"]]
         assert len(candidates) == 2  # P of the pool
         assert all(set(d["metrics"]) == set(METRIC_NAMES) and d["informativeness"] >= 0 for d in candidates)
-        assert all(0.0 <= d["entropy"] <= 1.0 for d in details.values())
+        assert all(d["entropy"] >= 0.0 for d in details.values())  # a score-weighted sum: no upper bound
         # the explanation stays with us: Label Studio gets the prediction only
         assert not any({"entropy", "metrics", "candidate"} & set(p) for p in first_run["predictions"])
 
@@ -292,7 +292,7 @@ class TestFullRanking:
 
     def test_the_pre_annotations_are_the_first_pass_boxes(self, first_run):
         first_pass = [det for flip, _, dets in first_run["detector_calls"] if not flip for det in dets]
-        expected = [task_prediction(det, list(LABELS), NAMES, "v0001", min_score=0.0)["result"] for det in first_pass]
+        expected = [task_prediction(det, list(LABELS), NAMES, "v0001", min_score=0.0, score=0.5)["result"] for det in first_pass]
         stored = [first_run["stored"]["tasks"][str(t)]["result"] for t in (2, 3, 4, 5)]
         assert stored == json.loads(json.dumps(expected))
 
@@ -382,14 +382,14 @@ class TestRankingStore:
         from model.versions import Version
 
         version = Version(PROJECT, "v0003", tmp_path, VersionMeta())
-        scale = Scale(torch.tensor([0.1, 0.2, 0.0, 1.0], dtype=torch.float64),
-                      torch.tensor([0.3, 0.2, 0.5, 1.7], dtype=torch.float64), 0.123456789012345)
+        scale = fit_scale(torch.tensor([[0.1, 0.2, 0.0, 1.0], [0.3, 0.2, 0.5, 1.7]], dtype=torch.float64),
+                          torch.tensor([0.2, 0.9, 0.123456789012345], dtype=torch.float64), 0.123456789012345)
         why = {"entropy": 0.75, "candidate": True, "metrics": {"semantic_affinity": 0.1}, "informativeness": 1.2}
         ranking = StoredRanking(scale, [0.25, 0.75], {5: {"result": [], "score": 0.5, "model_version": "v0003"}},
                                 {5: why})
         ranking.write(version)
         back = StoredRanking.read(version)
-        assert back.scale.to_dict() == scale.to_dict() and back.labeled_freq == [0.25, 0.75]
+        assert back.scale.to_json() == scale.to_json() and back.labeled_freq == [0.25, 0.75]
         assert back.tasks == {5: {"result": [], "score": 0.5, "model_version": "v0003"}}
         assert back.details == {5: why}
         assert not list(tmp_path.glob("*.tmp"))

@@ -21,7 +21,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from model.detections import Detections
 from model.detector import Detector, DetectorConfig, build_model
 from model.hua import METRIC_NAMES, HUAConfig, image_entropy, image_metrics, num_candidates, score_single
-from model.scoring import labeled_class_frequency, score_new_images, score_pool
+from model.scoring import CHECKING, DETECTING, labeled_class_frequency, score_new_images, score_pool
 
 LABELS = ["car", "person"]
 CONFIG = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False, score_threshold=0.0)
@@ -217,7 +217,7 @@ class TestScorePool:
 
     def test_entropy_is_the_gate_entropy_of_the_first_pass(self, pool_run):
         pool = pool_run["pool"]
-        expected = torch.stack([image_entropy(d.top_probs) for d in pool.detections]).double()
+        expected = torch.stack([image_entropy(d, HALF) for d in pool.detections])
         assert torch.equal(pool.entropy, expected)
         assert len(set(pool.entropy.tolist())) > 1, "the calibrated detector should not tie every entropy"
 
@@ -243,7 +243,7 @@ class TestScorePool:
         fractions = [f for f, _ in pool_run["progress"]]
         assert fractions and fractions == sorted(fractions)
         assert 0.0 <= fractions[0] and fractions[-1] == pytest.approx(1.0)
-        assert {m for _, m in pool_run["progress"]} == {"first pass", "flipped pass"}
+        assert {m for _, m in pool_run["progress"]} == {DETECTING, CHECKING}
 
     def test_a_budget_sets_p(self, detector, images):
         counting = CountingDetector(detector)
@@ -324,7 +324,7 @@ class TestScoreNewImages:
         assert compared >= len(pool.keys) - 1
         # the flipped pass ran only for the images the stored gate admits
         admitted = [k for k, det in zip(pool.keys, scored.detections)
-                    if float(image_entropy(det.top_probs)) >= pool.ranking.scale.entropy_cutoff]
+                    if float(image_entropy(det, HALF)) >= pool.ranking.scale.entropy_cutoff]
         assert len(counting.images(flip=True)) == len(admitted)
         assert {_index_of(img, images) for img in counting.images(flip=True)} == set(admitted)
 
@@ -346,7 +346,7 @@ class TestScoreNewImages:
         scored = score_new_images(detector, ["new"], {"new": new}.__getitem__, freq, pool.ranking.scale, HALF,
                                   batch_size=1)
         (det,), (score,) = scored.detections, scored.scores
-        entropy = float(image_entropy(det.top_probs))
+        entropy = float(image_entropy(det, HALF))
         metrics = None
         if entropy >= pool.ranking.scale.entropy_cutoff:
             (flipped,) = detector.predict([new], flip=True)

@@ -190,26 +190,38 @@ class TestBackbone:
 def test_hua_config_slice():
     """Every HUA_* variable reaches model.hua's config."""
     settings = Settings.from_env({
-        "HUA_TOP_K": "5", "HUA_RETRIEVAL_FRACTION": "0.25", "HUA_MIN_CANDIDATES": "8", "HUA_CANDIDATES": "30",
+        "HUA_AGGREGATE": "mean", "HUA_RETRIEVAL_FRACTION": "0.25", "HUA_MIN_CANDIDATES": "8", "HUA_CANDIDATES": "30",
         "HUA_OVERLAP_IOU": "0.4", "HUA_DIVERSITY": "true", "HUA_DIVERSITY_WINDOW": "16",
-        "HUA_SCORE_THRESHOLD": "0.1", "HUA_MERGE_IOU": "0.8",
+        "HUA_SCORE_THRESHOLD": "0.1", "HUA_MERGE_IOU": "0.8", "HUA_CONFIDENT_SCORE": "0.4",
     })
     config = settings.hua_config()
     assert (config.retrieval_fraction, config.min_candidates, config.candidates) == (0.25, 8, 30)
     assert (config.overlap_iou, config.merge_iou, config.diversity, config.diversity_window) == (0.4, 0.8, True, 16)
-    detector = settings.detector_config("cpu")  # the gate's K and the analysis threshold end in the detector
-    assert (detector.gate_top_k, detector.score_threshold) == (5, 0.1)
+    assert (config.aggregate, config.confident_score) == ("mean", 0.4)
+    detector = settings.detector_config("cpu")  # the analysis threshold ends in the detector
+    assert detector.score_threshold == 0.1
     assert settings.score_threshold == 0.5  # the display threshold stays the service's own
 
 
+def test_the_default_loss_is_the_papers_synchronic_form():
+    loss = Settings().train_config().loss
+    assert (loss.name, loss.kind, loss.form) == ("synchronic", "synchronic", "paper")
+    assert Settings.from_env({}).train_config().loss == loss
+    assert Settings.from_env({"SYNC_FORM": "paper"}).train_config().loss == loss
+    assert Settings.from_env({"LOSS": "standard"}).train_config().loss.name == "standard"
+
+
 def test_loss_and_training_length_settings():
-    settings = Settings.from_env({"LOSS": "synchronic", "SYNC_FORM": "paper", "LOG_VAR_BOUND": "3",
+    settings = Settings.from_env({"LOSS": "synchronic", "SYNC_FORM": "balanced", "LOG_VAR_BOUND": "3",
                                   "TRAIN_ITERATIONS": "50", "TRAIN_MIN_ITERATIONS": "20", "WARMUP_FRACTION": "0.2"})
     train = settings.train_config()
-    assert train.loss.name == "synchronic-paper"
+    assert train.loss.name == "synchronic-balanced"
     assert (train.iterations, train.min_iterations, train.warmup_fraction) == (50, 20, 0.2)
     assert settings.detector_config("cpu").log_var_bound == 3.0  # the predictor's, not the loss's
-    with pytest.raises(SettingsError, match="form"):
-        Settings.from_env({"SYNC_FORM": "literal"})
+    for bad in ("literal", "default", "Paper"):
+        with pytest.raises(SettingsError, match=f"SYNC_FORM must be paper or balanced .*got '{bad}'"):
+            Settings.from_env({"SYNC_FORM": bad})
+    with pytest.raises(SettingsError, match="LOSS must be synchronic or standard, got 'synchronic-paper'"):
+        Settings.from_env({"LOSS": "synchronic-paper"})
     with pytest.raises(SettingsError, match="log_var_bound"):
         Settings.from_env({"LOG_VAR_BOUND": "0"})

@@ -36,6 +36,7 @@ from torchvision.transforms.functional import InterpolationMode, resize, rotate
 
 from model.detections import Detections
 from model.detector import Detector
+from model.geometry import hflip_boxes
 from model.hua import HUAConfig, image_entropy, js_divergence
 from model.images import load_image
 from model.scoring import labeled_class_frequency, predict_pool, score_pool
@@ -138,7 +139,7 @@ def select_entropy(view: PoolView, settings: StrategySettings) -> list[int]:
     keys, detections, _ = predict_pool(view.detector, list(view.unlabeled), view.load, batch_size=view.batch_size)
     if not keys:
         return []
-    entropy = torch.stack([image_entropy(d.top_probs) for d in detections])
+    entropy = torch.stack([image_entropy(d, settings.hua) for d in detections])
     order = torch.sort(entropy, descending=True, stable=True).indices
     return [keys[i] for i in order[: view.budget].tolist()]
 
@@ -154,8 +155,13 @@ def hua_ranking(view: PoolView, settings: StrategySettings) -> list[int]:
 
 
 def select_hua(view: PoolView, settings: StrategySettings) -> list[int]:
-    """The top B of the HUA ranking."""
+    """The top B of the HUA ranking (the settings' aggregation, ``sum`` by default)."""
     return hua_ranking(view, settings)[: view.budget]
+
+
+def select_hua_mean(view: PoolView, settings: StrategySettings) -> list[int]:
+    """The top B of the HUA ranking with HUA_AGGREGATE=mean (uncertainty per object)."""
+    return select_hua(view, replace(settings, hua=replace(settings.hua, aggregate="mean")))
 
 
 def select_hua_kcenter(view: PoolView, settings: StrategySettings) -> list[int]:
@@ -177,7 +183,7 @@ def select_hua_kcenter(view: PoolView, settings: StrategySettings) -> list[int]:
 def flip_view(image: Tensor, boxes: Tensor, rng: random.Random, config: CALDConfig) -> tuple[Tensor, Tensor]:
     """Horizontal flip; boxes mirrored (x' = W - x)."""
     width = image.shape[-1]
-    return image.flip(-1), torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+    return image.flip(-1), hflip_boxes(boxes, width)
 
 
 def cutout_view(image: Tensor, boxes: Tensor, rng: random.Random, config: CALDConfig) -> tuple[Tensor, Tensor]:
@@ -334,6 +340,7 @@ STRATEGIES: dict[str, Strategy] = {
     "entropy": select_entropy,
     "cald": select_cald,
     "hua": select_hua,
+    "hua_mean": select_hua_mean,
     "hua_kcenter": select_hua_kcenter,
 }
 

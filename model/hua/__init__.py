@@ -1,26 +1,22 @@
 """HUA ranking: retrieval gate, four metrics, aggregation and task scores.
 
-Implements METHOD.md sections 1-3 (Nguyen et al., "Hierarchical Uncertainty
-Aggregation and Emphasis Loss for Active Learning in Object Detection",
-IEEE BigData 2023). What the paper states is marked **[paper]**; definitions
-this project fixes where the paper is silent are marked **[ours]**.
+Implements docs/method.md sections 1-3 (Nguyen et al., "Hierarchical Uncertainty
+Aggregation and Emphasis Loss for Active Learning in Object Detection", IEEE
+BigData 2023). What the paper states is marked **[paper]**; definitions this
+project fixes where the paper is silent are marked **[ours]**.
 
 The pipeline for a pool of N unlabeled images, one module per stage:
 
-1. ``gate`` [paper]: :func:`image_entropy` per image, then
-   :func:`num_candidates` and :func:`select_candidates` keep the P most
-   uncertain images.
-2. ``metrics`` [paper; ours: their formulas]: for each candidate, a second
-   (horizontally flipped) forward pass and :func:`image_metrics` give the four
-   metrics (SA, CD, OR, LC).
-3. ``aggregate`` [paper + ours]: :func:`fit_scale` / :func:`normalise`
-   (min-max over the candidates), :func:`aggregate` (l = sqrt(sum d_m^2)),
-   then one number per task, :func:`priorities` and :func:`task_scores`.
-   :func:`rank_pool` bundles them; :func:`score_single` places one new image
-   on the stored :class:`Scale`.
+1. ``analysis``: an image's analysis set (one detection per object) and the
+   score-weighted image aggregation A (``sum`` or ``mean``) every quantity uses.
+2. ``gate`` [paper]: :func:`image_entropy` per image, then :func:`num_candidates`
+   and :func:`select_candidates` keep the P most uncertain images.
+3. ``metrics`` [paper; ours: their formulas]: for each candidate, a second
+   (mirrored) forward pass and :func:`image_metrics` give SA, CD, OR and LC.
+4. ``aggregate`` [paper + ours]: rank normalisation on a stored :class:`Scale`,
+   l = sqrt(sum d_m^2), and one number per task; :func:`rank_pool` for a pool,
+   :func:`score_single` for one new image on the stored scale.
 
-``config`` holds :class:`HUAConfig` and what the stages share. Per-image metric
-functions take one image; everything that runs over the pool is vectorised.
 ``model.scoring`` runs the detector and these stages over a pool or new images.
 """
 
@@ -33,39 +29,53 @@ from model.hua.aggregate import (
     normalise,
     priorities,
     rank_pool,
+    rank_position,
     score_single,
     task_scores,
 )
-from model.hua.config import METRIC_NAMES, HUAConfig
-from model.hua.gate import EMPTY_IMAGE_ENTROPY, entropy_score, image_entropy, num_candidates, select_candidates
+from model.hua.analysis import analysis_set, image_aggregate
+from model.hua.config import AGGREGATES, METRIC_NAMES, HUAConfig
+from model.hua.gate import (
+    EMPTY_IMAGE_ENTROPY,
+    detection_entropy,
+    entropy_score,
+    image_entropy,
+    num_candidates,
+    select_candidates,
+)
 from model.hua.metrics import (
-    category_diversity,
+    EMPTY_METRICS,
+    edge_uncertainty,
     image_metrics,
     js_divergence,
-    localization_uncertainty,
-    merge_classes,
-    overlap_ratio,
+    overlaps,
+    rarity,
     semantic_affinity,
 )
 
 __all__ = [
+    "AGGREGATES",
     "METRIC_NAMES",
     "CANDIDATE_MARGIN",
     "EMPTY_IMAGE_ENTROPY",
+    "EMPTY_METRICS",
     "HUAConfig",
     "Scale",
     "Ranking",
-    "js_divergence",
+    "analysis_set",
+    "image_aggregate",
+    "detection_entropy",
     "image_entropy",
     "entropy_score",
     "num_candidates",
     "select_candidates",
+    "js_divergence",
     "semantic_affinity",
-    "category_diversity",
-    "merge_classes",
-    "overlap_ratio",
-    "localization_uncertainty",
+    "rarity",
+    "overlaps",
+    "edge_uncertainty",
     "image_metrics",
+    "rank_position",
     "fit_scale",
     "normalise",
     "aggregate",

@@ -1,4 +1,4 @@
-"""The retrieval gate (METHOD.md section 1): H(x) per image, and the P most uncertain images.
+"""The retrieval gate (docs/method.md section 1): H(x) per image, and the P most uncertain images.
 
 Images the gate does not pass are never run a second time; an image no
 ranking has placed yet is scored by its entropy alone (:func:`entropy_score`).
@@ -11,62 +11,57 @@ import math
 import torch
 from torch import Tensor
 
-from model.hua.config import HUAConfig
+from model.detections import Detections
+from model.hua.analysis import analysis_set, image_aggregate
+from model.hua.config import RANK_DTYPE, HUAConfig
 
-#: [ours] Entropy of an image whose detector produced no RoI at all (K = 0):
-#: nothing seen counts as maximally uncertain, like SA = 1 for "no detections"
-#: in METHOD.md section 2, so such images reach the ranking stage.
+#: [ours] H(x) under ``mean`` of an image with an empty analysis set: nothing
+#: seen is maximally uncertain. Under ``sum`` such an image has H = 0.
 EMPTY_IMAGE_ENTROPY: float = 1.0
 
 #: Guards ``ceil(fraction * n)`` against float noise (0.1 * 30 = 3.0000000000000004).
 _CEIL_TOLERANCE: float = 1e-9
 
 
-def image_entropy(top_probs: Tensor) -> Tensor:
-    """H(x), the gate's uncertainty of one image [ours, METHOD.md section 1].
-
-    H(x) is the mean over the K rows of entropy(p_i) / ln(C + 1), so it lies in
-    [0, 1]. With K = 0 (the detector produced no RoI at all) H is
-    :data:`EMPTY_IMAGE_ENTROPY` = 1.0: nothing seen is maximally uncertain, so
-    the image reaches the ranking stage (where SA = 1 for it as well).
+def detection_entropy(probs: Tensor) -> Tensor:
+    """h_i = entropy(p_i) / ln(C + 1) of each detection's softmax, in [0, 1] [ours].
 
     Args:
-        top_probs (Tensor[K, C+1]): softmax rows (background in column 0) of the
-            RoIs with the highest foreground probability, taken before the
-            score threshold (``Detections.top_probs``).
+        probs (Tensor[D, C+1]): softmax rows, background in column 0, C >= 1.
 
     Returns:
-        Tensor[]: H(x) in [0, 1], a scalar of ``top_probs``' floating dtype.
+        Tensor[D]: float64 normalised entropies.
 
     Raises:
-        ValueError: ``top_probs`` is not 2-D with at least 2 columns.
+        ValueError: ``probs`` is not 2-D with at least 2 columns.
     """
-    if top_probs.dim() != 2 or top_probs.shape[1] < 2:
-        raise ValueError(
-            f"top_probs must be Tensor[K, C+1] with C >= 1, got shape {tuple(top_probs.shape)}"
-        )
-    probs = top_probs if top_probs.is_floating_point() else top_probs.float()
-    if probs.shape[0] == 0:
-        return torch.tensor(EMPTY_IMAGE_ENTROPY, dtype=probs.dtype, device=probs.device)
-    entropy = -torch.xlogy(probs, probs).sum(dim=-1) / math.log(probs.shape[1])
-    return entropy.mean().clamp(0.0, 1.0)
+    if probs.dim() != 2 or probs.shape[1] < 2:
+        raise ValueError(f"probs must be Tensor[D, C+1] with C >= 1, got shape {tuple(probs.shape)}")
+    rows = probs.to(RANK_DTYPE)
+    return (-torch.xlogy(rows, rows).sum(dim=-1) / math.log(rows.shape[1])).clamp(0.0, 1.0)
 
 
-
-def entropy_score(top_probs: Tensor) -> Tensor:
-    """The task score of an image placed by no ranking: 1 - H(x) [ours].
-
-    Lower means less certain, which is the order Label Studio's uncertainty
-    sampling and prediction-score column use. Computed in float64, so that it
-    equals ``1.0 - float(image_entropy(top_probs))`` exactly.
+def image_entropy(detections: Detections, config: HUAConfig) -> Tensor:
+    """H(x) = A(h) over the image's analysis set [ours, docs/method.md section 1].
 
     Args:
-        top_probs (Tensor[K, C+1]): as for :func:`image_entropy`.
+        detections (Detections): the image's detections, as the detector returns them.
+        config (HUAConfig): ``merge_iou`` and ``aggregate``.
 
     Returns:
-        Tensor[]: float64 score in [0, 1].
+        Tensor[]: float64 H(x) >= 0 (in [0, 1] under ``mean``).
     """
-    return 1.0 - image_entropy(top_probs).double()
+    kept = analysis_set(detections, config.merge_iou)
+    return image_aggregate(detection_entropy(kept.probs), kept.scores, config.aggregate, EMPTY_IMAGE_ENTROPY)
+
+
+def entropy_score(entropy: float | Tensor) -> float:
+    """The task score of an image no ranking has placed: 1 / (1 + H) [ours].
+
+    Lower means less certain, the order of Label Studio's uncertainty sampling;
+    a monotone map into (0, 1] because H has no upper bound under ``sum``.
+    """
+    return 1.0 / (1.0 + float(entropy))
 
 
 def _ceil(value: float) -> int:

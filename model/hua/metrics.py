@@ -1,7 +1,9 @@
-"""The four metrics of one candidate image (METHOD.md section 2, formulas [ours]).
+"""The four metrics of one candidate image (docs/method.md section 2, formulas [ours]).
 
-Each metric is a 0-d tensor on the detections' device, so that scoring a pool
-never waits on the device per metric; :func:`image_metrics` stacks them.
+Each metric is the image aggregation A (``model.hua.analysis``) of a
+per-detection value over the analysis set; each per-detection function here
+returns ``Tensor[D]`` so that the aggregation is the same for all four. The
+values stay on the detections' device, so scoring a pool never waits on it.
 """
 
 from __future__ import annotations
@@ -10,25 +12,29 @@ import math
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou, nms
+from torchvision.ops import box_iou
 
 from model.detections import Detections
+from model.geometry import hflip_boxes
+from model.hua.analysis import analysis_set, image_aggregate
 from model.hua.config import RANK_DTYPE, HUAConfig
 
 _LN2: float = math.log(2.0)
+
+#: The ``mean`` of each metric over an empty analysis set, in METRIC_NAMES order:
+#: nothing seen is fully inconsistent (SA 1), and neither rare, crowded nor loose.
+EMPTY_METRICS: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 0.0)
 
 
 def js_divergence(p: Tensor, q: Tensor) -> Tensor:
     """Jensen-Shannon divergence in bits, so that it lies in [0, 1].
 
-    JS(p, q) = (KL(p || m) + KL(q || m)) / (2 ln 2) with m = (p + q) / 2 and
-    natural logs. Zero probabilities are safe (0 log 0 = 0), and the result is
-    exactly symmetric in ``p`` and ``q``.
+    JS(p, q) = (KL(p || m) + KL(q || m)) / (2 ln 2) with m = (p + q) / 2; zero
+    probabilities are safe (0 log 0 = 0) and the result is exactly symmetric.
 
     Args:
         p (Tensor[..., K]): distributions along the last dimension.
-        q (Tensor[..., K]): distributions along the last dimension,
-            broadcastable against ``p``.
+        q (Tensor[..., K]): distributions, broadcastable against ``p``.
 
     Returns:
         Tensor[...]: JS(p, q), clamped to [0, 1] against rounding.
@@ -39,66 +45,46 @@ def js_divergence(p: Tensor, q: Tensor) -> Tensor:
     return ((kl_pm + kl_qm) / (2 * _LN2)).clamp(0.0, 1.0)
 
 
-def _unflip_boxes(boxes: Tensor, width: int) -> Tensor:
-    """Map (x1, y1, x2, y2) boxes of the horizontally flipped image back.
-
-    x' = W - x, with x1 and x2 swapped so that x1 < x2 still holds.
-    """
-    x1, y1, x2, y2 = boxes.unbind(dim=-1)
-    return torch.stack((width - x2, y1, width - x1, y2), dim=-1)
-
-
 def semantic_affinity(original: Detections, flipped: Detections) -> Tensor:
-    """d1, Semantic Affinity: how much the detector disagrees with itself [ours].
+    """d1 per detection: sa_i = 1 - IoU(b_i, b*_i) (1 - JS(p_i, p*_i)) [ours].
 
-    ``flipped`` holds the detections of the horizontally flipped image, in the
-    flipped image's pixels; they are mapped back with x' = W - x. Each original
-    detection i is matched to the flipped detection of highest IoU (CALD's
-    matching; ties to the first), and
-    SA = mean_i [1 - IoU(b_i, b*_i) * (1 - JS(p_i, p*_i))].
-    An unmatched detection (IoU 0, or no flipped detections) counts 1; an image
-    with no original detections has SA = 1. SA = 0 when both passes agree
-    exactly.
+    ``flipped`` holds the analysis set of the horizontally flipped image, in its
+    own pixels; its boxes are mapped back, and detection i is matched to the
+    one of highest IoU (CALD's matching). Unmatched: 1.
 
     Args:
-        original (Detections): detections of the image, D of them.
-        flipped (Detections): detections of its horizontal flip.
+        original (Detections): the image's analysis set, D detections.
+        flipped (Detections): the flipped image's analysis set.
 
     Returns:
-        Tensor[]: float64 SA in [0, 1].
+        Tensor[D]: float64 values in [0, 1]; 0 where both passes agree exactly.
 
     Raises:
         ValueError: the two images have different widths.
     """
     if original.width != flipped.width:
         raise ValueError(f"original and flipped widths differ: {original.width} != {flipped.width}")
-    if len(original) == 0 or len(flipped) == 0:
-        return torch.ones((), dtype=RANK_DTYPE, device=original.boxes.device)
-    boxes = _unflip_boxes(flipped.boxes.to(original.boxes.dtype), flipped.width)
-    iou = box_iou(original.boxes, boxes).nan_to_num(0.0)
-    best_iou, match = iou.max(dim=1)
+    if len(flipped) == 0:
+        return torch.ones(len(original), dtype=RANK_DTYPE, device=original.boxes.device)
+    boxes = hflip_boxes(flipped.boxes.to(original.boxes.dtype), flipped.width)
+    best_iou, match = box_iou(original.boxes, boxes).nan_to_num(0.0).max(dim=1)
     js = js_divergence(original.probs, flipped.probs[match].to(original.probs.dtype))
-    sa = 1.0 - best_iou * (1.0 - js)
-    return sa.mean().clamp(0.0, 1.0).to(RANK_DTYPE)
+    return (1.0 - best_iou * (1.0 - js)).clamp(0.0, 1.0).to(RANK_DTYPE)
 
 
-def category_diversity(probs: Tensor, labeled_class_freq: Tensor) -> Tensor:
-    """d2, Category Diversity: is the image about classes the labeled set lacks [ours].
+def rarity(probs: Tensor, labeled_class_freq: Tensor) -> Tensor:
+    """d2 per detection, Category Diversity as rarity [ours]:
+    r_i = sum_c q_i(c) (1 - f_c / max_c' f_c').
 
-    q(x) is the normalised sum of the foreground columns of the detections'
-    softmax; p_L the normalised class frequency of the labeled boxes (uniform
-    when it sums to 0, i.e. nothing is labeled yet). CD = JS(q(x), p_L).
-    With no detections (or no foreground mass at all) the image says nothing
-    about classes, so CD = 0.0 [ours]: it is not "diverse", and SA = 1 already
-    flags it as uncertain.
+    q_i is the foreground part of p_i renormalised; f the labeled set's box
+    count (or frequency) per class. Nothing labeled yet: every class is rare, r_i = 1.
 
     Args:
         probs (Tensor[D, C+1]): softmax of each detection, background in column 0.
-        labeled_class_freq (Tensor[C]): box counts (or frequencies) per class
-            1..C in the labeled set.
+        labeled_class_freq (Tensor[C]): box counts or frequencies of classes 1..C.
 
     Returns:
-        Tensor[]: float64 CD in [0, 1].
+        Tensor[D]: float64 values in [0, 1].
 
     Raises:
         ValueError: the class counts of the two arguments disagree.
@@ -109,72 +95,49 @@ def category_diversity(probs: Tensor, labeled_class_freq: Tensor) -> Tensor:
             f"probs must be Tensor[D, {num_classes + 1}] to match labeled_class_freq "
             f"Tensor[{num_classes}], got shape {tuple(probs.shape)}"
         )
-    q = probs[:, 1:].to(RANK_DTYPE).sum(dim=0)
-    mass = q.sum()  # 0 with no detections
-    freq = labeled_class_freq.to(device=q.device, dtype=RANK_DTYPE).clamp_min(0.0)
-    total = freq.sum()
-    p_l = torch.where(total > 0.0, freq / total, 1.0 / num_classes)
-    # where() rather than an if: choosing a branch would wait on the device
-    return torch.where(mass > 0.0, js_divergence(q / mass, p_l), 0.0)
+    fg = probs[:, 1:].to(RANK_DTYPE)
+    q = fg / fg.sum(dim=1, keepdim=True).clamp_min(torch.finfo(RANK_DTYPE).tiny)
+    freq = labeled_class_freq.to(device=fg.device, dtype=RANK_DTYPE).clamp_min(0.0)
+    top = freq.max() if freq.numel() else freq.new_zeros(())
+    commonness = torch.where(top > 0.0, freq / top.clamp_min(torch.finfo(RANK_DTYPE).tiny), 0.0)
+    return (q * (1.0 - commonness)).sum(dim=1).clamp(0.0, 1.0)
 
 
-def merge_classes(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.7) -> Tensor:
-    """The boxes left when detections of one object under different labels are merged [ours].
+def overlaps(boxes: Tensor, scores: Tensor, iou_threshold: float, min_score: float) -> Tensor:
+    """d3 per detection: o_i = 1 for a confident detection overlapping another confident one [ours].
 
-    The detector's NMS runs per class, so one object can come back as "car"
-    and "truck"; the Overlap Ratio must not count that as a crowd. torchvision's
-    class-agnostic ``nms`` keeps the highest score of each group (it drops IoU
-    strictly above the threshold; METHOD.md's ">= 0.7" differs only on exact ties).
+    Confident: score >= ``min_score``; overlapping: IoU >= ``iou_threshold``.
+    Run on the analysis set, where one object is one detection, so what still
+    overlaps are distinct objects: occlusion, crowds.
 
     Args:
-        boxes (Tensor[D, 4]): (x1, y1, x2, y2) boxes of one image.
+        boxes (Tensor[D, 4]): (x1, y1, x2, y2) boxes.
         scores (Tensor[D]): their scores.
-        iou_threshold (float): ``HUAConfig.merge_iou``.
+        iou_threshold (float): ``HUAConfig.overlap_iou``.
+        min_score (float): ``HUAConfig.confident_score``.
 
     Returns:
-        Tensor[D', 4]: the kept boxes, highest score first.
+        Tensor[D]: float64 0/1 values.
     """
+    confident = scores >= min_score
     if boxes.shape[0] <= 1:
-        return boxes
-    return boxes[nms(boxes.float(), scores.float(), iou_threshold)]
-
-
-def overlap_ratio(boxes: Tensor, iou_threshold: float = 0.3) -> Tensor:
-    """d3, Overlap Ratio: how crowded or occluded the scene is [ours].
-
-    The fraction of detections whose IoU with some other detection of the same
-    image is >= ``iou_threshold``. One or no detection: 0. Pass the boxes of
-    :func:`merge_classes`.
-
-    Args:
-        boxes (Tensor[D, 4]): (x1, y1, x2, y2) boxes of one image.
-        iou_threshold (float): overlap threshold (``HUAConfig.overlap_iou``).
-
-    Returns:
-        Tensor[]: float64 OR in [0, 1].
-    """
-    d = boxes.shape[0]
-    if d <= 1:
-        return torch.zeros((), dtype=RANK_DTYPE, device=boxes.device)
+        return torch.zeros(boxes.shape[0], dtype=RANK_DTYPE, device=boxes.device)
     iou = box_iou(boxes, boxes).nan_to_num(0.0)
     iou.fill_diagonal_(0.0)
-    overlapping = (iou >= iou_threshold).any(dim=1)
-    return overlapping.sum().to(RANK_DTYPE) / d
+    crowded = ((iou >= iou_threshold) & confident[None, :]).any(dim=1)
+    return (crowded & confident).to(RANK_DTYPE)
 
 
-def localization_uncertainty(sigmas: Tensor) -> Tensor:
-    """d4, Localization uncertainty: mean sigma over detections and edges [ours].
+def edge_uncertainty(sigmas: Tensor) -> Tensor:
+    """d4 per detection: the mean sigma over its 4 box edges, in the box-delta space [ours].
 
     Args:
-        sigmas (Tensor[D, 4]): per-edge standard deviation exp(alpha / 2) of
-            each box, in the box-delta space.
+        sigmas (Tensor[D, 4]): per-edge standard deviation exp(alpha / 2).
 
     Returns:
-        Tensor[]: float64 LC >= 0; 0 with no detections.
+        Tensor[D]: float64 values >= 0.
     """
-    if sigmas.numel() == 0:
-        return torch.zeros((), dtype=RANK_DTYPE, device=sigmas.device)
-    return sigmas.to(RANK_DTYPE).mean()
+    return sigmas.to(RANK_DTYPE).mean(dim=1)
 
 
 def image_metrics(
@@ -185,21 +148,26 @@ def image_metrics(
 ) -> Tensor:
     """The four metrics of one candidate image, in :data:`METRIC_NAMES` order.
 
+    Both passes are reduced to their analysis sets here; each metric is A of its
+    per-detection value, weighted by the original detections' scores.
+
     Args:
-        original (Detections): detections of the image.
-        flipped (Detections): detections of its horizontal flip, in the flipped
-            image's pixel coordinates.
+        original (Detections): the image's detections, as the detector returns them.
+        flipped (Detections): those of its horizontal flip, in the flipped image's pixels.
         labeled_class_freq (Tensor[C]): class frequency of the labeled boxes.
-        config (HUAConfig): supplies ``overlap_iou`` and ``merge_iou``.
+        config (HUAConfig): ``merge_iou``, ``overlap_iou``, ``confident_score``, ``aggregate``.
 
     Returns:
-        Tensor[4]: float64 (SA, CD, OR, LC) on the detections' device. An image
-        with no detections gets (1, 0, 0, 0).
+        Tensor[4]: float64 (SA, CD, OR, LC). An empty analysis set gives 0s under
+        ``sum`` and :data:`EMPTY_METRICS` under ``mean``.
     """
-    return torch.stack((
-        semantic_affinity(original, flipped),
-        category_diversity(original.probs, labeled_class_freq),
-        overlap_ratio(merge_classes(original.boxes, original.scores, config.merge_iou), config.overlap_iou),
-        localization_uncertainty(original.sigmas),
-    ))
-
+    kept = analysis_set(original, config.merge_iou)
+    values = (
+        semantic_affinity(kept, analysis_set(flipped, config.merge_iou)),
+        rarity(kept.probs, labeled_class_freq),
+        overlaps(kept.boxes, kept.scores, config.overlap_iou, config.confident_score),
+        edge_uncertainty(kept.sigmas),
+    )
+    return torch.stack([
+        image_aggregate(v, kept.scores, config.aggregate, empty) for v, empty in zip(values, EMPTY_METRICS)
+    ])
