@@ -7,8 +7,10 @@ Usage (from the repository root)::
     .venv/bin/python -m bench.active_learning --out bench/out/warm --calibrate 200 400 800 --publish
     .venv/bin/python -m bench.active_learning --config paper --dataset voc07 --data-root /data/voc --out bench/out/paper
     .venv/bin/python -m bench.active_learning --config tiny --out bench/out/tiny
+    .venv/bin/python -m bench.active_learning --config varied --seeds 0 1 --out bench/out/varied --scene-stats
 
-The default preset is ``warm`` (METHOD.md section 6). Writes into ``--out``:
+The default preset is ``uniform`` (METHOD.md section 6; ``warm`` is its former name, still
+accepted, and its published files keep that name), ``varied`` the pool of section 7. Writes into ``--out``:
 ``results.csv`` (one row per strategy, loss, seed and cycle, with the images
 each cycle picked, so that ``--resume`` continues any run at its next cycle),
 ``report.md`` (tables, the paired comparisons, the loss decision), ``ap50.png``,
@@ -40,12 +42,13 @@ RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from bench.active_learning.configs import DATASETS, PRESETS
+    from bench.active_learning.configs import ALIASES, DATASETS, PRESETS
     from bench.active_learning.strategies import STRATEGIES
     from model.losses import LOSS_NAMES
 
     parser = argparse.ArgumentParser(prog="python -m bench.active_learning", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", choices=sorted(PRESETS), default="warm", help="preset (default: warm)")
+    parser.add_argument("--config", "--preset", dest="config", choices=sorted(PRESETS) + sorted(ALIASES),
+                        default="uniform", help=f"preset (default: uniform; former names {ALIASES})")
     parser.add_argument("--out", type=Path, required=True, help="output folder (bench/out/ is git-ignored)")
     parser.add_argument("--publish", action="store_true", help="also copy report, plot and CSV to bench/results/")
     parser.add_argument("--resume", action="store_true",
@@ -53,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-minutes", type=float,
                         help="start no cycle that would end after this many minutes (--resume continues)")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from OUT/results.csv")
+    parser.add_argument("--scene-stats", action="store_true",
+                        help="render (or read) each seed's digit scenes and write OUT/scenes.md: objects per "
+                             "image, class shares, near-duplicate groups, hard share (no training)")
     parser.add_argument("--calibrate", nargs="+", type=int, metavar="ITERATIONS",
                         help="train cycle 0 of the first seed for each number of iterations and write "
                              "OUT/calibration.md (no comparison is run)")
@@ -87,9 +93,9 @@ def _parse_runs(items: list[str]) -> tuple[tuple[str, str], ...]:
 
 def build_config(args: argparse.Namespace):
     """The preset with the command line's overrides."""
-    from bench.active_learning.configs import PRESETS
+    from bench.active_learning.configs import ALIASES, PRESETS
 
-    config = PRESETS[args.config]()
+    config = PRESETS[ALIASES.get(args.config, args.config)]()
     sim = config.simulation
     sim = replace(sim, **{k: v for k, v in (("cycles", args.cycles), ("initial", args.initial),
                                             ("budget", args.budget), ("device", args.device)) if v is not None})
@@ -188,18 +194,29 @@ def _settings(config, meta: dict) -> list[str]:
     ]
 
 
-def write_report(rows, config, meta: dict, out: Path, publish: bool) -> None:
+def scene_section(config, cache: Path) -> str:
+    """The statistics of each seed's digit scenes (``dataset.statistics_markdown``); empty for VOC and COCO."""
+    from bench.active_learning import dataset
+
+    if config.dataset != "digits":
+        return ""
+    return dataset.statistics_markdown(
+        {s: dataset.prepare_digit_scenes(replace(config.digits, seed=s), cache) for s in config.seeds})
+
+
+def write_report(rows, config, meta: dict, out: Path, publish: bool, scenes: str = "") -> None:
     from bench.active_learning import report
+    from bench.active_learning.configs import PUBLISHED_AS
 
     plot_path = report.plot(rows, out / "ap50.png", f"{config.name} ({meta['dataset']})")
-    preamble = _invocations(meta) + _settings(config, meta)
+    preamble = _invocations(meta) + _settings(config, meta) + (["", scenes] if scenes else [])
     text = report.markdown(rows, f"Active-learning benchmark: {config.name}", preamble,
                            plot_path.name, cycles=config.simulation.cycles + 1, seeds=len(config.seeds))
     text += "\n" + report.timing_table(rows) + "\n"
     (out / "report.md").write_text(text)
     (out / "summary.json").write_text(json.dumps(report.summary_numbers(rows), indent=2))
     if publish:
-        stem = f"active_learning_{config.name}"
+        stem = f"active_learning_{PUBLISHED_AS.get(config.name, config.name)}"
         published_plot = RESULTS_DIR / f"{stem}.png"
         _publish(plot_path, published_plot.name)
         _publish(out / "results.csv", f"{stem}.csv")
@@ -227,11 +244,13 @@ def calibrate_command(config, data: dict, meta: dict, args: argparse.Namespace) 
     first = {s: calibration.class_boxes(data[s], config.simulation.initial, s) for s in config.seeds}
     preamble = [f"Command: `{meta['command']}`  ", *_settings(config, meta),
                 f"Run calibrated: {spec.strategy} + {spec.loss}, seed {seed}, cycle 0 ({config.simulation.initial} "
-                "images); the protocol line shows the preset's iterations, the table those tried."]
+                "images); the protocol line shows the preset's iterations, the table those tried.", "",
+                scene_section(config, args.cache)]
     path = args.out / "calibration.md"
     path.write_text(calibration.markdown(trials, chosen, preamble, first))
-    if args.publish:
-        _publish(path, "active_learning_calibration.md")
+    if args.publish:  # uniform's (formerly warm's) calibration keeps its published name
+        _publish(path, "active_learning_calibration.md" if config.name == "uniform"
+                 else f"active_learning_{config.name}_calibration.md")
     return path
 
 
@@ -272,8 +291,15 @@ def main(argv: list[str] | None = None) -> int:
 
     config = build_config(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    lock = None if args.report_only else _exclusive(args.out)
+    lock = None if args.report_only or args.scene_stats else _exclusive(args.out)
+    started = time.perf_counter()
     data = load_datasets(config, args)
+    if args.scene_stats:
+        text = scene_section(config, args.cache)
+        (args.out / "scenes.md").write_text(text + "\n")
+        seconds = time.perf_counter() - started
+        print(f"{text}\n\nScenes of {len(config.seeds)} seed(s) rendered or read in {seconds:.1f} s.")
+        return 0
     meta = _meta(args, config, data, argv)
     if args.report_only:
         rows = read_rows(args.out / "results.csv")
@@ -289,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "finished": time.strftime("%Y-%m-%d %H:%M")})
         meta["config"] = dataclasses.asdict(config)
     (args.out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
-    write_report(rows, config, meta, args.out, args.publish)
+    write_report(rows, config, meta, args.out, args.publish, scene_section(config, args.cache))
     print((args.out / "report.md").read_text())
     if lock is not None:
         lock.close()
