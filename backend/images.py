@@ -16,7 +16,8 @@ the SDK leaves to its caller:
   atomically, so a second retrieve or a ranking downloads nothing again.
 
 Redirects (see ``_TimeoutSession``): Label Studio's presign endpoints
-(``/tasks/<id>/presign/``, ``/projects/<id>/presign/``, ``/storage-data/``)
+(``/tasks/<id>/presign/`` or ``/resolve/``, the same under ``/projects/<id>/``,
+``/storage-data/``)
 may redirect to any http(s) host, because Label Studio signed that URL for a
 storage an administrator connected (a bucket's host is not known in advance:
 AWS gives each bucket a host of its own). Every other redirect, Label
@@ -25,6 +26,7 @@ Studio's own included, must stay within the policy's hosts.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import logging
@@ -38,7 +40,7 @@ from collections.abc import Callable
 from typing import TypeVar
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlparse
+from urllib.parse import parse_qs, urljoin, urlparse
 
 import requests
 
@@ -62,7 +64,7 @@ logger = logging.getLogger(__name__)
 _LS_RELATIVE = ("/data/", "data/", "/upload", "upload/", "/storage-data/")
 _CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")
 # Label Studio's endpoints that answer with a redirect to a URL it signed for a connected storage
-_PRESIGN_PATH = re.compile(r"^/(tasks|projects)/\d+/presign/?$|^/storage-data/")
+_PRESIGN_PATH = re.compile(r"^/(tasks|projects)/\d+/(presign|resolve)/?$|^/storage-data/")
 _HOSTS_SETTING = "ALLOWED_IMAGE_HOSTS"
 T = TypeVar("T")
 R = TypeVar("R")
@@ -194,6 +196,7 @@ class ImageLoader:
         ``s3://`` URI), never by the signed URL Label Studio redirects to, which changes on every request."""
         if not self.policy.cache_dir:
             return None
+        url = _cloud_uri(url) or url
         digest = hashlib.sha256(url.encode()).hexdigest()[:32]
         suffix = os.path.splitext(urlparse(url).path)[1].lower()
         return os.path.join(self.policy.cache_dir, digest + (suffix if re.fullmatch(r"\.\w{1,8}", suffix) else ""))
@@ -300,6 +303,20 @@ def _concurrently(fn: Callable[[T], R], items: list[T], *, workers: int) -> list
         return [one(item) for item in items]
     with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
         return list(pool.map(one, items))
+
+
+def _cloud_uri(url: str) -> str | None:
+    """The ``s3://`` (etc.) URI inside Label Studio's ``/tasks/<id>/resolve/?fileuri=<base64>`` URL, which
+    its task API hands out instead of the URI (``resolve_uri``, on by default); None for other URLs."""
+    parsed = urlparse(url)
+    if not _PRESIGN_PATH.match(parsed.path) or parsed.path.startswith("/storage-data/"):
+        return None
+    fileuri = parse_qs(parsed.query).get("fileuri", [""])[-1]
+    try:
+        uri = base64.urlsafe_b64decode(fileuri + "=" * (-len(fileuri) % 4)).decode()
+    except ValueError:
+        return None
+    return uri if urlparse(uri).scheme in _CLOUD_SCHEMES else None
 
 
 def _http_failure(exc: requests.HTTPError) -> ImageError:

@@ -387,6 +387,19 @@ class TestCloudImages:
         assert [p.name for p in (tmp_path / "models" / ".cache" / "images").iterdir()] != []
         assert not list((tmp_path / "models" / ".cache" / "images").glob(".download-*"))
 
+    def test_label_studios_resolve_url_shares_the_cloud_uris_cache(self, tmp_path):
+        """/api/tasks hands out ``<LS>/tasks/<id>/resolve/?fileuri=<base64>``, /predict the ``s3://`` URI."""
+        import base64
+
+        with LocalServer({"/img.png": PNG}) as bucket:
+            redirect = Route(303, b"", location=f"{bucket.url}/img.png")
+            with LocalServer({"/tasks/5/presign/": redirect, "/tasks/5/resolve/": redirect}) as ls:
+                loader = _loader(tmp_path, label_studio_url=ls.url, api_key="legacy-token-123")
+                fileuri = base64.urlsafe_b64encode(b"s3://bucket/img.png").decode()
+                resolved = loader.path(f"{ls.url}/tasks/5/resolve/?fileuri={fileuri}", task_id=5)
+                assert loader.path("s3://bucket/img.png", task_id=5) == resolved
+        assert loader.downloads == 1 and len(bucket.seen) == 1
+
     def test_a_download_cut_short_is_not_cached(self, tmp_path):
         body = image_bytes(30, 20)
         url, close = _truncating_server(len(body), body[: len(body) // 2])
