@@ -249,6 +249,24 @@ def test_queue_view_lists_unlabeled_tasks_in_hua_order(label_studio, ls_client, 
     assert len(set(scores.values())) > 1, f"every score ties: {scores}"
 
 
+def _check_default_tab_first(ls_client, project: int) -> None:
+    """Label Studio makes no "Default" tab once a tab exists: the backend made it before its queue, unfiltered,
+    so that every task, the annotated ones included, stays in a tab."""
+    views = ls_client.views(project)
+    titles = [(v.get("data") or {}).get("title") for v in views]
+    assert titles == ["Default", QUEUE_TITLE], views
+    default = views[0]["data"]
+    assert not (default.get("filters") or {}).get("items") and not default.get("ordering"), default
+    listed = sorted(t["id"] for t in ls_client.tasks(project, view=views[0]["id"]))
+    assert listed == sorted(t["id"] for t in ls_client.tasks(project))
+
+
+def test_a_default_tab_lists_every_task_before_the_queue(label_studio, ls_client, ml_backend, queue):
+    _check_default_tab_first(ls_client, queue["project"])
+    default = ls_client.views(queue["project"])[0]
+    assert queue["labeled"] in {t["id"] for t in ls_client.tasks(queue["project"], view=default["id"])}
+
+
 def test_next_in_the_queue_view_is_the_top_task(label_studio, ls_client, ml_backend, queue):
     """NOTE: /next locks the task it returns for this user: one call per project."""
     project = queue["project"]
@@ -340,6 +358,7 @@ def test_a_project_connected_before_its_tasks(label_studio, ls_client, ml_backen
     assert record["result"]["ranked"] == 0 and record["result"]["pushed"] == 0, record
     assert ls_client.get_project(project)["model_version"] == title
     _queue_view(ls_client, project)
+    _check_default_tab_first(ls_client, project)  # its only task is annotated: in the Default tab alone
 
     before = _record(ml_backend, project)
     ls_client.import_tasks(project, [{"image": _url("q1.png")}, {"image": _url("q2.png")}, {"image": _url("q3.png")}])
