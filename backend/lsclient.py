@@ -1,6 +1,6 @@
 """Talking to Label Studio's API with the backend's own token.
 
-Label Studio 1.2x has two kinds of token (LABEL_STUDIO.md): legacy tokens, sent
+Label Studio 1.2x has two kinds of token (docs/label-studio.md): legacy tokens, sent
 as ``Authorization: Token <key>``, and personal access tokens (a refresh JWT),
 exchanged at ``/api/token/refresh/`` for a short-lived access JWT sent as
 ``Bearer``. ``LabelStudioAuth`` hides the difference.

@@ -1,4 +1,4 @@
-"""The HTTP contract Label Studio expects of an ML backend (LABEL_STUDIO.md).
+"""The HTTP contract Label Studio expects of an ML backend (docs/label-studio.md).
 
 Routes and payloads keep label-studio-ml 2.x's names. Every handler validates
 its body first and answers 400 naming the field at fault; domain errors are

@@ -180,7 +180,7 @@ class Settings:
         )
 
     def hua_config(self) -> HUAConfig:
-        """The slice of the settings that ``model.hua`` needs (METHOD.md sections 1-2)."""
+        """The slice of the settings that ``model.hua`` needs (docs/method.md, sections 1-2)."""
         return HUAConfig(
             aggregate=self.hua_aggregate,
             retrieval_fraction=self.hua_retrieval_fraction,

@@ -1,7 +1,7 @@
 """The uncertainty-aware box head and the RoI heads that use it.
 
 torchvision's ``FastRCNNPredictor`` gives class logits and box deltas; the
-synchronic loss (METHOD.md section 4) and HUA's localisation metric (section 2)
+synchronic loss (docs/method.md, section 4) and HUA's localisation metric (section 2)
 also need a log-variance per box coordinate, and HUA's gate and metrics need
 the full softmax of every detection. The heads
 here add exactly that and leave everything else to torchvision.

@@ -26,7 +26,7 @@ Environment knobs:
   ``backend.app`` (default: the repository root). Only for checking the harness
   against a stand-in backend kept outside the repository.
 
-Facts checked against a real Label Studio 1.23.2 (see also shared LABEL_STUDIO.md;
+Facts checked against a real Label Studio 1.23.2 (see also docs/label-studio.md;
 differences are marked "NOTE"):
 
 - Project titles must have at least 3 characters (400 otherwise).

@@ -164,7 +164,7 @@ def _boxes_by_image(doc: dict) -> dict[int, list[list[float]]]:
 
 
 class TestVariedScenes:
-    """The pool of METHOD.md section 7 (``DigitScenesConfig``'s later fields), and ``uniform`` unchanged by them."""
+    """The pool of docs/method.md, section 7 (``DigitScenesConfig``'s later fields), and ``uniform`` unchanged by them."""
 
     def test_uniform_scenes_are_unchanged(self, tmp_path: Path) -> None:
         import hashlib

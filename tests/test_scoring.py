@@ -373,7 +373,7 @@ class TestScoreNewImages:
 
 
 class TestYoungDetector:
-    """METHOD.md section 2: a model with no box above the display threshold still ranks (issue: the
+    """docs/method.md, section 2: a model with no box above the display threshold still ranks (issue: the
     metrics used to see only boxes >= SCORE_THRESHOLD, every candidate scored (1, 0, 0, 0), and the
     "HUA queue" fell back to pool order)."""
 

@@ -1,4 +1,4 @@
-"""The calibration of the training length, run once before any comparison (METHOD.md section 6).
+"""The calibration of the training length, run once before any comparison (docs/method.md, section 6).
 
 A benchmark about selection must sit where the paper's first cycle sits (VOC07:
 43-51 AP50 after 500 images), not where the detector has barely started: the

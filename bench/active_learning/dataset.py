@@ -64,7 +64,7 @@ _TEST_SHARE: float = 0.2
 PRETRAIN_LABEL: str = "digit"
 #: The digit splits, and the number mixed into each split's random generator.
 _SPLIT_STREAMS: dict[str, int] = {"pool": 1, "test": 2, "pretrain": 3}
-#: DigitScenesConfig fields added for the ``varied`` pool (METHOD.md section 7); at their defaults
+#: DigitScenesConfig fields added for the ``varied`` pool (docs/method.md, section 7); at their defaults
 #: they draw nothing and stay out of the fingerprint, so the ``uniform`` scenes are unchanged.
 _LATER_FIELDS: frozenset[str] = frozenset({
     "count_decay", "class_zipf", "scale_is_height", "clutter_varies", "clutter_fragments", "duplicate_share",

@@ -1,6 +1,6 @@
 """The warm start of the digit benchmark: a class-agnostic detector pretrained once, cached on disk.
 
-METHOD.md section 6: a benchmark only says something about selection where the
+docs/method.md, section 6: a benchmark only says something about selection where the
 detector is in the regime of the paper's first cycle, and a user's project
 starts from COCO weights, not from an untrained FPN, RPN and box head. Here the
 role of COCO is played by scenes of digits that the pool and the test split
