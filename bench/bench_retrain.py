@@ -1,8 +1,8 @@
 """Does a project's first retraining learn? The service's recipe on 2 annotated images, per loss form.
 
-METHOD.md section 4 and issue 9: with the paper's literal mix and 8 epochs of a
-2-image project (8 steps, all inside the warm-up) the RPN's objectness loss
-stayed at chance (ln 2 = 0.693). This runs Settings' own training recipe (a
+docs/method.md, section 4 and issue 9: with the paper's synchronic form (the service's
+default LOSS=synchronic) and 8 epochs of a 2-image project (8 steps, all inside the
+warm-up) the RPN's objectness loss stayed at chance (ln 2 = 0.693). This runs Settings' own training recipe (a
 floor of TRAIN_MIN_ITERATIONS steps, its warm-up and learning rate) from the
 ImageNet MobileNetV2-FPN (the file `make weights` fetches; the RPN and box head
 start from random, as with a user's first photos) on 2 synthetic photos of 20
@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 from backend.settings import Settings
 from bench.common import REPO_TORCH_HOME
 from model.detector import DetectorConfig, build_model
-from model.losses import LOSS_NAMES
+from model.losses import LOSS_NAMES, LossConfig
 from model.train import Sample, TrainResult, train
 
 COLOURS = ((220, 30, 30), (30, 60, 220))  # class 1 red, class 2 blue
@@ -79,8 +79,8 @@ def retrain(name: str, samples: list[Sample], iterations: int | None = None, see
     Seeded (initialisation, data order and flips), as TRAIN_SEED would seed it: every loss form
     sees the same steps, and a run is repeatable.
     """
-    kind, _, paper = name.partition("-")
-    config = replace(Settings(loss=kind, sync_form="paper" if paper else "default").train_config(), seed=seed)
+    loss = LossConfig.from_name(name)
+    config = replace(Settings(loss=loss.kind, sync_form=loss.form).train_config(), seed=seed)
     if iterations is not None:
         config = replace(config, min_iterations=iterations)
     return train(imagenet_model(seed), samples, config, torch.device("cpu"))

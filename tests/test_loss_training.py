@@ -1,4 +1,4 @@
-"""The synchronic loss inside a real detector (METHOD.md section 4): what it does to the RPN,
+"""The synchronic loss inside a real detector (docs/method.md, section 4): what it does to the RPN,
 and that the service's training recipe learns (bench/bench_retrain.py: with every loss form).
 
 The learning tests fine-tune torchvision's ImageNet MobileNetV2-FPN (the file that
@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from backend.settings import Settings
 from bench import bench_retrain
 from bench.bench_retrain import scenes
 from bench.common import IMAGENET_FILE
@@ -44,14 +45,15 @@ def rpn_gradients(loss: LossConfig, samples: list[Sample]) -> list[torch.Tensor]
     return [p.grad.clone() for p in model.rpn.head.parameters()]
 
 
-def test_default_form_trains_the_rpn_exactly_as_the_standard_loss(tmp_path):
-    """METHOD.md section 4: the RPN keeps torchvision's weight 1, outside the mix."""
+def test_balanced_form_trains_the_rpn_exactly_as_the_standard_loss(tmp_path):
+    """docs/method.md, section 4: in the balanced form the RPN keeps torchvision's weight 1, outside the
+    mix; in the paper's (the default) it trains at (1 + beta_loc)(1 - lambda) of it."""
     samples = scenes(tmp_path, 2, objects=6)
     standard = rpn_gradients(LossConfig(kind="standard"), samples)
-    default = rpn_gradients(LossConfig.from_name("synchronic"), samples)
-    paper = rpn_gradients(LossConfig.from_name("synchronic-paper"), samples)
+    balanced = rpn_gradients(LossConfig.from_name("synchronic-balanced"), samples)
+    paper = rpn_gradients(LossConfig.from_name("synchronic"), samples)
     assert any(g.abs().sum() > 0 for g in standard)
-    for ours, theirs in zip(default, standard):
+    for ours, theirs in zip(balanced, standard):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
     ratio = sum(float(g.norm()) for g in paper) / sum(float(g.norm()) for g in standard)
     assert ratio < 0.9, f"the paper form's RPN gradient is {ratio:.2f} of the standard's"
@@ -59,14 +61,14 @@ def test_default_form_trains_the_rpn_exactly_as_the_standard_loss(tmp_path):
 
 @pytest.mark.slow
 def test_forty_scenes_learn_without_the_clip(tmp_path):
-    """No gradient clip, the default synchronic form at the service's lr (0.01): finite, and the loss falls.
+    """No gradient clip, the balanced synchronic form at the service's lr (0.01): finite, and the loss falls.
 
     Measured on these scenes at lr 0.02 without the clip: the standard loss diverges too
-    (NaN after 25 steps; the default synchronic form after 13), so 0.02 tests the data, not the loss.
+    (NaN after 25 steps; the balanced synchronic form after 13), so 0.02 tests the data, not the loss.
     """
     model = imagenet_model()
     config = TrainConfig(iterations=40, batch_size=4, lr=0.01, grad_clip=0.0, warmup_fraction=0.1, seed=0,
-                         loss=LossConfig.from_name("synchronic"))
+                         loss=LossConfig.from_name("synchronic-balanced"))
     result = train(model, scenes(tmp_path, 40, objects=8), config, CPU)
     totals = [e["total"] for e in result.epoch_losses]
     assert all(torch.isfinite(torch.tensor(totals))), totals
@@ -85,7 +87,9 @@ def test_a_first_retraining_on_two_photos_learns(tmp_path):
     """
     if not IMAGENET_FILE.is_file():
         pytest.skip(f"{IMAGENET_FILE} is missing: run `make weights` (or `make test`) first")
-    result = bench_retrain.retrain("synchronic", scenes(tmp_path, 2, objects=20))
+    default = Settings().train_config().loss.name
+    assert default == "synchronic"  # the paper's form
+    result = bench_retrain.retrain(default, scenes(tmp_path, 2, objects=20))
     assert result.summary["iterations"] == 200
     for key in bench_retrain.WATCHED:
         first, last = bench_retrain.first_and_last(result, key)

@@ -1,4 +1,4 @@
-"""Tests of model/losses.py: the standard and the synchronic loss (METHOD.md section 4)."""
+"""Tests of model/losses.py: the standard and the synchronic loss (docs/method.md, section 4)."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def assert_finite_grads(output: Tensor, inputs: tuple[Tensor, ...]) -> list[Tens
 class TestLossConfig:
     def test_defaults_are_method_md(self) -> None:
         config = LossConfig()
-        assert config.kind == "synchronic"
+        assert (config.kind, config.form) == ("synchronic", "paper")
         assert config.eiou_gamma == 0.8
         assert config.lambda_fixed is None
         assert config.lambda_clip == (0.1, 0.9)
@@ -172,7 +172,7 @@ class TestEIoULoss:
     @pytest.mark.parametrize("gamma", [0.5, 0.8, 1.0])
     @pytest.mark.parametrize("dtype", DTYPES)
     def test_not_decreasing_below_stationary_point(self, gamma: float, dtype: torch.dtype) -> None:
-        """METHOD.md's note: below (gamma - 1)/(gamma + 1) the loss grows with GIoU."""
+        """docs/method.md's note (section 4): below (gamma - 1)/(gamma + 1) the loss grows with GIoU."""
         g_star = (gamma - 1) / (gamma + 1)
         giou = torch.linspace(-0.99, g_star - 0.01, 100, dtype=dtype, requires_grad=True)
         loss = eiou_loss(giou, gamma)
@@ -457,10 +457,10 @@ class TestCombineLosses:
         expected = sum([tv_cls, tv_box, losses["loss_objectness"], losses["loss_rpn_box_reg"]])
         torch.testing.assert_close(total, expected)
 
-    def test_default_form_hand_value(self) -> None:
+    def test_balanced_form_hand_value(self) -> None:
         # A = L_EIoU = 1, B = L_aware = 2 -> lambda = 2/3, L_box = 2 * (2/3 + 1/3 * 2) = 8/3
         # total = 1.5 * 1 + 1.2 * 8/3 + L_rpn (1.0) = 5.7
-        total, log = combine_losses(self.hand_losses(), LossConfig())
+        total, log = combine_losses(self.hand_losses(), LossConfig(form="balanced"))
         assert total.item() == pytest.approx(5.7)
         assert log["lambda"] == pytest.approx(2 / 3)
         assert log["loss_box"] == pytest.approx(8 / 3)
@@ -471,16 +471,17 @@ class TestCombineLosses:
 
     def test_paper_form_hand_value(self) -> None:
         # A = 1, B = 0.5 + 0.5 + 2 = 3 -> lambda = 0.75, L_sync = 0.75 + 0.25 * 3 = 1.5
-        # total = 1.5 * 1 + 1.2 * 1.5 = 3.3
-        total, log = combine_losses(self.hand_losses(), LossConfig.from_name("synchronic-paper"))
+        # total = 1.5 * 1 + 1.2 * 1.5 = 3.3; the paper's form is the default
+        total, log = combine_losses(self.hand_losses(), LossConfig())
+        assert combine_losses(self.hand_losses(), LossConfig.from_name("synchronic"))[1] == log
         assert total.item() == pytest.approx(3.3)
         assert log["lambda"] == pytest.approx(0.75)
         assert log["loss_sync"] == pytest.approx(1.5)
         assert log["loss_rpn"] == pytest.approx(1.0)
 
-    def test_default_form_at_half_lambda_is_the_plain_sum(self) -> None:
+    def test_balanced_form_at_half_lambda_is_the_plain_sum(self) -> None:
         """The factor 2 keeps the box branch at the standard loss's scale: lambda 0.5 is L_EIoU + L_aware."""
-        _, log = combine_losses(self.hand_losses(), LossConfig(lambda_fixed=0.5))
+        _, log = combine_losses(self.hand_losses(), LossConfig(form="balanced", lambda_fixed=0.5))
         assert log["loss_box"] == pytest.approx(1.0 + 2.0)
 
     @pytest.mark.parametrize(("lam", "l_sync"), [(0.3, 0.3 + 0.7 * 3), (0.0, 3.0), (1.0, 1.0)])
@@ -490,17 +491,17 @@ class TestCombineLosses:
         assert log["loss_sync"] == pytest.approx(l_sync)
         assert total.item() == pytest.approx(1.5 + 1.2 * l_sync)
 
-    @pytest.mark.parametrize("form", ["default", "paper"])
+    @pytest.mark.parametrize("form", ["balanced", "paper"])
     def test_rpn_weight(self, form: str) -> None:
-        """d total / d L_rpn: 1 in the default form (as torchvision), (1 + beta_loc)(1 - lambda) in the paper's."""
+        """d total / d L_rpn: 1 in the balanced form (as torchvision), (1 + beta_loc)(1 - lambda) in the paper's."""
         losses = self.hand_losses()
         objectness = losses["loss_objectness"].clone().requires_grad_()
         total, log = combine_losses({**losses, "loss_objectness": objectness}, LossConfig(form=form))
         (grad,) = torch.autograd.grad(total, objectness)
-        expected = 1.0 if form == "default" else 1.2 * (1 - log["lambda"])
+        expected = 1.0 if form == "balanced" else 1.2 * (1 - log["lambda"])
         assert grad.item() == pytest.approx(expected)
 
-    @pytest.mark.parametrize("form", ["default", "paper"])
+    @pytest.mark.parametrize("form", ["balanced", "paper"])
     def test_dynamic_lambda_clipped_for_extreme_ratio(self, form: str) -> None:
         losses = {**self.hand_losses(), "loss_eiou": torch.tensor(1e-4)}
         _, log = combine_losses(losses, LossConfig(form=form))
@@ -593,18 +594,21 @@ class TestLossNames:
         assert LossConfig.from_name(name).name == name
 
     def test_forms(self) -> None:
-        assert LossConfig.from_name("synchronic").form == "default"
-        assert LossConfig.from_name("synchronic-paper").form == "paper"
+        """``synchronic`` is the paper's form, the default; ``synchronic-balanced`` our ablation."""
+        assert LossConfig.from_name("synchronic").form == "paper" == LossConfig().form
+        assert LossConfig().name == "synchronic"
+        assert LossConfig.from_name("synchronic-balanced").form == "balanced"
         assert LossConfig.from_name("standard", eiou_gamma=0.5).eiou_gamma == 0.5
 
-    @pytest.mark.parametrize("bad", ["", "paper", "synchronic-default", "Standard"])
+    @pytest.mark.parametrize("bad", ["", "paper", "synchronic-paper", "synchronic-default", "Standard"])
     def test_unknown_name(self, bad: str) -> None:
         with pytest.raises(ValueError, match="unknown loss"):
             LossConfig.from_name(bad)
 
-    def test_unknown_form(self) -> None:
-        with pytest.raises(ValueError, match="form"):
-            LossConfig(form="literal")
+    @pytest.mark.parametrize("bad", ["literal", "default", ""])
+    def test_unknown_form(self, bad: str) -> None:
+        with pytest.raises(ValueError, match="form must be 'paper' or 'balanced'"):
+            LossConfig(form=bad)
 
 
 class TestBoundedLogVar:

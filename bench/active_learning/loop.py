@@ -239,13 +239,29 @@ def _parse(name: str, text: str) -> object:
     return kind.get(name, float)(text)
 
 
+#: Loss names before issue 25 (2026-12-04), when the paper's form was ``synchronic-paper`` and our
+#: balanced form ``synchronic``; a CSV with a ``synchronic-paper`` row uses them in every row.
+LEGACY_LOSS_NAMES: dict[str, str] = {"synchronic-paper": "synchronic", "synchronic": "synchronic-balanced"}
+LEGACY_MARKER = "synchronic-paper"
+#: Columns that the first CSVs (bench/results/active_learning_quick.csv) do not have.
+_OPTIONAL_FIELDS: dict[str, str] = {"unlabeled": "0", "picked": ""}
+
+
 def read_rows(path: Path | str) -> list[Row]:
-    """Rows of a CSV written by :func:`run_all` (an absent file: none)."""
+    """Rows of a CSV written by :func:`run_all` (an absent file: none), in today's loss names.
+
+    A CSV in the names before issue 25 is recognised by its ``synchronic-paper`` rows, and its
+    names are mapped (:data:`LEGACY_LOSS_NAMES`). :func:`run_all` rewrites the whole file on
+    ``--resume``, so a file never mixes the two namings; the committed results were rewritten.
+    """
     path = Path(path)
     if not path.exists():
         return []
     with path.open(newline="") as handle:
-        return [Row(**{k: _parse(k, v) for k, v in record.items()}) for record in csv.DictReader(handle)]
+        records = [{**_OPTIONAL_FIELDS, **record} for record in csv.DictReader(handle)]
+    if any(record["loss"] == LEGACY_MARKER for record in records):
+        records = [{**record, "loss": LEGACY_LOSS_NAMES.get(record["loss"], record["loss"])} for record in records]
+    return [Row(**{k: _parse(k, v) for k, v in record.items()}) for record in records]
 
 
 def _csv_record(row: Row) -> dict[str, object]:

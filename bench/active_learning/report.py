@@ -22,7 +22,8 @@ from pathlib import Path
 from bench.active_learning.loop import Row
 
 BASELINE = "random"
-#: The loss the ablation compares the others with, and the form the decision rule is about.
+#: The loss the ablation compares the others with, and the form the decision rule is about: the
+#: paper's synchronic form (``synchronic``; the balanced form ``synchronic-balanced`` is an ablation).
 REFERENCE_LOSS = "standard"
 CANDIDATE_LOSS = "synchronic"
 
@@ -210,11 +211,11 @@ def loss_comparisons(all_curves: Sequence[Curve]) -> list[Comparison]:
 
 @dataclass(frozen=True)
 class Decision:
-    """METHOD.md section 6's rule: the default loss is the synchronic form only if its mean paired
-    AP50 difference to the standard loss over cycles 0-4 is >= 0.
+    """The rule of docs/method.md, section 6: the default loss is the paper's synchronic form only if its mean
+    paired AP50 difference to the standard loss over cycles 0-4 is >= 0.
 
     Attributes:
-        difference (Interval): per seed, the mean over cycles of synchronic - standard.
+        difference (Interval): per seed, the mean over cycles of synchronic (the paper's form) - standard.
         cycles (int): cycles it is averaged over (5 when complete).
         loss (str): the rule's outcome.
     """
@@ -227,15 +228,16 @@ class Decision:
         """The rule and its outcome; provisional until ``cycles`` cycles of ``seeds`` seeds are in."""
         done = self.cycles >= cycles and self.difference.n >= seeds
         state = "" if done else f" (provisional: {self.cycles} cycle(s), {self.difference.n} seed(s) so far)"
-        return (f"Decision rule (METHOD.md section 6, fixed before the runs): mean paired AP50 difference "
-                f"{CANDIDATE_LOSS} - {REFERENCE_LOSS} over cycles 0-{self.cycles - 1} = "
+        return (f"Decision rule (docs/method.md, section 6): mean paired AP50 difference "
+                f"{CANDIDATE_LOSS} (the paper's form) - {REFERENCE_LOSS} over cycles 0-{self.cycles - 1} = "
                 f"{self.difference.text()} (95 % interval over {self.difference.n} seeds) "
                 f"{'>=' if self.difference.mean >= 0 else '<'} 0, so the default LOSS is "
                 f"**{self.loss}**{state}.")
 
 
 def decide(all_curves: Sequence[Curve]) -> Decision | None:
-    """The rule's outcome on random + synchronic against random + standard; None without both."""
+    """The rule's outcome on random + synchronic (the paper's form) against random + standard;
+    None without both."""
     match = [c for c in loss_comparisons(all_curves) if c.curve.loss == CANDIDATE_LOSS]
     if not match:
         return None
