@@ -9,7 +9,7 @@ Usage (from the repository root)::
     .venv/bin/python -m bench.active_learning --config tiny --out bench/out/tiny
     .venv/bin/python -m bench.active_learning --config varied --seeds 0 1 --out bench/out/varied --scene-stats
 
-The default preset is ``uniform`` (METHOD.md section 6; ``warm`` is its former name, still
+The default preset is ``uniform`` (docs/method.md, section 6; ``warm`` is its former name, still
 accepted, and its published files keep that name), ``varied`` the pool of section 7. Writes into ``--out``:
 ``results.csv`` (one row per strategy, loss, seed and cycle, with the images
 each cycle picked, so that ``--resume`` continues any run at its next cycle),
@@ -100,7 +100,7 @@ def build_config(args: argparse.Namespace):
     sim = replace(sim, **{k: v for k, v in (("cycles", args.cycles), ("initial", args.initial),
                                             ("budget", args.budget), ("device", args.device)) if v is not None})
     train = {k: v for k, v in (("iterations", args.iterations), ("epochs", args.epochs)) if v is not None}
-    sim = replace(sim, train=replace(sim.train, **train))
+    sim = replace(sim, train=replace(sim.train, **train), model_cache=str(args.cache / "models"))
     if args.allow_download:
         sim = replace(sim, detector=replace(sim.detector, allow_download=True))
     changes = {"simulation": sim}

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import multiprocessing
 import multiprocessing.sharedctypes
 import multiprocessing.synchronize
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -121,6 +123,9 @@ class SimulationConfig:
         strategies (StrategySettings): the strategies' own settings.
         device (str): "cpu", "cuda" or "auto".
         batch_size (int): images per inference pass.
+        model_cache (str | None): a folder where cycle-0 trainings are kept and
+            reused (every strategy's cycle 0, and the error-capture diagnostic's,
+            is the same training); ``None``: nothing is kept.
     """
 
     initial: int
@@ -131,6 +136,7 @@ class SimulationConfig:
     strategies: StrategySettings = field(default_factory=StrategySettings)
     device: str = "cpu"
     batch_size: int = 8
+    model_cache: str | None = None
 
     def __post_init__(self) -> None:
         if self.initial < 1 or self.budget < 1 or self.cycles < 0:
@@ -187,12 +193,32 @@ def fresh_model(config: SimulationConfig, labels: Sequence[str], seed: int) -> t
     return model
 
 
-def _train_and_evaluate(
-    step: Step, data: BenchDataset, config: SimulationConfig, progress: TrainProgress | None,
+def _cache_path(step: Step, data: BenchDataset, config: SimulationConfig) -> Path | None:
+    """Where the training of ``step`` is kept: cycle 0 only (the one shared by every strategy), keyed
+    by everything that decides its weights (training, detector with its warm start, data, labeled set)."""
+    if config.model_cache is None or step.cycle != 0:
+        return None
+    identity = repr((step.loss, step.seed, step.labeled, config.train, config.detector, data.labels,
+                     [(s.image_path, s.boxes.tolist(), s.labels.tolist()) for s in data.test[:5]]))
+    return Path(config.model_cache) / f"cycle0-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.pt"
+
+
+def trained_detector(
+    step: Step, data: BenchDataset, config: SimulationConfig, progress: TrainProgress | None = None,
 ) -> tuple[Detector, dict[str, float], float, float]:
-    """A fresh model trained on the step's labeled images; (detector, test metrics, train s, eval s)."""
+    """A fresh model trained on the step's labeled images; (detector, test metrics, train s, eval s).
+
+    A cycle-0 training found in ``config.model_cache`` is loaded instead of
+    repeated (training is deterministic, so the weights are the same); its
+    recorded train and eval seconds are returned with it.
+    """
     device = select_device(config.device)
     model = fresh_model(config, data.labels, step.seed)
+    cached = _cache_path(step, data, config)
+    if cached is not None and cached.exists():
+        stored = torch.load(cached, map_location="cpu", weights_only=True)
+        model.load_state_dict(stored["weights"])
+        return Detector(model.to(device), data.labels, device), stored["metrics"], *stored["seconds"]
     started = time.perf_counter()
     train(model, [data.pool[i] for i in step.labeled],
           replace(config.train, loss=LossConfig.from_name(step.loss), seed=step.seed * 1000 + step.cycle,
@@ -200,13 +226,19 @@ def _train_and_evaluate(
           device, progress)
     trained = time.perf_counter()
     metrics = evaluate_map(model, data.test)
-    return Detector(model, data.labels, device), metrics, trained - started, time.perf_counter() - trained
+    seconds = (trained - started, time.perf_counter() - trained)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        torch.save({"weights": model.state_dict(), "metrics": metrics, "seconds": seconds}, tmp)
+        os.replace(tmp, cached)
+    return Detector(model, data.labels, device), metrics, *seconds
 
 
 def run_step(step: Step, data: BenchDataset, config: SimulationConfig,
              progress: TrainProgress | None = None) -> list[Row]:
     """Train and evaluate once, then let each of the step's runs select: one row per run."""
-    detector, metrics, train_s, eval_s = _train_and_evaluate(step, data, config, progress)
+    detector, metrics, train_s, eval_s = trained_detector(step, data, config, progress)
     boxes = sum(int(data.pool[i].labels.numel()) for i in step.labeled)
     taken = set(step.labeled)
     unlabeled = [i for i in range(len(data.pool)) if i not in taken]

@@ -7,7 +7,7 @@ are the service's own code (``model.detector.Detector``, ``model.scoring``,
 ``model.hua``); this module adds only what the service has no use for:
 
 - ``random``: B images uniformly at random (the baseline).
-- ``entropy``: the retrieval gate alone (METHOD.md section 1): the B images of
+- ``entropy``: the retrieval gate alone (docs/method.md, section 1): the B images of
   highest H(x).
 - ``cald``: CALD-style consistency (Yu et al., CVPR-W 2022), two stages as in
   CALD's ``cald_train.py``: (1) consistency of the detections under flip,
@@ -43,6 +43,9 @@ from model.scoring import labeled_class_frequency, predict_pool, score_pool
 from model.train import Sample
 
 _LN2: float = math.log(2.0)
+
+#: The score from which a detection counts for :func:`select_density` (the service's display threshold).
+DENSITY_MIN_SCORE: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,20 @@ def select_entropy(view: PoolView, settings: StrategySettings) -> list[int]:
         return []
     entropy = torch.stack([image_entropy(d, settings.hua) for d in detections])
     order = torch.sort(entropy, descending=True, stable=True).indices
+    return [keys[i] for i in order[: view.budget].tolist()]
+
+
+def select_density(view: PoolView, settings: StrategySettings) -> list[int]:
+    """The B images with the largest sum of confident detection scores (>= 0.5), ties to the lower index.
+
+    A baseline that knows nothing about uncertainty (docs/method.md section 7): it
+    buys boxes, so a selector that only matches it is buying density, not doubt.
+    """
+    keys, detections, _ = predict_pool(view.detector, list(view.unlabeled), view.load, batch_size=view.batch_size)
+    if not keys:
+        return []
+    mass = torch.stack([d.scores[d.scores >= DENSITY_MIN_SCORE].sum() for d in detections])
+    order = torch.sort(mass, descending=True, stable=True).indices
     return [keys[i] for i in order[: view.budget].tolist()]
 
 
@@ -339,6 +356,7 @@ STRATEGIES: dict[str, Strategy] = {
     "random": select_random,
     "entropy": select_entropy,
     "cald": select_cald,
+    "density": select_density,
     "hua": select_hua,
     "hua_mean": select_hua_mean,
     "hua_kcenter": select_hua_kcenter,
