@@ -19,6 +19,7 @@ from torchvision.ops import box_iou
 from bench.common import SHAPE_LABELS, interleaved, median, synthetic_scenes
 from model.detections import Detections
 from model.detector import Detector, DetectorConfig, build_model, select_device
+from model.geometry import hflip_boxes
 from model.hua import HUAConfig, js_divergence, num_candidates
 from model.scoring import labeled_class_frequency, predict_pool, score_pool
 
@@ -46,7 +47,7 @@ def augment(image: Tensor, kind: str, key: int) -> tuple[Tensor, Callable[[Tenso
     """The augmented image and the map of its boxes back to ``image``'s pixels."""
     _, h, w = image.shape
     if kind == "flip":
-        return image.flip(-1), lambda b: torch.stack((w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]), dim=1)
+        return image.flip(-1), lambda b: hflip_boxes(b, w)
     if kind == "cutout":
         return _cutout(image, key), lambda b: b
     if kind == "resize":

@@ -20,6 +20,7 @@ from torchvision.models.detection import FasterRCNN
 
 from model.distributed import data_parallel, is_distributed, is_main_process
 from model.evaluate import evaluate_map
+from model.geometry import hflip_boxes
 from model.images import load_image
 from model.losses import LossConfig, combine_losses
 
@@ -119,7 +120,7 @@ class TrainResult:
     data (the last pass may be partial); ``summary`` holds their means over the
     whole training (lambda, beta_cls, beta_loc and every term of the loss),
     ``iterations``, and ``clip_fraction``, the share of steps whose gradient
-    norm hit ``grad_clip``: what METHOD.md section 4 asks each training to keep.
+    norm hit ``grad_clip``: what docs/method.md, section 4 asks each training to keep.
     """
 
     epoch_losses: list[dict[str, float]] = field(default_factory=list)
@@ -146,13 +147,8 @@ class DetectionDataset(Dataset):
         boxes = sample.boxes.to(torch.float32).reshape(-1, 4)
         if self.random.random() < self.flip_prob:
             image = image.flip(-1)
-            boxes = flip_boxes(boxes, image.shape[-1])
+            boxes = hflip_boxes(boxes, image.shape[-1])
         return image, {"boxes": boxes, "labels": sample.labels.to(torch.int64).reshape(-1)}
-
-
-def flip_boxes(boxes: Tensor, width: int) -> Tensor:
-    """Mirror ``Tensor[N, 4]`` xyxy boxes of an image ``width`` pixels wide."""
-    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
 
 
 def split_holdout(samples: Sequence[Sample], config: TrainConfig, seed: int) -> tuple[list[Sample], list[Sample]]:

@@ -21,7 +21,7 @@ from model.detector import DetectorConfig, build_model
 from model.evaluate import evaluate_map, predict_samples
 from model.images import load_image
 from model.losses import LossConfig
-from model.train import Sample, TrainConfig, flip_boxes, split_holdout, train, train_step
+from model.train import Sample, TrainConfig, split_holdout, train, train_step
 
 CPU = torch.device("cpu")
 SMALL_CONFIG = DetectorConfig(
@@ -69,31 +69,6 @@ class TestTrainConfig:
     def test_defaults_are_valid(self):
         config = TrainConfig()
         assert config.epochs >= 1 and config.lr > 0 and config.loss.kind == LossConfig.SYNCHRONIC
-
-
-class TestFlipBoxes:
-    def test_mirrors_x_and_keeps_y(self):
-        boxes = torch.tensor([[10.0, 5.0, 30.0, 25.0], [0.0, 0.0, 100.0, 50.0]])
-        flipped = flip_boxes(boxes, 100)
-        assert flipped.tolist() == [[70.0, 5.0, 90.0, 25.0], [0.0, 0.0, 100.0, 50.0]]
-
-    def test_twice_is_identity_and_boxes_stay_valid(self):
-        boxes = torch.tensor([[1.5, 2.0, 7.25, 9.0], [60.0, 0.0, 64.0, 48.0]])
-        flipped = flip_boxes(boxes, 64)
-        assert torch.all(flipped[:, 2] > flipped[:, 0]) and torch.all(flipped[:, 3] > flipped[:, 1])
-        assert torch.allclose(flip_boxes(flipped, 64), boxes)
-
-    def test_matches_the_flipped_image(self):
-        """The box of a bright patch moves exactly where the patch goes when the image is mirrored."""
-        image = torch.zeros(1, 10, 20)
-        image[:, 2:5, 3:8] = 1.0  # x 3..8, y 2..5
-        mirrored = image.flip(-1)
-        ys, xs = torch.nonzero(mirrored[0], as_tuple=True)
-        found = [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
-        assert flip_boxes(torch.tensor([[3.0, 2.0, 8.0, 5.0]]), 20).tolist() == [found]
-
-    def test_no_boxes(self):
-        assert flip_boxes(torch.zeros(0, 4), 50).shape == (0, 4)
 
 
 class TestSplitHoldout:
