@@ -1,4 +1,4 @@
-"""The README's Layout section names every module of backend/ and model/, and only those.
+"""docs/architecture.md's Layout section names every module of backend/ and model/, and only those.
 
 A newcomer finds each concern by its file name there; a file moved or added
 without its line (or a line left for a file that is gone) fails here.
@@ -15,7 +15,7 @@ ENTRY = re.compile(r"^- `((?:backend|model)/[\w/]+\.py)`: \S")
 
 
 def _layout_section() -> list[str]:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "architecture.md").read_text()
     section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
     return section.splitlines()
 
