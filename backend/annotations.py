@@ -18,7 +18,7 @@ import torch
 from backend.errors import ImageError
 from backend.images import ImageLoader
 from backend.labels import ProjectLabels
-from model.train import Sample
+from model.samples import Sample
 
 logger = logging.getLogger(__name__)
 

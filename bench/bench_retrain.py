@@ -30,7 +30,8 @@ from backend.settings import Settings
 from bench.common import REPO_TORCH_HOME
 from model.detector import DetectorConfig, build_model
 from model.losses import LOSS_NAMES, LossConfig
-from model.train import Sample, TrainResult, train
+from model.samples import Sample
+from model.train import TrainResult, train
 
 COLOURS = ((220, 30, 30), (30, 60, 220))  # class 1 red, class 2 blue
 WATCHED = ("loss_objectness", "loss_classifier")

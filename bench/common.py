@@ -26,7 +26,7 @@ from torch import Tensor
 
 from backend.settings import ENVIRONMENT
 from model.images import image_tensor
-from model.train import Sample
+from model.samples import Sample
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REPO_TORCH_HOME = REPO_ROOT / ".cache" / "torch"

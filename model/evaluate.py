@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -24,9 +23,7 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.ops import box_iou
 
 from model.images import load_image
-
-if TYPE_CHECKING:  # model.train imports this module: its default held-out evaluation is evaluate_map
-    from model.train import Sample
+from model.samples import Sample
 
 # Figures a report carries as numbers, in the order pages and gauges show them.
 FIGURES = ("map_50", "map", "accepted", "recall")

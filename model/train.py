@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.models.detection import FasterRCNN
 
 from model.distributed import data_parallel, is_distributed, is_main_process
 from model.evaluate import evaluate_map
-from model.geometry import hflip_boxes
-from model.images import load_image
 from model.losses import LossConfig, combine_losses
+from model.samples import DetectionDataset, Sample
 
 logger = logging.getLogger(__name__)
 
@@ -95,23 +94,6 @@ class TrainConfig:
         return warm * 0.1 ** sum(1 for drop in self.lr_drops if step >= drop * total)
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One labelled image.
-
-    Attributes:
-        image_path (str): a local image file (EXIF orientation is applied on load).
-        boxes (Tensor[N, 4]): x1, y1, x2, y2 in pixels of the displayed image.
-        labels (Tensor[N]): int64 classes in 1..C.
-        key (str): where it came from (e.g. the annotation id), for the version's meta.
-    """
-
-    image_path: str
-    boxes: Tensor
-    labels: Tensor
-    key: str = ""
-
-
 @dataclass
 class TrainResult:
     """What a training produced besides the weights.
@@ -128,27 +110,6 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     trained_on: list[str] = field(default_factory=list)
     held_out: list[str] = field(default_factory=list)
-
-
-class DetectionDataset(Dataset):
-    """Samples as (image, target) pairs, mirrored horizontally with probability ``flip_prob``."""
-
-    def __init__(self, samples: Sequence[Sample], flip_prob: float, generator: random.Random) -> None:
-        self.samples = list(samples)
-        self.flip_prob = flip_prob
-        self.random = generator
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
-        sample = self.samples[index]
-        image = load_image(sample.image_path)
-        boxes = sample.boxes.to(torch.float32).reshape(-1, 4)
-        if self.random.random() < self.flip_prob:
-            image = image.flip(-1)
-            boxes = hflip_boxes(boxes, image.shape[-1])
-        return image, {"boxes": boxes, "labels": sample.labels.to(torch.int64).reshape(-1)}
 
 
 def split_holdout(samples: Sequence[Sample], config: TrainConfig, seed: int) -> tuple[list[Sample], list[Sample]]:

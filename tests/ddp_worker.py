@@ -14,7 +14,8 @@ from PIL import Image, ImageDraw
 
 from model.detector import DetectorConfig, build_model
 from model.distributed import is_main_process
-from model.train import Sample, TrainConfig, train
+from model.samples import Sample
+from model.train import TrainConfig, train
 
 
 def _samples(folder: Path, count: int) -> list[Sample]:

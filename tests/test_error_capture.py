@@ -11,7 +11,7 @@ import torch
 from bench.active_learning import error_capture
 from bench.active_learning.error_capture import ImageError, capture, image_error, random_draws, summarise, verdict
 from model.detections import Detections
-from model.train import Sample
+from model.samples import Sample
 
 
 def _dets(boxes: list[list[float]], labels: list[int], scores: list[float]) -> Detections:

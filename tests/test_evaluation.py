@@ -12,7 +12,7 @@ from backend.annotations import TrainingSet
 from backend.evaluation import evaluate_serving, unseen_samples
 from backend.labels import parse_label_config
 from backend.service import Service, build_service
-from model.train import Sample
+from model.samples import Sample
 from model.version_meta import VersionMeta
 from model.versions import Version
 

@@ -19,7 +19,8 @@ from bench.common import IMAGENET_FILE
 from model.detector import DetectorConfig, build_model
 from model.images import load_image
 from model.losses import LossConfig, combine_losses
-from model.train import Sample, TrainConfig, train
+from model.samples import Sample
+from model.train import TrainConfig, train
 
 CPU = torch.device("cpu")
 

@@ -21,7 +21,8 @@ from model.detector import DetectorConfig, build_model
 from model.evaluate import evaluate_map, predict_samples
 from model.images import load_image
 from model.losses import LossConfig
-from model.train import Sample, TrainConfig, split_holdout, train, train_step
+from model.samples import Sample
+from model.train import TrainConfig, split_holdout, train, train_step
 
 CPU = torch.device("cpu")
 SMALL_CONFIG = DetectorConfig(

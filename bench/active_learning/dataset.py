@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from model.train import Sample
+from model.samples import Sample
 
 DIGITS_FILE = Path(__file__).resolve().parent.parent / "data" / "mnist_digits_10k.npz"
 

@@ -29,7 +29,8 @@ from bench.active_learning.dataset import DigitScenesConfig, class_agnostic, pre
 from model.detector import DetectorConfig, build_model
 from model.evaluate import evaluate_map
 from model.losses import LossConfig
-from model.train import Sample, TrainConfig, train
+from model.samples import Sample
+from model.train import TrainConfig, train
 from model.version_meta import VersionMeta
 from model.versions import Version, VersionStore
 

@@ -39,8 +39,8 @@ from model.detector import Detector
 from model.geometry import hflip_boxes
 from model.hua import HUAConfig, image_entropy, js_divergence
 from model.images import load_image
+from model.samples import Sample
 from model.scoring import labeled_class_frequency, predict_pool, score_pool
-from model.train import Sample
 
 _LN2: float = math.log(2.0)
 
