@@ -322,14 +322,15 @@ def _cloud_uri(url: str) -> str | None:
 def _http_failure(exc: requests.HTTPError) -> ImageError:
     """An HTTP error answer as a task failure, by what it means for the image.
 
-    404/410: the object is gone (``missing``); 401/403: its host refuses the
-    credentials (``refused``); 424 is Label Studio proxying a storage (presign
-    off) that failed: its ``detail`` (the storage's own error) tells which;
-    anything else is ``unreachable``.
+    404/410 or S3's NoSuchKey: the object is gone (``missing``); 401/403: its
+    host refuses the credentials (``refused``; AWS also answers 403 for a
+    missing key when the keys may not list the bucket); 424 is Label Studio
+    proxying a storage (presign off) that failed: its ``detail`` (the
+    storage's own error) tells which; anything else is ``unreachable``.
     """
     response = exc.response
     status, host = (response.status_code, urlparse(response.url).netloc) if response is not None else (None, "?")
-    detail = _storage_detail(response) if status == 424 else ""
+    detail = _storage_detail(response) if response is not None else ""
     text = f"HTTP {status} from {host}" + (f": {detail}" if detail else "")
     if status in (404, 410) or any(code in detail for code in ("NoSuchKey", "Not Found", "(404)", "BlobNotFound")):
         return ImageError(f"image not found in its storage ({text})", "missing")
@@ -340,11 +341,17 @@ def _http_failure(exc: requests.HTTPError) -> ImageError:
 
 
 def _storage_detail(response: requests.Response) -> str:
-    """Label Studio's ``{"error", "detail"}`` of a failed storage proxy, shortened and without query strings."""
-    try:
-        detail = str(response.json().get("detail") or "")
-    except ValueError:
-        return ""
+    """What the storage said: the ``detail`` of Label Studio's failed proxy (424), or the ``<Code>`` of
+    an S3-style XML error; shortened, without query strings."""
+    if response.status_code == 424:
+        try:
+            detail = str(response.json().get("detail") or "")
+        except ValueError:
+            return ""
+    else:
+        found = re.search(r"<Code>(\w{1,64})</Code>", response.text[:4096]) if "xml" in (
+            response.headers.get("Content-Type") or "") else None
+        detail = found.group(1) if found else ""
     return " ".join(word.split("?")[0] if "://" in word else word for word in detail.split())[:300]
 
 

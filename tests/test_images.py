@@ -424,16 +424,18 @@ class TestCloudImages:
                 loader.path("s3://bucket/img.png", task_id=5)
         assert info.value.reason == "unreachable"
 
-    @pytest.mark.parametrize("status, reason", [(404, "missing"), (403, "refused"), (500, "unreachable")])
-    def test_bucket_answers_by_status(self, tmp_path, status, reason):
-        with LocalServer({"/img.png": Route(status, b"<Error/>", "application/xml")}) as bucket:
+    @pytest.mark.parametrize("status, code, reason", [(404, "NoSuchKey", "missing"), (403, "AccessDenied", "refused"),
+                                                      (500, "InternalError", "unreachable")])
+    def test_bucket_answers_by_status(self, tmp_path, status, code, reason):
+        body = f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>no</Message></Error>".encode()
+        with LocalServer({"/img.png": Route(status, body, "application/xml")}) as bucket:
             location = f"{bucket.url}/img.png?X-Amz-Signature=SECRET"
             with LocalServer({"/tasks/5/presign/": Route(303, b"", location=location)}) as ls:
                 loader = _loader(tmp_path, label_studio_url=ls.url, api_key="legacy-token-123")
                 with pytest.raises(ImageError) as info:
                     loader.path("s3://bucket/img.png", task_id=5)
-        assert info.value.reason == reason and str(status) in str(info.value)
-        assert bucket.netloc in str(info.value) and "SECRET" not in str(info.value)
+        assert info.value.reason == reason and f"HTTP {status} from {bucket.netloc}: {code}" in str(info.value)
+        assert "SECRET" not in str(info.value)
 
     @pytest.mark.parametrize("detail, reason", [
         ("An error occurred (NoSuchKey) when calling the GetObject operation: The specified key does not exist.",
