@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import Flask, Response, current_app, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from backend.admission import HEAVY_ENDPOINTS
 from backend.auth import check_basic_auth
 from backend.errors import APIError, Busy, Unauthorized
 from backend.routes import bp
-from backend.service import Service, build_service
+from backend.service import Service, app_service, attach_service, build_service
 from backend.settings import Settings
 from backend.ui import bp as ui_bp
 
@@ -30,7 +30,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     settings = service.settings
     _configure_logging(settings.log_level)
     app = Flask(__name__)
-    app.extensions["hua"] = service
+    attach_service(app, service)
     _recover_jobs(service)
     app.register_blueprint(bp)
     app.register_blueprint(ui_bp)
@@ -62,7 +62,7 @@ def _configure_logging(level: str) -> None:
 
 
 def _authenticate() -> None:
-    settings = _service().settings
+    settings = app_service().settings
     if request.endpoint in _OPEN_ENDPOINTS:
         return
     if not check_basic_auth(request, settings.basic_auth_user, settings.basic_auth_pass):
@@ -73,7 +73,7 @@ def _admit() -> None:
     """A heavy request runs only while threads remain for the light routes (``backend.admission``)."""
     if request.endpoint not in HEAVY_ENDPOINTS:
         return
-    admission = _service().admission
+    admission = app_service().admission
     if not admission.enter():
         raise Busy(f"{admission.limit} predictions are in progress in this worker; try again in a second")
     g.admitted = True
@@ -81,11 +81,7 @@ def _admit() -> None:
 
 def _leave(error: BaseException | None) -> None:
     if g.pop("admitted", False):
-        _service().admission.leave()
-
-
-def _service() -> Service:
-    return current_app.extensions["hua"]
+        app_service().admission.leave()
 
 
 def _start_timer() -> None:
@@ -96,12 +92,12 @@ def _observe(response: Response) -> Response:
     started = g.get("started")
     if started is not None:
         route = request.url_rule.rule if request.url_rule else "unknown"
-        _service().metrics.observe_request(route, response.status_code, time.perf_counter() - started)
+        app_service().metrics.observe_request(route, response.status_code, time.perf_counter() - started)
     return response
 
 
 def _api_error(error: APIError) -> tuple[Response, int]:
-    response = jsonify(error.to_dict())
+    response = jsonify(error.to_json())
     if isinstance(error, Unauthorized):  # RFC 7235: a browser asks for the pair (/ui) only when challenged
         response.headers["WWW-Authenticate"] = 'Basic realm="HUA backend", charset="UTF-8"'
     if isinstance(error, Busy):

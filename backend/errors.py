@@ -20,7 +20,8 @@ class APIError(Exception):
         if status_code is not None:
             self.status_code = status_code
 
-    def to_dict(self) -> dict:
+    def to_json(self) -> dict:
+        """The response body: the message and the status, as every error of the API answers."""
         return {"error": self.message, "status": self.status_code}
 
 

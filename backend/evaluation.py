@@ -15,8 +15,8 @@ import logging
 from backend.annotations import TrainingSet
 from backend.labels import ProjectLabels
 from model.evaluate import Prequential, low_threshold_outputs, prequential, sample_target
+from model.progress import Progress
 from model.registry import ModelRegistry, load_version_model
-from model.train import Progress
 from model.versions import CheckpointError, Version, check_meta
 
 logger = logging.getLogger(__name__)

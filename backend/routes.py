@@ -11,7 +11,7 @@ import hmac
 import logging
 from pathlib import Path
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
 from backend.auth import check_basic_auth
 from backend.deferred import defer_predictions
@@ -22,7 +22,7 @@ from backend.labels import ProjectLabels, parse_label_config
 from backend.metrics import ServiceMetrics
 from backend.predictions import Deadline, PredictedTasks
 from backend.report import refresh_quality_gauges, version_rows
-from backend.service import Service
+from backend.service import app_service
 from backend.settings import Settings
 from backend.weights import serving_weights
 from model.versions import project_id as canonical_project_id
@@ -48,10 +48,6 @@ def check_webhook_secret(settings: Settings) -> None:
     if settings.basic_auth_user and check_basic_auth(request, settings.basic_auth_user, settings.basic_auth_pass):
         return
     raise Unauthorized()
-
-
-def _service() -> Service:
-    return current_app.extensions["hua"]
 
 
 def json_body() -> dict:
@@ -111,7 +107,7 @@ def health() -> Response:
     """Liveness plus what a user needs to see: the backbone (BACKBONE=auto's choice), which weights the serving
     models started from and what that means (``backend.weights``), device, versions, disk use per project, and
     "degraded" with the problems of ``backend.health``."""
-    service = _service()
+    service = app_service()
     registry = service.registry
     root = Path(service.settings.model_dir)
     found = problems(root, service.board)
@@ -134,7 +130,7 @@ def setup() -> Response:
     pid = project_id(body)
     if body.get("schema") is not None:
         _labels(body, "schema")
-    latest = _service().store.latest(pid)
+    latest = app_service().store.latest(pid)
     return jsonify({"model_version": latest.name if latest else NO_VERSION})
 
 
@@ -145,12 +141,12 @@ def predict() -> Response:
     Answered within PREDICT_DEADLINE; the tasks not reached by then are
     predicted by a background job (``backend.deferred``).
     """
-    deadline = Deadline.after(_service().settings.predict_deadline)
+    deadline = Deadline.after(app_service().settings.predict_deadline)
     body = json_body()
     tasks = _tasks(body)
     names = _labels(body, "label_config")
     pid = project_id(body)
-    service = _service()
+    service = app_service()
     served = service.registry.get(pid, names.labels, names.aliases)
     service.metrics.set_version(pid, served.name)
     outcome = service.predictor.predict(tasks, names, served, service.rankings.get(served.version),
@@ -179,7 +175,7 @@ def webhook() -> Response:
     project id and the action is read, the data come from Label Studio's API.
     With WEBHOOK_SECRET set, the X-Webhook-Secret header (or basic auth) is required.
     """
-    service = _service()
+    service = app_service()
     check_webhook_secret(service.settings)
     body = json_body()
     action = body.get("action")
@@ -195,14 +191,14 @@ def webhook() -> Response:
 def versions() -> Response:
     """The project's model versions on disk, oldest first; ``detail`` adds each one's prequential figures."""
     pid = project_id(json_body())
-    found = _service().store.versions(pid)
+    found = app_service().store.versions(pid)
     return jsonify({"versions": [v.name for v in found], "detail": version_rows(found)})
 
 
 @bp.get("/versions")
 def all_versions() -> Response:
     """Label Studio's GET /versions names no project: every version name known, or one project's."""
-    store = _service().store
+    store = app_service().store
     pid = request.args.get("project")
     projects = [project_id({"project": pid})] if pid else store.projects()
     names = sorted({v.name for p in projects for v in store.versions(p)})
@@ -214,19 +210,19 @@ def all_versions() -> Response:
 @bp.post("/rank")
 def rank() -> Response:
     """Schedule a ranking of the project's unlabeled tasks (the HUA queue)."""
-    outcome = _service().scheduler.request(project_id(json_body()), "rank")
+    outcome = app_service().scheduler.request(project_id(json_body()), "rank")
     return jsonify({"status": outcome}), 202
 
 
 @bp.get("/jobs")
 def jobs() -> Response:
     """Per project, the running or last job of each kind: status, progress, error."""
-    return jsonify({"jobs": _service().board.all()})
+    return jsonify({"jobs": app_service().board.all()})
 
 
 @bp.get("/metrics")
 def metrics() -> Response:
     """Prometheus text; the prequential gauges are read from MODEL_DIR at each scrape (jobs write them)."""
-    service = _service()
+    service = app_service()
     refresh_quality_gauges(service)
     return Response(service.metrics.render(), mimetype="text/plain; version=0.0.4")

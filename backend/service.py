@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from flask import Flask, current_app
+
 from backend.admission import Admission
 from backend.deferred import DeferredTasks
 from backend.images import ImageLoader, ImagePolicy
@@ -59,6 +61,20 @@ class Service:
     board: JobBoard
     scheduler: Scheduler
     deferred: DeferredTasks
+
+
+#: Where ``create_app`` keeps the app's Service: ``Flask.extensions``, as Flask's own extensions do.
+_EXTENSION = "hua"
+
+
+def attach_service(app: Flask, service: Service) -> None:
+    """Make ``service`` the one that ``app``'s views reach through :func:`app_service`."""
+    app.extensions[_EXTENSION] = service
+
+
+def app_service(app: Flask | None = None) -> Service:
+    """The Service of ``app``; by default of the app handling the current request."""
+    return (current_app if app is None else app).extensions[_EXTENSION]
 
 
 def build_service(settings: Settings, *, ls_client: LabelStudioClient | None = None,

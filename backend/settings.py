@@ -205,7 +205,6 @@ class Settings:
             batch_size=self.train_batch_size,
             seed=self.train_seed,
             grad_clip=self.grad_clip,
-            reinit=self.train_reinit,
             loss=LossConfig(kind=self.loss, form=self.sync_form, eiou_gamma=self.eiou_gamma,
                             lambda_fixed=self.sync_lambda),
         )

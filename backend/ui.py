@@ -14,13 +14,13 @@ import logging
 from datetime import datetime, timezone
 
 import requests
-from flask import Blueprint, Response, current_app, jsonify, render_template
+from flask import Blueprint, Response, jsonify, render_template
 
 from backend.lsclient import LabelStudioClient, LabelStudioError
 from backend.plot import quality_png
 from backend.report import known_projects, project_report, version_rows
 from backend.routes import project_id
-from backend.service import Service
+from backend.service import Service, app_service
 from backend.weights import summary
 from model.hua import METRIC_NAMES
 
@@ -32,10 +32,6 @@ bp = Blueprint("ui", __name__, template_folder="templates")
 LABEL_STUDIO_TIMEOUT_S = 2.0
 # The page's one time format, in UTC (its script writes the same).
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
-
-
-def _service() -> Service:
-    return current_app.extensions["hua"]
 
 
 @bp.app_template_filter("pct")
@@ -65,13 +61,13 @@ def _utc(value: str | None) -> str:
 @bp.get("/projects/<project>/report")
 def report(project: str) -> Response:
     """One project's versions with their figures, jobs and queue head, as JSON."""
-    return jsonify(project_report(_service(), project_id({"project": project})))
+    return jsonify(project_report(app_service(), project_id({"project": project})))
 
 
 @bp.get("/ui/projects/<project>/quality.png")
 def plot(project: str) -> Response:
     """The learning curve of /ui (PNG, drawn on each request: versions change under it)."""
-    service = _service()
+    service = app_service()
     rows = version_rows(service.store.versions(project_id({"project": project})))
     response = Response(quality_png(rows, service.settings.eval_min_tasks), mimetype="image/png")
     response.headers["Cache-Control"] = "no-store"
@@ -81,7 +77,7 @@ def plot(project: str) -> Response:
 @bp.get("/ui")
 def page() -> str:
     """Every project this backend knows (a version or a job), newest version first in each table."""
-    service = _service()
+    service = app_service()
     names = known_projects(service.store, service.board.all())
     statuses = _label_studio_statuses(service, names)
     projects = [{"project": p, "report": project_report(service, p), "label_studio": statuses[p]} for p in names]

@@ -34,9 +34,9 @@ from model.hua import (
     score_single,
     select_candidates,
 )
+from model.progress import Progress
 
 ImageSource = Callable[[Hashable], Tensor]
-Progress = Callable[[float, str], None]
 Predict = Callable[[list[Tensor]], list[Detections]]
 
 #: What a ranking's progress says to a user in each pass (shown on /jobs and /ui).

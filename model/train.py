@@ -21,11 +21,10 @@ from torchvision.models.detection import FasterRCNN
 from model.distributed import data_parallel, is_distributed, is_main_process
 from model.evaluate import evaluate_map
 from model.losses import LossConfig, combine_losses
+from model.progress import Progress
 from model.samples import DetectionDataset, Sample
 
 logger = logging.getLogger(__name__)
-
-Progress = Callable[[float, str], None]
 
 
 @dataclass(frozen=True)
@@ -39,8 +38,6 @@ class TrainConfig:
     warm-up, and measured on Label Studio's loop it left the RPN at chance.
     The schedule is defined on that length: a linear warm-up over
     ``warmup_fraction`` of it, then x0.1 at each fraction in ``lr_drops``.
-    ``reinit`` re-initialises from the base weights for every training (the
-    paper's protocol) instead of fine-tuning the serving version.
     ``holdout_fraction`` of the samples (at least ``min_holdout``, only when
     at least ``min_samples_for_holdout`` exist) are kept out for mAP.
     ``loss`` is the RoI heads' loss, held only here: ``train`` hands it to the heads.
@@ -58,7 +55,6 @@ class TrainConfig:
     lr_drops: tuple[float, ...] = ()
     flip_prob: float = 0.5
     seed: int | None = None
-    reinit: bool = False
     holdout_fraction: float = 0.2
     min_holdout: int = 2
     min_samples_for_holdout: int = 10

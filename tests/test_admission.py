@@ -9,6 +9,7 @@ import pytest
 from helpers import SMALL, local_task, make_settings, predict_body
 
 from backend.app import create_app
+from backend.service import app_service
 from backend.settings import SettingsError
 
 
@@ -17,7 +18,7 @@ def blocked_app(tmp_path, image_root):
     """THREADS=4, LIGHT_THREADS=2: two /predict at once; the model lookup waits until ``release`` is set."""
     app = create_app(make_settings(tmp_path / "models", threads=4, light_threads=2,
                                    local_files_document_root=str(image_root)))
-    service = app.extensions["hua"]
+    service = app_service(app)
     entered, release = threading.Semaphore(0), threading.Event()
     real_get = service.registry.get
 

@@ -8,6 +8,7 @@ from helpers import make_settings
 
 from backend.app import create_app
 from backend.jobs.board import JobRecord
+from backend.service import app_service
 from model.version_meta import VersionMeta
 from model.versions import VersionStore
 
@@ -20,7 +21,7 @@ def _health(model_dir) -> dict:
 
 
 def _board(model_dir):
-    return create_app(make_settings(model_dir)).extensions["hua"].board
+    return app_service(create_app(make_settings(model_dir))).board
 
 
 class TestDisk:

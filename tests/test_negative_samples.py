@@ -11,6 +11,7 @@ from helpers import LABEL_CONFIG, LABELS, WIDE, local_task, make_settings, predi
 from backend.app import create_app
 from backend.labels import parse_label_config
 from backend.predictions import task_prediction
+from backend.service import app_service
 from model.detections import Detections
 from model.hua import HUAConfig, entropy_score, image_entropy
 
@@ -41,7 +42,7 @@ class TestNoDetections:
 
     def test_detector_still_reports_the_analysis_detections(self, strict_app):
         """Nothing passes SCORE_THRESHOLD 1.0, yet HUA sees the analysis-threshold boxes."""
-        detector = strict_app.extensions["hua"].registry.get("1", LABELS).detector
+        detector = app_service(strict_app).registry.get("1", LABELS).detector
         (det,) = detector.predict([torch.rand(3, 48, 64)])
         shown = det.above(1.0)
         assert len(shown) == 0 and len(det) > 0 and bool((det.scores >= 0.05).all())

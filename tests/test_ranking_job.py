@@ -26,7 +26,7 @@ from backend.jobs.entry import ranking_job
 from backend.jobs.rank import QUEUE_TITLE, QUEUE_VIEW
 from backend.jobs.scheduler import Scheduler
 from backend.predictions import task_prediction
-from backend.service import build_service
+from backend.service import app_service, build_service
 from backend.ranking_store import RANKING_FILE, RankingCache, StoredRanking
 from backend.labels import parse_label_config
 from backend.lsclient import LabelStudioError
@@ -151,7 +151,7 @@ def app(tmp_path_factory, root, fake_ls):
     settings = make_settings(tmp_path_factory.mktemp("ranking-models"), local_files_document_root=str(root),
                              batch_size=4, **HUA)
     app = create_app(service=build_service(settings, ls_client=fake_ls))
-    service = app.extensions["hua"]
+    service = app_service(app)
     # the project's first version: the calibrated real detector, saved as the registry would
     meta = VersionMeta(labels=list(LABELS), backbone=CONFIG.backbone, weights="none", weights_requested="none",
                        parent=None)
@@ -161,7 +161,7 @@ def app(tmp_path_factory, root, fake_ls):
 
 @pytest.fixture(scope="module")
 def service(app):
-    return app.extensions["hua"]
+    return app_service(app)
 
 
 @pytest.fixture(scope="module")

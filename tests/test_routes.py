@@ -39,7 +39,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backend.app import create_app
 from backend.routes import MODEL_CLASS
-from backend.service import build_service
+from backend.service import app_service, build_service
 from model.detector import build_model
 from model.version_meta import VersionMeta
 
@@ -53,7 +53,7 @@ def fresh_app(tmp_path):
 
 
 def _service(app):
-    return app.extensions["hua"]
+    return app_service(app)
 
 
 def _is_number(value) -> bool:

@@ -18,7 +18,7 @@ import pytest
 from helpers import LABEL_CONFIG, make_settings
 
 from backend.app import create_app
-from backend.service import RQ_QUEUE
+from backend.service import RQ_QUEUE, app_service
 
 # The Label Studio harness is a plugin (one server per session); pytest imports it,
 # so its helpers are imported inside the functions below.
@@ -118,8 +118,8 @@ def test_webhooks_enqueue_one_job(redis, redis_url, tmp_path):
     (job,) = queue.get_jobs()
     assert job.func_name == "backend.jobs.entry.run_job_from_env"
     assert job.args == ("4", "train")
-    assert job.timeout == app.extensions["hua"].settings.job_timeout
-    record = app.extensions["hua"].board.read("4", "train")
+    assert job.timeout == app_service(app).settings.job_timeout
+    record = app_service(app).board.read("4", "train")
     assert record.status == "queued"
     assert _webhook(client, "START_TRAINING", 5) == "scheduled"  # another project: its own job
     assert queue.count == 2
@@ -142,12 +142,12 @@ def test_a_failing_job_is_recorded_and_retried(redis, redis_url, tmp_path):
     queue = _queue(redis)
     assert queue.count == 0
     assert FailedJobRegistry(queue=queue).count == 1, log_tail(log)
-    board = app.extensions["hua"].board
+    board = app_service(app).board
     record = board.read("4", "train")
     assert record.status == "failed", log_tail(log)
     assert record.error.startswith("LabelStudioError") and "/api/projects/4" in record.error
     assert not board.is_pending("4", "train")
-    assert app.extensions["hua"].store.versions("4") == []
+    assert app_service(app).store.versions("4") == []
     assert _webhook(client, "START_TRAINING", 4) == "scheduled"
     assert queue.count == 1
 
@@ -185,7 +185,7 @@ def test_a_killed_work_horse_is_recorded_as_failed(redis, redis_url, tmp_path):
     from rq.registry import FailedJobRegistry
 
     assert FailedJobRegistry(queue=queue).count == 1, log_tail(log)
-    board = app.extensions["hua"].board
+    board = app_service(app).board
     record = board.read("4", "train")
     assert record.status == "failed" and "died" in record.error, (record, log_tail(log))
     assert app.test_client().get("/jobs").get_json()["jobs"]["4"]["train"]["status"] == "failed"
@@ -222,7 +222,7 @@ def test_worker_trains_against_label_studio(redis, redis_url, label_studio, ls_c
     assert FailedJobRegistry(queue=queue).count == 0, log_tail(log)
     assert FinishedJobRegistry(queue=queue).count == 1, log_tail(log)
 
-    service = app.extensions["hua"]
+    service = app_service(app)
     # v0001: the base version the training starts from (as the service makes it); v0002: the trained one
     assert [v.name for v in service.store.versions(str(project))] == ["v0001", "v0002"], log_tail(log)
     record = service.board.read(str(project), "train")

@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from model.owners import ProcessOwner
+from model.progress import Progress
 from model.versions import VersionStore, is_project_id, project_id
 
 logger = logging.getLogger(__name__)
@@ -308,7 +309,7 @@ class ProgressWriter:
             self.board.write(self.record)
 
 
-def run_job(board: JobBoard, project: str, kind: str, work: Callable[[Callable[[float, str], None]], dict]) -> dict:
+def run_job(board: JobBoard, project: str, kind: str, work: Callable[[Progress], dict]) -> dict:
     """Run ``work`` as the project's ``kind`` job: lock, record, errors.
 
     The pending flag is cleared when the job starts, so events arriving while

@@ -22,10 +22,11 @@ from backend.jobs.train import NothingNew, TrainingJob
 from backend.service import Service, build_service
 from backend.settings import Settings
 from model.distributed import join_process_group, torchrun_command, under_torchrun
+from model.progress import Progress
 
 logger = logging.getLogger(__name__)
 
-Work = Callable[[Callable[[float, str], None]], dict]
+Work = Callable[[Progress], dict]
 
 
 def training_job(service: Service) -> TrainingJob:
@@ -48,7 +49,7 @@ def predict_job(service: Service) -> PredictJob:
 def _train(service: Service, project: str, full: bool = False) -> Work:
     job = training_job(service)
 
-    def work(progress: Callable[[float, str], None]) -> dict:
+    def work(progress: Progress) -> dict:
         try:
             version = job.run(project, progress)
         except NothingNew as exc:
@@ -78,7 +79,7 @@ FOLLOW_UP = MappingProxyType({"train": "rank"})
 def _with_bar(work: Work, title: str) -> Work:
     """``work`` reporting to a tqdm bar as well as to the job record."""
 
-    def wrapped(record_progress: Callable[[float, str], None]) -> dict:
+    def wrapped(record_progress: Progress) -> dict:
         with tqdm(total=1.0, desc=title, bar_format="{l_bar}{bar}| {postfix}") as bar:
 
             def progress(fraction: float, message: str) -> None:

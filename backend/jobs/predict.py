@@ -11,8 +11,8 @@ from backend.labels import ProjectLabels, parse_label_config
 from backend.lsclient import LabelStudioClient
 from backend.predictions import TaskPredictor
 from backend.ranking_store import RankingCache, StoredRanking
+from model.progress import Progress
 from model.registry import ModelRegistry, ServedModel
-from model.train import Progress
 
 logger = logging.getLogger(__name__)
 

@@ -31,6 +31,7 @@ from backend.predictions import TaskPredictor, task_prediction
 from backend.ranking_store import RankingCache, StoredRanking
 from model.detections import Detections
 from model.images import image_tensor
+from model.progress import Progress
 from model.registry import ModelRegistry, ServedModel
 from model.scoring import ImageSource, labeled_class_frequency, score_new_images, score_pool
 
@@ -77,7 +78,7 @@ class RankingJob:
     rankings: RankingCache
     predictor: TaskPredictor
 
-    def run(self, project: str, progress=None, full: bool = False) -> dict:
+    def run(self, project: str, progress: Progress | None = None, full: bool = False) -> dict:
         """Bring the project's HUA queue up to date with the serving model.
 
         A full ranking when the serving version has none yet, or one that scored
@@ -117,7 +118,7 @@ class RankingJob:
         return paths, failed
 
     def _rank_all(self, served: ServedModel, tasks: list[dict], names: ProjectLabels,
-                  freq: torch.Tensor, progress) -> tuple[StoredRanking, dict[int, str]]:
+                  freq: torch.Tensor, progress: Progress | None) -> tuple[StoredRanking, dict[int, str]]:
         paths, failed = self._fetch(tasks, names)
         predictor = self.predictor
         pool = score_pool(served.detector, list(paths), _image_source(predictor.images, paths), freq, predictor.hua,

@@ -21,8 +21,9 @@ from backend.lsclient import LabelStudioClient
 from model.detector import build_model
 from model.distributed import is_main_process
 from model.evaluate import Prequential
+from model.progress import Progress
 from model.registry import ModelRegistry, load_version_model
-from model.train import Progress, TrainConfig, TrainResult, train
+from model.train import TrainConfig, TrainResult, train
 from model.version_meta import VersionMeta
 from model.versions import Version, VersionStore
 
@@ -130,7 +131,7 @@ class TrainingJob:
             epoch_losses=result.epoch_losses,
             loss_summary=result.summary,
             held_out=result.held_out,
-            train_config={k: v for k, v in asdict(self.config).items() if k != "loss"},
+            train_config={**{k: v for k, v in asdict(self.config).items() if k != "loss"}, "reinit": self.reinit},
             loss=asdict(self.config.loss),
         )
 

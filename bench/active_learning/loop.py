@@ -45,6 +45,7 @@ from bench.active_learning.strategies import STRATEGIES, PoolView, StrategySetti
 from model.detector import Detector, DetectorConfig, build_model, select_device
 from model.evaluate import evaluate_map
 from model.losses import LOSS_NAMES, LossConfig
+from model.progress import Progress
 from model.train import TrainConfig, train
 
 CSV_FIELDS: tuple[str, ...] = (
@@ -167,8 +168,6 @@ class Step:
         return self.specs[0].seed
 
 
-#: (fraction done, message) of the current training.
-TrainProgress = Callable[[float, str], None]
 RowCallback = Callable[[Row], None]
 
 
@@ -204,7 +203,7 @@ def _cache_path(step: Step, data: BenchDataset, config: SimulationConfig) -> Pat
 
 
 def trained_detector(
-    step: Step, data: BenchDataset, config: SimulationConfig, progress: TrainProgress | None = None,
+    step: Step, data: BenchDataset, config: SimulationConfig, progress: Progress | None = None,
 ) -> tuple[Detector, dict[str, float], float, float]:
     """A fresh model trained on the step's labeled images; (detector, test metrics, train s, eval s).
 
@@ -236,7 +235,7 @@ def trained_detector(
 
 
 def run_step(step: Step, data: BenchDataset, config: SimulationConfig,
-             progress: TrainProgress | None = None) -> list[Row]:
+             progress: Progress | None = None) -> list[Row]:
     """Train and evaluate once, then let each of the step's runs select: one row per run."""
     detector, metrics, train_s, eval_s = trained_detector(step, data, config, progress)
     boxes = sum(int(data.pool[i].labels.numel()) for i in step.labeled)
