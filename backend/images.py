@@ -337,6 +337,9 @@ def _http_failure(exc: requests.HTTPError) -> ImageError:
     if status in (401, 403) or any(code in detail for code in ("AccessDenied", "InvalidAccessKeyId", "Forbidden",
                                                                 "SignatureDoesNotMatch", "(403)")):
         return ImageError(f"image access denied ({text}): check the storage's credentials in Label Studio", "refused")
+    if status == 424:  # S3's get_object failed inside Label Studio, which logs why and answers "Stream is None"
+        return ImageError(f"Label Studio could not read the image from its storage ({text}): a deleted key, "
+                          "revoked credentials or a storage down; Label Studio's log says which")
     return ImageError(f"could not fetch the image ({text})")
 
 
@@ -356,6 +359,6 @@ def _storage_detail(response: requests.Response) -> str:
 
 
 def _without_query(exc: Exception) -> str:
-    """An exception message with URL query strings cut, since they may carry signatures or tokens."""
-    text = str(exc)
-    return " ".join(word.split("?")[0] if "://" in word else word for word in text.split())
+    """An exception message with URL query strings cut, since they may carry signatures or tokens
+    (requests names a failed URL's path and query without its scheme: "with url: /key?X-Amz-Signature=...")."""
+    return re.sub(r"\?[^\s'\")]*", "", str(exc))
