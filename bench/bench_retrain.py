@@ -58,8 +58,8 @@ def scenes(folder: Path, count: int, objects: int, size: tuple[int, int] = (160,
     return samples
 
 
-def imagenet_model(seed: int = 0) -> torch.nn.Module:
-    """MobileNetV2-FPN with torchvision's ImageNet backbone for classes "red" and "blue".
+def imagenet_model(seed: int = 0, loss: LossConfig = LossConfig()) -> torch.nn.Module:
+    """MobileNetV2-FPN with torchvision's ImageNet backbone for classes "red" and "blue", training with ``loss``.
 
     Raises:
         RuntimeError: the ImageNet file is not in ./.cache/torch (run `make weights`).
@@ -68,7 +68,7 @@ def imagenet_model(seed: int = 0) -> torch.nn.Module:
                             min_size=128, max_size=160)
     torch.manual_seed(seed)
     with patch.dict(os.environ, TORCH_HOME=str(REPO_TORCH_HOME)):  # only while building: the caller's cache stays
-        model, report = build_model(config, ["red", "blue"])
+        model, report = build_model(config, ["red", "blue"], loss=loss)
     if report.fell_back:
         raise RuntimeError(f"ImageNet weights unavailable: {report.reasons}; run `make weights`")
     return model
@@ -84,7 +84,7 @@ def retrain(name: str, samples: list[Sample], iterations: int | None = None, see
     config = replace(Settings(loss=loss.kind, sync_form=loss.form).train_config(), seed=seed)
     if iterations is not None:
         config = replace(config, min_iterations=iterations)
-    return train(imagenet_model(seed), samples, config, torch.device("cpu"))
+    return train(imagenet_model(seed, config.loss), samples, config, torch.device("cpu"))
 
 
 def first_and_last(result: TrainResult, key: str, steps: int = 10) -> tuple[float, float]:

@@ -3,8 +3,8 @@
 One step is ``model.train.train_step``: forward (RPN + RoI head, the chosen
 loss), backward and an SGD step (TrainConfig's lr, momentum, weight decay; on
 CUDA with autocast and a GradScaler, as ``model.train.train`` does). The RoI
-head's loss kind is set with ``model.roi_heads.loss = LossConfig(kind=...)`` and
-the same LossConfig is passed to ``train_step``.
+head's loss kind is given at construction (``build_model(..., loss=LossConfig(kind=...))``,
+one model per kind, built from the same seed) and the same LossConfig is passed to ``train_step``.
 
 Same start for both: before EVERY step (warm-up and timed) the model's and the
 optimizer's state are restored from one snapshot and torch's RNG is re-seeded,
@@ -77,7 +77,7 @@ _MMAP_THRESHOLD = str(64 * 1024)
 
 
 class StepBench:
-    """A model, a batch and an optimizer, restored to one snapshot before every step."""
+    """A model and an optimizer per loss kind and one batch, restored to one snapshot before every step."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.device = select_device(args.device)
@@ -86,32 +86,38 @@ class StepBench:
         config = DetectorConfig(
             backbone=args.backbone, weights=args.weights, allow_download=False, sampled_rois=args.sampled_rois
         )
-        model, report = build_model(config, list(SHAPE_LABELS))
+        self.losses = {kind: LossConfig(kind=kind) for kind in KINDS}
+        self.models = {}
+        for kind in KINDS:
+            torch.manual_seed(args.seed)
+            model, report = build_model(config, list(SHAPE_LABELS), loss=self.losses[kind])
+            self.models[kind] = model.to(self.device).train()
         self.weights_used = report.used + (f" (asked for {report.requested})" if report.fell_back else "")
-        self.model = model.to(self.device).train()
         scenes = synthetic_scenes(args.batch_size, args.width, args.height, args.seed)
         self.images = [image for image, _, _ in scenes]
         self.targets = [{"boxes": boxes, "labels": labels} for _, boxes, labels in scenes]
         train = TrainConfig()
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+        self.optimizers = {
+            kind: torch.optim.SGD([p for p in model.parameters() if p.requires_grad],
+                                  lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+            for kind, model in self.models.items()
+        }
         # CUDA: autocast + one GradScaler for all steps, as model.train.train does; its loss
         # scale only decides whether a step with inf gradients is skipped, so it is not restored
         self.scaler = torch.amp.GradScaler("cuda") if self.device.type == "cuda" else None
-        self.losses = {kind: LossConfig(kind=kind) for kind in KINDS}
-        self.model_state = copy.deepcopy(self.model.state_dict())
-        self.optimizer_state = copy.deepcopy(self.optimizer.state_dict())
+        self.model_state = copy.deepcopy(self.models[KINDS[0]].state_dict())
+        self.optimizer_state = copy.deepcopy(self.optimizers[KINDS[0]].state_dict())
 
     def restore(self, kind: str) -> None:
-        """Snapshot weights and optimizer state, the kind's loss, the same RNG state."""
-        self.model.load_state_dict(self.model_state)
-        self.optimizer.load_state_dict(self.optimizer_state)
-        self.model.roi_heads.loss = self.losses[kind]
+        """The kind's model and optimizer at the one snapshot, the same RNG state."""
+        self.models[kind].load_state_dict(self.model_state)
+        self.optimizers[kind].load_state_dict(self.optimizer_state)
         torch.manual_seed(self.seed + 1)
 
     def step(self, kind: str) -> dict[str, float]:
         """One ``train_step`` (not restoring first)."""
-        return train_step(self.model, self.images, self.targets, self.optimizer, self.losses[kind], self.scaler)
+        return train_step(self.models[kind], self.images, self.targets, self.optimizers[kind], self.losses[kind],
+                          self.scaler)
 
     def timed_step(self, kind: str) -> tuple[float, float, dict[str, float], int | None]:
         """Wall and CPU seconds of one step from the snapshot, its losses and (CUDA) its peak bytes."""

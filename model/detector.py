@@ -27,6 +27,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from model.checkpoint import checkpoint_labels, copy_class_rows, resized_predictor
 from model.detections import Detections
 from model.heads import UncertainBoxPredictor, UncertaintyRoIHeads
+from model.losses import LossConfig
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class DetectorConfig:
     ``alpha = a_max * tanh(raw / a_max)`` [ours: 5], so that exp(-alpha) never
     explodes and the gradient never vanishes; it must be > 0. It is part of the
     forward pass, hence of the architecture; the loss is the training's
-    (``model.train.TrainConfig.loss``), which ``train`` gives the heads.
+    (``model.train.TrainConfig.loss``), given to the builders as ``loss``.
     ``rpn_test_proposals`` caps the RPN's proposals at inference, before and
     after NMS (torchvision's ``rpn_pre/post_nms_top_n_test``); ``None`` keeps
     the builder's default (1000, 150 for the 320 px MobileNet).
@@ -210,9 +211,10 @@ def _init_from_rows(new: nn.Linear, old: nn.Linear, rows: dict[int, list[int]], 
 
 
 def adapt_head(
-    model: frcnn.FasterRCNN, num_classes: int, rows: dict[int, list[int]], config: DetectorConfig
+    model: frcnn.FasterRCNN, num_classes: int, rows: dict[int, list[int]], config: DetectorConfig,
+    *, loss: LossConfig = LossConfig(),
 ) -> frcnn.FasterRCNN:
-    """Replace the box predictor by an uncertainty-aware one with ``num_classes`` + 1 rows.
+    """Replace the box predictor by an uncertainty-aware one with ``num_classes`` + 1 rows; heads train with ``loss``.
 
     ``rows`` (from ``coco_head_rows``) initialises the classes that a pretrained
     head already knows; background always comes from the old head's row 0.
@@ -224,7 +226,7 @@ def adapt_head(
         _init_from_rows(predictor.bbox_pred, old.bbox_pred, rows, 4)
     else:
         predictor.load_state_dict(old.state_dict(), strict=False)
-    heads = UncertaintyRoIHeads.from_torchvision(model.roi_heads, predictor)
+    heads = UncertaintyRoIHeads.from_torchvision(model.roi_heads, predictor, loss=loss)
     heads.score_thresh = config.score_threshold
     heads.nms_thresh = config.nms_iou
     heads.detections_per_img = config.max_detections
@@ -253,37 +255,40 @@ def _freeze_batchnorm(module: nn.Module) -> nn.Module:
 
 
 def build_model(
-    config: DetectorConfig, labels: Sequence[str], aliases: dict[str, list[str]] | None = None
+    config: DetectorConfig, labels: Sequence[str], aliases: dict[str, list[str]] | None = None,
+    *, loss: LossConfig = LossConfig(),
 ) -> tuple[frcnn.FasterRCNN, WeightsReport]:
     """A detector for ``labels`` from the configured base weights, or warm-started from a checkpoint of ours.
+
+    ``loss`` is the loss its heads train with (``TrainConfig.loss``); inference ignores it.
 
     Raises:
         CheckpointError: ``weights`` names a checkpoint that cannot be read or
             was made with another backbone (never silently replaced by other weights).
     """
     if config.weights not in WEIGHT_SOURCES:
-        return warm_start(config, labels), WeightsReport(config.weights, config.weights)
+        return warm_start(config, labels, loss=loss), WeightsReport(config.weights, config.weights)
     model, report = build_base_model(config, len(labels) + 1)
     rows: dict[int, list[int]] = {}
     if report.used == "coco":
         categories = BACKBONES[config.backbone].coco.meta["categories"]
         rows = coco_head_rows(labels, aliases or {}, categories)
-    return adapt_head(model, len(labels), rows, config), report
+    return adapt_head(model, len(labels), rows, config, loss=loss), report
 
 
-def warm_start(config: DetectorConfig, labels: Sequence[str]) -> frcnn.FasterRCNN:
+def warm_start(config: DetectorConfig, labels: Sequence[str], *, loss: LossConfig = LossConfig()) -> frcnn.FasterRCNN:
     """The checkpoint at ``config.weights`` with its class layers re-sized to ``labels`` (``model.checkpoint``)."""
     state, known = checkpoint_labels(config.weights, config.backbone)
-    model = build_empty_model(config, len(known))
+    model = build_empty_model(config, len(known), loss=loss)
     model.load_state_dict(state)
     model.roi_heads.box_predictor = resized_predictor(model.roi_heads.box_predictor, labels, known)
     return model
 
 
-def build_empty_model(config: DetectorConfig, num_labels: int) -> frcnn.FasterRCNN:
-    """The architecture only, to load a checkpoint into."""
+def build_empty_model(config: DetectorConfig, num_labels: int, *, loss: LossConfig = LossConfig()) -> frcnn.FasterRCNN:
+    """The architecture only, to load a checkpoint into; its heads train with ``loss``."""
     model, _ = build_base_model(replace(config, weights="none"), num_labels + 1)
-    return adapt_head(model, num_labels, {}, config)
+    return adapt_head(model, num_labels, {}, config, loss=loss)
 
 
 def device_kind(name: str) -> str:

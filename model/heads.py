@@ -53,20 +53,21 @@ class UncertaintyRoIHeads(RoIHeads):
     usual boxes/labels/scores plus ``probs`` (full softmax of each detection),
     and ``sigmas`` (per-edge sigma of the detection's class).
 
-    ``loss`` belongs to the training, not to the architecture: ``model.train.train``
-    sets it from its ``TrainConfig``; until then it is the default ``LossConfig``,
-    so a model built only for inference needs none.
+    ``loss`` (keyword only) is the training's loss, given at construction
+    (``build_model(..., loss=TrainConfig.loss)``) and never changed afterwards;
+    ``model.train.train`` refuses a model whose heads hold another. A model
+    built only for inference keeps the default and never reads it.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, loss: LossConfig = LossConfig(), **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.loss = LossConfig()
+        self.loss = loss
 
     @classmethod
     def from_torchvision(
-        cls, heads: RoIHeads, predictor: UncertainBoxPredictor
+        cls, heads: RoIHeads, predictor: UncertainBoxPredictor, *, loss: LossConfig = LossConfig()
     ) -> "UncertaintyRoIHeads":
-        """Wrap the pooler, head and thresholds of an existing ``RoIHeads``."""
+        """Wrap the pooler, head and thresholds of an existing ``RoIHeads``, training with ``loss``."""
         new = cls(
             heads.box_roi_pool,
             heads.box_head,
@@ -79,6 +80,7 @@ class UncertaintyRoIHeads(RoIHeads):
             heads.score_thresh,
             heads.nms_thresh,
             heads.detections_per_img,
+            loss=loss,
         )
         return new
 

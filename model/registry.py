@@ -19,6 +19,7 @@ from torchvision.models.detection import FasterRCNN
 
 from model.detector import (Detector, DetectorConfig, WeightsReport, build_empty_model, build_model, select_device,
                             warm_start)
+from model.losses import LossConfig
 from model.version_meta import VersionMeta
 from model.versions import CheckpointError, Version, VersionStore, check_backbone, check_meta, load_weights
 
@@ -37,8 +38,8 @@ class ServedModel:
         return self.version.name
 
 
-def load_version_model(config: DetectorConfig, version: Version) -> FasterRCNN:
-    """The model of a stored version (architecture from ``config``, classes from its meta).
+def load_version_model(config: DetectorConfig, version: Version, *, loss: LossConfig = LossConfig()) -> FasterRCNN:
+    """The model of a stored version (architecture from ``config``, classes from its meta), training with ``loss``.
 
     Raises:
         CheckpointError: the version was made with another backbone (BACKBONE
@@ -46,7 +47,7 @@ def load_version_model(config: DetectorConfig, version: Version) -> FasterRCNN:
             its weights belong to another architecture and are never loaded.
     """
     check_backbone(version.meta, config.backbone)
-    model = build_empty_model(config, len(version.meta.labels))
+    model = build_empty_model(config, len(version.meta.labels), loss=loss)
     model.load_state_dict(load_weights(version))
     return model
 

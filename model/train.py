@@ -40,7 +40,8 @@ class TrainConfig:
     ``warmup_fraction`` of it, then x0.1 at each fraction in ``lr_drops``.
     ``holdout_fraction`` of the samples (at least ``min_holdout``, only when
     at least ``min_samples_for_holdout`` exist) are kept out for mAP.
-    ``loss`` is the RoI heads' loss, held only here: ``train`` hands it to the heads.
+    ``loss`` is the RoI heads' loss: the model is built with it (``build_model(..., loss=...)``)
+    and ``train`` refuses a model built for another.
     """
 
     epochs: int = 8
@@ -205,14 +206,18 @@ def train(
         progress (Progress): called with (fraction done, message) after every step.
         evaluate: mAP on the held-out slice (default ``evaluate_map``), on rank 0 only.
     Raises:
-        ValueError: no samples; FloatingPointError: the loss diverged.
+        ValueError: no samples, or the model's heads were built for another loss
+            than ``config.loss`` (build it with ``loss=config.loss``);
+            FloatingPointError: the loss diverged.
     """
     if not samples:
         raise ValueError("nothing to train on: no labelled images")
+    if model.roi_heads.loss != config.loss:
+        raise ValueError(f"the model's heads were built for the {model.roi_heads.loss.name} loss, the training asks "
+                         f"for {config.loss.name} ({config.loss}): build the model with loss=config.loss")
     rng = _seed_everything(config.seed)
     train_set, held_out = split_holdout(samples, config, seed=config.seed or 0)
     loader = _loader(train_set, config, rng)
-    model.roi_heads.loss = config.loss
     model.to(device).train()
     # the standard loss leaves the log-variance layer unused, which DDP must be told
     network = data_parallel(model, device, find_unused_parameters=config.loss.kind == LossConfig.STANDARD)

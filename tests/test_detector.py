@@ -158,7 +158,13 @@ class TestWeightsFallback:
         assert model.train().rpn.pre_nms_top_n() == 2000  # training keeps its own
         model.eval()
         assert model.rpn.pre_nms_top_n() == 40 and model.rpn.post_nms_top_n() == 40
-        assert model.roi_heads.loss == LossConfig()  # inference needs no loss; training sets its own
+        assert model.roi_heads.loss == LossConfig()  # inference needs no loss; a training builds with its own
+
+    def test_the_heads_take_their_loss_at_construction(self):
+        standard = LossConfig.from_name("standard")
+        model, _ = build_model(CONFIG, LABELS, loss=standard)
+        assert model.roi_heads.loss == standard
+        assert build_empty_model(CONFIG, len(LABELS), loss=standard).roi_heads.loss == standard
 
     def test_the_builders_test_proposals_are_kept_by_default(self):
         model, _ = build_model(CONFIG, LABELS)

@@ -25,18 +25,17 @@ from model.train import TrainConfig, train
 CPU = torch.device("cpu")
 
 
-def imagenet_model() -> torch.nn.Module:
+def imagenet_model(loss: LossConfig = LossConfig()) -> torch.nn.Module:
     if not IMAGENET_FILE.is_file():
         pytest.skip(f"{IMAGENET_FILE} is missing: run `make weights` (or `make test`) first")
-    return bench_retrain.imagenet_model()
+    return bench_retrain.imagenet_model(loss=loss)
 
 
 def rpn_gradients(loss: LossConfig, samples: list[Sample]) -> list[torch.Tensor]:
     """Gradients of the RPN head's parameters after one backward pass of ``loss``, from one start."""
     torch.manual_seed(0)
     model, _ = build_model(DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False,
-                                          min_size=96, max_size=128), ["red", "blue"])
-    model.roi_heads.loss = loss  # as train() sets it
+                                          min_size=96, max_size=128), ["red", "blue"], loss=loss)
     model.train()
     images = [load_image(s.image_path) for s in samples]
     targets = [{"boxes": s.boxes, "labels": s.labels} for s in samples]
@@ -67,9 +66,9 @@ def test_forty_scenes_learn_without_the_clip(tmp_path):
     Measured on these scenes at lr 0.02 without the clip: the standard loss diverges too
     (NaN after 25 steps; the balanced synchronic form after 13), so 0.02 tests the data, not the loss.
     """
-    model = imagenet_model()
     config = TrainConfig(iterations=40, batch_size=4, lr=0.01, grad_clip=0.0, warmup_fraction=0.1, seed=0,
                          loss=LossConfig.from_name("synchronic-balanced"))
+    model = imagenet_model(config.loss)
     result = train(model, scenes(tmp_path, 40, objects=8), config, CPU)
     totals = [e["total"] for e in result.epoch_losses]
     assert all(torch.isfinite(torch.tensor(totals))), totals

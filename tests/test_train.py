@@ -129,6 +129,13 @@ class TestLoopMechanics:
         with pytest.raises(ValueError, match="nothing to train on"):
             train(model, [], TrainConfig(iterations=1), CPU)
 
+    def test_a_model_built_for_another_loss_is_refused(self, tmp_path):
+        """The heads take their loss at construction; train never changes it, it refuses a mismatch."""
+        model, _ = build_model(SMALL_CONFIG, ["square"], loss=LossConfig.from_name("standard"))
+        with pytest.raises(ValueError, match="loss=config.loss"):
+            train(model, _samples(tmp_path, 2), TrainConfig(iterations=1), CPU)
+        assert model.roi_heads.loss == LossConfig.from_name("standard")
+
     def test_nan_box_raises_floating_point_error(self, tmp_path):
         """A box with NaN coordinates (a corrupt annotation) makes the loss NaN: stop, don't save garbage."""
         samples = _samples(tmp_path, 2)

@@ -151,6 +151,7 @@ class TrainingJob:
         config = self.registry.config
         if not self.reinit:
             start = self.registry.version_for(project, names.labels, names.aliases)
-            return load_version_model(config, start), start.name, start.meta.weights or "unknown"
-        model, report = build_model(config, list(names.labels), names.aliases)
+            model = load_version_model(config, start, loss=self.config.loss)
+            return model, start.name, start.meta.weights or "unknown"
+        model, report = build_model(config, list(names.labels), names.aliases, loss=self.config.loss)
         return model, None, report.used

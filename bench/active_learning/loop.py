@@ -178,14 +178,15 @@ def initial_set(pool_size: int, count: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(pool_size), count))
 
 
-def fresh_model(config: SimulationConfig, labels: Sequence[str], seed: int) -> torch.nn.Module:
-    """The detector re-initialised from its base weights, with a seeded new head.
+def fresh_model(config: SimulationConfig, labels: Sequence[str], seed: int,
+                loss: LossConfig = LossConfig()) -> torch.nn.Module:
+    """The detector re-initialised from its base weights, with a seeded new head that trains with ``loss``.
 
     Raises:
         RuntimeError: the configured weights are not available (no silent fallback).
     """
     torch.manual_seed(seed)
-    model, report = build_model(config.detector, list(labels))
+    model, report = build_model(config.detector, list(labels), loss=loss)
     if report.fell_back:  # a benchmark must not quietly start from other weights than it says
         raise RuntimeError(f"{report.requested} weights unavailable ({'; '.join(report.reasons)}); "
                            "put the file in $TORCH_HOME/hub/checkpoints or pass --allow-download")
@@ -212,7 +213,8 @@ def trained_detector(
     recorded train and eval seconds are returned with it.
     """
     device = select_device(config.device)
-    model = fresh_model(config, data.labels, step.seed)
+    loss = LossConfig.from_name(step.loss)
+    model = fresh_model(config, data.labels, step.seed, loss)
     cached = _cache_path(step, data, config)
     if cached is not None and cached.exists():
         stored = torch.load(cached, map_location="cpu", weights_only=True)
@@ -220,7 +222,7 @@ def trained_detector(
         return Detector(model.to(device), data.labels, device), stored["metrics"], *stored["seconds"]
     started = time.perf_counter()
     train(model, [data.pool[i] for i in step.labeled],
-          replace(config.train, loss=LossConfig.from_name(step.loss), seed=step.seed * 1000 + step.cycle,
+          replace(config.train, loss=loss, seed=step.seed * 1000 + step.cycle,
                   holdout_fraction=0.0),
           device, progress)
     trained = time.perf_counter()

@@ -89,7 +89,7 @@ def warm_start(
         return cached
     names, samples = pretrain_scenes(digits, cache_root)
     torch.manual_seed(config.seed)
-    model, report = build_model(detector, list(names))
+    model, report = build_model(detector, list(names), loss=config.train.loss)
     if report.fell_back:
         raise RuntimeError(f"{report.requested} weights unavailable ({'; '.join(report.reasons)})")
     started = time.perf_counter()
