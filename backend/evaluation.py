@@ -37,7 +37,7 @@ def unseen_samples(version: Version, data: TrainingSet) -> list[int]:
 
 def evaluate_serving(
     registry: ModelRegistry, version: Version | None, names: ProjectLabels, data: TrainingSet, *,
-    min_tasks: int, score_threshold: float, progress: Progress | None = None,
+    min_tasks: int, display_threshold: float, progress: Progress | None = None,
 ) -> Prequential:
     """``version``'s figures on the tasks of ``data`` it has never seen, or why there are none.
 
@@ -50,7 +50,7 @@ def evaluate_serving(
     unseen = unseen_samples(version, data)
     context = {"tasks": len(unseen), "min_tasks": min_tasks,
                "trained_on_tasks": len(version.meta.annotation_ids or []),
-               "task_ids": sorted(data.task_ids[i] for i in unseen), "score_threshold": score_threshold}
+               "task_ids": sorted(data.task_ids[i] for i in unseen), "display_threshold": display_threshold}
     if len(unseen) < min_tasks:
         message = (f"{len(unseen)} task(s) annotated since {version.name} was trained; "
                    f"figures need at least {min_tasks} (EVAL_MIN_TASKS)")

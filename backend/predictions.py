@@ -80,17 +80,17 @@ def box_result(box: Sequence[float], label: str, score: float, width: int, heigh
 
 
 def task_prediction(
-    detections: Detections, labels: Sequence[str], names: ProjectLabels, version: str, *, min_score: float,
+    detections: Detections, labels: Sequence[str], names: ProjectLabels, version: str, *, display_threshold: float,
     score: float,
 ) -> dict:
-    """A task's prediction: its boxes scoring at least ``min_score`` (SCORE_THRESHOLD) and its task score.
+    """A task's prediction: its boxes scoring at least ``display_threshold`` (SCORE_THRESHOLD) and its task score.
 
     The detector returns boxes down to HUA's analysis threshold (0.05) for the
     ranking; annotators are shown only the confident ones. ``score`` is HUA's
     (``model.hua``, docs/method.md section 3): lower means more worth labeling,
     the order of Label Studio's uncertainty sampling and prediction-score column.
     """
-    shown = detections.above(min_score)
+    shown = detections.above(display_threshold)
     result = [
         box_result(box.tolist(), labels[int(cls) - 1], float(score), shown.width, shown.height, names)
         for box, cls, score in zip(shown.boxes, shown.labels, shown.scores)
@@ -153,17 +153,17 @@ def load_task_images(
 
 def predict_images(
     detector: Detector | QueuedDetector, version: str, tensors: list[Tensor], names: ProjectLabels,
-    ranking: StoredRanking | None, hua: HUAConfig, *, min_score: float,
+    ranking: StoredRanking | None, hua: HUAConfig, *, display_threshold: float,
 ) -> list[dict]:
     """Predictions of decoded images (``image_tensor``); scored on the stored ranking's scale when there is one."""
     labels = detector.labels
     if ranking is None or ranking.scale is None:
-        return [task_prediction(det, labels, names, version, min_score=min_score,
+        return [task_prediction(det, labels, names, version, display_threshold=display_threshold,
                                 score=entropy_score(image_entropy(det, hua))) for det in detector.predict(tensors)]
     freq = torch.tensor(ranking.labeled_freq, dtype=torch.float64)
     scored = score_new_images(detector, range(len(tensors)), tensors.__getitem__, freq, ranking.scale, hua,
                               batch_size=max(1, len(tensors)))  # the caller's batch, one forward pass
-    return [task_prediction(det, labels, names, version, min_score=min_score, score=score)
+    return [task_prediction(det, labels, names, version, display_threshold=display_threshold, score=score)
             for det, score in zip(scored.detections, scored.scores)]
 
 
@@ -178,7 +178,7 @@ class _BatchPredictor:
     workers: int
     ranking: StoredRanking | None
     hua: HUAConfig
-    min_score: float
+    display_threshold: float
 
     def __call__(self, tasks: Sequence[dict]) -> list[dict | TaskFailure]:
         """Each task's prediction or failure; a failing forward pass fails its batch only."""
@@ -187,7 +187,7 @@ class _BatchPredictor:
         ok = [i for i, item in enumerate(images) if item.image is not None]
         try:
             predictions = predict_images(self.detector, self.version, [images[i].image for i in ok], self.names,
-                                         self.ranking, self.hua, min_score=self.min_score) if ok else []
+                                         self.ranking, self.hua, display_threshold=self.display_threshold) if ok else []
         except RuntimeError as exc:  # e.g. out of memory: these tasks stay empty, the others go on
             logger.exception("prediction failed for tasks %s", [images[i].task_id for i in ok])
             predictions = [TaskFailure(images[i].task_id, "inference", f"{type(exc).__name__}: {exc}") for i in ok]
@@ -219,7 +219,7 @@ def predict_tasks(
     workers: int,
     ranking: StoredRanking | None = None,
     hua: HUAConfig = HUAConfig(),
-    min_score: float,
+    display_threshold: float,
     queue: InferenceQueue | None = None,
     deadline: Deadline | None = None,
 ) -> PredictedTasks:
@@ -234,7 +234,7 @@ def predict_tasks(
     out = PredictedTasks(results=[[] for _ in tasks])
     todo = _answer_from_ranking(tasks, ranking, served.name, out.results)
     detector = queue.bind(served.detector) if queue is not None else served.detector
-    run = _BatchPredictor(names, detector, served.name, loader, workers, ranking, hua, min_score)
+    run = _BatchPredictor(names, detector, served.name, loader, workers, ranking, hua, display_threshold)
     clock, last_batch = deadline.clock if deadline is not None else time.monotonic, 0.0
     for start in range(0, len(todo), batch_size):
         if deadline is not None and not deadline.fits(last_batch):
@@ -259,17 +259,17 @@ class TaskPredictor:
         hua: the HUA settings new tasks are scored with.
         batch_size: images per forward pass (BATCH_SIZE).
         fetch_workers: images fetched at once (FETCH_WORKERS).
-        min_score: SCORE_THRESHOLD, the lowest score a pre-annotation keeps.
+        display_threshold: SCORE_THRESHOLD, the lowest score a pre-annotation keeps.
     """
 
     images: ImageLoader
     hua: HUAConfig
     batch_size: int
     fetch_workers: int
-    min_score: float
+    display_threshold: float
 
     def predict(self, tasks: Sequence[dict], names: ProjectLabels, served: ServedModel,
                 ranking: StoredRanking | None = None, *, queue: InferenceQueue | None = None,
                 deadline: Deadline | None = None) -> PredictedTasks:
         return predict_tasks(tasks, names, served, self.images, batch_size=self.batch_size, workers=self.fetch_workers,
-                             ranking=ranking, hua=self.hua, min_score=self.min_score, queue=queue, deadline=deadline)
+                             ranking=ranking, hua=self.hua, display_threshold=self.display_threshold, queue=queue, deadline=deadline)

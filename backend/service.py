@@ -103,7 +103,7 @@ def build_service(settings: Settings, *, ls_client: LabelStudioClient | None = N
         registry=registry,
         images=images,
         predictor=TaskPredictor(images, settings.hua_config(), batch_size=settings.batch_size,
-                                fetch_workers=settings.fetch_workers, min_score=settings.score_threshold),
+                                fetch_workers=settings.fetch_workers, display_threshold=settings.display_threshold),
         inference=InferenceQueue(settings.batch_size),
         admission=Admission(settings.threads - settings.light_threads),
         rankings=RankingCache(),

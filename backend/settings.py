@@ -50,7 +50,7 @@ class Settings:
     backbone: str = "auto"
     weights: str = "coco"
     allow_weights_download: bool = True
-    score_threshold: float = 0.5
+    display_threshold: float = 0.5
     eval_min_tasks: int = 5
     batch_size: int = 8
     fetch_workers: int = 8
@@ -88,7 +88,7 @@ class Settings:
     hua_min_candidates: int = 64
     hua_candidates: int | None = None
     hua_overlap_iou: float = 0.3
-    hua_score_threshold: float = 0.05
+    analysis_threshold: float = 0.05
     hua_merge_iou: float = 0.7
     hua_confident_score: float = 0.3
     hua_diversity: bool = False
@@ -146,8 +146,8 @@ class Settings:
         if self.weights not in WEIGHT_SOURCES and not Path(self.weights).exists():
             raise SettingsError(f"WEIGHTS must be one of {', '.join(WEIGHT_SOURCES)} or the path of a checkpoint "
                                 f"folder saved by this backend (weights.pt + meta.json); {self.weights!r} does not exist")
-        if not 0.0 <= self.score_threshold <= 1.0:
-            raise SettingsError(f"SCORE_THRESHOLD must be in [0, 1], got {self.score_threshold}")
+        if not 0.0 <= self.display_threshold <= 1.0:
+            raise SettingsError(f"SCORE_THRESHOLD must be in [0, 1], got {self.display_threshold}")
         self._validate_loss()
         try:
             self.detector_config("cpu")  # checks the names; "cpu" or "cuda" alike
@@ -174,7 +174,7 @@ class Settings:
         return DetectorConfig(
             backbone=resolve_backbone(self.backbone, device_kind),
             weights=self.weights,
-            score_threshold=self.hua_score_threshold,
+            analysis_threshold=self.analysis_threshold,
             log_var_bound=self.log_var_bound,
             allow_download=self.allow_weights_download,
         )
@@ -237,7 +237,7 @@ ENVIRONMENT: Mapping[str, str] = MappingProxyType({
     "BACKBONE": "backbone",
     "WEIGHTS": "weights",
     "ALLOW_WEIGHTS_DOWNLOAD": "allow_weights_download",
-    "SCORE_THRESHOLD": "score_threshold",
+    "SCORE_THRESHOLD": "display_threshold",
     "EVAL_MIN_TASKS": "eval_min_tasks",
     "BATCH_SIZE": "batch_size",
     "FETCH_WORKERS": "fetch_workers",
@@ -272,7 +272,7 @@ ENVIRONMENT: Mapping[str, str] = MappingProxyType({
     "HUA_MIN_CANDIDATES": "hua_min_candidates",
     "HUA_CANDIDATES": "hua_candidates",
     "HUA_OVERLAP_IOU": "hua_overlap_iou",
-    "HUA_SCORE_THRESHOLD": "hua_score_threshold",
+    "HUA_SCORE_THRESHOLD": "analysis_threshold",
     "HUA_MERGE_IOU": "hua_merge_iou",
     "HUA_CONFIDENT_SCORE": "hua_confident_score",
     "HUA_DIVERSITY": "hua_diversity",

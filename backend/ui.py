@@ -85,7 +85,7 @@ def page() -> str:
     weights = summary(started, service.settings.weights, service.registry.config.backbone)
     return render_template(
         "ui.html", projects=projects, metric_names=METRIC_NAMES, weights=weights,
-        min_tasks=service.settings.eval_min_tasks, score_threshold=service.settings.score_threshold,
+        min_tasks=service.settings.eval_min_tasks, display_threshold=service.settings.display_threshold,
     )
 
 

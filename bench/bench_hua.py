@@ -191,7 +191,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
                         help="where (a), (b) and (c) run (default cpu)")
-    parser.add_argument("--score-threshold", type=float, default=0.05,
+    parser.add_argument("--analysis-threshold", type=float, default=0.05,
                         help="detections kept (default 0.05, torchvision's: an untrained head's boxes still reach "
                              "the metrics, so their cost is in (b))")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of (a), (b), (c) (default 3)")
@@ -214,7 +214,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _pool(args: argparse.Namespace) -> Pool:
     """The pool and detector that the command line describes."""
     return Pool(n=args.n, width=args.width, height=args.height, backbone=args.backbone, weights=args.weights,
-                score_threshold=args.score_threshold, batch_size=args.batch_size, device=args.device, seed=args.seed)
+                analysis_threshold=args.analysis_threshold, batch_size=args.batch_size, device=args.device, seed=args.seed)
 
 
 def main(argv: list[str] | None = None) -> dict:

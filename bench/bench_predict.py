@@ -209,14 +209,14 @@ def bare_detector(env: dict[str, str]) -> Detector:
     return Detector(model, version.meta.labels, torch.device("cpu"))
 
 
-def check_same_model(detector: Detector, tensors: list[Tensor], answer: dict, min_score: float) -> None:
+def check_same_model(detector: Detector, tensors: list[Tensor], answer: dict, display_threshold: float) -> None:
     """Task scores and box counts of (a) must be those of (b): same weights, same pixels.
 
-    (b) shows annotators the boxes from ``min_score`` (SCORE_THRESHOLD); the
+    (b) shows annotators the boxes from ``display_threshold`` (SCORE_THRESHOLD); the
     detector returns more, down to HUA's analysis threshold.
     """
     for det, result in zip(detector.predict(tensors), answer["results"]):
-        score, shown = entropy_score(image_entropy(det, HUAConfig())), len(det.above(min_score).boxes)
+        score, shown = entropy_score(image_entropy(det, HUAConfig())), len(det.above(display_threshold).boxes)
         if abs(score - result["score"]) > SCORE_TOLERANCE or shown != len(result["result"]):
             raise RuntimeError(
                 f"bare and service disagree (score {score:.5f} vs {result['score']:.5f}, "
@@ -339,7 +339,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
     try:
         server.predict(names[:1])  # creates MODEL_DIR/<project>/v0001 from WEIGHTS=none
         detector = bare_detector(env)
-        check_same_model(detector, tensors, server.predict(names), Settings.from_env(env).score_threshold)
+        check_same_model(detector, tensors, server.predict(names), Settings.from_env(env).display_threshold)
         samples = measure(detector, server, tensors, names, args.batch_sizes, args.repeats, args.warmup)
     finally:
         server.stop()

@@ -87,7 +87,7 @@ from model.distributed import join_process_group, torchrun_command
 from model.train import TrainConfig, train
 
 INFERENCE_GOAL = 0.95
-SCORE_THRESHOLD = 0.05
+ANALYSIS_THRESHOLD = 0.05
 DDP_STEPS = 2
 WARMUP_CALLS = 2
 
@@ -143,7 +143,7 @@ def torchvision_twin(model: FasterRCNN, config: DetectorConfig, num_classes: int
         raise RuntimeError(f"not the same architecture: missing {missing}, unexpected {unexpected}")
     heads = twin.roi_heads
     heads.score_thresh, heads.nms_thresh, heads.detections_per_img = (
-        config.score_threshold, config.nms_iou, config.max_detections)
+        config.analysis_threshold, config.nms_iou, config.max_detections)
     return twin
 
 
@@ -279,7 +279,7 @@ def hua_check(plan: Plan, backbone: str, weights: str, device: torch.device) -> 
     """(d): ``bench_hua``'s (a) plain pass and (b) HUA scoring of one pool, on this device."""
     width, height = parse_size(plan.pool_image_size)
     pool = Pool(n=plan.pool, width=width, height=height, backbone=backbone, weights=weights,
-                score_threshold=SCORE_THRESHOLD, batch_size=plan.pool_batch, device=device.type)
+                analysis_threshold=ANALYSIS_THRESHOLD, batch_size=plan.pool_batch, device=device.type)
     result = time_scoring(pool, plan.pool_repeats, cald=False)
     wall = result["wall"]
     print_table(
@@ -315,7 +315,7 @@ def print_summary(result: dict) -> None:
 def run_checks(plan: Plan, args: argparse.Namespace, device: torch.device) -> dict:
     """(a) to (d), each in turn, with the section's seconds."""
     config = DetectorConfig(backbone=args.backbone, weights=args.weights, allow_download=False,
-                            score_threshold=SCORE_THRESHOLD, sampled_rois=plan.sampled_rois)
+                            analysis_threshold=ANALYSIS_THRESHOLD, sampled_rois=plan.sampled_rois)
     result, seconds = {}, {}
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         checks = {

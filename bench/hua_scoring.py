@@ -104,7 +104,7 @@ class Pool:
     height: int
     backbone: str
     weights: str
-    score_threshold: float
+    analysis_threshold: float
     batch_size: int
     device: str = "cpu"
     seed: int = 0
@@ -114,7 +114,7 @@ def build_detector(pool: Pool) -> tuple[Detector, str]:
     """The pool's detector (fixed seed, weights never downloaded) and the weights it got."""
     torch.manual_seed(pool.seed)
     config = DetectorConfig(backbone=pool.backbone, weights=pool.weights, allow_download=False,
-                            score_threshold=pool.score_threshold)
+                            analysis_threshold=pool.analysis_threshold)
     model, report = build_model(config, list(SHAPE_LABELS))
     used = report.used + (f" (asked for {report.requested}: {'; '.join(report.reasons)})" if report.fell_back else "")
     return Detector(model, list(SHAPE_LABELS), select_device(pool.device)), used

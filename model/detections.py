@@ -64,13 +64,13 @@ class Detections:
             height=height,
         )
 
-    def above(self, min_score: float) -> "Detections":
-        """The detections scoring at least ``min_score`` (the boxes annotators are shown).
+    def above(self, display_threshold: float) -> "Detections":
+        """The detections scoring at least ``display_threshold`` (SCORE_THRESHOLD: the boxes annotators are shown).
 
         HUA's metrics see every detection the detector returns (down to its
         analysis threshold, 0.05); pre-annotations only the confident ones.
         """
-        keep = self.scores >= min_score
+        keep = self.scores >= display_threshold
         return self if bool(keep.all()) else self.select(keep)
 
     def select(self, index: Tensor) -> "Detections":

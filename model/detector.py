@@ -39,7 +39,7 @@ class DetectorConfig:
     """How to build and run a detector.
 
     ``weights`` is "coco", "imagenet", "none" or a path to a checkpoint of ours.
-    ``score_threshold`` is the lowest score a detection is returned with: HUA's
+    ``analysis_threshold`` is the lowest score a detection is returned with: HUA's
     analysis threshold [ours: 0.05, torchvision's and CALD's default], so that
     the ranking sees a young model's doubts; the boxes shown to annotators are
     filtered higher by the service (``SCORE_THRESHOLD``, ``Detections.above``).
@@ -57,7 +57,7 @@ class DetectorConfig:
 
     backbone: str = "mobilenet_v3_fpn"
     weights: str = "coco"
-    score_threshold: float = 0.05
+    analysis_threshold: float = 0.05
     nms_iou: float = 0.5
     max_detections: int = 100
     min_size: int | None = None
@@ -70,8 +70,8 @@ class DetectorConfig:
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {sorted(BACKBONES)}")
-        if not 0.0 <= self.score_threshold <= 1.0:
-            raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+        if not 0.0 <= self.analysis_threshold <= 1.0:
+            raise ValueError(f"analysis_threshold must be in [0, 1], got {self.analysis_threshold}")
         if not self.log_var_bound > 0.0:
             raise ValueError(f"log_var_bound must be > 0, got {self.log_var_bound}")
         if self.rpn_test_proposals is not None and self.rpn_test_proposals < 1:
@@ -227,7 +227,7 @@ def adapt_head(
     else:
         predictor.load_state_dict(old.state_dict(), strict=False)
     heads = UncertaintyRoIHeads.from_torchvision(model.roi_heads, predictor, loss=loss)
-    heads.score_thresh = config.score_threshold
+    heads.score_thresh = config.analysis_threshold
     heads.nms_thresh = config.nms_iou
     heads.detections_per_img = config.max_detections
     model.roi_heads = heads

@@ -97,13 +97,13 @@ def match_count(pred: dict[str, Tensor], truth: dict[str, Tensor], iou_threshold
 
 def acceptance(
     preds: Sequence[dict[str, Tensor]], truths: Sequence[dict[str, Tensor]],
-    score_threshold: float, iou_threshold: float = 0.5,
+    display_threshold: float, iou_threshold: float = 0.5,
 ) -> Acceptance:
-    """Pre-annotation acceptance over images: only boxes scoring >= ``score_threshold``
+    """Pre-annotation acceptance over images: only boxes scoring >= ``display_threshold``
     were shown to the annotators (SCORE_THRESHOLD), so only they count."""
     total = Acceptance()
     for pred, truth in zip(preds, truths, strict=True):
-        keep = pred["scores"].reshape(-1) >= score_threshold
+        keep = pred["scores"].reshape(-1) >= display_threshold
         shown = {"boxes": pred["boxes"].reshape(-1, 4)[keep], "labels": pred["labels"].reshape(-1)[keep],
                  "scores": pred["scores"].reshape(-1)[keep]}
         total = total + Acceptance(int(keep.sum()), int(truth["labels"].numel()),
@@ -180,6 +180,10 @@ def evaluate_map(model: FasterRCNN, samples: Sequence[Sample]) -> dict[str, floa
     return {"map": values["map"], "map_50": values["map_50"], "images": float(len(samples))}
 
 
+#: Prequential fields under their former names, as the meta of older versions stores them.
+_RENAMED: dict[str, str] = {"score_threshold": "display_threshold"}
+
+
 @dataclass(frozen=True)
 class Prequential:
     """A version's figures on the tasks annotated after it was trained, stored in the
@@ -189,7 +193,8 @@ class Prequential:
     tasks than ``min_tasks``: a figure on two images says nothing, so none is
     given); ``none`` (no version to evaluate, e.g. a project's first training);
     ``failed`` (the evaluation raised; the training went on). ``message`` says
-    it in words for the page.
+    it in words for the page. ``display_threshold`` is SCORE_THRESHOLD, the
+    score from which pre-annotations were shown (older metas: ``score_threshold``).
     """
 
     model_version: str | None
@@ -199,7 +204,7 @@ class Prequential:
     min_tasks: int = 0
     trained_on_tasks: int = 0
     task_ids: list[int] = field(default_factory=list)
-    score_threshold: float = 0.5
+    display_threshold: float = 0.5
     iou_threshold: float = 0.5
     map: float | None = None
     map_50: float | None = None
@@ -224,13 +229,14 @@ class Prequential:
 
     @classmethod
     def from_json(cls, data: dict) -> "Prequential":
+        data = {_RENAMED.get(k, k): v for k, v in data.items()}
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
 
 def prequential(
     preds: Sequence[dict[str, Tensor]], truths: Sequence[dict[str, Tensor]], labels: Sequence[str],
-    *, model_version: str, score_threshold: float, iou_threshold: float = 0.5, **context: object,
+    *, model_version: str, display_threshold: float, iou_threshold: float = 0.5, **context: object,
 ) -> Prequential:
     """The figures of ``model_version`` from its detections on the new tasks' images.
 
@@ -241,10 +247,10 @@ def prequential(
         context: ``tasks``, ``min_tasks``, ``trained_on_tasks``, ``task_ids`` as stored.
     """
     ap = average_precision(preds, truths, class_metrics=True)
-    kept = acceptance(preds, truths, score_threshold, iou_threshold)
+    kept = acceptance(preds, truths, display_threshold, iou_threshold)
     per_class = {labels[c - 1]: {"ap": ap["ap"][c], "ap50": ap["ap50"][c]} for c in ap["ap"] if 0 < c <= len(labels)}
     return Prequential(
-        model_version=model_version, status="ok", score_threshold=score_threshold, iou_threshold=iou_threshold,
+        model_version=model_version, status="ok", display_threshold=display_threshold, iou_threshold=iou_threshold,
         map=ap["map"], map_50=ap["map_50"], per_class=per_class,
         acceptance={**asdict(kept), "accepted": kept.accepted, "recall": kept.recall}, **context,
     )

@@ -42,7 +42,7 @@ def make_settings(model_dir: Path | str, **overrides) -> Settings:
         backbone="mobilenet_v3_320_fpn",
         weights="none",
         allow_weights_download=False,
-        score_threshold=0.0,
+        display_threshold=0.0,
         device="cpu",
         model_dir=str(model_dir),
         batch_size=2,

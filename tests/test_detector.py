@@ -23,7 +23,7 @@ from model.detector import (
 from model.losses import LossConfig
 
 LABELS = ["car", "person", "dog"]
-CONFIG = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False, score_threshold=0.0)
+CONFIG = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False, analysis_threshold=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,8 @@ class TestDetectorConfig:
 
     @pytest.mark.parametrize("threshold", [-0.01, 1.01])
     def test_threshold_out_of_range(self, threshold):
-        with pytest.raises(ValueError, match="score_threshold"):
-            DetectorConfig(score_threshold=threshold)
+        with pytest.raises(ValueError, match="analysis_threshold"):
+            DetectorConfig(analysis_threshold=threshold)
 
     def test_log_var_bound_and_test_proposals_out_of_range(self):
         with pytest.raises(ValueError, match="log_var_bound"):
@@ -186,7 +186,7 @@ class TestDetectorPredict:
         assert isinstance(det, Detections)
         assert (det.width, det.height) == (200, 100)
         d, c1 = len(det), len(LABELS) + 1
-        assert d > 0  # score_threshold 0: every class of every kept RoI competes
+        assert d > 0  # analysis_threshold 0: every class of every kept RoI competes
         assert det.boxes.shape == (d, 4) and det.labels.shape == (d,) and det.scores.shape == (d,)
         assert det.probs.shape == (d, c1) and det.sigmas.shape == (d, 4)
         assert det.num_classes == len(LABELS)

@@ -47,27 +47,27 @@ class TestMatchCount:
 
 class TestAcceptance:
     def test_ground_truth_is_fully_accepted(self):
-        kept = acceptance(PERFECT, TRUTHS, score_threshold=0.5)
+        kept = acceptance(PERFECT, TRUTHS, display_threshold=0.5)
         assert kept == Acceptance(predicted=6, annotated=6, matched=6)
         assert kept.accepted == 1.0 and kept.recall == 1.0
 
     def test_predicting_nothing_is_zero_and_zero(self):
-        kept = acceptance(NOTHING, TRUTHS, score_threshold=0.5)
+        kept = acceptance(NOTHING, TRUTHS, display_threshold=0.5)
         assert kept == Acceptance(predicted=0, annotated=6, matched=0)
         assert kept.accepted == 0.0 and kept.recall == 0.0
 
     def test_boxes_below_the_threshold_were_never_shown(self):
         low = [{**p, "scores": torch.full_like(p["scores"], 0.3)} for p in PERFECT]
-        assert acceptance(low, TRUTHS, score_threshold=0.5) == Acceptance(0, 6, 0)
+        assert acceptance(low, TRUTHS, display_threshold=0.5) == Acceptance(0, 6, 0)
 
     def test_half_of_the_boxes_wrong(self):
         # one right box and one box of the wrong label: half accepted, half of the truth found
         pred = [_pred([[10, 10, 50, 50], [60, 60, 90, 100]], [1, 1], [0.9, 0.9])]
-        kept = acceptance(pred, TRUTHS[:1], score_threshold=0.5)
+        kept = acceptance(pred, TRUTHS[:1], display_threshold=0.5)
         assert (kept.accepted, kept.recall) == (0.5, 0.5)
 
     def test_nothing_either_way_has_no_share(self):
-        kept = acceptance([_pred([], [], [])], [_truth([], [])], score_threshold=0.5)
+        kept = acceptance([_pred([], [], [])], [_truth([], [])], display_threshold=0.5)
         assert kept.accepted is None and kept.recall is None
 
 
@@ -89,7 +89,7 @@ class TestAveragePrecision:
 
 class TestPrequential:
     def test_perfect_detector(self):
-        report = prequential(PERFECT, TRUTHS, ["car", "person"], model_version="v0001", score_threshold=0.5,
+        report = prequential(PERFECT, TRUTHS, ["car", "person"], model_version="v0001", display_threshold=0.5,
                              tasks=3, min_tasks=3, trained_on_tasks=4, task_ids=[7, 8, 9])
         assert report.figures() == pytest.approx({"map_50": 1.0, "map": 1.0, "accepted": 1.0, "recall": 1.0})
         assert set(report.per_class) == {"car", "person"}
@@ -97,12 +97,16 @@ class TestPrequential:
         assert report.model_version == "v0001" and report.task_ids == [7, 8, 9]
 
     def test_empty_detector(self):
-        report = prequential(NOTHING, TRUTHS, ["car", "person"], model_version="v0002", score_threshold=0.5)
+        report = prequential(NOTHING, TRUTHS, ["car", "person"], model_version="v0002", display_threshold=0.5)
         assert report.figures() == {"map_50": 0.0, "map": 0.0, "accepted": 0.0, "recall": 0.0}
 
     def test_json_round_trip(self):
-        report = prequential(PERFECT, TRUTHS, ["car", "person"], model_version="v0001", score_threshold=0.5)
+        report = prequential(PERFECT, TRUTHS, ["car", "person"], model_version="v0001", display_threshold=0.5)
         assert Prequential.from_json(report.to_json()) == report
+
+    def test_an_older_meta_s_score_threshold_is_read_as_the_display_threshold(self):
+        stored = {"model_version": "v0001", "status": "ok", "score_threshold": 0.4}
+        assert Prequential.from_json(stored).display_threshold == 0.4
 
     def test_too_few_tasks_has_no_figures(self):
         report = Prequential("v0001", "too_few", "2 new annotated tasks, fewer than 5", tasks=2, min_tasks=5)

@@ -34,12 +34,12 @@ def _data(tmp_path, task_ids: list[int]) -> TrainingSet:
 def _evaluate(service: Service, version: Version | None, names, data):
     """``evaluate_serving`` with the service's parts and settings, as the training job calls it."""
     return evaluate_serving(service.registry, version, names, data, min_tasks=service.settings.eval_min_tasks,
-                            score_threshold=service.settings.score_threshold)
+                            display_threshold=service.settings.display_threshold)
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory) -> Service:
-    settings = make_settings(tmp_path_factory.mktemp("evaluation-models"), eval_min_tasks=2, score_threshold=0.5)
+    settings = make_settings(tmp_path_factory.mktemp("evaluation-models"), eval_min_tasks=2, display_threshold=0.5)
     return build_service(settings)
 
 
@@ -64,7 +64,7 @@ class TestEvaluateServing:
         report = _evaluate(service, base_version, NAMES, _data(tmp_path, [5, 6, 7]))
         assert report.status == "ok" and report.model_version == "v0001"
         assert report.tasks == 3 and report.task_ids == [5, 6, 7] and report.trained_on_tasks == 0
-        assert report.min_tasks == 2 and report.score_threshold == 0.5
+        assert report.min_tasks == 2 and report.display_threshold == 0.5
         assert set(report.figures()) == {"map_50", "map", "accepted", "recall"}
         assert all(0.0 <= v <= 1.0 for v in report.figures().values())
         assert report.acceptance["annotated"] == 3

@@ -157,7 +157,7 @@ class _TinyDetector(nn.Module):
                 predictor.bbox_pred.bias[4 * r : 4 * r + 4] = 2000 + r
 
 
-CONFIG = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", score_threshold=0.3, nms_iou=0.4, max_detections=7)
+CONFIG = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", analysis_threshold=0.3, nms_iou=0.4, max_detections=7)
 
 
 class TestAdaptHead:

@@ -18,9 +18,9 @@ from model.hua import HUAConfig, entropy_score, image_entropy
 
 @pytest.fixture(scope="module")
 def strict_app(tmp_path_factory, image_root):
-    """score_threshold 1.0: no detection can pass (scores are probabilities)."""
+    """display_threshold 1.0: no detection can pass (scores are probabilities)."""
     models = tmp_path_factory.mktemp("strict_models")
-    return create_app(make_settings(models, score_threshold=1.0, local_files_document_root=str(image_root)))
+    return create_app(make_settings(models, display_threshold=1.0, local_files_document_root=str(image_root)))
 
 
 class TestNoTasks:
@@ -61,7 +61,7 @@ class TestEmptyDetections:
     def test_prediction_of_an_image_with_no_roi_at_all(self):
         det = Detections.empty(num_classes=len(LABELS), width=20, height=10)
         score = entropy_score(image_entropy(det, HUAConfig()))
-        out = task_prediction(det, list(LABELS), parse_label_config(LABEL_CONFIG), "v0001", min_score=0.0,
+        out = task_prediction(det, list(LABELS), parse_label_config(LABEL_CONFIG), "v0001", display_threshold=0.0,
                               score=score)
         assert out["result"] == []
         # under HUA_AGGREGATE=sum an image with nothing seen has H = 0: nothing to be wrong about

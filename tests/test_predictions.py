@@ -94,18 +94,18 @@ class TestBoxResult:
 class TestTaskPrediction:
     def test_labels_are_mapped_from_class_indices(self):
         det = _detections([[0, 0, 10, 10], [10, 10, 20, 20]], [2, 1], [0.9, 0.6], 40, 20)
-        out = task_prediction(det, list(LABELS), NAMES, "v0003", min_score=0.0, score=0.5)
+        out = task_prediction(det, list(LABELS), NAMES, "v0003", display_threshold=0.0, score=0.5)
         assert [r["value"]["rectanglelabels"] for r in out["result"]] == [["person"], ["car"]]
         assert [r["score"] for r in out["result"]] == pytest.approx([0.9, 0.6])
         assert out["model_version"] == "v0003"
 
     def test_the_task_carries_the_score_it_is_given(self):
         det = _detections([[0, 0, 1, 1]], [1], [0.5], 10, 10)
-        assert task_prediction(det, list(LABELS), NAMES, "v1", min_score=0.0, score=0.25)["score"] == 0.25
+        assert task_prediction(det, list(LABELS), NAMES, "v1", display_threshold=0.0, score=0.25)["score"] == 0.25
 
     def test_coordinates_use_the_detections_size(self):
         det = _detections([[20, 10, 120, 60]], [1], [0.9], 200, 100)
-        (region,) = task_prediction(det, list(LABELS), NAMES, "v1", min_score=0.0, score=0.5)["result"]
+        (region,) = task_prediction(det, list(LABELS), NAMES, "v1", display_threshold=0.0, score=0.5)["result"]
         assert (region["original_width"], region["original_height"]) == (200, 100)
         assert (region["value"]["x"], region["value"]["width"]) == (10.0, 50.0)
 
@@ -169,7 +169,7 @@ class TestPredictTasks:
         detector = _StubDetector()
         tasks = [_task(10 + i, f"{i}.png") for i in range(5)]
         results = predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), batch_size=2, workers=3,
-                                min_score=0.0).results
+                                display_threshold=0.0).results
         sizes = [(r["result"][0]["original_width"], r["result"][0]["original_height"]) for r in results]
         assert sizes == [(30, 10), (10, 30), (20, 20), (16, 8), (8, 16)]
         assert all(r["model_version"] == "v0007" for r in results)
@@ -178,13 +178,13 @@ class TestPredictTasks:
         detector = _StubDetector()
         tasks = [_task(i, f"{i}.png") for i in range(5)]
         predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), batch_size=2, workers=2,
-                      min_score=0.0)
+                      display_threshold=0.0)
         assert detector.batches == [2, 2, 1]
 
     def test_exif_rotated_image_reports_the_displayed_size(self, tmp_path, root):
         (result,) = predict_tasks(
             [_task(1, "rotated.jpg")], NAMES, _served(_StubDetector(), tmp_path), _loader(tmp_path, root),
-            batch_size=2, workers=1, min_score=0.0,
+            batch_size=2, workers=1, display_threshold=0.0,
         ).results
         region = result["result"][0]
         assert (region["original_width"], region["original_height"]) == (40, 60)
@@ -195,7 +195,7 @@ class TestPredictTasks:
         tasks = [_task(1, "0.png"), _task(2, "text.png"), {"id": 3, "data": {}}, _task(4, "1.png")]
         with caplog.at_level(logging.WARNING, logger="backend.predictions"):
             out = predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), batch_size=8,
-                                workers=2, min_score=0.0)
+                                workers=2, display_threshold=0.0)
         # [] makes Label Studio store nothing: no "the model found nothing here" for a broken image
         assert out.results[1] == [] and out.results[2] == []
         assert out.results[0]["result"] and out.results[3]["result"]
@@ -211,7 +211,7 @@ class TestPredictTasks:
         tasks = [_task(i, f"{i}.png") for i in range(3)]
         with caplog.at_level(logging.ERROR, logger="backend.predictions"):
             out = predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), batch_size=2,
-                                workers=2, min_score=0.0)
+                                workers=2, display_threshold=0.0)
         assert out.results[:2] == [[], []]
         assert len(out.results[2]["result"]) == 1
         assert [(f.task_id, f.reason) for f in out.failures] == [(0, "inference"), (1, "inference")]
@@ -220,7 +220,7 @@ class TestPredictTasks:
     def test_no_tasks(self, tmp_path, root):
         detector = _StubDetector()
         out = predict_tasks([], NAMES, _served(detector, tmp_path), _loader(tmp_path, root), batch_size=2, workers=2,
-                            min_score=0.0)
+                            display_threshold=0.0)
         assert (out.results, out.deferred, out.failures) == ([], [], [])
         assert detector.batches == []
 
@@ -232,7 +232,7 @@ class TestDeadline:
     def _predict(self, tmp_path, root, tasks, deadline, ranking=None, clock=None):
         detector = _StubDetector(clock=clock)
         out = predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), batch_size=2, workers=2,
-                            ranking=ranking, min_score=0.0, deadline=deadline)
+                            ranking=ranking, display_threshold=0.0, deadline=deadline)
         return out, detector
 
     def test_a_batch_starts_only_if_the_last_one_still_fits(self, tmp_path, root):

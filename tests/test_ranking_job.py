@@ -292,7 +292,7 @@ class TestFullRanking:
 
     def test_the_pre_annotations_are_the_first_pass_boxes(self, first_run):
         first_pass = [det for flip, _, dets in first_run["detector_calls"] if not flip for det in dets]
-        expected = [task_prediction(det, list(LABELS), NAMES, "v0001", min_score=0.0, score=0.5)["result"] for det in first_pass]
+        expected = [task_prediction(det, list(LABELS), NAMES, "v0001", display_threshold=0.0, score=0.5)["result"] for det in first_pass]
         stored = [first_run["stored"]["tasks"][str(t)]["result"] for t in (2, 3, 4, 5)]
         assert stored == json.loads(json.dumps(expected))
 

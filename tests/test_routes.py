@@ -78,7 +78,7 @@ def _assert_region(region: dict, width: int, height: int) -> None:
 def _assert_predicted(item: dict, width: int, height: int) -> None:
     assert VERSION.match(item["model_version"])
     assert _is_number(item["score"]) and 0.0 <= item["score"] <= 1.0
-    assert item["result"], "score_threshold 0 keeps detections"
+    assert item["result"], "display_threshold 0 keeps detections"
     for region in item["result"]:
         _assert_region(region, width, height)
 

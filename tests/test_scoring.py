@@ -24,7 +24,7 @@ from model.hua import METRIC_NAMES, HUAConfig, image_entropy, image_metrics, num
 from model.scoring import CHECKING, DETECTING, labeled_class_frequency, score_new_images, score_pool
 
 LABELS = ["car", "person"]
-CONFIG = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False, score_threshold=0.0)
+CONFIG = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False, analysis_threshold=0.0)
 # P = ceil(0.5 * N) for a pool of N (no minimum), so some images are not candidates.
 HALF = HUAConfig(min_candidates=0, retrieval_fraction=0.5)
 SCORE_TOLERANCE = 1e-9

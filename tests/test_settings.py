@@ -33,7 +33,7 @@ class TestFromEnv:
         )
         assert settings.port == 9999 and isinstance(settings.port, int)
         assert settings.batch_size == 3
-        assert settings.score_threshold == 0.25
+        assert settings.display_threshold == 0.25
         assert settings.fetch_timeout == 2.5
         assert settings.allow_weights_download is False
         assert settings.allowed_image_hosts == ("images.example.com", "cdn.example.com:8443")
@@ -158,10 +158,10 @@ class TestSettingsObject:
         assert Settings().image_hosts == frozenset()
 
     def test_detector_config_slice(self):
-        settings = Settings(backbone="mobilenet_v3_320_fpn", weights="none", score_threshold=0.3, allow_weights_download=False)
+        settings = Settings(backbone="mobilenet_v3_320_fpn", weights="none", display_threshold=0.3, allow_weights_download=False)
         config = settings.detector_config("cpu")
         # the detector returns boxes down to HUA's analysis threshold; SCORE_THRESHOLD filters what is shown
-        assert (config.backbone, config.weights, config.score_threshold, config.allow_download) == (
+        assert (config.backbone, config.weights, config.analysis_threshold, config.allow_download) == (
             "mobilenet_v3_320_fpn",
             "none",
             0.05,
@@ -199,8 +199,8 @@ def test_hua_config_slice():
     assert (config.overlap_iou, config.merge_iou, config.diversity, config.diversity_window) == (0.4, 0.8, True, 16)
     assert (config.aggregate, config.confident_score) == ("mean", 0.4)
     detector = settings.detector_config("cpu")  # the analysis threshold ends in the detector
-    assert detector.score_threshold == 0.1
-    assert settings.score_threshold == 0.5  # the display threshold stays the service's own
+    assert detector.analysis_threshold == 0.1
+    assert settings.display_threshold == 0.5  # the display threshold stays the service's own
 
 
 def test_the_default_loss_is_the_papers_synchronic_form():

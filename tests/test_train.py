@@ -243,7 +243,7 @@ def trained(tmp_path_factory):
         mp.setenv("TORCH_HOME", str(REPO_TORCH_HOME))
         config = DetectorConfig(
             backbone="mobilenet_v2_fpn", weights="imagenet", min_size=128, max_size=192, sampled_rois=64,
-            score_threshold=0.3, allow_download=False,
+            analysis_threshold=0.3, allow_download=False,
         )
         torch.manual_seed(0)
         model, report = build_model(config, ["square"])

@@ -223,7 +223,7 @@ class TestCheckMeta:
             check_meta(VersionMeta(), ["car"], "mobilenet_v3_320_fpn")
 
 
-CONFIG = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False, score_threshold=0.0)
+CONFIG = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False, analysis_threshold=0.0)
 LABELS = ["car", "person"]
 
 
@@ -323,7 +323,7 @@ import pathlib, sys, time, torch
 from model.detector import DetectorConfig
 from model.registry import ModelRegistry
 from model.versions import VersionStore
-config = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False, score_threshold=0.0)
+config = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False, analysis_threshold=0.0)
 registry = ModelRegistry(VersionStore({str(tmp_path)!r}), config, "cpu")
 print("ready", flush=True)
 while not pathlib.Path({str(tmp_path / "go")!r}).exists():

@@ -33,7 +33,7 @@ def training_job(service: Service) -> TrainingJob:
     s = service.settings
     return TrainingJob(client=service.ls_client, images=service.images, store=service.store,
                        registry=service.registry, config=s.train_config(), fetch_workers=s.fetch_workers,
-                       reinit=s.train_reinit, eval_min_tasks=s.eval_min_tasks, score_threshold=s.score_threshold)
+                       reinit=s.train_reinit, eval_min_tasks=s.eval_min_tasks, display_threshold=s.display_threshold)
 
 
 def ranking_job(service: Service) -> RankingJob:

@@ -125,7 +125,7 @@ class RankingJob:
                           batch_size=predictor.batch_size, progress=progress)
         failed.update({int(k): v for k, v in pool.failed.items()})
         scored = _predictions(served, names, pool.keys, pool.detections, pool.ranking.score.tolist(),
-                              predictor.min_score)
+                              predictor.display_threshold)
         details = {int(key): why for key, why in zip(pool.keys, pool.explain())}
         return StoredRanking(pool.ranking.scale, freq.tolist(), scored, details), failed
 
@@ -138,7 +138,7 @@ class RankingJob:
         new = score_new_images(served.detector, list(paths), _image_source(predictor.images, paths), freq,
                                ranking.scale, predictor.hua, batch_size=predictor.batch_size)
         failed.update({int(k): v for k, v in new.failed.items()})
-        return _predictions(served, names, new.keys, new.detections, new.scores, predictor.min_score), failed
+        return _predictions(served, names, new.keys, new.detections, new.scores, predictor.display_threshold), failed
 
     def _push(self, project: str, entries: dict[int, dict], version: str, replace: bool) -> int:
         if replace and entries:  # LS also clears the project's model_version when it deletes
@@ -157,8 +157,8 @@ def _image_source(images: ImageLoader, paths: dict[int, str]) -> ImageSource:
 
 
 def _predictions(served: ServedModel, names: ProjectLabels, keys: list, detections: list[Detections],
-                 scores: list[float], min_score: float) -> dict[int, dict]:
+                 scores: list[float], display_threshold: float) -> dict[int, dict]:
     """Per scored task, its Label Studio prediction carrying the HUA task score."""
     labels = served.detector.labels
-    return {int(key): task_prediction(det, labels, names, served.name, min_score=min_score, score=score)
+    return {int(key): task_prediction(det, labels, names, served.name, display_threshold=display_threshold, score=score)
             for key, det, score in zip(keys, detections, scores)}

@@ -73,7 +73,7 @@ class TrainingJob:
         fetch_workers: images fetched at once (FETCH_WORKERS).
         reinit: TRAIN_REINIT, the paper's protocol: every training starts from the base weights.
         eval_min_tasks: EVAL_MIN_TASKS, for the serving version's prequential figures.
-        score_threshold: SCORE_THRESHOLD, the pre-annotations' cut-off those figures are read at.
+        display_threshold: SCORE_THRESHOLD, the pre-annotations' cut-off those figures are read at.
     """
 
     client: LabelStudioClient
@@ -84,7 +84,7 @@ class TrainingJob:
     fetch_workers: int
     reinit: bool
     eval_min_tasks: int
-    score_threshold: float
+    display_threshold: float
 
     def run(self, project: str, progress: Progress | None = None) -> Version | None:
         """Fetch the project's annotations, fine-tune, and save a new version.
@@ -138,7 +138,7 @@ class TrainingJob:
     def _evaluate(self, latest: Version | None, names: ProjectLabels, data: TrainingSet,
                   progress: Progress | None) -> Prequential:
         return evaluate_serving(self.registry, latest, names, data, min_tasks=self.eval_min_tasks,
-                                score_threshold=self.score_threshold, progress=progress)
+                                display_threshold=self.display_threshold, progress=progress)
 
     def _starting_point(self, project: str, names: ProjectLabels) -> tuple[FasterRCNN, str | None, str]:
         """(model, parent version, origin): the newest version for the project's labels, or the base weights.

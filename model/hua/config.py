@@ -32,7 +32,7 @@ class HUAConfig:
     """Settings of HUA ranking (docs/method.md sections 1-3). Defaults are the method's.
 
     Which detections the analysis set starts from is the detector's score
-    threshold (``DetectorConfig.score_threshold``, 0.05 by default).
+    threshold (``DetectorConfig.analysis_threshold``, 0.05 by default).
 
     Attributes:
         aggregate (str): the image aggregation A [ours]: "sum" (sum_i s_i v_i, the
