@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -187,3 +188,17 @@ def write_image_set(root: Path) -> Path:
     write_image(root / HUGE, 400, 300)
     write_image(root.parent / OUTSIDE, 50, 50)
     return root
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.02) -> None:
+    """Poll ``predicate`` until it holds; a TimeoutError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout} s for {what}")
+        time.sleep(interval)
+
+
+def webhook(action: str, project: str | int = "5", **extra) -> dict:
+    """A Label Studio webhook body for ``action`` on ``project``."""
+    return {"action": action, "project": {"id": int(project), "title": "p"}, **extra}

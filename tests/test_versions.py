@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import wait_for
 
 import model.versions as versions_module
 from model.detector import DetectorConfig
@@ -23,6 +25,7 @@ from model.registry import ModelRegistry, load_version_model
 from model.version_meta import VersionMeta
 from model.versions import CheckpointError, VersionStore, check_meta, load_weights, version_name
 
+REPO = Path(__file__).resolve().parent.parent
 META = VersionMeta(labels=["car", "person"], backbone="mobilenet_v3_320_fpn")
 
 
@@ -391,3 +394,68 @@ class TestLineageByLabelSet:
 
     def test_a_new_project_starts_from_base_weights(self, registry, store):
         assert registry.get("2", ["car"]).version.meta.parent is None
+
+
+# --------------------------------------------------------------------------------------
+# a version write killed halfway (a real process, killed with SIGKILL)
+
+
+_SAVE_SCRIPT = """
+import os, pathlib, sys, time
+import torch
+import model.versions as versions
+from model.version_meta import VersionMeta
+
+root, stage, marker = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])
+real_save = torch.save
+
+def stall():
+    marker.touch()
+    time.sleep(600)
+
+if stage == "weights":  # killed while torch.save is writing the weights file
+    def partial_save(obj, path):
+        real_save(obj, path)
+        with open(path, "r+b") as f:  # as if only the first half had reached the disk yet
+            f.truncate(os.path.getsize(path) // 2)
+        stall()
+    versions.torch.save = partial_save
+else:  # killed after the weights, while writing meta.json (before the rename)
+    real_write = versions._write_json
+    def write_then_stall(path, data):
+        real_write(path, data)
+        stall()
+    versions._write_json = write_then_stall
+
+state = {f"layer{i}.weight": torch.randn(1024, 1024) for i in range(48)}  # ~200 MB
+versions.VersionStore(root).save("3", state, VersionMeta(labels=["car"]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["weights", "meta"])
+def test_a_killed_save_leaves_no_version(tmp_path, stage):
+    store = VersionStore(tmp_path / "models")
+    first = store.save("3", {"w": torch.ones(2)}, VersionMeta(labels=["car"]))
+    marker = tmp_path / "stalled"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SAVE_SCRIPT, str(store.root), stage, str(marker)],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        wait_for(lambda: marker.exists() or proc.poll() is not None, 120, "the save to start", interval=0.05)
+        assert proc.poll() is None, f"the writer exited with {proc.returncode} before it was killed"
+        partial = list((store.root / "3").glob(".tmp-*"))
+        assert len(partial) == 1 and (partial[0] / "weights.pt").is_file()
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert [v.name for v in store.versions("3")] == ["v0001"]
+    assert store.latest("3") == first
+    assert store.projects() == ["3"]
+    nxt = store.save("3", {"w": torch.zeros(2)}, VersionMeta(labels=["car"]))  # cleans up first: its writer is dead
+    assert nxt.name == "v0002"
+    assert not list((store.root / "3").glob(".tmp-*")), "the killed save's folder waits for its hour"
