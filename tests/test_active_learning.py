@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.active_learning import configs, dataset, loop, pretrain, report
-from bench.active_learning.loop import Row, RunSpec, Step, initial_set, plan, read_rows, resumable, run_all, write_rows
+from bench.active_learning import configs, dataset, pretrain, report, workers
+from bench.active_learning.loop import Row, RunSpec, Step, initial_set, plan
+from bench.active_learning.storage import read_rows, resumable, write_rows
+from bench.active_learning.workers import run_all
 from bench.active_learning.strategies import (
     STRATEGIES,
     CALDConfig,
@@ -489,7 +491,7 @@ class TestLoopBookkeeping:
                                  picked=tuple(picked) if step.cycle < config.cycles else ()))
             return rows
 
-        monkeypatch.setattr(loop, "run_step", fake_step)
+        monkeypatch.setattr(workers, "run_step", fake_step)
         config = replace(TINY.simulation, initial=4, budget=2, cycles=2)
         specs = [RunSpec("random", "synchronic", 0), RunSpec("hua", "synchronic", 0), RunSpec("random", "standard", 0)]
         rows = run_all(specs, self._data(), config, tmp_path / "r.csv", max_minutes=0)

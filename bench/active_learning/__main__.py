@@ -287,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench.common import use_repo_torch_home
 
     use_repo_torch_home()  # before the loop's imports build anything
-    from bench.active_learning.loop import read_rows, run_all
+    from bench.active_learning.storage import read_rows
+    from bench.active_learning.workers import run_all
 
     config = build_config(args)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -12,33 +12,24 @@ after it.
 
 Because every cycle starts afresh, a cycle needs nothing from the previous one
 but its labeled set, and that is in the rows: the unit of work is one cycle (a
-:class:`Step`), a run can resume at any cycle from the CSV, and runs whose next
-training is the same (same loss, seed, cycle and labeled images: every strategy's
-cycle 0) share one training and evaluation, then each selects. :func:`run_all`
-spreads steps over worker processes (one torch thread each by default: on a
-small CPU that scales better than intra-op threads), streams their rows to a CSV
-as they come, stops starting steps that would end after a time limit, and shows
-a tqdm bar for the whole benchmark plus one per training in each worker.
+:class:`Step`), a run can resume at any cycle from the rows (:func:`plan`), and runs
+whose next training is the same (same loss, seed, cycle and labeled images: every
+strategy's cycle 0) share one training and evaluation, then each selects.
+The rows' CSV is ``bench.active_learning.storage``; the worker processes that run
+the steps are ``bench.active_learning.workers``.
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import hashlib
-import multiprocessing
-import multiprocessing.sharedctypes
-import multiprocessing.synchronize
 import os
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from bench.active_learning.dataset import BenchDataset
 from bench.active_learning.strategies import STRATEGIES, PoolView, StrategySettings, select
@@ -47,11 +38,6 @@ from model.evaluate import evaluate_map
 from model.losses import LOSS_NAMES, LossConfig
 from model.progress import Progress
 from model.train import TrainConfig, train
-
-CSV_FIELDS: tuple[str, ...] = (
-    "strategy", "loss", "seed", "cycle", "labeled", "boxes", "ap50", "ap",
-    "train_s", "eval_s", "select_s", "unlabeled", "picked",
-)
 
 
 @dataclass(frozen=True)
@@ -168,9 +154,6 @@ class Step:
         return self.specs[0].seed
 
 
-RowCallback = Callable[[Row], None]
-
-
 def initial_set(pool_size: int, count: int, seed: int) -> list[int]:
     """The first labeled images: ``count`` pool indices drawn with ``seed`` (shared by all strategies)."""
     if count > pool_size:
@@ -259,71 +242,6 @@ def run_step(step: Step, data: BenchDataset, config: SimulationConfig,
     return rows
 
 
-# --------------------------------------------------------------------------
-# The CSV, and what is left to do
-# --------------------------------------------------------------------------
-
-
-def _parse(name: str, text: str) -> object:
-    if name == "picked":
-        return tuple(int(v) for v in text.split())
-    kind = {"strategy": str, "loss": str, "seed": int, "cycle": int, "labeled": int, "boxes": int,
-            "unlabeled": int}
-    return kind.get(name, float)(text)
-
-
-#: Loss names before issue 25 (2026-12-04), when the paper's form was ``synchronic-paper`` and our
-#: balanced form ``synchronic``; a CSV with a ``synchronic-paper`` row uses them in every row.
-LEGACY_LOSS_NAMES: dict[str, str] = {"synchronic-paper": "synchronic", "synchronic": "synchronic-balanced"}
-LEGACY_MARKER = "synchronic-paper"
-#: Columns that the first CSVs (bench/results/active_learning_quick.csv) do not have.
-_OPTIONAL_FIELDS: dict[str, str] = {"unlabeled": "0", "picked": ""}
-
-
-def read_rows(path: Path | str) -> list[Row]:
-    """Rows of a CSV written by :func:`run_all` (an absent file: none), in today's loss names.
-
-    A CSV in the names before issue 25 is recognised by its ``synchronic-paper`` rows, and its
-    names are mapped (:data:`LEGACY_LOSS_NAMES`). :func:`run_all` rewrites the whole file on
-    ``--resume``, so a file never mixes the two namings; the committed results were rewritten.
-    """
-    path = Path(path)
-    if not path.exists():
-        return []
-    with path.open(newline="") as handle:
-        records = [{**_OPTIONAL_FIELDS, **record} for record in csv.DictReader(handle)]
-    if any(record["loss"] == LEGACY_MARKER for record in records):
-        records = [{**record, "loss": LEGACY_LOSS_NAMES.get(record["loss"], record["loss"])} for record in records]
-    return [Row(**{k: _parse(k, v) for k, v in record.items()}) for record in records]
-
-
-def _csv_record(row: Row) -> dict[str, object]:
-    return {**dataclasses.asdict(row), "picked": " ".join(map(str, row.picked))}
-
-
-def write_rows(path: Path | str, rows: Iterable[Row]) -> None:
-    """All rows, sorted by strategy, loss, seed and cycle."""
-    ordered = sorted(rows, key=lambda r: (r.strategy, r.loss, r.seed, r.cycle))
-    with Path(path).open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(_csv_record(r) for r in ordered)
-
-
-def resumable(rows: Iterable[Row], cycles: int) -> list[Row]:
-    """The rows a resumed benchmark keeps: of each run, its cycles 0, 1, ... up to the first gap."""
-    by_run: dict[tuple[str, str, int], dict[int, Row]] = {}
-    for r in rows:
-        by_run.setdefault(r.run, {})[r.cycle] = r
-    kept = []
-    for done in by_run.values():
-        cycle = 0
-        while cycle in done and cycle <= cycles:
-            kept.append(done[cycle])
-            cycle += 1
-    return kept
-
-
 def plan(specs: Sequence[RunSpec], rows: Iterable[Row], data: Mapping[int, BenchDataset],
          config: SimulationConfig) -> list[Step]:
     """The next cycle of every unfinished run, runs with the same next training grouped into one step.
@@ -352,120 +270,3 @@ def plan(specs: Sequence[RunSpec], rows: Iterable[Row], data: Mapping[int, Bench
 def _cost_rank(spec: RunSpec) -> int:
     """Heavier selections first, so that the workers finish together."""
     return {"cald": 0, "hua_kcenter": 1, "hua": 1, "entropy": 2, "random": 3}.get(spec.strategy, 2)
-
-
-# --------------------------------------------------------------------------
-# Many steps: worker processes, progress bars, the CSV, the time limit
-# --------------------------------------------------------------------------
-
-
-def run_all(
-    specs: Sequence[RunSpec], data: Mapping[int, BenchDataset], config: SimulationConfig, csv_path: Path | str,
-    workers: int = 1, threads: int = 1, resume: bool = False, max_minutes: float | None = None,
-) -> list[Row]:
-    """Run every spec's remaining cycles; returns every row in ``csv_path`` afterwards.
-
-    Args:
-        data (Mapping[int, BenchDataset]): each seed's pool and test split.
-        resume (bool): keep the rows already in ``csv_path`` (any runs, so that
-            invocations with different ``--runs`` add up) and continue each run
-            where they stop; otherwise start a new CSV.
-        max_minutes (float | None): start no step that would, at the longest step
-            seen so far, end after this many minutes (the first steps always start).
-    """
-    rows = resumable(read_rows(csv_path), config.cycles) if resume else []
-    write_rows(csv_path, rows)
-    deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
-    left = sum(config.cycles + 1 - sum(1 for r in rows if r.run == s.run) for s in specs)
-    with Path(csv_path).open("a", newline="") as handle, tqdm(
-        total=left, desc="benchmark", unit="cycle", position=0, dynamic_ncols=True,
-    ) as overall, _executor(workers, threads, data, config) as pool:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
-
-        def record(row: Row) -> None:
-            writer.writerow(_csv_record(row))
-            handle.flush()
-            rows.append(row)
-            overall.update(1)
-            overall.set_postfix_str(f"{row.strategy}/{row.loss}/s{row.seed} c{row.cycle} AP50 {row.ap50:.3f}")
-
-        _schedule(specs, data, config, pool, max(1, workers), deadline, rows, record)
-    write_rows(csv_path, rows)
-    return rows
-
-
-def _schedule(
-    specs: Sequence[RunSpec], data: Mapping[int, BenchDataset], config: SimulationConfig, pool: Executor,
-    slots: int, deadline: float | None, rows: list[Row], record: RowCallback,
-) -> None:
-    """Keep ``slots`` steps in flight until none is left or the next would pass ``deadline``
-    (judged by the longest step so far: until one has finished, steps start)."""
-    in_flight: dict[Future, tuple[Step, float]] = {}
-    longest = 0.0
-    while True:
-        busy = {spec for step, _ in in_flight.values() for spec in step.specs}
-        for step in plan(specs, rows, data, config):
-            if len(in_flight) >= slots or (deadline is not None and longest and time.monotonic() + longest > deadline):
-                break
-            if not busy & set(step.specs):
-                in_flight[pool.submit(_worker_step, step)] = (step, time.monotonic())
-        if not in_flight:
-            return
-        finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-        for future in finished:
-            _, started = in_flight.pop(future)
-            longest = max(longest, time.monotonic() - started)
-            for row in future.result():  # a worker's failure is raised here
-                record(row)
-
-
-_WORKER: dict[str, object] = {}
-
-
-class _InProcess(Executor):
-    """Runs each step at submission, in this process: ``workers=1`` takes the scheduler's one code path."""
-
-    def submit(self, fn, /, *args, **kwargs) -> Future:
-        future: Future = Future()
-        future.set_result(fn(*args, **kwargs))
-        return future
-
-
-def _executor(workers: int, threads: int, data: Mapping[int, BenchDataset], config: SimulationConfig) -> Executor:
-    if workers <= 1:
-        torch.set_num_threads(threads)
-        _WORKER.update(data=data, config=config, slot=1)
-        return _InProcess()
-    context = multiprocessing.get_context("spawn")
-    lock = context.RLock()  # tqdm's own lock belongs to the default (fork) context
-    tqdm.set_lock(lock)
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                               initargs=(lock, context.Value("i", 0), threads, data, config))
-
-
-def _init_worker(
-    lock: multiprocessing.synchronize.RLock, slots: multiprocessing.sharedctypes.Synchronized, threads: int,
-    data: Mapping[int, BenchDataset], config: SimulationConfig,
-) -> None:
-    """Each worker: tqdm's shared lock, a bar line of its own, its thread count and the data."""
-    tqdm.set_lock(lock)
-    with slots.get_lock():
-        slots.value += 1
-        _WORKER["slot"] = slots.value
-    torch.set_num_threads(threads)
-    _WORKER.update(data=data, config=config)
-
-
-def _worker_step(step: Step) -> list[Row]:
-    """:func:`run_step` with a tqdm bar for its training on the worker's own line."""
-    data, config = _WORKER["data"][step.seed], _WORKER["config"]
-    runs = "+".join(s.strategy for s in step.specs)
-    with tqdm(total=100, position=int(_WORKER["slot"]), leave=False, unit="%", dynamic_ncols=True,
-              desc=f"{runs}/{step.loss}/s{step.seed} c{step.cycle}",
-              bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]") as bar:
-        def progress(fraction: float, message: str) -> None:
-            bar.n = round(100 * fraction, 1)
-            bar.set_postfix_str(message, refresh=False)
-            bar.refresh()
-
-        return run_step(step, data, config, progress)
