@@ -1,5 +1,5 @@
 """Named configurations of the benchmark: ``uniform`` (the default, this CPU; formerly ``warm``),
-``varied`` (METHOD.md section 7), ``paper`` (a GPU and VOC), ``tiny`` (tests).
+``varied`` (docs/method.md, section 7), ``paper`` (a GPU and VOC), ``tiny`` (tests).
 
 A :class:`BenchConfig` is a data set choice, an optional warm start, the
 simulation settings and the runs (strategy x loss x seed). The CLI starts from
@@ -25,7 +25,7 @@ DATASETS: tuple[str, ...] = ("digits", "voc07", "voc0712", "coco")
 #: (bench/results/active_learning_calibration.md) before any strategy was compared.
 WARM_ITERATIONS: int = 800
 #: Training iterations per cycle of ``varied``: a placeholder until its calibration on cycle 0 of
-#: seed 0 (AP50 in 30-50, METHOD.md section 7) fixes it, before any strategy is compared.
+#: seed 0 (AP50 in 30-50, docs/method.md, section 7) fixes it, before any strategy is compared.
 VARIED_ITERATIONS: int = 800
 
 
@@ -72,7 +72,7 @@ class BenchConfig:
 
 
 def uniform() -> BenchConfig:
-    """The default, formerly ``warm``: METHOD.md section 6, the paper's first-cycle regime on this CPU (8 h idle).
+    """The default, formerly ``warm``: docs/method.md, section 6, the paper's first-cycle regime on this CPU (8 h idle).
 
     Digit scenes (pool 400, test 200 per seed, each seed its own scenes from one
     split of the digits), a warm start pretrained once on scenes of held-back
@@ -118,7 +118,7 @@ def uniform() -> BenchConfig:
 
 
 def varied() -> BenchConfig:
-    """METHOD.md section 7: a pool as varied as real data, with ``uniform``'s detector and training.
+    """docs/method.md, section 7: a pool as varied as real data, with ``uniform``'s detector and training.
 
     Digit scenes of 256 px (pool 1,000, test 300 per seed): 1-12 digits per image,
     P(n) proportional to 0.7 ** (n - 1); Zipf class weights 1 / rank ** 1.2, the
@@ -150,7 +150,7 @@ def varied() -> BenchConfig:
 
 
 def paper() -> BenchConfig:
-    """METHOD.md section 5 on PASCAL VOC (500 initial + 500 per cycle to 3500), for a GPU.
+    """docs/method.md, section 5 on PASCAL VOC (500 initial + 500 per cycle to 3500), for a GPU.
 
     Differences from the paper, all forced by the code it must share with the
     service: torchvision's ResNet-50-FPN *v2* (the backbone ``model.detector``
@@ -199,7 +199,7 @@ def tiny() -> BenchConfig:
             initial=4, budget=3, cycles=1,
             detector=DetectorConfig(
                 backbone="mobilenet_v2_fpn", weights="none", allow_download=False,
-                min_size=96, max_size=96, sampled_rois=16, score_threshold=0.05, rpn_test_proposals=20,
+                min_size=96, max_size=96, sampled_rois=16, analysis_threshold=0.05, rpn_test_proposals=20,
             ),
             train=TrainConfig(iterations=4, lr=0.002, batch_size=2, warmup_fraction=0.5, holdout_fraction=0.0),
             strategies=StrategySettings(hua=HUAConfig(retrieval_ratio=2.0)),
