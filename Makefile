@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WEIGHTS_FILE := .cache/torch/hub/checkpoints/mobilenet_v2-b0353104.pth
 
-.PHONY: run test test-fast bench weights clean redis-server chromium docker-check
+.PHONY: run test test-fast lint bench weights clean redis-server chromium docker-check
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: $(STAMP) $(WEIGHTS_FILE) redis-server chromium
 ## Unit tests only (no Label Studio server).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
+
+## ruff as linter and formatter (configured in pyproject.toml); fails on any finding or unformatted file.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 ## Benchmarks (see README): prints ratios measured side by side.
 bench: $(STAMP)
