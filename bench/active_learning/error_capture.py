@@ -40,16 +40,19 @@ from bench.active_learning.loop import RunSpec, SimulationConfig, Step, initial_
 from bench.active_learning.strategies import PoolView, select
 from model.detections import Detections
 from model.detector import Detector
-from model.scoring import predict_pool
 from model.samples import Sample
+from model.scoring import predict_pool
 
 #: Selector names of the report -> the benchmark strategy that implements each.
 SELECTORS: dict[str, str] = {
-    "random": "random", "density": "density", "cald": "cald",
-    "hua-sum": "hua", "hua-mean": "hua_mean", "gate": "entropy",
+    "random": "random",
+    "density": "density",
+    "cald": "cald",
+    "hua-sum": "hua",
+    "hua-mean": "hua_mean",
+    "gate": "entropy",
 }
-QUANTITIES: tuple[str, ...] = ("boxes_per_image", "error_per_image", "miss_per_image", "fp_per_image",
-                               "error_per_box")
+QUANTITIES: tuple[str, ...] = ("boxes_per_image", "error_per_image", "miss_per_image", "fp_per_image", "error_per_box")
 #: Detections from this score are shown, so they count as false positives when wrong.
 CONFIDENT: float = 0.5
 MATCH_IOU: float = 0.5
@@ -96,8 +99,9 @@ def capture(errors: Sequence[ImageError]) -> dict[str, float]:
     }
 
 
-def random_draws(errors: dict[int, ImageError], budget: int, seed: int, draws: int = RANDOM_DRAWS
-                 ) -> tuple[dict[str, float], dict[str, list[float]]]:
+def random_draws(
+    errors: dict[int, ImageError], budget: int, seed: int, draws: int = RANDOM_DRAWS
+) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Random selection's mean and 2.5-97.5 % range of every quantity over ``draws`` draws of B images."""
     rng = random.Random(seed)
     keys = sorted(errors)
@@ -133,14 +137,27 @@ class SharedPasses:
         return [self._seen[key] for key in keys]
 
 
-def seed_capture(detector: Detector, data: BenchDataset, config: SimulationConfig, labeled: Sequence[int],
-                 seed: int, selectors: Sequence[str]) -> dict[str, object]:
+def seed_capture(
+    detector: Detector,
+    data: BenchDataset,
+    config: SimulationConfig,
+    labeled: Sequence[int],
+    seed: int,
+    selectors: Sequence[str],
+) -> dict[str, object]:
     """Every selector's capture on one seed's unlabeled pool, with random's range and each selector's seconds."""
     taken = set(labeled)
     unlabeled = [i for i in range(len(data.pool)) if i not in taken]
-    view = PoolView(detector=SharedPasses(detector), pool=data.pool, labeled=list(labeled), unlabeled=unlabeled,
-                    budget=config.budget, num_classes=len(data.labels), seed=seed * 1000,
-                    batch_size=config.batch_size)
+    view = PoolView(
+        detector=SharedPasses(detector),
+        pool=data.pool,
+        labeled=list(labeled),
+        unlabeled=unlabeled,
+        budget=config.budget,
+        num_classes=len(data.labels),
+        seed=seed * 1000,
+        batch_size=config.batch_size,
+    )
     keys, detections, _ = predict_pool(view.detector, unlabeled, view.load, batch_size=config.batch_size)
     errors = {k: image_error(d, data.pool[k]) for k, d in zip(keys, detections)}
     mean, span = random_draws(errors, config.budget, seed)
@@ -174,25 +191,30 @@ def verdict(summary: dict[str, dict[str, float]]) -> str:
             continue
         misses = summary[hua]["miss_per_image"]
         beats = misses > summary["density"]["miss_per_image"] and misses > summary["gate"]["miss_per_image"]
-        lines.append(f"{hua}: {misses:.2f} misses per image against density "
-                     f"{summary['density']['miss_per_image']:.2f} and the gate {summary['gate']['miss_per_image']:.2f}"
-                     f": the ranking stage {'earns' if beats else 'does not earn'} its place.")
+        lines.append(
+            f"{hua}: {misses:.2f} misses per image against density "
+            f"{summary['density']['miss_per_image']:.2f} and the gate {summary['gate']['miss_per_image']:.2f}"
+            f": the ranking stage {'earns' if beats else 'does not earn'} its place."
+        )
     return "\n".join(lines)
 
 
 def markdown(report: dict[str, object]) -> str:
     """The summary table, random's range and the verdict."""
     span = report["random_range"]
-    lines = [f"# Error capture, preset `{report['preset']}`, seeds {report['seed_list']}", "",
-             f"Top {report['budget']} of the unlabeled pool per selector, scored by the cycle-0 detector "
-             f"(mean AP50 {report['cycle0_ap50']:.3f}); means over seeds. Random: mean of {RANDOM_DRAWS} draws, "
-             "2.5-97.5 % range below.", "",
-             "| selector | boxes / image | error / image | misses / image | false pos. / image | error / box |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# Error capture, preset `{report['preset']}`, seeds {report['seed_list']}",
+        "",
+        f"Top {report['budget']} of the unlabeled pool per selector, scored by the cycle-0 detector "
+        f"(mean AP50 {report['cycle0_ap50']:.3f}); means over seeds. Random: mean of {RANDOM_DRAWS} draws, "
+        "2.5-97.5 % range below.",
+        "",
+        "| selector | boxes / image | error / image | misses / image | false pos. / image | error / box |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, row in report["summary"].items():
         lines.append(f"| {name} | " + " | ".join(f"{row[q]:.2f}" for q in QUANTITIES) + " |")
-    lines.append("| random 95 % range | " + " | ".join(f"{span[q][0]:.2f}-{span[q][1]:.2f}" for q in QUANTITIES)
-                 + " |")
+    lines.append("| random 95 % range | " + " | ".join(f"{span[q][0]:.2f}-{span[q][1]:.2f}" for q in QUANTITIES) + " |")
     return "\n".join(lines + ["", verdict(report["summary"]), ""])
 
 
@@ -200,10 +222,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from bench.active_learning.__main__ import REPO_ROOT
     from bench.active_learning.configs import ALIASES, PRESETS
 
-    parser = argparse.ArgumentParser(prog="python -m bench.active_learning.error_capture",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", "--config", dest="config", choices=sorted(PRESETS) + sorted(ALIASES),
-                        default="varied")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.active_learning.error_capture", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--preset", "--config", dest="config", choices=sorted(PRESETS) + sorted(ALIASES), default="varied"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, required=True, help="development seeds (100+)")
     parser.add_argument("--strategies", nargs="+", choices=list(SELECTORS), default=list(SELECTORS))
     parser.add_argument("--out", type=Path, required=True, help="the JSON file (a .md is written beside it)")
@@ -215,12 +239,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     from bench.active_learning.__main__ import build_config, load_datasets, warm_started
+    from bench.common import use_repo_torch_home
 
+    use_repo_torch_home()  # the warm start is built from the repository's ImageNet file, as the benchmark's
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    cli = argparse.Namespace(**{**vars(args), "cycles": None, "initial": None, "budget": None, "device": None,
-                                "epochs": None, "allow_download": False, "dataset": None, "runs": None,
-                                "workers": None})
+    cli = argparse.Namespace(
+        **{
+            **vars(args),
+            "cycles": None,
+            "initial": None,
+            "budget": None,
+            "device": None,
+            "epochs": None,
+            "allow_download": False,
+            "dataset": None,
+            "runs": None,
+            "workers": None,
+        }
+    )
     config = build_config(cli)
     data = load_datasets(config, cli)
     config, _ = warm_started(config, cli, data)
@@ -232,14 +269,26 @@ def main(argv: list[str] | None = None) -> int:
         step = Step((RunSpec("random", loss, seed),), 0, labeled)
         detector, metrics, _, _ = trained_detector(step, data[seed], sim)
         ap50.append(metrics["map_50"])
-        per_seed[seed] = {"cycle0_ap50": metrics["map_50"],
-                          **seed_capture(detector, data[seed], sim, labeled, seed, args.strategies)}
-        print(f"seed {seed}: AP50 {metrics['map_50']:.3f}, " + ", ".join(
-            f"{n} {r['miss_per_image']:.2f}+{r['fp_per_image']:.2f}" for n, r in per_seed[seed]["selectors"].items()),
-            flush=True)
-    report = {"preset": config.name, "seed_list": args.seeds, "budget": sim.budget, "loss": loss,
-              "cycle0_ap50": statistics.fmean(ap50), **summarise(per_seed),
-              "seeds": {str(s): r for s, r in per_seed.items()}}
+        per_seed[seed] = {
+            "cycle0_ap50": metrics["map_50"],
+            **seed_capture(detector, data[seed], sim, labeled, seed, args.strategies),
+        }
+        print(
+            f"seed {seed}: AP50 {metrics['map_50']:.3f}, "
+            + ", ".join(
+                f"{n} {r['miss_per_image']:.2f}+{r['fp_per_image']:.2f}" for n, r in per_seed[seed]["selectors"].items()
+            ),
+            flush=True,
+        )
+    report = {
+        "preset": config.name,
+        "seed_list": args.seeds,
+        "budget": sim.budget,
+        "loss": loss,
+        "cycle0_ap50": statistics.fmean(ap50),
+        **summarise(per_seed),
+        "seeds": {str(s): r for s, r in per_seed.items()},
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     args.out.with_suffix(".md").write_text(markdown(report))
