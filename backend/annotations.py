@@ -82,7 +82,9 @@ def annotation_regions(annotation: dict, names: ProjectLabels, task_id: object) 
             continue
         value = region.get("value") or {}
         if not _is_box(value):
-            logger.warning("task %s: region %s has no numeric x, y, width and height, skipped", task_id, region.get("id"))
+            logger.warning(
+                "task %s: region %s has no numeric x, y, width and height, skipped", task_id, region.get("id")
+            )
             continue
         if abs(float(value.get("rotation") or 0.0)) > 1e-6:
             logger.warning("task %s: rotated box refused (the detector predicts axis-aligned boxes)", task_id)
@@ -148,4 +150,3 @@ def training_set(tasks: Sequence[dict], names: ProjectLabels, loader: ImageLoade
         stamp = annotation.get("updated_at") or annotation.get("created_at") or ""
         result.annotation_updated[str(annotation.get("id"))] = str(stamp)
     return result
-

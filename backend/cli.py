@@ -1,8 +1,8 @@
 """Command line: the same jobs the service runs, in the foreground.
 
-    python -m backend train --project 3         # fine-tune on the annotations, then rank
-    python -m backend rank --project 3 [--full] # update (or redo) the HUA queue
-    python -m backend predict --project 3       # the tasks /predict deferred past PREDICT_DEADLINE
+python -m backend train --project 3         # fine-tune on the annotations, then rank
+python -m backend rank --project 3 [--full] # update (or redo) the HUA queue
+python -m backend predict --project 3       # the tasks /predict deferred past PREDICT_DEADLINE
 """
 
 from __future__ import annotations

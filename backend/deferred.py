@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 KIND = "predict"
 
+
 class DeferredTasks:
     """Task ids handed from /predict to the predict job: ``MODEL_DIR/<project>/.jobs/predict.tasks/*.json``.
 
@@ -67,8 +68,9 @@ class DeferredTasks:
             path.unlink(missing_ok=True)
 
 
-def defer_predictions(handed: DeferredTasks, scheduler: Scheduler, project: str, task_ids: list[int],
-                      deadline_s: float) -> str:
+def defer_predictions(
+    handed: DeferredTasks, scheduler: Scheduler, project: str, task_ids: list[int], deadline_s: float
+) -> str:
     """Hand ``task_ids`` to the project's predict job and schedule it; returns the scheduler's outcome.
 
     A failure to schedule (Redis down, a full disk) is logged, not raised: the
@@ -80,9 +82,16 @@ def defer_predictions(handed: DeferredTasks, scheduler: Scheduler, project: str,
     except Exception:  # noqa: BLE001 (see the docstring)
         logger.exception("project %s: could not schedule the prediction of %d deferred tasks", project, len(task_ids))
         return "failed"
-    logger.info("project %s: %d tasks not reached within PREDICT_DEADLINE=%gs are predicted in the background "
-                "(job %s); follow it in GET /jobs (project %s, kind %s)",
-                project, len(task_ids), deadline_s, outcome, project, KIND)
+    logger.info(
+        "project %s: %d tasks not reached within PREDICT_DEADLINE=%gs are predicted in the background "
+        "(job %s); follow it in GET /jobs (project %s, kind %s)",
+        project,
+        len(task_ids),
+        deadline_s,
+        outcome,
+        project,
+        KIND,
+    )
     return outcome
 
 

@@ -31,13 +31,22 @@ def unseen_samples(version: Version, data: TrainingSet) -> list[int]:
     """
     seen_tasks = set(version.meta.task_ids or [])
     seen_annotations = set(version.meta.annotation_ids or [])
-    return [i for i, (task, annotation) in enumerate(zip(data.task_ids, data.annotation_ids))
-            if task not in seen_tasks and annotation not in seen_annotations]
+    return [
+        i
+        for i, (task, annotation) in enumerate(zip(data.task_ids, data.annotation_ids))
+        if task not in seen_tasks and annotation not in seen_annotations
+    ]
 
 
 def evaluate_serving(
-    registry: ModelRegistry, version: Version | None, names: ProjectLabels, data: TrainingSet, *,
-    min_tasks: int, display_threshold: float, progress: Progress | None = None,
+    registry: ModelRegistry,
+    version: Version | None,
+    names: ProjectLabels,
+    data: TrainingSet,
+    *,
+    min_tasks: int,
+    display_threshold: float,
+    progress: Progress | None = None,
 ) -> Prequential:
     """``version``'s figures on the tasks of ``data`` it has never seen, or why there are none.
 
@@ -48,12 +57,18 @@ def evaluate_serving(
     if version is None:
         return Prequential(None, "none", "no earlier version to evaluate: this is the project's first model")
     unseen = unseen_samples(version, data)
-    context = {"tasks": len(unseen), "min_tasks": min_tasks,
-               "trained_on_tasks": len(version.meta.annotation_ids or []),
-               "task_ids": sorted(data.task_ids[i] for i in unseen), "display_threshold": display_threshold}
+    context = {
+        "tasks": len(unseen),
+        "min_tasks": min_tasks,
+        "trained_on_tasks": len(version.meta.annotation_ids or []),
+        "task_ids": sorted(data.task_ids[i] for i in unseen),
+        "display_threshold": display_threshold,
+    }
     if len(unseen) < min_tasks:
-        message = (f"{len(unseen)} task(s) annotated since {version.name} was trained; "
-                   f"figures need at least {min_tasks} (EVAL_MIN_TASKS)")
+        message = (
+            f"{len(unseen)} task(s) annotated since {version.name} was trained; "
+            f"figures need at least {min_tasks} (EVAL_MIN_TASKS)"
+        )
         return Prequential(version.name, "too_few", message, **context)
     if progress:
         progress(0.0, f"measuring how well {version.name} did on the {len(unseen)} tasks annotated since its training")
@@ -65,7 +80,8 @@ def evaluate_serving(
     except (CheckpointError, RuntimeError, OSError) as exc:
         logger.warning("project %s: %s not evaluated: %s", version.project, version.name, exc)
         return Prequential(version.name, "failed", f"{type(exc).__name__}: {exc}", **context)
-    report = prequential(outputs, [sample_target(s) for s in samples], list(names.labels),
-                         model_version=version.name, **context)
+    report = prequential(
+        outputs, [sample_target(s) for s in samples], list(names.labels), model_version=version.name, **context
+    )
     logger.info("project %s: %s on %d new tasks: %s", version.project, version.name, len(unseen), report.figures())
     return report

@@ -52,8 +52,10 @@ def disk_problem(root: Path) -> str | None:
     free, need = shutil.disk_usage(existing).free, version_bytes(root)
     if free >= need:
         return None
-    return (f"MODEL_DIR {os.fspath(root)} has {free / _MB:.1f} MB free, less than the {need / _MB:.1f} MB "
-            f"of one model version: new versions cannot be saved")
+    return (
+        f"MODEL_DIR {os.fspath(root)} has {free / _MB:.1f} MB free, less than the {need / _MB:.1f} MB "
+        f"of one model version: new versions cannot be saved"
+    )
 
 
 def job_problems(board: JobBoard) -> list[str]:

@@ -37,9 +37,9 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable
-from typing import TypeVar
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import parse_qs, urljoin, urlparse
 
 import requests
@@ -111,15 +111,19 @@ class _TimeoutSession(requests.Session):
             if destination.scheme not in ("http", "https"):
                 raise ImageError(f"image host {source.netloc!r} redirected to a {destination.scheme!r} URL", "refused")
             if not signed and destination.netloc.lower() not in self._allowed:
-                raise ImageError(f"image host {source.netloc!r} redirected to {destination.netloc!r}, which is not "
-                                 f"allowed: add {destination.netloc} to {_HOSTS_SETTING} to allow it", "refused")
+                raise ImageError(
+                    f"image host {source.netloc!r} redirected to {destination.netloc!r}, which is not "
+                    f"allowed: add {destination.netloc} to {_HOSTS_SETTING} to allow it",
+                    "refused",
+                )
         return target
 
     def request(self, method: str, url: str, **kwargs):  # noqa: D102 (requests' signature)
         host = urlparse(url).netloc
         if host.lower() not in self._allowed:
-            raise ImageError(f"image host {host!r} is not allowed: add {host} to {_HOSTS_SETTING} to allow it",
-                             "refused")
+            raise ImageError(
+                f"image host {host!r} is not allowed: add {host} to {_HOSTS_SETTING} to allow it", "refused"
+            )
         kwargs.setdefault("timeout", self._timeout)
         return super().request(method, url, **kwargs)
 
@@ -156,8 +160,11 @@ class ImageLoader:
         if parsed.scheme not in ("http", "https"):
             raise ImageError(f"unsupported image URL scheme {parsed.scheme!r}", "refused")
         if parsed.netloc.lower() not in self.policy.allowed_hosts:
-            raise ImageError(f"image host {parsed.netloc!r} is not Label Studio's nor in {_HOSTS_SETTING}: add "
-                             f"{parsed.netloc} to {_HOSTS_SETTING} to allow it", "refused")
+            raise ImageError(
+                f"image host {parsed.netloc!r} is not Label Studio's nor in {_HOSTS_SETTING}: add "
+                f"{parsed.netloc} to {_HOSTS_SETTING} to allow it",
+                "refused",
+            )
         return url
 
     def _is_local_file(self, url: str) -> bool:
@@ -207,16 +214,23 @@ class ImageLoader:
         # without a document root the SDK must fetch local files from Label Studio: no resolver
         # (an installed resolver that answers None makes the SDK refuse the file instead)
         resolver = self._resolve_local if self.policy.document_root else None
-        session = _TimeoutSession(self.policy.allowed_hosts, urlparse(self.policy.label_studio_url).netloc.lower(),
-                                  self.policy.timeout)
+        session = _TimeoutSession(
+            self.policy.allowed_hosts, urlparse(self.policy.label_studio_url).netloc.lower(), self.policy.timeout
+        )
         scratch = None
         if cached is not None:
             os.makedirs(self.policy.cache_dir, exist_ok=True)
             scratch = tempfile.mkdtemp(prefix=".download-", dir=self.policy.cache_dir)
         try:
             with http_session(session), local_files_resolver(resolver):
-                fetched = get_local_path(url, cache_dir=scratch, hostname=self.policy.label_studio_url,
-                                         access_token=self._access_token(), task_id=task_id, download_resources=True)
+                fetched = get_local_path(
+                    url,
+                    cache_dir=scratch,
+                    hostname=self.policy.label_studio_url,
+                    access_token=self._access_token(),
+                    task_id=task_id,
+                    download_resources=True,
+                )
             if scratch is None or not fetched.startswith(scratch + os.sep):
                 return fetched  # no cache of ours (the SDK's own), or a file the SDK found on this disk
             with self._lock:
@@ -286,13 +300,15 @@ class ImageLoader:
         except (UnidentifiedImageError, OSError) as exc:
             raise ImageError(f"not a decodable image: {type(exc).__name__}", "undecodable") from None
         if width * height > self.policy.max_pixels:
-            raise ImageError(f"image of {width}x{height} pixels exceeds MAX_IMAGE_PIXELS={self.policy.max_pixels}",
-                             "too_large")
+            raise ImageError(
+                f"image of {width}x{height} pixels exceeds MAX_IMAGE_PIXELS={self.policy.max_pixels}", "too_large"
+            )
         return width, height
 
 
 def _concurrently(fn: Callable[[T], R], items: list[T], *, workers: int) -> list[R | ImageError]:
     """``fn`` over ``items`` in a thread pool, keeping each ImageError in its slot."""
+
     def one(item: T) -> R | ImageError:
         try:
             return fn(item)
@@ -334,12 +350,15 @@ def _http_failure(exc: requests.HTTPError) -> ImageError:
     text = f"HTTP {status} from {host}" + (f": {detail}" if detail else "")
     if status in (404, 410) or any(code in detail for code in ("NoSuchKey", "Not Found", "(404)", "BlobNotFound")):
         return ImageError(f"image not found in its storage ({text})", "missing")
-    if status in (401, 403) or any(code in detail for code in ("AccessDenied", "InvalidAccessKeyId", "Forbidden",
-                                                                "SignatureDoesNotMatch", "(403)")):
+    if status in (401, 403) or any(
+        code in detail for code in ("AccessDenied", "InvalidAccessKeyId", "Forbidden", "SignatureDoesNotMatch", "(403)")
+    ):
         return ImageError(f"image access denied ({text}): check the storage's credentials in Label Studio", "refused")
     if status == 424:  # S3's get_object failed inside Label Studio, which logs why and answers "Stream is None"
-        return ImageError(f"Label Studio could not read the image from its storage ({text}): a deleted key, "
-                          "revoked credentials or a storage down; Label Studio's log says which")
+        return ImageError(
+            f"Label Studio could not read the image from its storage ({text}): a deleted key, "
+            "revoked credentials or a storage down; Label Studio's log says which"
+        )
     return ImageError(f"could not fetch the image ({text})")
 
 
@@ -352,8 +371,11 @@ def _storage_detail(response: requests.Response) -> str:
         except ValueError:
             return ""
     else:
-        found = re.search(r"<Code>(\w{1,64})</Code>", response.text[:4096]) if "xml" in (
-            response.headers.get("Content-Type") or "") else None
+        found = (
+            re.search(r"<Code>(\w{1,64})</Code>", response.text[:4096])
+            if "xml" in (response.headers.get("Content-Type") or "")
+            else None
+        )
         detail = found.group(1) if found else ""
     return " ".join(word.split("?")[0] if "://" in word else word for word in detail.split())[:300]
 

@@ -59,7 +59,7 @@ class _Item:
     waiter: _Waiter
     slot: int
 
-    def joins(self, other: "_Item") -> bool:
+    def joins(self, other: _Item) -> bool:
         return self.detector is other.detector and self.flip == other.flip
 
 
@@ -99,7 +99,7 @@ class InferenceQueue:
         with self._ready:
             return len(self._items)
 
-    def bind(self, detector: Detector) -> "QueuedDetector":
+    def bind(self, detector: Detector) -> QueuedDetector:
         """``detector`` as a drop-in whose ``predict`` goes through this queue."""
         return QueuedDetector(detector, self)
 

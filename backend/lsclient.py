@@ -63,9 +63,7 @@ class LabelStudioAuth:
             return self._access
 
     def _refresh(self) -> None:
-        response = requests.post(
-            f"{self.url}/api/token/refresh/", json={"refresh": self._key}, timeout=self._timeout
-        )
+        response = requests.post(f"{self.url}/api/token/refresh/", json={"refresh": self._key}, timeout=self._timeout)
         response.raise_for_status()
         self._access = response.json()["access"]
         claims = jwt.decode(self._access, options={"verify_signature": False})

@@ -22,31 +22,45 @@ class ServiceMetrics:
             "hua_http_requests", "HTTP requests by route and status", ["route", "status"], registry=self.registry
         )
         self.latency = Histogram(
-            "hua_http_request_seconds", "HTTP request latency by route", ["route"], registry=self.registry,
+            "hua_http_request_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            registry=self.registry,
             buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 100),
         )
         self.predictions = Counter(
-            "hua_predictions", "Tasks answered by /predict, by outcome: ok, failed, or deferred to a background job",
-            ["outcome"], registry=self.registry,
+            "hua_predictions",
+            "Tasks answered by /predict, by outcome: ok, failed, or deferred to a background job",
+            ["outcome"],
+            registry=self.registry,
         )
         self.task_failures = Counter(
-            "hua_task_failures", "Tasks that got no prediction, by reason (image missing, refused, unreachable, "
-            "undecodable, too large; or inference)", ["reason"], registry=self.registry,
+            "hua_task_failures",
+            "Tasks that got no prediction, by reason (image missing, refused, unreachable, "
+            "undecodable, too large; or inference)",
+            ["reason"],
+            registry=self.registry,
         )
         self.model_version = Gauge(
-            "hua_model_version_info", "1 for the version serving each project", ["project", "model_version"],
+            "hua_model_version_info",
+            "1 for the version serving each project",
+            ["project", "model_version"],
             registry=self.registry,
         )
         self._versions: dict[str, str] = {}
         self.quality = Gauge(
-            "hua_prequential", "A version's figures on the tasks annotated after it was trained, measured when the "
+            "hua_prequential",
+            "A version's figures on the tasks annotated after it was trained, measured when the "
             "next training started: map_50, map (AP 0.5:0.95), accepted (share of its boxes the annotators kept), "
-            "recall (share of their boxes it had predicted)", ["project", "model_version", "figure"],
+            "recall (share of their boxes it had predicted)",
+            ["project", "model_version", "figure"],
             registry=self.registry,
         )
         self.quality_tasks = Gauge(
-            "hua_prequential_tasks", "Annotated tasks those figures were measured on (no figure below EVAL_MIN_TASKS)",
-            ["project", "model_version"], registry=self.registry,
+            "hua_prequential_tasks",
+            "Annotated tasks those figures were measured on (no figure below EVAL_MIN_TASKS)",
+            ["project", "model_version"],
+            registry=self.registry,
         )
         self._quality: dict[str, tuple[str, tuple[str, ...]]] = {}
         self._quality_lock = threading.Lock()

@@ -35,12 +35,20 @@ def quality_png(rows: list[dict], min_tasks: int) -> bytes:
         xs = [p["x"] for p in shown if key in p]
         axes.plot(xs, [p[key] for p in shown if key in p], style, label=label)
     for p in shown:
-        axes.annotate(p["version"], (p["x"], p.get("map_50", 0.0)), textcoords="offset points", xytext=(4, 6),
-                      fontsize=8)
+        axes.annotate(
+            p["version"], (p["x"], p.get("map_50", 0.0)), textcoords="offset points", xytext=(4, 6), fontsize=8
+        )
     if not shown:
-        axes.text(0.5, 0.5, f"no figures yet: a version is measured on at least {min_tasks} tasks\n"
-                  "annotated after it, when the next training starts", ha="center", va="center",
-                  transform=axes.transAxes, fontsize=9)
+        axes.text(
+            0.5,
+            0.5,
+            f"no figures yet: a version is measured on at least {min_tasks} tasks\n"
+            "annotated after it, when the next training starts",
+            ha="center",
+            va="center",
+            transform=axes.transAxes,
+            fontsize=9,
+        )
     else:
         axes.legend(loc="upper left", fontsize=8)
     axes.set_ylim(-0.02, 1.05)

@@ -80,7 +80,12 @@ def box_result(box: Sequence[float], label: str, score: float, width: int, heigh
 
 
 def task_prediction(
-    detections: Detections, labels: Sequence[str], names: ProjectLabels, version: str, *, display_threshold: float,
+    detections: Detections,
+    labels: Sequence[str],
+    names: ProjectLabels,
+    version: str,
+    *,
+    display_threshold: float,
     score: float,
 ) -> dict:
     """A task's prediction: its boxes scoring at least ``display_threshold`` (SCORE_THRESHOLD) and its task score.
@@ -128,7 +133,7 @@ class Deadline:
     clock: Callable[[], float] = time.monotonic
 
     @classmethod
-    def after(cls, seconds: float, clock: Callable[[], float] = time.monotonic) -> "Deadline":
+    def after(cls, seconds: float, clock: Callable[[], float] = time.monotonic) -> Deadline:
         return cls(clock() + seconds, clock)
 
     def fits(self, seconds: float) -> bool:
@@ -152,19 +157,37 @@ def load_task_images(
 
 
 def predict_images(
-    detector: Detector | QueuedDetector, version: str, tensors: list[Tensor], names: ProjectLabels,
-    ranking: StoredRanking | None, hua: HUAConfig, *, display_threshold: float,
+    detector: Detector | QueuedDetector,
+    version: str,
+    tensors: list[Tensor],
+    names: ProjectLabels,
+    ranking: StoredRanking | None,
+    hua: HUAConfig,
+    *,
+    display_threshold: float,
 ) -> list[dict]:
     """Predictions of decoded images (``image_tensor``); scored on the stored ranking's scale when there is one."""
     labels = detector.labels
     if ranking is None or ranking.scale is None:
-        return [task_prediction(det, labels, names, version, display_threshold=display_threshold,
-                                score=entropy_score(image_entropy(det, hua))) for det in detector.predict(tensors)]
+        return [
+            task_prediction(
+                det,
+                labels,
+                names,
+                version,
+                display_threshold=display_threshold,
+                score=entropy_score(image_entropy(det, hua)),
+            )
+            for det in detector.predict(tensors)
+        ]
     freq = torch.tensor(ranking.labeled_freq, dtype=torch.float64)
-    scored = score_new_images(detector, range(len(tensors)), tensors.__getitem__, freq, ranking.scale, hua,
-                              batch_size=max(1, len(tensors)))  # the caller's batch, one forward pass
-    return [task_prediction(det, labels, names, version, display_threshold=display_threshold, score=score)
-            for det, score in zip(scored.detections, scored.scores)]
+    scored = score_new_images(
+        detector, range(len(tensors)), tensors.__getitem__, freq, ranking.scale, hua, batch_size=max(1, len(tensors))
+    )  # the caller's batch, one forward pass
+    return [
+        task_prediction(det, labels, names, version, display_threshold=display_threshold, score=score)
+        for det, score in zip(scored.detections, scored.scores)
+    ]
 
 
 @dataclass(frozen=True)
@@ -186,8 +209,19 @@ class _BatchPredictor:
         out: list[dict | TaskFailure] = [item.failure for item in images]
         ok = [i for i, item in enumerate(images) if item.image is not None]
         try:
-            predictions = predict_images(self.detector, self.version, [images[i].image for i in ok], self.names,
-                                         self.ranking, self.hua, display_threshold=self.display_threshold) if ok else []
+            predictions = (
+                predict_images(
+                    self.detector,
+                    self.version,
+                    [images[i].image for i in ok],
+                    self.names,
+                    self.ranking,
+                    self.hua,
+                    display_threshold=self.display_threshold,
+                )
+                if ok
+                else []
+            )
         except RuntimeError as exc:  # e.g. out of memory: these tasks stay empty, the others go on
             logger.exception("prediction failed for tasks %s", [images[i].task_id for i in ok])
             predictions = [TaskFailure(images[i].task_id, "inference", f"{type(exc).__name__}: {exc}") for i in ok]
@@ -196,8 +230,9 @@ class _BatchPredictor:
         return out
 
 
-def _answer_from_ranking(tasks: Sequence[dict], ranking: StoredRanking | None, version: str,
-                         results: list[dict | list]) -> list[int]:
+def _answer_from_ranking(
+    tasks: Sequence[dict], ranking: StoredRanking | None, version: str, results: list[dict | list]
+) -> list[int]:
     """Fill in the tasks the stored ranking scored; returns the indices of the others."""
     todo = []
     for i, task in enumerate(tasks):
@@ -268,8 +303,26 @@ class TaskPredictor:
     fetch_workers: int
     display_threshold: float
 
-    def predict(self, tasks: Sequence[dict], names: ProjectLabels, served: ServedModel,
-                ranking: StoredRanking | None = None, *, queue: InferenceQueue | None = None,
-                deadline: Deadline | None = None) -> PredictedTasks:
-        return predict_tasks(tasks, names, served, self.images, batch_size=self.batch_size, workers=self.fetch_workers,
-                             ranking=ranking, hua=self.hua, display_threshold=self.display_threshold, queue=queue, deadline=deadline)
+    def predict(
+        self,
+        tasks: Sequence[dict],
+        names: ProjectLabels,
+        served: ServedModel,
+        ranking: StoredRanking | None = None,
+        *,
+        queue: InferenceQueue | None = None,
+        deadline: Deadline | None = None,
+    ) -> PredictedTasks:
+        return predict_tasks(
+            tasks,
+            names,
+            served,
+            self.images,
+            batch_size=self.batch_size,
+            workers=self.fetch_workers,
+            ranking=ranking,
+            hua=self.hua,
+            display_threshold=self.display_threshold,
+            queue=queue,
+            deadline=deadline,
+        )

@@ -35,7 +35,7 @@ class StoredRanking:
     details: dict[int, dict] = field(default_factory=dict)
 
     @classmethod
-    def read(cls, version: Version) -> "StoredRanking":
+    def read(cls, version: Version) -> StoredRanking:
         path = version.path / RANKING_FILE
         if not path.exists():
             return cls()

@@ -34,19 +34,21 @@ def version_rows(versions: list[Version]) -> list[dict]:
     rows = []
     for version in versions:
         by, evaluation = measured.get(version.name, (None, None))
-        rows.append({
-            "model_version": version.name,
-            "created": version.meta.created,
-            "parent": version.meta.parent,
-            "weights": version.meta.weights,
-            "trained_on_tasks": len(version.meta.annotation_ids or []),
-            "held_out": version.meta.metrics or {},
-            "evaluated_by": by,
-            "evaluation": evaluation.to_json() if evaluation else None,
-            "figures": evaluation.figures() if evaluation else {},
-            "status": evaluation.status if evaluation else "not_measured",
-            "message": evaluation.message if evaluation else NOT_MEASURED,
-        })
+        rows.append(
+            {
+                "model_version": version.name,
+                "created": version.meta.created,
+                "parent": version.meta.parent,
+                "weights": version.meta.weights,
+                "trained_on_tasks": len(version.meta.annotation_ids or []),
+                "held_out": version.meta.metrics or {},
+                "evaluated_by": by,
+                "evaluation": evaluation.to_json() if evaluation else None,
+                "figures": evaluation.figures() if evaluation else {},
+                "status": evaluation.status if evaluation else "not_measured",
+                "message": evaluation.message if evaluation else NOT_MEASURED,
+            }
+        )
     return rows
 
 
@@ -97,8 +99,9 @@ def project_report(service: Service, project: str, queue_size: int = QUEUE_HEAD)
     return {
         "project": project,
         "serving": versions[-1].name if versions else None,
-        "weights": describe_version(versions[-1].name, versions[-1].meta,
-                                    service.registry.weights_reports.get(project)) if versions else None,
+        "weights": describe_version(versions[-1].name, versions[-1].meta, service.registry.weights_reports.get(project))
+        if versions
+        else None,
         "min_tasks": service.settings.eval_min_tasks,
         "versions": version_rows(versions),
         "latest_evaluation": latest.to_json() if latest else None,

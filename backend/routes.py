@@ -111,9 +111,13 @@ def health() -> Response:
     registry = service.registry
     root = Path(service.settings.model_dir)
     found = problems(root, service.board)
-    body = {"status": "degraded" if found else "UP", "model_class": MODEL_CLASS,
-            "backbone": registry.config.backbone, "weights": serving_weights(registry, service.settings.weights),
-            "disk": {"projects": project_disk_use(root)}}
+    body = {
+        "status": "degraded" if found else "UP",
+        "model_class": MODEL_CLASS,
+        "backbone": registry.config.backbone,
+        "weights": serving_weights(registry, service.settings.weights),
+        "disk": {"projects": project_disk_use(root)},
+    }
     if found:
         body["problems"] = found
     serving = registry.serving()
@@ -149,8 +153,9 @@ def predict() -> Response:
     service = app_service()
     served = service.registry.get(pid, names.labels, names.aliases)
     service.metrics.set_version(pid, served.name)
-    outcome = service.predictor.predict(tasks, names, served, service.rankings.get(served.version),
-                                        queue=service.inference, deadline=deadline)
+    outcome = service.predictor.predict(
+        tasks, names, served, service.rankings.get(served.version), queue=service.inference, deadline=deadline
+    )
     if outcome.deferred:
         defer_predictions(service.deferred, service.scheduler, pid, outcome.deferred, service.settings.predict_deadline)
     _count(service.metrics, outcome)

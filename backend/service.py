@@ -77,8 +77,9 @@ def app_service(app: Flask | None = None) -> Service:
     return (current_app if app is None else app).extensions[_EXTENSION]
 
 
-def build_service(settings: Settings, *, ls_client: LabelStudioClient | None = None,
-                  runner: Runner | None = None) -> Service:
+def build_service(
+    settings: Settings, *, ls_client: LabelStudioClient | None = None, runner: Runner | None = None
+) -> Service:
     """Every part of a backend process for ``settings``.
 
     Args:
@@ -102,8 +103,13 @@ def build_service(settings: Settings, *, ls_client: LabelStudioClient | None = N
         store=store,
         registry=registry,
         images=images,
-        predictor=TaskPredictor(images, settings.hua_config(), batch_size=settings.batch_size,
-                                fetch_workers=settings.fetch_workers, display_threshold=settings.display_threshold),
+        predictor=TaskPredictor(
+            images,
+            settings.hua_config(),
+            batch_size=settings.batch_size,
+            fetch_workers=settings.fetch_workers,
+            display_threshold=settings.display_threshold,
+        ),
         inference=InferenceQueue(settings.batch_size),
         admission=Admission(settings.threads - settings.light_threads),
         rankings=RankingCache(),

@@ -95,7 +95,7 @@ class Settings:
     hua_diversity_window: int = 64
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read the variables of ``ENVIRONMENT`` from ``environ`` (default: os.environ)."""
         env = os.environ if environ is None else environ
         values = {}
@@ -127,14 +127,25 @@ class Settings:
             raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         if self.device not in ("auto", "cpu", "cuda"):
             raise SettingsError("DEVICE must be auto, cpu or cuda")
-        for name in ("batch_size", "fetch_workers", "workers", "threads", "max_image_pixels", "train_processes",
-                     "hua_diversity_window", "eval_min_tasks",
-                     "max_job_processes", "light_threads"):
+        for name in (
+            "batch_size",
+            "fetch_workers",
+            "workers",
+            "threads",
+            "max_image_pixels",
+            "train_processes",
+            "hua_diversity_window",
+            "eval_min_tasks",
+            "max_job_processes",
+            "light_threads",
+        ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env_name(name)} must be at least 1")
         if self.light_threads >= self.threads:
-            raise SettingsError(f"LIGHT_THREADS ({self.light_threads}) must be below THREADS ({self.threads}): "
-                                "/predict needs at least one thread")
+            raise SettingsError(
+                f"LIGHT_THREADS ({self.light_threads}) must be below THREADS ({self.threads}): "
+                "/predict needs at least one thread"
+            )
         if self.client_timeout <= 0:
             raise SettingsError(f"CLIENT_TIMEOUT must be above 0 seconds, got {self.client_timeout}")
         if self.predict_deadline <= 0:
@@ -144,8 +155,10 @@ class Settings:
         if self.train_every < 1:
             raise SettingsError("TRAIN_EVERY must be at least 1")
         if self.weights not in WEIGHT_SOURCES and not Path(self.weights).exists():
-            raise SettingsError(f"WEIGHTS must be one of {', '.join(WEIGHT_SOURCES)} or the path of a checkpoint "
-                                f"folder saved by this backend (weights.pt + meta.json); {self.weights!r} does not exist")
+            raise SettingsError(
+                f"WEIGHTS must be one of {', '.join(WEIGHT_SOURCES)} or the path of a checkpoint "
+                f"folder saved by this backend (weights.pt + meta.json); {self.weights!r} does not exist"
+            )
         if not 0.0 <= self.display_threshold <= 1.0:
             raise SettingsError(f"SCORE_THRESHOLD must be in [0, 1], got {self.display_threshold}")
         self._validate_loss()
@@ -163,8 +176,9 @@ class Settings:
             raise SettingsError(f"LOSS must be {' or '.join(kinds)}, got {self.loss!r}")
         forms = (LossConfig.PAPER_FORM, LossConfig.BALANCED_FORM)
         if self.sync_form not in forms:
-            raise SettingsError(f"SYNC_FORM must be {' or '.join(forms)} (the paper's form is the default), "
-                                f"got {self.sync_form!r}")
+            raise SettingsError(
+                f"SYNC_FORM must be {' or '.join(forms)} (the paper's form is the default), got {self.sync_form!r}"
+            )
 
     def detector_config(self, device_kind: str) -> DetectorConfig:
         """The slice of the settings that ``model.detector`` needs, in a process on ``device_kind``.
@@ -205,8 +219,9 @@ class Settings:
             batch_size=self.train_batch_size,
             seed=self.train_seed,
             grad_clip=self.grad_clip,
-            loss=LossConfig(kind=self.loss, form=self.sync_form, eiou_gamma=self.eiou_gamma,
-                            lambda_fixed=self.sync_lambda),
+            loss=LossConfig(
+                kind=self.loss, form=self.sync_form, eiou_gamma=self.eiou_gamma, lambda_fixed=self.sync_lambda
+            ),
         )
 
     @property
@@ -219,65 +234,67 @@ class Settings:
 
 
 # Environment variable -> Settings attribute.
-ENVIRONMENT: Mapping[str, str] = MappingProxyType({
-    "HOST": "host",
-    "PORT": "port",
-    "MODEL_DIR": "model_dir",
-    "LOG_LEVEL": "log_level",
-    "WORKERS": "workers",
-    "THREADS": "threads",
-    "LIGHT_THREADS": "light_threads",
-    "CLIENT_TIMEOUT": "client_timeout",
-    "LABEL_STUDIO_URL": "label_studio_url",
-    "LABEL_STUDIO_API_KEY": "api_key",
-    "BASIC_AUTH_USER": "basic_auth_user",
-    "BASIC_AUTH_PASS": "basic_auth_pass",
-    "WEBHOOK_SECRET": "webhook_secret",
-    "DEVICE": "device",
-    "BACKBONE": "backbone",
-    "WEIGHTS": "weights",
-    "ALLOW_WEIGHTS_DOWNLOAD": "allow_weights_download",
-    "SCORE_THRESHOLD": "display_threshold",
-    "EVAL_MIN_TASKS": "eval_min_tasks",
-    "BATCH_SIZE": "batch_size",
-    "FETCH_WORKERS": "fetch_workers",
-    "FETCH_TIMEOUT": "fetch_timeout",
-    "PREDICT_DEADLINE": "predict_deadline",
-    "ALLOWED_IMAGE_HOSTS": "allowed_image_hosts",
-    "LOCAL_FILES_DOCUMENT_ROOT": "local_files_document_root",
-    "MAX_IMAGE_PIXELS": "max_image_pixels",
-    "IMAGE_CACHE_DIR": "image_cache_dir",
-    "TRAIN_EVERY": "train_every",
-    "TRAIN_REINIT": "train_reinit",
-    "LOSS": "loss",
-    "SYNC_FORM": "sync_form",
-    "EIOU_GAMMA": "eiou_gamma",
-    "SYNC_LAMBDA": "sync_lambda",
-    "LOG_VAR_BOUND": "log_var_bound",
-    "EPOCHS": "epochs",
-    "TRAIN_ITERATIONS": "train_iterations",
-    "TRAIN_MIN_ITERATIONS": "train_min_iterations",
-    "WARMUP_FRACTION": "warmup_fraction",
-    "LEARNING_RATE": "learning_rate",
-    "TRAIN_BATCH_SIZE": "train_batch_size",
-    "TRAIN_SEED": "train_seed",
-    "GRAD_CLIP": "grad_clip",
-    "REDIS_URL": "redis_url",
-    "TRAIN_PROCESSES": "train_processes",
-    "JOB_TIMEOUT": "job_timeout",
-    "MAX_JOB_PROCESSES": "max_job_processes",
-    "KEEP_VERSIONS": "keep_versions",
-    "HUA_AGGREGATE": "hua_aggregate",
-    "HUA_RETRIEVAL_FRACTION": "hua_retrieval_fraction",
-    "HUA_MIN_CANDIDATES": "hua_min_candidates",
-    "HUA_CANDIDATES": "hua_candidates",
-    "HUA_OVERLAP_IOU": "hua_overlap_iou",
-    "HUA_SCORE_THRESHOLD": "analysis_threshold",
-    "HUA_MERGE_IOU": "hua_merge_iou",
-    "HUA_CONFIDENT_SCORE": "hua_confident_score",
-    "HUA_DIVERSITY": "hua_diversity",
-    "HUA_DIVERSITY_WINDOW": "hua_diversity_window",
-})
+ENVIRONMENT: Mapping[str, str] = MappingProxyType(
+    {
+        "HOST": "host",
+        "PORT": "port",
+        "MODEL_DIR": "model_dir",
+        "LOG_LEVEL": "log_level",
+        "WORKERS": "workers",
+        "THREADS": "threads",
+        "LIGHT_THREADS": "light_threads",
+        "CLIENT_TIMEOUT": "client_timeout",
+        "LABEL_STUDIO_URL": "label_studio_url",
+        "LABEL_STUDIO_API_KEY": "api_key",
+        "BASIC_AUTH_USER": "basic_auth_user",
+        "BASIC_AUTH_PASS": "basic_auth_pass",
+        "WEBHOOK_SECRET": "webhook_secret",
+        "DEVICE": "device",
+        "BACKBONE": "backbone",
+        "WEIGHTS": "weights",
+        "ALLOW_WEIGHTS_DOWNLOAD": "allow_weights_download",
+        "SCORE_THRESHOLD": "display_threshold",
+        "EVAL_MIN_TASKS": "eval_min_tasks",
+        "BATCH_SIZE": "batch_size",
+        "FETCH_WORKERS": "fetch_workers",
+        "FETCH_TIMEOUT": "fetch_timeout",
+        "PREDICT_DEADLINE": "predict_deadline",
+        "ALLOWED_IMAGE_HOSTS": "allowed_image_hosts",
+        "LOCAL_FILES_DOCUMENT_ROOT": "local_files_document_root",
+        "MAX_IMAGE_PIXELS": "max_image_pixels",
+        "IMAGE_CACHE_DIR": "image_cache_dir",
+        "TRAIN_EVERY": "train_every",
+        "TRAIN_REINIT": "train_reinit",
+        "LOSS": "loss",
+        "SYNC_FORM": "sync_form",
+        "EIOU_GAMMA": "eiou_gamma",
+        "SYNC_LAMBDA": "sync_lambda",
+        "LOG_VAR_BOUND": "log_var_bound",
+        "EPOCHS": "epochs",
+        "TRAIN_ITERATIONS": "train_iterations",
+        "TRAIN_MIN_ITERATIONS": "train_min_iterations",
+        "WARMUP_FRACTION": "warmup_fraction",
+        "LEARNING_RATE": "learning_rate",
+        "TRAIN_BATCH_SIZE": "train_batch_size",
+        "TRAIN_SEED": "train_seed",
+        "GRAD_CLIP": "grad_clip",
+        "REDIS_URL": "redis_url",
+        "TRAIN_PROCESSES": "train_processes",
+        "JOB_TIMEOUT": "job_timeout",
+        "MAX_JOB_PROCESSES": "max_job_processes",
+        "KEEP_VERSIONS": "keep_versions",
+        "HUA_AGGREGATE": "hua_aggregate",
+        "HUA_RETRIEVAL_FRACTION": "hua_retrieval_fraction",
+        "HUA_MIN_CANDIDATES": "hua_min_candidates",
+        "HUA_CANDIDATES": "hua_candidates",
+        "HUA_OVERLAP_IOU": "hua_overlap_iou",
+        "HUA_SCORE_THRESHOLD": "analysis_threshold",
+        "HUA_MERGE_IOU": "hua_merge_iou",
+        "HUA_CONFIDENT_SCORE": "hua_confident_score",
+        "HUA_DIVERSITY": "hua_diversity",
+        "HUA_DIVERSITY_WINDOW": "hua_diversity_window",
+    }
+)
 
 
 def _env_name(attr: str) -> str:

@@ -11,7 +11,7 @@ The app's basic auth covers these routes like every other.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import requests
 from flask import Blueprint, Response, jsonify, render_template
@@ -54,7 +54,7 @@ def _utc(value: str | None) -> str:
     except ValueError:
         return value
     if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc)
+        moment = moment.astimezone(UTC)
     return moment.strftime(TIME_FORMAT)
 
 
@@ -84,8 +84,12 @@ def page() -> str:
     started = {p["project"]: p["report"]["weights"] for p in projects if p["report"]["weights"]}
     weights = summary(started, service.settings.weights, service.registry.config.backbone)
     return render_template(
-        "ui.html", projects=projects, metric_names=METRIC_NAMES, weights=weights,
-        min_tasks=service.settings.eval_min_tasks, display_threshold=service.settings.display_threshold,
+        "ui.html",
+        projects=projects,
+        metric_names=METRIC_NAMES,
+        weights=weights,
+        min_tasks=service.settings.eval_min_tasks,
+        display_threshold=service.settings.display_threshold,
     )
 
 
@@ -111,8 +115,11 @@ def _label_studio_statuses(service: Service, projects: list[str]) -> dict[str, d
             if "HTTP" not in str(exc):  # not even an error page: it is down or unreachable
                 client, reason = None, f"unreachable at {settings.label_studio_url}"
             continue
-        statuses[project] = {"reachable": True, "title": found.get("title", ""),
-                             "tasks": found.get("task_number", 0),
-                             "annotated": found.get("num_tasks_with_annotations", 0),
-                             "url": f"{settings.label_studio_url.rstrip('/')}/projects/{project}/data"}
+        statuses[project] = {
+            "reachable": True,
+            "title": found.get("title", ""),
+            "tasks": found.get("task_number", 0),
+            "annotated": found.get("num_tasks_with_annotations", 0),
+            "url": f"{settings.label_studio_url.rstrip('/')}/projects/{project}/data",
+        }
     return statuses

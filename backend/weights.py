@@ -25,22 +25,30 @@ def describe_source(weights: str | None, backbone: str | None) -> tuple[str, str
     """(source, meaning) of base weights: a ``WEIGHT_SOURCES`` name, a version's warm start or a checkpoint path."""
     arch = f" ({backbone})" if backbone else ""
     if weights == "coco":
-        return (f"COCO weights{arch}",
-                "pre-annotations from the start for labels that match a COCO class (person, car, dog, ...); "
-                "other labels get boxes after the first trainings")
+        return (
+            f"COCO weights{arch}",
+            "pre-annotations from the start for labels that match a COCO class (person, car, dog, ...); "
+            "other labels get boxes after the first trainings",
+        )
     if weights == "imagenet":
-        return (f"ImageNet backbone{arch}, detection head untrained",
-                "no useful pre-annotations until the first trainings (which learn faster than from random weights)")
+        return (
+            f"ImageNet backbone{arch}, detection head untrained",
+            "no useful pre-annotations until the first trainings (which learn faster than from random weights)",
+        )
     if weights == "none":
         return "random initialisation", "no pre-annotations until the first trainings"
     if weights and weights.endswith(WARM_START):
         parent = weights[: -len(WARM_START)]
-        return (f"trained version {parent}, warm start",
-                f"the labels {parent} knew keep what it learned; new labels get boxes after the next training")
+        return (
+            f"trained version {parent}, warm start",
+            f"the labels {parent} knew keep what it learned; new labels get boxes after the next training",
+        )
     if weights:
-        return (f"checkpoint {Path(weights).name}",
-                f"weights of a checkpoint saved by this backend (WEIGHTS={weights}): pre-annotations for the labels "
-                "it was trained on")
+        return (
+            f"checkpoint {Path(weights).name}",
+            f"weights of a checkpoint saved by this backend (WEIGHTS={weights}): pre-annotations for the labels "
+            "it was trained on",
+        )
     return "unknown weights", "this version's meta does not say where its weights came from"
 
 
@@ -63,16 +71,29 @@ def describe_version(name: str, meta: VersionMeta, report: WeightsReport | None 
         if fell_back:
             source += f" ({requested} weights were asked for but could not be had)"
     reasons = list(report.reasons) if report is not None and report.used == used else []
-    return {"version": name, "source": source, "meaning": meaning, "used": used, "requested": requested,
-            "fell_back": fell_back, "reasons": reasons}
+    return {
+        "version": name,
+        "source": source,
+        "meaning": meaning,
+        "used": used,
+        "requested": requested,
+        "fell_back": fell_back,
+        "reasons": reasons,
+    }
 
 
 def describe_configured(weights: str, backbone: str) -> dict:
     """What WEIGHTS asks for, before any model is loaded (whether the file can be had is known only then)."""
     source, meaning = describe_source(weights, backbone)
-    return {"version": None, "source": f"{source} (configured: WEIGHTS={weights})",
-            "meaning": f"{meaning}; {NOT_LOADED}", "used": None, "requested": weights, "fell_back": False,
-            "reasons": []}
+    return {
+        "version": None,
+        "source": f"{source} (configured: WEIGHTS={weights})",
+        "meaning": f"{meaning}; {NOT_LOADED}",
+        "used": None,
+        "requested": weights,
+        "fell_back": False,
+        "reasons": [],
+    }
 
 
 def summary(projects: dict[str, dict], configured: str, backbone: str) -> dict:
@@ -86,8 +107,12 @@ def summary(projects: dict[str, dict], configured: str, backbone: str) -> dict:
     else:
         source = "; ".join(f"project {p}: {d['source']}" for p, d in projects.items())
         meaning = "; ".join(f"project {p}: {d['meaning']}" for p, d in projects.items())
-    return {"source": source, "meaning": meaning, "fell_back": any(d["fell_back"] for d in projects.values()),
-            "projects": projects}
+    return {
+        "source": source,
+        "meaning": meaning,
+        "fell_back": any(d["fell_back"] for d in projects.values()),
+        "projects": projects,
+    }
 
 
 def serving_weights(registry: ModelRegistry, configured: str) -> dict:
@@ -99,6 +124,7 @@ def serving_weights(registry: ModelRegistry, configured: str) -> dict:
     for project in registry.serving():
         served = registry.peek(project)
         if served is not None:
-            projects[project] = describe_version(served.name, served.version.meta,
-                                                 registry.weights_reports.get(project))
+            projects[project] = describe_version(
+                served.name, served.version.meta, registry.weights_reports.get(project)
+            )
     return summary(projects, configured, registry.config.backbone)

@@ -43,16 +43,22 @@ from labelstudio import ensure_ls_venv, start_label_studio, start_ml_backend  # 
 from s3server import BUCKET, DEFAULT_KEYS, REGION, start_s3_server  # noqa: E402
 
 FOLDER = "bench-cloud"
-LABEL_CONFIG = ('<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'
-                '<Label value="car"/><Label value="person"/></RectangleLabels></View>')
+LABEL_CONFIG = (
+    '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'
+    '<Label value="car"/><Label value="person"/></RectangleLabels></View>'
+)
 POLL_S = 0.5
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=500, help="N tasks in each project")
-    parser.add_argument("--presign", action=argparse.BooleanOptionalAction, default=True,
-                        help="the storage's 'Use pre-signed URLs' (off: Label Studio proxies the bytes)")
+    parser.add_argument(
+        "--presign",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the storage's 'Use pre-signed URLs' (off: Label Studio proxies the bytes)",
+    )
     parser.add_argument("--backbone", default="mobilenet_v3_320_fpn", help="BACKBONE")
     parser.add_argument("--size", default="320x240", help="image WIDTHxHEIGHT")
     parser.add_argument("--deadline", type=float, default=60.0, help="PREDICT_DEADLINE, seconds")
@@ -79,9 +85,18 @@ def make_projects(ls, s3_server, args: argparse.Namespace) -> tuple[int, int]:
     client.create_local_storage(local, folder, use_blob_urls=False)
     client.import_tasks(local, [{"image": f"/data/local-files/?d={FOLDER}/{name}"} for name in names])
     cloud = client.create_project("bench cloud: bucket", LABEL_CONFIG)
-    body = {"project": cloud, "bucket": BUCKET, "prefix": "", "regex_filter": r".*\.jpg", "use_blob_urls": True,
-            "presign": args.presign, "presign_ttl": 15, "region_name": REGION, "s3_endpoint": s3_server.url,
-            **DEFAULT_KEYS}
+    body = {
+        "project": cloud,
+        "bucket": BUCKET,
+        "prefix": "",
+        "regex_filter": r".*\.jpg",
+        "use_blob_urls": True,
+        "presign": args.presign,
+        "presign_ttl": 15,
+        "region_name": REGION,
+        "s3_endpoint": s3_server.url,
+        **DEFAULT_KEYS,
+    }
     storage = client.post("/api/storages/s3", json=body)["id"]
     info = client.post(f"/api/storages/s3/{storage}/sync")
     started = time.monotonic()
@@ -111,8 +126,12 @@ def retrieve(ls, backend, project: int, tasks: int, timeout: float) -> dict:
         if job == job_before or (job or {}).get("status") in ("done", "failed"):  # none scheduled, or it ended
             break
         time.sleep(POLL_S)
-    return {"seconds": time.monotonic() - started, "answer_s": answered,
-            "added": client.model_versions(project).get(version, 0) - before, "job": _predict_job(backend, project)}
+    return {
+        "seconds": time.monotonic() - started,
+        "answer_s": answered,
+        "added": client.model_versions(project).get(version, 0) - before,
+        "job": _predict_job(backend, project),
+    }
 
 
 def _predict_job(backend, project: int) -> dict | None:
@@ -126,45 +145,75 @@ def run(args: argparse.Namespace, base: Path) -> dict:
     try:
         s3_server = start_s3_server(base)
         local, cloud = make_projects(ls, s3_server, args)
-        env = {"BACKBONE": args.backbone, "WEIGHTS": "none", "PREDICT_DEADLINE": str(args.deadline),
-               "SCORE_THRESHOLD": "0.5", "LOG_LEVEL": "INFO"}
+        env = {
+            "BACKBONE": args.backbone,
+            "WEIGHTS": "none",
+            "PREDICT_DEADLINE": str(args.deadline),
+            "SCORE_THRESHOLD": "0.5",
+            "LOG_LEVEL": "INFO",
+        }
         backend = start_ml_backend(ls, base / "models", base / "gunicorn.log", extra_env=env)
         client = ls.client()
         for project in (local, cloud):
-            client.connect_ml_backend(project, backend.url, "hua-backend bench", user=backend.user,
-                                      password=backend.password)
+            client.connect_ml_backend(
+                project, backend.url, "hua-backend bench", user=backend.user, password=backend.password
+            )
         figures = {"local": retrieve(ls, backend, local, args.tasks, args.timeout)}
         gets = s3_server.object_gets(BUCKET)
         figures["cloud"] = retrieve(ls, backend, cloud, args.tasks, args.timeout)
         figures["first_downloads"] = s3_server.object_gets(BUCKET) - gets
         gets = s3_server.object_gets(BUCKET)
         # Label Studio sends only tasks without a prediction of the current version: delete them first
-        client.post("/api/dm/actions", params={"id": "delete_tasks_predictions", "project": cloud},
-                    json={"selectedItems": {"all": True, "excluded": []}})
+        client.post(
+            "/api/dm/actions",
+            params={"id": "delete_tasks_predictions", "project": cloud},
+            json={"selectedItems": {"all": True, "excluded": []}},
+        )
         figures["cloud_again"] = retrieve(ls, backend, cloud, args.tasks, args.timeout)
         figures["second_downloads"] = s3_server.object_gets(BUCKET) - gets
     finally:
         for server in (backend, s3_server, ls):
             if server is not None:
                 server.stop()
-    return {**figures, "tasks": args.tasks, "presign": args.presign, "backbone": args.backbone, "size": args.size,
-            "load_average": os.getloadavg()}
+    return {
+        **figures,
+        "tasks": args.tasks,
+        "presign": args.presign,
+        "backbone": args.backbone,
+        "size": args.size,
+        "load_average": os.getloadavg(),
+    }
 
 
 def report(f: dict) -> None:
     ratio = f["cloud"]["seconds"] / f["local"]["seconds"]
     rows = [
-        ["L: local files, retrieve", f"{f['local']['seconds']:.1f} s ({f['local']['added']} of {f['tasks']} "
-         "predicted)", "", ""],
-        ["C: bucket, retrieve", f"{f['cloud']['seconds']:.1f} s ({f['cloud']['added']} of {f['tasks']} predicted, "
-         f"{f['first_downloads']} downloads)", "", ""],
+        [
+            "L: local files, retrieve",
+            f"{f['local']['seconds']:.1f} s ({f['local']['added']} of {f['tasks']} predicted)",
+            "",
+            "",
+        ],
+        [
+            "C: bucket, retrieve",
+            f"{f['cloud']['seconds']:.1f} s ({f['cloud']['added']} of {f['tasks']} predicted, "
+            f"{f['first_downloads']} downloads)",
+            "",
+            "",
+        ],
         ["C / L wall time", f"{ratio:.2f}", "", ""],
-        ["C: second retrieve", f"{f['cloud_again']['seconds']:.1f} s ({f['cloud_again']['added']} predicted), "
-         f"{f['second_downloads']} downloads", "0",
-         fmt_goal(f["second_downloads"] == 0 and f["cloud_again"]["added"] == f["tasks"])],
+        [
+            "C: second retrieve",
+            f"{f['cloud_again']['seconds']:.1f} s ({f['cloud_again']['added']} predicted), "
+            f"{f['second_downloads']} downloads",
+            "0",
+            fmt_goal(f["second_downloads"] == 0 and f["cloud_again"]["added"] == f["tasks"]),
+        ],
     ]
-    header = (f"N={f['tasks']} tasks of {f['size']}, presign {'on' if f['presign'] else 'off'}, {f['backbone']}, "
-              f"load average {f['load_average'][0]:.2f}")
+    header = (
+        f"N={f['tasks']} tasks of {f['size']}, presign {'on' if f['presign'] else 'off'}, {f['backbone']}, "
+        f"load average {f['load_average'][0]:.2f}"
+    )
     print_table(header, ["what", "measured", "goal", ""], rows)
 
 

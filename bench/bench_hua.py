@@ -63,6 +63,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from backend.labels import parse_label_config
+from backend.predictions import box_result
+from backend.ranking_store import StoredRanking
 from bench.bench_hua_aggregate import median_seconds, synthetic_pool
 from bench.bench_predict import GunicornServer, free_port
 from bench.common import (
@@ -77,9 +80,6 @@ from bench.common import (
     write_json,
 )
 from bench.hua_scoring import Pool, time_scoring
-from backend.labels import parse_label_config
-from backend.predictions import box_result
-from backend.ranking_store import StoredRanking
 from model.hua import fit_scale, rank_pool
 from model.versions import VersionStore
 
@@ -185,21 +185,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=24, help="images in the pool (default 24: about 4 minutes)")
     parser.add_argument("--backbone", default="mobilenet_v2_fpn", help="detector backbone (default mobilenet_v2_fpn)")
-    parser.add_argument("--weights", default="imagenet", choices=("imagenet", "none"),
-                        help="initial weights, never downloaded (default imagenet, from TORCH_HOME)")
+    parser.add_argument(
+        "--weights",
+        default="imagenet",
+        choices=("imagenet", "none"),
+        help="initial weights, never downloaded (default imagenet, from TORCH_HOME)",
+    )
     parser.add_argument("--image-size", default="320x240", help="WIDTHxHEIGHT of the scenes (default 320x240)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
-    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
-                        help="where (a), (b) and (c) run (default cpu)")
-    parser.add_argument("--analysis-threshold", type=float, default=0.05,
-                        help="detections kept (default 0.05, torchvision's: an untrained head's boxes still reach "
-                             "the metrics, so their cost is in (b))")
+    parser.add_argument(
+        "--device", default="cpu", choices=("auto", "cpu", "cuda"), help="where (a), (b) and (c) run (default cpu)"
+    )
+    parser.add_argument(
+        "--analysis-threshold",
+        type=float,
+        default=0.05,
+        help="detections kept (default 0.05, torchvision's: an untrained head's boxes still reach "
+        "the metrics, so their cost is in (b))",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of (a), (b), (c) (default 3)")
     parser.add_argument("--aggregate-n", type=int, default=100_000, help="images of the aggregation pool")
     parser.add_argument("--predict-tasks", type=int, default=10_000, help="tasks of the ranked /predict call")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--torch-threads", type=int, default=torch.get_num_threads(),
-                        help="torch intra-op threads on the CPU (default: torch's, %(default)s here)")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="torch intra-op threads on the CPU (default: torch's, %(default)s here)",
+    )
     parser.add_argument("--out", type=Path, help="also write the results as JSON")
     args = parser.parse_args(argv)
     if min(args.n, args.repeats, args.batch_size, args.predict_tasks, args.aggregate_n, args.torch_threads) < 1:
@@ -213,8 +226,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _pool(args: argparse.Namespace) -> Pool:
     """The pool and detector that the command line describes."""
-    return Pool(n=args.n, width=args.width, height=args.height, backbone=args.backbone, weights=args.weights,
-                analysis_threshold=args.analysis_threshold, batch_size=args.batch_size, device=args.device, seed=args.seed)
+    return Pool(
+        n=args.n,
+        width=args.width,
+        height=args.height,
+        backbone=args.backbone,
+        weights=args.weights,
+        analysis_threshold=args.analysis_threshold,
+        batch_size=args.batch_size,
+        device=args.device,
+        seed=args.seed,
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -239,24 +261,63 @@ def main(argv: list[str] | None = None) -> dict:
     columns = ["step", "forward passes", "wall s", "wall ratio", "cpu s", "cpu ratio", "goal (on wall)", "goal met"]
     rows = [
         ["(a) plain pass", n, f"{wall['median_s']['a']:.3f}", "", f"{cpu['median_s']['a']:.3f}", "", "", ""],
-        ["(b) HUA score_pool", n + p, f"{wall['median_s']['b']:.3f}", f"b/a = {wall['b_over_a']:.3f}",
-         f"{cpu['median_s']['b']:.3f}", f"b/a = {cpu['b_over_a']:.3f}",
-         f"<= {scoring['b_over_a_goal']:.3f} (ideal {scoring['b_over_a_ideal']:.3f})", fmt_goal(scoring["b_over_a_met"])],
-        ["(c) CALD-style 5 views", 5 * n, f"{wall['median_s']['c']:.3f}", f"c/b = {wall['c_over_b']:.3f}",
-         f"{cpu['median_s']['c']:.3f}", f"c/b = {cpu['c_over_b']:.3f}",
-         f">= 2 (ideal {scoring['c_over_b_ideal']:.3f})", fmt_goal(scoring["c_over_b_met"])],
-        [f"rank_pool, {aggregation['N']:,} images", f"0 (P={aggregation['P']:,})", f"{aggregation['median_s']:.4f}",
-         "", "", "", "", ""],
-        [f"/predict {predict['tasks']:,} ranked, 1st", 0, f"{predict['cold_s']:.3f}",
-         f"{predict['cold_s'] / LS_PREDICT_TIMEOUT_S:.2%} of 100 s", "", "", "< 100 s",
-         fmt_goal(predict["cold_s"] < LS_PREDICT_TIMEOUT_S)],
-        [f"/predict {predict['tasks']:,} ranked, next", 0, f"{predict['warm_median_s']:.3f}",
-         f"{predict['warm_median_s'] / LS_PREDICT_TIMEOUT_S:.2%} of 100 s", "", "", "< 100 s", fmt_goal(predict["met"])],
+        [
+            "(b) HUA score_pool",
+            n + p,
+            f"{wall['median_s']['b']:.3f}",
+            f"b/a = {wall['b_over_a']:.3f}",
+            f"{cpu['median_s']['b']:.3f}",
+            f"b/a = {cpu['b_over_a']:.3f}",
+            f"<= {scoring['b_over_a_goal']:.3f} (ideal {scoring['b_over_a_ideal']:.3f})",
+            fmt_goal(scoring["b_over_a_met"]),
+        ],
+        [
+            "(c) CALD-style 5 views",
+            5 * n,
+            f"{wall['median_s']['c']:.3f}",
+            f"c/b = {wall['c_over_b']:.3f}",
+            f"{cpu['median_s']['c']:.3f}",
+            f"c/b = {cpu['c_over_b']:.3f}",
+            f">= 2 (ideal {scoring['c_over_b_ideal']:.3f})",
+            fmt_goal(scoring["c_over_b_met"]),
+        ],
+        [
+            f"rank_pool, {aggregation['N']:,} images",
+            f"0 (P={aggregation['P']:,})",
+            f"{aggregation['median_s']:.4f}",
+            "",
+            "",
+            "",
+            "",
+            "",
+        ],
+        [
+            f"/predict {predict['tasks']:,} ranked, 1st",
+            0,
+            f"{predict['cold_s']:.3f}",
+            f"{predict['cold_s'] / LS_PREDICT_TIMEOUT_S:.2%} of 100 s",
+            "",
+            "",
+            "< 100 s",
+            fmt_goal(predict["cold_s"] < LS_PREDICT_TIMEOUT_S),
+        ],
+        [
+            f"/predict {predict['tasks']:,} ranked, next",
+            0,
+            f"{predict['warm_median_s']:.3f}",
+            f"{predict['warm_median_s'] / LS_PREDICT_TIMEOUT_S:.2%} of 100 s",
+            "",
+            "",
+            "< 100 s",
+            fmt_goal(predict["met"]),
+        ],
     ]
     print_table(header, columns, rows)
-    print(f"per-round wall ratios: b/a {[round(v, 3) for v in wall['round_b_over_a']]}, "
-          f"c/b {[round(v, 3) for v in wall['round_c_over_b']]}; "
-          f"/predict answer {predict['response_bytes'] / 1e6:.1f} MB; whole run {elapsed:.0f} s")
+    print(
+        f"per-round wall ratios: b/a {[round(v, 3) for v in wall['round_b_over_a']]}, "
+        f"c/b {[round(v, 3) for v in wall['round_c_over_b']]}; "
+        f"/predict answer {predict['response_bytes'] / 1e6:.1f} MB; whole run {elapsed:.0f} s"
+    )
     sys.stdout.flush()
     result = {
         "config": {k: v for k, v in vars(args).items() if k != "out"},

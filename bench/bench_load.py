@@ -79,8 +79,14 @@ def client_loop(url: str, names: list[str], index: int, end: float, args: argpar
             turn = n + index
             kind = "good" if turn % args.bad_every else ("missing", "malformed")[(turn // args.bad_every) % 2]
             started = time.perf_counter()
-            ok = _call(session, "POST", f"{url}/predict", _predict_body(kind, names[turn % len(names)], turn),
-                       400 if kind == "malformed" else 200, timeout=300)
+            ok = _call(
+                session,
+                "POST",
+                f"{url}/predict",
+                _predict_body(kind, names[turn % len(names)], turn),
+                400 if kind == "malformed" else 200,
+                timeout=300,
+            )
             calls.add(f"/predict ({kind})", ok, time.perf_counter() - started)
 
 
@@ -116,10 +122,13 @@ def run_load(
     calls, rss = Calls(), [(0.0, worker_rss_mib(server.process.pid))]
     start = time.monotonic()
     end = start + args.seconds
-    loops = [threading.Thread(target=client_loop, args=(server.url, names, i, end, args, calls))
-             for i in range(args.clients)]
-    loops += [threading.Thread(target=poll_loop, args=(server.url, route, end, args.poll_interval, calls))
-              for route in ("/health", "/webhook")]
+    loops = [
+        threading.Thread(target=client_loop, args=(server.url, names, i, end, args, calls)) for i in range(args.clients)
+    ]
+    loops += [
+        threading.Thread(target=poll_loop, args=(server.url, route, end, args.poll_interval, calls))
+        for route in ("/health", "/webhook")
+    ]
     for loop in loops:
         loop.start()
     while any(loop.is_alive() for loop in loops):
@@ -137,20 +146,32 @@ def summary(calls: Calls) -> list[dict]:
     rows = []
     for route, samples in sorted(calls.samples.items()):
         seconds = [s for _, s in samples]
-        rows.append({"route": route, "calls": len(samples), "errors": sum(1 for ok, _ in samples if not ok),
-                     "p50": quantile(seconds, 0.5), "p99": quantile(seconds, 0.99), "max": max(seconds)})
+        rows.append(
+            {
+                "route": route,
+                "calls": len(samples),
+                "errors": sum(1 for ok, _ in samples if not ok),
+                "p50": quantile(seconds, 0.5),
+                "p99": quantile(seconds, 0.99),
+                "max": max(seconds),
+            }
+        )
     return rows
 
 
 def print_report(rows: list[dict], rss: list[tuple[float, dict]], args: argparse.Namespace) -> None:
-    print(f"{args.clients} /predict clients for {args.seconds} s, {args.backbone}, {args.image_size} JPEGs, "
-          f"WORKERS={args.workers} THREADS={args.threads} LIGHT_THREADS={args.light_threads}, "
-          f"load average now {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print(
+        f"{args.clients} /predict clients for {args.seconds} s, {args.backbone}, {args.image_size} JPEGs, "
+        f"WORKERS={args.workers} THREADS={args.threads} LIGHT_THREADS={args.light_threads}, "
+        f"load average now {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
+    )
     print(f"{'route':<24} {'calls':>7} {'errors':>7} {'p50 s':>8} {'p99 s':>8} {'max s':>8}")
     for r in rows:
         print(f"{r['route']:<24} {r['calls']:>7} {r['errors']:>7} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['max']:>8.3f}")
-    print("worker RSS (MiB) at t seconds: " + "; ".join(
-        f"t={t}: " + ", ".join(f"{v:.0f}" for v in sample.values()) for t, sample in rss))
+    print(
+        "worker RSS (MiB) at t seconds: "
+        + "; ".join(f"t={t}: " + ", ".join(f"{v:.0f}" for v in sample.values()) for t, sample in rss)
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -178,10 +199,19 @@ def main(argv: list[str] | None = None) -> None:
         doc_root = Path(tmp) / "files"
         doc_root.mkdir()
         names, _ = write_images(doc_root, 16, args.height, args.width, seed=0)
-        env = backend_env(free_port(), Path(tmp) / "models", args.backbone, WORKERS=args.workers,
-                          THREADS=args.threads, LIGHT_THREADS=args.light_threads, BATCH_SIZE="8",
-                          LOCAL_FILES_DOCUMENT_ROOT=str(doc_root), LOG_LEVEL="WARNING",
-                          OMP_NUM_THREADS=args.torch_threads, MKL_NUM_THREADS=args.torch_threads)
+        env = backend_env(
+            free_port(),
+            Path(tmp) / "models",
+            args.backbone,
+            WORKERS=args.workers,
+            THREADS=args.threads,
+            LIGHT_THREADS=args.light_threads,
+            BATCH_SIZE="8",
+            LOCAL_FILES_DOCUMENT_ROOT=str(doc_root),
+            LOG_LEVEL="WARNING",
+            OMP_NUM_THREADS=args.torch_threads,
+            MKL_NUM_THREADS=args.torch_threads,
+        )
         server = GunicornServer.start(env, Path(tmp) / "gunicorn.log")
         try:
             server.predict(names[:1])  # the first version, made before the clock starts

@@ -151,12 +151,13 @@ class GunicornServer:
     session: requests.Session = field(default_factory=requests.Session)
 
     @classmethod
-    def start(cls, env: dict[str, str], log_path: Path, timeout_s: float = 120.0) -> "GunicornServer":
+    def start(cls, env: dict[str, str], log_path: Path, timeout_s: float = 120.0) -> GunicornServer:
         gunicorn = Path(sys.executable).parent / "gunicorn"
         cmd = [str(gunicorn), "-c", "docker/gunicorn.conf.py", "backend.app:create_app()"]
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         server = cls(f"http://{env['HOST']}:{env['PORT']}", proc, log_path)
         server.wait_ready(timeout_s)
         return server
@@ -241,8 +242,15 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def measure(detector: Detector, server: GunicornServer, tensors: list[Tensor], names: list[str],
-            batch_sizes: list[int], repeats: int, warmup: int) -> dict[int, dict[str, list[float]]]:
+def measure(
+    detector: Detector,
+    server: GunicornServer,
+    tensors: list[Tensor],
+    names: list[str],
+    batch_sizes: list[int],
+    repeats: int,
+    warmup: int,
+) -> dict[int, dict[str, list[float]]]:
     """Wall seconds per call of (a) and (b) for each batch size, taken alternately.
 
     Each round measures (a) and (b) back to back, in turn a-b and b-a (so that
@@ -253,11 +261,11 @@ def measure(detector: Detector, server: GunicornServer, tensors: list[Tensor], n
     for rep in range(warmup + repeats):
         for n in batch_sizes:
             if rep % 2 == 0:
-                bare = _timed(lambda: detector.predict(tensors[:n]))
-                served = _timed(lambda: server.predict(names[:n]))
+                bare = _timed(lambda n=n: detector.predict(tensors[:n]))
+                served = _timed(lambda n=n: server.predict(names[:n]))
             else:
-                served = _timed(lambda: server.predict(names[:n]))
-                bare = _timed(lambda: detector.predict(tensors[:n]))
+                served = _timed(lambda n=n: server.predict(names[:n]))
+                bare = _timed(lambda n=n: detector.predict(tensors[:n]))
             if rep >= warmup:
                 samples[n]["bare"].append(bare)
                 samples[n]["service"].append(served)
@@ -275,35 +283,43 @@ def summarise(samples: dict[int, dict[str, list[float]]]) -> list[dict]:
     for n, runs in samples.items():
         bare, served = statistics.median(runs["bare"]), statistics.median(runs["service"])
         paired = statistics.median(b / a for a, b in zip(runs["bare"], runs["service"]))
-        rows.append({
-            "batch_size": n,
-            "bare_s": bare,
-            "service_s": served,
-            "ratio": served / bare,
-            "overhead_pct": 100.0 * (served - bare) / bare,
-            "overhead_ms_per_image": 1000.0 * (served - bare) / n,
-            "paired_overhead_pct": 100.0 * (paired - 1.0),
-            "bare_min_s": min(runs["bare"]),
-            "service_min_s": min(runs["service"]),
-            "min_overhead_pct": 100.0 * (min(runs["service"]) - min(runs["bare"])) / min(runs["bare"]),
-        })
+        rows.append(
+            {
+                "batch_size": n,
+                "bare_s": bare,
+                "service_s": served,
+                "ratio": served / bare,
+                "overhead_pct": 100.0 * (served - bare) / bare,
+                "overhead_ms_per_image": 1000.0 * (served - bare) / n,
+                "paired_overhead_pct": 100.0 * (paired - 1.0),
+                "bare_min_s": min(runs["bare"]),
+                "service_min_s": min(runs["service"]),
+                "min_overhead_pct": 100.0 * (min(runs["service"]) - min(runs["bare"])) / min(runs["bare"]),
+            }
+        )
     return rows
 
 
 def print_table(rows: list[dict], header: str) -> None:
     print(header)
-    print(f"{'batch':>5}  {'(a) bare ms':>11}  {'(b) /predict ms':>15}  {'b/a':>6}  {'overhead':>8}  "
-          f"{'ms/img':>7}  | {'paired':>7}  | {'min (a)':>7}  {'min (b)':>7}  {'overhead':>8}")
+    print(
+        f"{'batch':>5}  {'(a) bare ms':>11}  {'(b) /predict ms':>15}  {'b/a':>6}  {'overhead':>8}  "
+        f"{'ms/img':>7}  | {'paired':>7}  | {'min (a)':>7}  {'min (b)':>7}  {'overhead':>8}"
+    )
     for r in rows:
-        print(f"{r['batch_size']:>5}  {1000 * r['bare_s']:>11.1f}  {1000 * r['service_s']:>15.1f}  "
-              f"{r['ratio']:>6.3f}  {r['overhead_pct']:>7.1f}%  {r['overhead_ms_per_image']:>7.1f}  "
-              f"| {r['paired_overhead_pct']:>6.1f}%  "
-              f"| {1000 * r['bare_min_s']:>7.1f}  {1000 * r['service_min_s']:>7.1f}  {r['min_overhead_pct']:>7.1f}%")
-    print("(a) = Detector.predict on already-decoded float tensors, in this process.\n"
-          "(b) = POST /predict over HTTP to gunicorn: request/answer JSON, reading + JPEG decoding + image_tensor\n"
-          "      (decode cost is in (b) only), the same model. Medians; overhead = (b - a) / a; ms/img = (b - a) / N.\n"
-          "paired = median over rounds of b_i / a_i - 1 (each pair back to back); min = fastest call of each.\n"
-          "      Both are cross-checks for a noisy machine: trust the overhead only where the three agree.")
+        print(
+            f"{r['batch_size']:>5}  {1000 * r['bare_s']:>11.1f}  {1000 * r['service_s']:>15.1f}  "
+            f"{r['ratio']:>6.3f}  {r['overhead_pct']:>7.1f}%  {r['overhead_ms_per_image']:>7.1f}  "
+            f"| {r['paired_overhead_pct']:>6.1f}%  "
+            f"| {1000 * r['bare_min_s']:>7.1f}  {1000 * r['service_min_s']:>7.1f}  {r['min_overhead_pct']:>7.1f}%"
+        )
+    print(
+        "(a) = Detector.predict on already-decoded float tensors, in this process.\n"
+        "(b) = POST /predict over HTTP to gunicorn: request/answer JSON, reading + JPEG decoding + image_tensor\n"
+        "      (decode cost is in (b) only), the same model. Medians; overhead = (b - a) / a; ms/img = (b - a) / N.\n"
+        "paired = median over rounds of b_i / a_i - 1 (each pair back to back); min = fastest call of each.\n"
+        "      Both are cross-checks for a noisy machine: trust the overhead only where the three agree."
+    )
 
 
 # --- command line -------------------------------------------------------------------
@@ -316,8 +332,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="measured rounds (default 5)")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured rounds first (default 2)")
     parser.add_argument("--image-size", default="480x640", help="HEIGHTxWIDTH of the JPEGs (default 480x640)")
-    parser.add_argument("--torch-threads", type=int, default=len(os.sched_getaffinity(0)),
-                        help="torch threads in both processes (default: the CPUs available)")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="torch threads in both processes (default: the CPUs available)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="also write the samples and the summary as JSON")
     args = parser.parse_args(argv)
@@ -332,9 +352,18 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
     tensors = decoded_tensors(doc_root, names)
     threads = str(args.torch_threads)
     # one request at a time: 2 threads for /predict, 2 kept for the light routes (LIGHT_THREADS < THREADS)
-    env = backend_env(free_port(), model_dir, args.backbone, SCORE_THRESHOLD="0.5", THREADS="4", LIGHT_THREADS="2",
-                      BATCH_SIZE="8", LOCAL_FILES_DOCUMENT_ROOT=str(doc_root), OMP_NUM_THREADS=threads,
-                      MKL_NUM_THREADS=threads)
+    env = backend_env(
+        free_port(),
+        model_dir,
+        args.backbone,
+        SCORE_THRESHOLD="0.5",
+        THREADS="4",
+        LIGHT_THREADS="2",
+        BATCH_SIZE="8",
+        LOCAL_FILES_DOCUMENT_ROOT=str(doc_root),
+        OMP_NUM_THREADS=threads,
+        MKL_NUM_THREADS=threads,
+    )
     server = GunicornServer.start(env, tmp / "gunicorn.log")
     try:
         server.predict(names[:1])  # creates MODEL_DIR/<project>/v0001 from WEIGHTS=none
@@ -353,11 +382,13 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
         result = run(args, Path(tmp))
     result["load_average_1min"] = {"before": load_before, "after": os.getloadavg()[0]}
-    header = (f"/predict overhead, {args.backbone}, {args.height}x{args.width} JPEG q{JPEG_QUALITY} "
-              f"({result['images']}), CPU, {args.torch_threads} torch threads, "
-              f"{args.repeats} interleaved repeats after {args.warmup} warm-up rounds\n"
-              f"load average (1 min) before {load_before:.2f}, after {result['load_average_1min']['after']:.2f} "
-              f"on {os.cpu_count()} CPUs (this run itself adds about {args.torch_threads})")
+    header = (
+        f"/predict overhead, {args.backbone}, {args.height}x{args.width} JPEG q{JPEG_QUALITY} "
+        f"({result['images']}), CPU, {args.torch_threads} torch threads, "
+        f"{args.repeats} interleaved repeats after {args.warmup} warm-up rounds\n"
+        f"load average (1 min) before {load_before:.2f}, after {result['load_average_1min']['after']:.2f} "
+        f"on {os.cpu_count()} CPUs (this run itself adds about {args.torch_threads})"
+    )
     print_table(result["rows"], header)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -64,8 +64,9 @@ def imagenet_model(seed: int = 0, loss: LossConfig = LossConfig()) -> torch.nn.M
     Raises:
         RuntimeError: the ImageNet file is not in ./.cache/torch (run `make weights`).
     """
-    config = DetectorConfig(backbone="mobilenet_v2_fpn", weights="imagenet", allow_download=False,
-                            min_size=128, max_size=160)
+    config = DetectorConfig(
+        backbone="mobilenet_v2_fpn", weights="imagenet", allow_download=False, min_size=128, max_size=160
+    )
     torch.manual_seed(seed)
     with patch.dict(os.environ, TORCH_HOME=str(REPO_TORCH_HOME)):  # only while building: the caller's cache stays
         model, report = build_model(config, ["red", "blue"], loss=loss)
@@ -104,9 +105,13 @@ def main() -> None:
         print("loss form          steps  " + "  ".join(f"{k} first -> last" for k in WATCHED) + "  lambda  clipped")
         for name in args.forms:
             result = retrain(name, samples, args.iterations)
-            figures = "  ".join("%.3f -> %.3f" % first_and_last(result, key) for key in WATCHED)
-            print(f"{name:18} {int(result.summary['iterations']):5}  {figures}  "
-                  f"{result.summary.get('lambda', float('nan')):.2f}  {result.summary['clip_fraction']:.0%}", flush=True)
+            pairs = (first_and_last(result, key) for key in WATCHED)
+            figures = "  ".join(f"{first:.3f} -> {last:.3f}" for first, last in pairs)
+            print(
+                f"{name:18} {int(result.summary['iterations']):5}  {figures}  "
+                f"{result.summary.get('lambda', float('nan')):.2f}  {result.summary['clip_fraction']:.0%}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

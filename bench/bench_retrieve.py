@@ -57,7 +57,8 @@ FOLDER = "bench-retrieve"
 LABELS = ("car", "person")
 LABEL_CONFIG = (
     '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'
-    + "".join(f'<Label value="{label}"/>' for label in LABELS) + "</RectangleLabels></View>"
+    + "".join(f'<Label value="{label}"/>' for label in LABELS)
+    + "</RectangleLabels></View>"
 )
 ANSWER_SLACK_S = 5.0
 POLL_S = 0.5
@@ -109,8 +110,14 @@ def retrieve(ls, backend, project: int, tasks: int, timeout: float) -> dict:
         time.sleep(POLL_S)
         held = client.model_versions(project).get(version, 0)
     done = time.monotonic() - started
-    return {"version": version, "answer_s": answered, "all_s": done, "held": held, "at_answer": at_answer,
-            "predict_job": _job_result(backend, project, timeout)}
+    return {
+        "version": version,
+        "answer_s": answered,
+        "all_s": done,
+        "held": held,
+        "at_answer": at_answer,
+        "predict_job": _job_result(backend, project, timeout),
+    }
 
 
 def _job_result(backend, project: int, timeout: float) -> dict | None:
@@ -128,8 +135,9 @@ def bare(model_dir: Path, project: int, env: dict[str, str], images: list[torch.
     """(c): the version the service wrote, over the same images at the same batch size, in this process."""
     settings = Settings.from_env(env)
     version = VersionStore(model_dir).latest(str(project))
-    detector = Detector(load_version_model(settings.detector_config("cpu"), version), version.meta.labels,
-                        torch.device("cpu"))
+    detector = Detector(
+        load_version_model(settings.detector_config("cpu"), version), version.meta.labels, torch.device("cpu")
+    )
     detector.predict(images[:batch_size])  # warm-up, as the service's first /predict
     started = time.monotonic()
     for start in range(0, len(images), batch_size):
@@ -140,8 +148,13 @@ def bare(model_dir: Path, project: int, env: dict[str, str], images: list[torch.
 def _predict_body(project: int, names: list[str], request: int, size: int) -> dict:
     """/predict of ``size`` tasks no ranking covers (ids Label Studio never gave), as Label Studio sends it."""
     first = request * size
-    tasks = [{"id": 10_000_000 + first + i, "data": {"image": f"/data/local-files/?d={FOLDER}/{names[(first + i) % len(names)]}"}}
-             for i in range(size)]
+    tasks = [
+        {
+            "id": 10_000_000 + first + i,
+            "data": {"image": f"/data/local-files/?d={FOLDER}/{names[(first + i) % len(names)]}"},
+        }
+        for i in range(size)
+    ]
     return {"project": project, "label_config": LABEL_CONFIG, "tasks": tasks}
 
 
@@ -173,8 +186,13 @@ def run(args: argparse.Namespace, base: Path) -> dict:
     backend = None
     try:
         project, names = make_project(ls, args)
-        env = {"BACKBONE": args.backbone, "PREDICT_DEADLINE": str(args.deadline), "BATCH_SIZE": str(args.batch_size),
-               "SCORE_THRESHOLD": "0.5", "LOG_LEVEL": "INFO"}
+        env = {
+            "BACKBONE": args.backbone,
+            "PREDICT_DEADLINE": str(args.deadline),
+            "BATCH_SIZE": str(args.batch_size),
+            "SCORE_THRESHOLD": "0.5",
+            "LOG_LEVEL": "INFO",
+        }
         backend = start_ml_backend(ls, base / "models", base / "gunicorn.log", extra_env=env)
         figures = retrieve(ls, backend, project, args.tasks, args.timeout)
         one, many = [], []
@@ -186,28 +204,51 @@ def run(args: argparse.Namespace, base: Path) -> dict:
             backend.stop()
         ls.stop()
     images = decoded_tensors(ls.document_root / FOLDER, names)
-    figures["bare_s"] = bare(base / "models", project, {**backend.env, "MODEL_DIR": str(base / "models")}, images,
-                             args.batch_size)
-    return {**figures, "one_caller_ips": statistics.median(one), "many_callers_ips": statistics.median(many),
-            "rounds": {"one": one, "many": many}, "tasks": args.tasks,
-            "deadline": args.deadline, "batch_size": args.batch_size, "backbone": args.backbone,
-            "callers": args.callers, "load_average": os.getloadavg()}
+    figures["bare_s"] = bare(
+        base / "models", project, {**backend.env, "MODEL_DIR": str(base / "models")}, images, args.batch_size
+    )
+    return {
+        **figures,
+        "one_caller_ips": statistics.median(one),
+        "many_callers_ips": statistics.median(many),
+        "rounds": {"one": one, "many": many},
+        "tasks": args.tasks,
+        "deadline": args.deadline,
+        "batch_size": args.batch_size,
+        "backbone": args.backbone,
+        "callers": args.callers,
+        "load_average": os.getloadavg(),
+    }
 
 
 def report(f: dict) -> None:
     ratio, concurrency = f["all_s"] / f["bare_s"], f["many_callers_ips"] / f["one_caller_ips"]
     rows = [
-        ["(a) Label Studio's answer", f"{f['answer_s']:.1f} s", f"<= {f['deadline'] + ANSWER_SLACK_S:.0f} s",
-         fmt_goal(f["answer_s"] <= f["deadline"] + ANSWER_SLACK_S)],
-        ["(b) every task predicted", f"{f['all_s']:.1f} s ({f['at_answer']} held at the answer, {f['held']} of "
-         f"{f['tasks']} at the end)", "", ""],
+        [
+            "(a) Label Studio's answer",
+            f"{f['answer_s']:.1f} s",
+            f"<= {f['deadline'] + ANSWER_SLACK_S:.0f} s",
+            fmt_goal(f["answer_s"] <= f["deadline"] + ANSWER_SLACK_S),
+        ],
+        [
+            "(b) every task predicted",
+            f"{f['all_s']:.1f} s ({f['at_answer']} held at the answer, {f['held']} of {f['tasks']} at the end)",
+            "",
+            "",
+        ],
         ["(c) bare forward passes", f"{f['bare_s']:.1f} s", "", ""],
         ["(b) / (c)", f"{ratio:.3f}", "<= 1.15", fmt_goal(ratio <= 1.15 and f["held"] == f["tasks"])],
-        [f"/predict, {f['callers']} callers / 1", f"{concurrency:.3f} ({f['many_callers_ips']:.2f} / "
-         f"{f['one_caller_ips']:.2f} images/s)", ">= 0.9", fmt_goal(concurrency >= 0.9)],
+        [
+            f"/predict, {f['callers']} callers / 1",
+            f"{concurrency:.3f} ({f['many_callers_ips']:.2f} / {f['one_caller_ips']:.2f} images/s)",
+            ">= 0.9",
+            fmt_goal(concurrency >= 0.9),
+        ],
     ]
-    header = (f"N={f['tasks']} tasks, PREDICT_DEADLINE={f['deadline']:g} s, BATCH_SIZE={f['batch_size']}, "
-              f"{f['backbone']}, load average {f['load_average'][0]:.2f}; predict job: {f['predict_job']}")
+    header = (
+        f"N={f['tasks']} tasks, PREDICT_DEADLINE={f['deadline']:g} s, BATCH_SIZE={f['batch_size']}, "
+        f"{f['backbone']}, load average {f['load_average'][0]:.2f}; predict job: {f['predict_job']}"
+    )
     print_table(header, ["what", "measured", "goal", ""], rows)
 
 

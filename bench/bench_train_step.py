@@ -98,8 +98,12 @@ class StepBench:
         self.targets = [{"boxes": boxes, "labels": labels} for _, boxes, labels in scenes]
         train = TrainConfig()
         self.optimizers = {
-            kind: torch.optim.SGD([p for p in model.parameters() if p.requires_grad],
-                                  lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+            kind: torch.optim.SGD(
+                [p for p in model.parameters() if p.requires_grad],
+                lr=train.lr,
+                momentum=train.momentum,
+                weight_decay=train.weight_decay,
+            )
             for kind, model in self.models.items()
         }
         # CUDA: autocast + one GradScaler for all steps, as model.train.train does; its loss
@@ -116,8 +120,9 @@ class StepBench:
 
     def step(self, kind: str) -> dict[str, float]:
         """One ``train_step`` (not restoring first)."""
-        return train_step(self.models[kind], self.images, self.targets, self.optimizers[kind], self.losses[kind],
-                          self.scaler)
+        return train_step(
+            self.models[kind], self.images, self.targets, self.optimizers[kind], self.losses[kind], self.scaler
+        )
 
     def timed_step(self, kind: str) -> tuple[float, float, dict[str, float], int | None]:
         """Wall and CPU seconds of one step from the snapshot, its losses and (CUDA) its peak bytes."""
@@ -181,9 +186,22 @@ def memory_probe(args: argparse.Namespace) -> dict:
 def cpu_memory(args: argparse.Namespace) -> dict[str, dict]:
     """Run the probe for each kind in its own fresh interpreter; parse its one result line."""
     argv = [
-        "--backbone", args.backbone, "--weights", args.weights, "--batch-size", str(args.batch_size),
-        "--image-size", args.image_size, "--sampled-rois", str(args.sampled_rois), "--device", "cpu",
-        "--seed", str(args.seed), "--torch-threads", str(args.torch_threads),
+        "--backbone",
+        args.backbone,
+        "--weights",
+        args.weights,
+        "--batch-size",
+        str(args.batch_size),
+        "--image-size",
+        args.image_size,
+        "--sampled-rois",
+        str(args.sampled_rois),
+        "--device",
+        "cpu",
+        "--seed",
+        str(args.seed),
+        "--torch-threads",
+        str(args.torch_threads),
     ]
     results = {}
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": _MMAP_THRESHOLD, "MALLOC_TRIM_THRESHOLD_": _MMAP_THRESHOLD}
@@ -193,7 +211,7 @@ def cpu_memory(args: argparse.Namespace) -> dict[str, dict]:
         lines = [line for line in proc.stdout.splitlines() if line.startswith(PROBE_MARK)]
         if proc.returncode != 0 or not lines:
             raise RuntimeError(f"memory probe for {kind} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-        results[kind] = json.loads(lines[-1][len(PROBE_MARK):])
+        results[kind] = json.loads(lines[-1][len(PROBE_MARK) :])
     return results
 
 
@@ -225,15 +243,23 @@ def check_same_start(samples: dict[str, dict[str, list]]) -> bool:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="mobilenet_v2_fpn", help="detector backbone (default mobilenet_v2_fpn)")
-    parser.add_argument("--weights", default="imagenet", choices=("imagenet", "none"),
-                        help="initial weights, never downloaded (default imagenet, from TORCH_HOME)")
+    parser.add_argument(
+        "--weights",
+        default="imagenet",
+        choices=("imagenet", "none"),
+        help="initial weights, never downloaded (default imagenet, from TORCH_HOME)",
+    )
     parser.add_argument("--batch-size", type=int, default=2, help="images per step (default 2)")
     parser.add_argument("--image-size", default="320x240", help="WIDTHxHEIGHT of the scenes (default 320x240)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps of each kind (default 5)")
     parser.add_argument("--sampled-rois", type=int, default=256, help="RoIs sampled per image (default 256)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--torch-threads", type=int, default=torch.get_num_threads(),
-                        help="torch intra-op threads on the CPU (default: torch's, %(default)s here)")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="torch intra-op threads on the CPU (default: torch's, %(default)s here)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--out", type=Path, help="also write the results as JSON")
@@ -270,8 +296,9 @@ def main(argv: list[str] | None = None) -> dict:
     cuda = bench.device.type == "cuda"
     memory: dict[str, dict] = {}
     if cuda:
-        memory = {k: {"step_peak_bytes": median(samples[k]["peak"]), "step_peak_samples": samples[k]["peak"]}
-                  for k in KINDS}
+        memory = {
+            k: {"step_peak_bytes": median(samples[k]["peak"]), "step_peak_samples": samples[k]["peak"]} for k in KINDS
+        }
     elif not args.no_memory:
         memory = cpu_memory(args)
 
@@ -282,26 +309,42 @@ def main(argv: list[str] | None = None) -> dict:
     header = (
         f"one training step (forward + backward + SGD), {args.backbone} ({bench.weights_used} weights), "
         f"batch {args.batch_size} of {args.width}x{args.height} scenes, {args.sampled_rois} sampled RoIs/image, "
-        f"{bench.device.type.upper()}" + ("" if cuda else f", {torch.get_num_threads()} torch threads")
+        f"{bench.device.type.upper()}"
+        + ("" if cuda else f", {torch.get_num_threads()} torch threads")
         + f", {args.repeats} interleaved steps of each kind after 1 warm-up, medians; same start checked"
     )
     mem_label = "step peak MiB (CUDA allocated)" if cuda else "step peak RSS MiB"
     columns = ["loss", "wall s", "cpu s", mem_label, "process max RSS MiB"]
     rows = [
-        [kind, f"{med[kind]['wall']:.3f}", f"{med[kind]['cpu']:.3f}",
-         _mib(memory.get(kind, {}).get("step_peak_bytes")), _mib(memory.get(kind, {}).get("process_max_rss_bytes"))]
+        [
+            kind,
+            f"{med[kind]['wall']:.3f}",
+            f"{med[kind]['cpu']:.3f}",
+            _mib(memory.get(kind, {}).get("step_peak_bytes")),
+            _mib(memory.get(kind, {}).get("process_max_rss_bytes")),
+        ]
         for kind in KINDS
     ]
     mem_ratio = None
     if memory:
-        mem_ratio = memory[syn]["step_peak_bytes"] / memory[std]["step_peak_bytes"] if memory[std]["step_peak_bytes"] else None
-    rows.append([
-        "synchronic / standard", f"{ratio['wall']:.3f}", f"{ratio['cpu']:.3f}",
-        "" if mem_ratio is None else f"{mem_ratio:.3f}", "",
-    ])
+        mem_ratio = (
+            memory[syn]["step_peak_bytes"] / memory[std]["step_peak_bytes"] if memory[std]["step_peak_bytes"] else None
+        )
+    rows.append(
+        [
+            "synchronic / standard",
+            f"{ratio['wall']:.3f}",
+            f"{ratio['cpu']:.3f}",
+            "" if mem_ratio is None else f"{mem_ratio:.3f}",
+            "",
+        ]
+    )
     print_table(header, columns, rows)
-    print(f"goal synchronic/standard <= {GOAL_RATIO} (wall): {fmt_goal(met)}; per-round wall ratios "
-          f"{[round(s / t, 3) for t, s in zip(samples[std]['wall'], samples[syn]['wall'])]}", flush=True)
+    print(
+        f"goal synchronic/standard <= {GOAL_RATIO} (wall): {fmt_goal(met)}; per-round wall ratios "
+        f"{[round(s / t, 3) for t, s in zip(samples[std]['wall'], samples[syn]['wall'])]}",
+        flush=True,
+    )
     result = {
         "config": {k: v for k, v in vars(args).items() if k not in ("out", "memory_probe")},
         "device": str(bench.device),
@@ -315,9 +358,14 @@ def main(argv: list[str] | None = None) -> dict:
         "met": met,
         "memory": memory,
         "memory_ratio": mem_ratio,
-        "memory_method": ("torch.cuda.max_memory_allocated - memory_allocated before the step" if cuda else
-                          "fresh subprocess per kind, MALLOC_MMAP_THRESHOLD_=64KiB, "
-                          "VmHWM after the step - VmRSS before it (clear_refs 5 before)") if memory else None,
+        "memory_method": (
+            "torch.cuda.max_memory_allocated - memory_allocated before the step"
+            if cuda
+            else "fresh subprocess per kind, MALLOC_MMAP_THRESHOLD_=64KiB, "
+            "VmHWM after the step - VmRSS before it (clear_refs 5 before)"
+        )
+        if memory
+        else None,
     }
     if args.out:
         write_json(args.out, result)

@@ -117,14 +117,33 @@ class Plan:
 
 
 FULL = Plan(
-    backbone=AUTO_BACKBONE, image_size="640x480", batch_sizes=(1, 8), inference_repeats=10,
-    train_image_size="640x480", train_batch=2, train_repeats=10, sampled_rois=256,
-    pool=1000, pool_image_size="320x240", pool_batch=8, pool_repeats=2,
+    backbone=AUTO_BACKBONE,
+    image_size="640x480",
+    batch_sizes=(1, 8),
+    inference_repeats=10,
+    train_image_size="640x480",
+    train_batch=2,
+    train_repeats=10,
+    sampled_rois=256,
+    pool=1000,
+    pool_image_size="320x240",
+    pool_batch=8,
+    pool_repeats=2,
 )
 SMOKE = Plan(
-    backbone="mobilenet_v3_320_fpn", image_size="64x48", batch_sizes=(1, 2), inference_repeats=1,
-    train_image_size="64x48", train_batch=1, train_repeats=1, sampled_rois=32,
-    pool=8, pool_image_size="64x48", pool_batch=4, pool_repeats=1, smoke=True,
+    backbone="mobilenet_v3_320_fpn",
+    image_size="64x48",
+    batch_sizes=(1, 2),
+    inference_repeats=1,
+    train_image_size="64x48",
+    train_batch=1,
+    train_repeats=1,
+    sampled_rois=32,
+    pool=8,
+    pool_image_size="64x48",
+    pool_batch=4,
+    pool_repeats=1,
+    smoke=True,
 )
 
 
@@ -143,7 +162,10 @@ def torchvision_twin(model: FasterRCNN, config: DetectorConfig, num_classes: int
         raise RuntimeError(f"not the same architecture: missing {missing}, unexpected {unexpected}")
     heads = twin.roi_heads
     heads.score_thresh, heads.nms_thresh, heads.detections_per_img = (
-        config.analysis_threshold, config.nms_iou, config.max_detections)
+        config.analysis_threshold,
+        config.nms_iou,
+        config.max_detections,
+    )
     return twin
 
 
@@ -176,14 +198,21 @@ def _inference_rows(
         ours = Detector(model, list(SHAPE_LABELS), device, amp=amp)
         steps = {}
         for n in plan.batch_sizes:
-            steps[f"ours {n}"] = lambda n=n: ours.predict(images[:n])
-            steps[f"bare {n}"] = lambda n=n: bare_predict(bare, images[:n], device, amp)
+            steps[f"ours {n}"] = lambda n=n, ours=ours: ours.predict(images[:n])
+            steps[f"bare {n}"] = lambda n=n, amp=amp: bare_predict(bare, images[:n], device, amp)
         interleaved(steps, WARMUP_CALLS)
         samples = interleaved(steps, plan.inference_repeats)
         for n in plan.batch_sizes:
             ours_ips, bare_ips = (n / median(samples[f"{who} {n}"]["wall"]) for who in ("ours", "bare"))
-            rows.append({"mode": "autocast" if amp else "fp32", "batch_size": n, "ours_images_per_s": ours_ips,
-                         "bare_images_per_s": bare_ips, "ratio": ours_ips / bare_ips})
+            rows.append(
+                {
+                    "mode": "autocast" if amp else "fp32",
+                    "batch_size": n,
+                    "ours_images_per_s": ours_ips,
+                    "bare_images_per_s": bare_ips,
+                    "ratio": ours_ips / bare_ips,
+                }
+            )
     return rows
 
 
@@ -202,10 +231,24 @@ def inference_check(plan: Plan, config: DetectorConfig, device: torch.device, fo
         f"(a) inference, {config.backbone} ({report.used} weights), {plan.image_size} JPEGs ({source}), "
         f"{plan.inference_repeats} interleaved rounds, medians; fp32 outputs the same: {same}",
         ["precision", "batch", "ours img/s", "bare img/s", "ours/bare"],
-        [[r["mode"], r["batch_size"], f"{r['ours_images_per_s']:.1f}", f"{r['bare_images_per_s']:.1f}",
-          f"{r['ratio']:.3f}"] for r in rows])
-    return {"rows": rows, "same_detections": same, "weights_used": report.used, "goal": INFERENCE_GOAL,
-            "met": all(r["ratio"] >= INFERENCE_GOAL for r in largest)}
+        [
+            [
+                r["mode"],
+                r["batch_size"],
+                f"{r['ours_images_per_s']:.1f}",
+                f"{r['bare_images_per_s']:.1f}",
+                f"{r['ratio']:.3f}",
+            ]
+            for r in rows
+        ],
+    )
+    return {
+        "rows": rows,
+        "same_detections": same,
+        "weights_used": report.used,
+        "goal": INFERENCE_GOAL,
+        "met": all(r["ratio"] >= INFERENCE_GOAL for r in largest),
+    }
 
 
 # --- (b) one training step ------------------------------------------------------------
@@ -214,9 +257,22 @@ def inference_check(plan: Plan, config: DetectorConfig, device: torch.device, fo
 def train_step_check(plan: Plan, backbone: str, weights: str, device: torch.device) -> dict:
     """(b): ``bench.bench_train_step`` on this device (it prints its own table)."""
     print("(b) one training step, synchronic against standard loss:")
-    argv = ["--backbone", backbone, "--weights", weights, "--device", device.type,
-            "--batch-size", str(plan.train_batch), "--image-size", plan.train_image_size,
-            "--repeats", str(plan.train_repeats), "--sampled-rois", str(plan.sampled_rois)]
+    argv = [
+        "--backbone",
+        backbone,
+        "--weights",
+        weights,
+        "--device",
+        device.type,
+        "--batch-size",
+        str(plan.train_batch),
+        "--image-size",
+        plan.train_image_size,
+        "--repeats",
+        str(plan.train_repeats),
+        "--sampled-rois",
+        str(plan.sampled_rois),
+    ]
     return bench_train_step.main(argv + (["--no-memory"] if plan.smoke else []))
 
 
@@ -232,21 +288,36 @@ def ddp_worker(args: argparse.Namespace) -> None:
     rank = join_process_group()
     device, world, plan = select_device("auto"), dist.get_world_size(), SMOKE if args.smoke else FULL
     torch.manual_seed(0)  # the same initial weights on every rank
-    config = DetectorConfig(backbone=args.backbone, weights=args.weights, allow_download=False,
-                            sampled_rois=plan.sampled_rois)
+    config = DetectorConfig(
+        backbone=args.backbone, weights=args.weights, allow_download=False, sampled_rois=plan.sampled_rois
+    )
     model, _ = build_model(config, list(SHAPE_LABELS))
     width, height = parse_size(plan.train_image_size)
     samples = scene_samples(args.ddp_worker / f"images-{rank}", DDP_STEPS * plan.train_batch * world, width, height, 0)
     before, steps = _parameter_sum(model), []
     start = time.perf_counter()
-    train(model, samples, TrainConfig(iterations=DDP_STEPS, batch_size=plan.train_batch, seed=0, holdout_fraction=0.0),
-          device, progress=lambda fraction, message: steps.append(message))
+    train(
+        model,
+        samples,
+        TrainConfig(iterations=DDP_STEPS, batch_size=plan.train_batch, seed=0, holdout_fraction=0.0),
+        device,
+        progress=lambda fraction, message: steps.append(message),
+    )
     synchronize(device)
     seconds = time.perf_counter() - start
-    (args.ddp_worker / f"rank{rank}.json").write_text(json.dumps({
-        "rank": rank, "world": world, "device": device_name(device), "seconds": seconds,
-        "steps": len(steps) if rank == 0 else None, "before": before, "after": _parameter_sum(model),
-    }))
+    (args.ddp_worker / f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "rank": rank,
+                "world": world,
+                "device": device_name(device),
+                "seconds": seconds,
+                "steps": len(steps) if rank == 0 else None,
+                "before": before,
+                "after": _parameter_sum(model),
+            }
+        )
+    )
     dist.destroy_process_group()
 
 
@@ -256,19 +327,32 @@ def torchrun_check(plan: Plan, backbone: str, weights: str, device: torch.device
     worker = ["bench.gpu_check", "--ddp-worker", str(folder), "--backbone", backbone, "--weights", weights]
     env = {**os.environ, **({} if device.type == "cuda" else {"CUDA_VISIBLE_DEVICES": ""})}
     start = time.perf_counter()
-    done = subprocess.run(torchrun_command(processes, *worker, *(["--smoke"] if plan.smoke else [])),
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        torchrun_command(processes, *worker, *(["--smoke"] if plan.smoke else [])),
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"torchrun failed ({done.returncode}):\n{done.stderr[-4000:]}")
     ranks = [json.loads((folder / f"rank{r}.json").read_text()) for r in range(processes)]
-    result = {"processes": processes, "wall_s": wall, "train_s": max(r["seconds"] for r in ranks),
-              "steps": ranks[0]["steps"], "trained": ranks[0]["after"] != ranks[0]["before"],
-              "in_sync": all(abs(r["after"] - ranks[0]["after"]) <= 1e-6 * max(1.0, abs(r["after"])) for r in ranks),
-              "ranks": ranks}
-    print_table(f"(c) torchrun, {processes} process(es), {DDP_STEPS} steps of batch {plan.train_batch} per process",
-                ["rank", "device", "train s", "replica in sync"],
-                [[r["rank"], r["device"], f"{r['seconds']:.2f}", result["in_sync"]] for r in ranks])
+    result = {
+        "processes": processes,
+        "wall_s": wall,
+        "train_s": max(r["seconds"] for r in ranks),
+        "steps": ranks[0]["steps"],
+        "trained": ranks[0]["after"] != ranks[0]["before"],
+        "in_sync": all(abs(r["after"] - ranks[0]["after"]) <= 1e-6 * max(1.0, abs(r["after"])) for r in ranks),
+        "ranks": ranks,
+    }
+    print_table(
+        f"(c) torchrun, {processes} process(es), {DDP_STEPS} steps of batch {plan.train_batch} per process",
+        ["rank", "device", "train s", "replica in sync"],
+        [[r["rank"], r["device"], f"{r['seconds']:.2f}", result["in_sync"]] for r in ranks],
+    )
     return result
 
 
@@ -278,16 +362,28 @@ def torchrun_check(plan: Plan, backbone: str, weights: str, device: torch.device
 def hua_check(plan: Plan, backbone: str, weights: str, device: torch.device) -> dict:
     """(d): ``bench_hua``'s (a) plain pass and (b) HUA scoring of one pool, on this device."""
     width, height = parse_size(plan.pool_image_size)
-    pool = Pool(n=plan.pool, width=width, height=height, backbone=backbone, weights=weights,
-                analysis_threshold=ANALYSIS_THRESHOLD, batch_size=plan.pool_batch, device=device.type)
+    pool = Pool(
+        n=plan.pool,
+        width=width,
+        height=height,
+        backbone=backbone,
+        weights=weights,
+        analysis_threshold=ANALYSIS_THRESHOLD,
+        batch_size=plan.pool_batch,
+        device=device.type,
+    )
     result = time_scoring(pool, plan.pool_repeats, cald=False)
     wall = result["wall"]
     print_table(
-        f"(d) HUA scoring on {result['device']}, {result['N']} images of {plan.pool_image_size} (P={result['P']}), batch {plan.pool_batch}, "
-        f"{plan.pool_repeats} interleaved rounds, {result['detections_per_image']:.1f} detections/image",
+        f"(d) HUA scoring on {result['device']}, {result['N']} images of {plan.pool_image_size} (P={result['P']}),"
+        f" batch {plan.pool_batch}, {plan.pool_repeats} interleaved rounds,"
+        f" {result['detections_per_image']:.1f} detections/image",
         ["step", "forward passes", "wall s"],
-        [["plain pass", result["forward_passes"]["a"], f"{wall['median_s']['a']:.2f}"],
-         ["HUA score_pool", result["forward_passes"]["b"], f"{wall['median_s']['b']:.2f}"]])
+        [
+            ["plain pass", result["forward_passes"]["a"], f"{wall['median_s']['a']:.2f}"],
+            ["HUA score_pool", result["forward_passes"]["b"], f"{wall['median_s']['b']:.2f}"],
+        ],
+    )
     return result
 
 
@@ -298,24 +394,56 @@ def print_summary(result: dict) -> None:
     """The four checks side by side, with their goals."""
     a, b, c, d = (result[k] for k in ("inference", "train_step", "torchrun", "hua"))
     top = max(r["batch_size"] for r in a["rows"])
-    rows = [[f"(a) {r['mode']} batch {r['batch_size']}", f"ours/bare {r['ratio']:.3f}",
-             f">= {INFERENCE_GOAL}" if r["batch_size"] == top else "",
-             fmt_goal(r["ratio"] >= INFERENCE_GOAL) if r["batch_size"] == top else ""] for r in a["rows"]]
+    rows = [
+        [
+            f"(a) {r['mode']} batch {r['batch_size']}",
+            f"ours/bare {r['ratio']:.3f}",
+            f">= {INFERENCE_GOAL}" if r["batch_size"] == top else "",
+            fmt_goal(r["ratio"] >= INFERENCE_GOAL) if r["batch_size"] == top else "",
+        ]
+        for r in a["rows"]
+    ]
     memory = b["memory_ratio"]
-    rows.append(["(b) synchronic/standard step", f"wall {b['ratio']['wall']:.3f}"
-                 + ("" if memory is None else f", peak memory {memory:.3f}"), f"<= {b['goal']}", fmt_goal(b["met"])])
-    rows.append(["(c) torchrun", f"{c['processes']} process(es), {c['steps']} steps, {c['wall_s']:.1f} s",
-                 "in sync", fmt_goal(c["in_sync"] and c["trained"])])
-    rows.append([f"(d) HUA {d['N']:,} images", f"b/a {d['wall']['b_over_a']:.3f} (ideal {d['b_over_a_ideal']:.3f})",
-                 f"<= {d['b_over_a_goal']:.3f}", fmt_goal(d["b_over_a_met"])])
-    print_table(f"gpu_check on {result['device_name']}: whole run {result['elapsed_s']:.0f} s",
-                ["check", "result", "goal", "met"], rows)
+    rows.append(
+        [
+            "(b) synchronic/standard step",
+            f"wall {b['ratio']['wall']:.3f}" + ("" if memory is None else f", peak memory {memory:.3f}"),
+            f"<= {b['goal']}",
+            fmt_goal(b["met"]),
+        ]
+    )
+    rows.append(
+        [
+            "(c) torchrun",
+            f"{c['processes']} process(es), {c['steps']} steps, {c['wall_s']:.1f} s",
+            "in sync",
+            fmt_goal(c["in_sync"] and c["trained"]),
+        ]
+    )
+    rows.append(
+        [
+            f"(d) HUA {d['N']:,} images",
+            f"b/a {d['wall']['b_over_a']:.3f} (ideal {d['b_over_a_ideal']:.3f})",
+            f"<= {d['b_over_a_goal']:.3f}",
+            fmt_goal(d["b_over_a_met"]),
+        ]
+    )
+    print_table(
+        f"gpu_check on {result['device_name']}: whole run {result['elapsed_s']:.0f} s",
+        ["check", "result", "goal", "met"],
+        rows,
+    )
 
 
 def run_checks(plan: Plan, args: argparse.Namespace, device: torch.device) -> dict:
     """(a) to (d), each in turn, with the section's seconds."""
-    config = DetectorConfig(backbone=args.backbone, weights=args.weights, allow_download=False,
-                            analysis_threshold=ANALYSIS_THRESHOLD, sampled_rois=plan.sampled_rois)
+    config = DetectorConfig(
+        backbone=args.backbone,
+        weights=args.weights,
+        allow_download=False,
+        analysis_threshold=ANALYSIS_THRESHOLD,
+        sampled_rois=plan.sampled_rois,
+    )
     result, seconds = {}, {}
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         checks = {
@@ -336,10 +464,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds on a CPU): checks the code paths")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--backbone", choices=sorted(BACKBONES),
-                        help="default: BACKBONE=auto's choice for the device (--smoke: mobilenet_v3_320_fpn)")
-    parser.add_argument("--weights", default="none", choices=("none", "imagenet"),
-                        help="initial weights, never downloaded (default none)")
+    parser.add_argument(
+        "--backbone",
+        choices=sorted(BACKBONES),
+        help="default: BACKBONE=auto's choice for the device (--smoke: mobilenet_v3_320_fpn)",
+    )
+    parser.add_argument(
+        "--weights",
+        default="none",
+        choices=("none", "imagenet"),
+        help="initial weights, never downloaded (default none)",
+    )
     parser.add_argument("--out", type=Path, help="also write the results as JSON")
     parser.add_argument("--ddp-worker", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -355,12 +490,21 @@ def main(argv: list[str] | None = None) -> dict:
     plan, device = SMOKE if args.smoke else FULL, select_device(args.device)
     args.backbone = args.backbone or resolve_backbone(plan.backbone, device.type)
     name = device_name(device)
-    print(f"gpu_check on {name} ({device}; torch {torch.__version__}, CUDA {torch.version.cuda}, "
-          f"{torch.cuda.device_count()} visible GPU(s)): {args.backbone}, {args.weights} weights"
-          + (", smoke sizes" if plan.smoke else ""), flush=True)
+    print(
+        f"gpu_check on {name} ({device}; torch {torch.__version__}, CUDA {torch.version.cuda}, "
+        f"{torch.cuda.device_count()} visible GPU(s)): {args.backbone}, {args.weights} weights"
+        + (", smoke sizes" if plan.smoke else ""),
+        flush=True,
+    )
     started = time.perf_counter()
-    result = {"device_name": name, "device": str(device), "backbone": args.backbone, "weights": args.weights,
-              "smoke": plan.smoke, **run_checks(plan, args, device)}
+    result = {
+        "device_name": name,
+        "device": str(device),
+        "backbone": args.backbone,
+        "weights": args.weights,
+        "smoke": plan.smoke,
+        **run_checks(plan, args, device),
+    }
     result["elapsed_s"] = time.perf_counter() - started
     print_summary(result)
     if args.out:

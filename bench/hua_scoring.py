@@ -84,10 +84,12 @@ def cald_pool(detector: Detector, keys: list[int], source, batch_size: int) -> T
         for kind in AUGMENTATIONS:
             augmented = [augment(img, kind, k) for img, k in zip(images, batch)]
             dets = detector.predict([a for a, _ in augmented])
-            per_aug.append([
-                consistency(orig, back(det.boxes), det.probs)
-                for orig, det, (_, back) in zip(originals, dets, augmented)
-            ])
+            per_aug.append(
+                [
+                    consistency(orig, back(det.boxes), det.probs)
+                    for orig, det, (_, back) in zip(originals, dets, augmented)
+                ]
+            )
         scores.extend(min(values) for values in zip(*per_aug))
     return torch.tensor(scores, dtype=torch.float64)
 
@@ -113,8 +115,9 @@ class Pool:
 def build_detector(pool: Pool) -> tuple[Detector, str]:
     """The pool's detector (fixed seed, weights never downloaded) and the weights it got."""
     torch.manual_seed(pool.seed)
-    config = DetectorConfig(backbone=pool.backbone, weights=pool.weights, allow_download=False,
-                            analysis_threshold=pool.analysis_threshold)
+    config = DetectorConfig(
+        backbone=pool.backbone, weights=pool.weights, allow_download=False, analysis_threshold=pool.analysis_threshold
+    )
     model, report = build_model(config, list(SHAPE_LABELS))
     used = report.used + (f" (asked for {report.requested}: {'; '.join(report.reasons)})" if report.fell_back else "")
     return Detector(model, list(SHAPE_LABELS), select_device(pool.device)), used

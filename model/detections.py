@@ -51,7 +51,7 @@ class Detections:
         return int(self.probs.shape[-1]) - 1
 
     @classmethod
-    def empty(cls, num_classes: int, width: int, height: int) -> "Detections":
+    def empty(cls, num_classes: int, width: int, height: int) -> Detections:
         """Detections of an image where the detector found nothing at all."""
         c1 = num_classes + 1
         return cls(
@@ -64,7 +64,7 @@ class Detections:
             height=height,
         )
 
-    def above(self, display_threshold: float) -> "Detections":
+    def above(self, display_threshold: float) -> Detections:
         """The detections scoring at least ``display_threshold`` (SCORE_THRESHOLD: the boxes annotators are shown).
 
         HUA's metrics see every detection the detector returns (down to its
@@ -73,12 +73,18 @@ class Detections:
         keep = self.scores >= display_threshold
         return self if bool(keep.all()) else self.select(keep)
 
-    def select(self, index: Tensor) -> "Detections":
+    def select(self, index: Tensor) -> Detections:
         """The detections picked by ``index`` (a bool mask or int64 indices), in its order."""
-        return replace(self, boxes=self.boxes[index], labels=self.labels[index], scores=self.scores[index],
-                       probs=self.probs[index], sigmas=self.sigmas[index])
+        return replace(
+            self,
+            boxes=self.boxes[index],
+            labels=self.labels[index],
+            scores=self.scores[index],
+            probs=self.probs[index],
+            sigmas=self.sigmas[index],
+        )
 
-    def to(self, device: torch.device | str) -> "Detections":
+    def to(self, device: torch.device | str) -> Detections:
         """A copy with every tensor on ``device``."""
         return Detections(
             self.boxes.to(device),

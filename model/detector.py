@@ -87,7 +87,9 @@ class Backbone:
     imagenet: WeightsEnum
 
 
-def _mobilenet_v2_fpn(*, weights: None, weights_backbone: WeightsEnum | None, num_classes: int, **kwargs) -> frcnn.FasterRCNN:
+def _mobilenet_v2_fpn(
+    *, weights: None, weights_backbone: WeightsEnum | None, num_classes: int, **kwargs
+) -> frcnn.FasterRCNN:
     """MobileNetV2 + FPN (torchvision has no builder for it; its ImageNet file is the one available offline)."""
     backbone = mobilenet_backbone(backbone_name="mobilenet_v2", weights=weights_backbone, fpn=True, trainable_layers=3)
     anchors = AnchorGenerator(((32, 64, 128, 256, 512),) * 3, ((0.5, 1.0, 2.0),) * 3)
@@ -96,24 +98,26 @@ def _mobilenet_v2_fpn(*, weights: None, weights_backbone: WeightsEnum | None, nu
     return frcnn.FasterRCNN(backbone, num_classes, rpn_anchor_generator=anchors, **kwargs)
 
 
-BACKBONES: Mapping[str, Backbone] = MappingProxyType({
-    "mobilenet_v3_320_fpn": Backbone(
-        frcnn.fasterrcnn_mobilenet_v3_large_320_fpn,
-        frcnn.FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1,
-        MobileNet_V3_Large_Weights.IMAGENET1K_V1,
-    ),
-    "mobilenet_v3_fpn": Backbone(
-        frcnn.fasterrcnn_mobilenet_v3_large_fpn,
-        frcnn.FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1,
-        MobileNet_V3_Large_Weights.IMAGENET1K_V1,
-    ),
-    "resnet50_fpn_v2": Backbone(
-        frcnn.fasterrcnn_resnet50_fpn_v2,
-        frcnn.FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
-        ResNet50_Weights.IMAGENET1K_V1,
-    ),
-    "mobilenet_v2_fpn": Backbone(_mobilenet_v2_fpn, None, MobileNet_V2_Weights.IMAGENET1K_V1),
-})
+BACKBONES: Mapping[str, Backbone] = MappingProxyType(
+    {
+        "mobilenet_v3_320_fpn": Backbone(
+            frcnn.fasterrcnn_mobilenet_v3_large_320_fpn,
+            frcnn.FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1,
+            MobileNet_V3_Large_Weights.IMAGENET1K_V1,
+        ),
+        "mobilenet_v3_fpn": Backbone(
+            frcnn.fasterrcnn_mobilenet_v3_large_fpn,
+            frcnn.FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1,
+            MobileNet_V3_Large_Weights.IMAGENET1K_V1,
+        ),
+        "resnet50_fpn_v2": Backbone(
+            frcnn.fasterrcnn_resnet50_fpn_v2,
+            frcnn.FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
+            ResNet50_Weights.IMAGENET1K_V1,
+        ),
+        "mobilenet_v2_fpn": Backbone(_mobilenet_v2_fpn, None, MobileNet_V2_Weights.IMAGENET1K_V1),
+    }
+)
 
 
 AUTO_BACKBONE = "auto"
@@ -148,13 +152,14 @@ def _weights_file_available(weights: WeightsEnum | None, allow_download: bool) -
     return allow_download or os.path.exists(cached)
 
 
-def _build_base(
-    config: DetectorConfig, source: str, num_classes: int, backbone: Backbone
-) -> frcnn.FasterRCNN:
+def _build_base(config: DetectorConfig, source: str, num_classes: int, backbone: Backbone) -> frcnn.FasterRCNN:
     kwargs = {"box_batch_size_per_image": config.sampled_rois}
-    optional = (("min_size", config.min_size), ("max_size", config.max_size),
-                ("rpn_pre_nms_top_n_test", config.rpn_test_proposals),
-                ("rpn_post_nms_top_n_test", config.rpn_test_proposals))
+    optional = (
+        ("min_size", config.min_size),
+        ("max_size", config.max_size),
+        ("rpn_pre_nms_top_n_test", config.rpn_test_proposals),
+        ("rpn_post_nms_top_n_test", config.rpn_test_proposals),
+    )
     kwargs.update({k: v for k, v in optional if v})
     if source == "coco":
         return backbone.build(weights=backbone.coco, weights_backbone=None, **kwargs)
@@ -186,7 +191,9 @@ def build_base_model(config: DetectorConfig, num_classes: int) -> tuple[frcnn.Fa
     raise AssertionError("'none' weights cannot fail")
 
 
-def coco_head_rows(labels: Sequence[str], aliases: dict[str, list[str]], categories: Sequence[str]) -> dict[int, list[int]]:
+def coco_head_rows(
+    labels: Sequence[str], aliases: dict[str, list[str]], categories: Sequence[str]
+) -> dict[int, list[int]]:
     """Map project classes (1..C) to COCO head rows that initialise them.
 
     A label's aliases (Label Studio's ``predicted_values``) name the model
@@ -211,8 +218,12 @@ def _init_from_rows(new: nn.Linear, old: nn.Linear, rows: dict[int, list[int]], 
 
 
 def adapt_head(
-    model: frcnn.FasterRCNN, num_classes: int, rows: dict[int, list[int]], config: DetectorConfig,
-    *, loss: LossConfig = LossConfig(),
+    model: frcnn.FasterRCNN,
+    num_classes: int,
+    rows: dict[int, list[int]],
+    config: DetectorConfig,
+    *,
+    loss: LossConfig = LossConfig(),
 ) -> frcnn.FasterRCNN:
     """Replace the box predictor by an uncertainty-aware one with ``num_classes`` + 1 rows; heads train with ``loss``.
 
@@ -255,8 +266,11 @@ def _freeze_batchnorm(module: nn.Module) -> nn.Module:
 
 
 def build_model(
-    config: DetectorConfig, labels: Sequence[str], aliases: dict[str, list[str]] | None = None,
-    *, loss: LossConfig = LossConfig(),
+    config: DetectorConfig,
+    labels: Sequence[str],
+    aliases: dict[str, list[str]] | None = None,
+    *,
+    loss: LossConfig = LossConfig(),
 ) -> tuple[frcnn.FasterRCNN, WeightsReport]:
     """A detector for ``labels`` from the configured base weights, or warm-started from a checkpoint of ours.
 
@@ -292,7 +306,7 @@ def build_empty_model(config: DetectorConfig, num_labels: int, *, loss: LossConf
 
 
 def device_kind(name: str) -> str:
-    """"cuda" or "cpu": where DEVICE=``name`` runs, decided without creating a CUDA context.
+    """ "cuda" or "cpu": where DEVICE=``name`` runs, decided without creating a CUDA context.
 
     ``torch.cuda.is_available`` only counts devices, so /health can name the
     backbone that BACKBONE=auto chose before any model touches the GPU.
@@ -349,7 +363,11 @@ class Detector:
         if flip:
             batch = [img.flip(-1) for img in batch]
         pooled: list[Tensor] = []
-        hook = self.model.backbone.register_forward_hook(lambda _m, _i, out: pooled.append(_pool(out))) if features else None
+        hook = (
+            self.model.backbone.register_forward_hook(lambda _m, _i, out: pooled.append(_pool(out)))
+            if features
+            else None
+        )
         try:
             with self._autocast():
                 outputs = self.model(batch)
@@ -376,4 +394,3 @@ def _to_detections(out: dict[str, Tensor], image: Tensor, features: Tensor | Non
         height=int(image.shape[-2]),
         features=features,
     )
-

@@ -26,8 +26,15 @@ def under_torchrun() -> bool:
 
 def torchrun_command(processes: int, *module_args: str) -> list[str]:
     """torchrun on this machine alone, starting ``processes`` copies of ``python -m <module_args>``."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-            "-m", *module_args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        *module_args,
+    ]
 
 
 def join_process_group() -> int:
@@ -59,6 +66,7 @@ def data_parallel(model: nn.Module, device: torch.device, *, find_unused_paramet
     if not is_distributed():
         return model
     return DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None,
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=find_unused_parameters,
     )

@@ -60,9 +60,10 @@ class Acceptance:
         """Share of the annotators' boxes the detector had predicted; None without any."""
         return self.matched / self.annotated if self.annotated else None
 
-    def __add__(self, other: "Acceptance") -> "Acceptance":
-        return Acceptance(self.predicted + other.predicted, self.annotated + other.annotated,
-                          self.matched + other.matched)
+    def __add__(self, other: Acceptance) -> Acceptance:
+        return Acceptance(
+            self.predicted + other.predicted, self.annotated + other.annotated, self.matched + other.matched
+        )
 
 
 def match_count(pred: dict[str, Tensor], truth: dict[str, Tensor], iou_threshold: float = 0.5) -> int:
@@ -96,18 +97,24 @@ def match_count(pred: dict[str, Tensor], truth: dict[str, Tensor], iou_threshold
 
 
 def acceptance(
-    preds: Sequence[dict[str, Tensor]], truths: Sequence[dict[str, Tensor]],
-    display_threshold: float, iou_threshold: float = 0.5,
+    preds: Sequence[dict[str, Tensor]],
+    truths: Sequence[dict[str, Tensor]],
+    display_threshold: float,
+    iou_threshold: float = 0.5,
 ) -> Acceptance:
     """Pre-annotation acceptance over images: only boxes scoring >= ``display_threshold``
     were shown to the annotators (SCORE_THRESHOLD), so only they count."""
     total = Acceptance()
     for pred, truth in zip(preds, truths, strict=True):
         keep = pred["scores"].reshape(-1) >= display_threshold
-        shown = {"boxes": pred["boxes"].reshape(-1, 4)[keep], "labels": pred["labels"].reshape(-1)[keep],
-                 "scores": pred["scores"].reshape(-1)[keep]}
-        total = total + Acceptance(int(keep.sum()), int(truth["labels"].numel()),
-                                   match_count(shown, truth, iou_threshold))
+        shown = {
+            "boxes": pred["boxes"].reshape(-1, 4)[keep],
+            "labels": pred["labels"].reshape(-1)[keep],
+            "scores": pred["scores"].reshape(-1)[keep],
+        }
+        total = total + Acceptance(
+            int(keep.sum()), int(truth["labels"].numel()), match_count(shown, truth, iou_threshold)
+        )
     return total
 
 
@@ -124,8 +131,14 @@ def average_precision(
     """
     from torchmetrics.detection import MeanAveragePrecision
 
-    preds = [{"boxes": p["boxes"].reshape(-1, 4).float(), "scores": p["scores"].reshape(-1),
-              "labels": p["labels"].reshape(-1)} for p in preds]
+    preds = [
+        {
+            "boxes": p["boxes"].reshape(-1, 4).float(),
+            "scores": p["scores"].reshape(-1),
+            "labels": p["labels"].reshape(-1),
+        }
+        for p in preds
+    ]
     truths = [{"boxes": t["boxes"].reshape(-1, 4).float(), "labels": t["labels"].reshape(-1)} for t in truths]
     overall = MeanAveragePrecision(iou_type="bbox", class_metrics=class_metrics)
     overall.update(preds, truths)
@@ -228,15 +241,21 @@ class Prequential:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "Prequential":
+    def from_json(cls, data: dict) -> Prequential:
         data = {_RENAMED.get(k, k): v for k, v in data.items()}
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
 
 def prequential(
-    preds: Sequence[dict[str, Tensor]], truths: Sequence[dict[str, Tensor]], labels: Sequence[str],
-    *, model_version: str, display_threshold: float, iou_threshold: float = 0.5, **context: object,
+    preds: Sequence[dict[str, Tensor]],
+    truths: Sequence[dict[str, Tensor]],
+    labels: Sequence[str],
+    *,
+    model_version: str,
+    display_threshold: float,
+    iou_threshold: float = 0.5,
+    **context: object,
 ) -> Prequential:
     """The figures of ``model_version`` from its detections on the new tasks' images.
 
@@ -250,7 +269,13 @@ def prequential(
     kept = acceptance(preds, truths, display_threshold, iou_threshold)
     per_class = {labels[c - 1]: {"ap": ap["ap"][c], "ap50": ap["ap50"][c]} for c in ap["ap"] if 0 < c <= len(labels)}
     return Prequential(
-        model_version=model_version, status="ok", display_threshold=display_threshold, iou_threshold=iou_threshold,
-        map=ap["map"], map_50=ap["map_50"], per_class=per_class,
-        acceptance={**asdict(kept), "accepted": kept.accepted, "recall": kept.recall}, **context,
+        model_version=model_version,
+        status="ok",
+        display_threshold=display_threshold,
+        iou_threshold=iou_threshold,
+        map=ap["map"],
+        map_50=ap["map_50"],
+        per_class=per_class,
+        acceptance={**asdict(kept), "accepted": kept.accepted, "recall": kept.recall},
+        **context,
     )

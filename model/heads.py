@@ -66,7 +66,7 @@ class UncertaintyRoIHeads(RoIHeads):
     @classmethod
     def from_torchvision(
         cls, heads: RoIHeads, predictor: UncertainBoxPredictor, *, loss: LossConfig = LossConfig()
-    ) -> "UncertaintyRoIHeads":
+    ) -> UncertaintyRoIHeads:
         """Wrap the pooler, head and thresholds of an existing ``RoIHeads``, training with ``loss``."""
         new = cls(
             heads.box_roi_pool,

@@ -63,7 +63,7 @@ class ProcessOwner:
     started: str = ""
 
     @classmethod
-    def current(cls) -> "ProcessOwner":
+    def current(cls) -> ProcessOwner:
         pid = os.getpid()
         return cls(pid, socket.gethostname(), _start_time(pid) or "")
 
@@ -71,7 +71,7 @@ class ProcessOwner:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: object) -> "ProcessOwner | None":
+    def from_json(cls, data: object) -> ProcessOwner | None:
         """The owner recorded in ``data``, or None when it is not one (an old or damaged file)."""
         if not isinstance(data, dict):
             return None

@@ -17,8 +17,15 @@ from functools import cached_property
 import torch
 from torchvision.models.detection import FasterRCNN
 
-from model.detector import (Detector, DetectorConfig, WeightsReport, build_empty_model, build_model, select_device,
-                            warm_start)
+from model.detector import (
+    Detector,
+    DetectorConfig,
+    WeightsReport,
+    build_empty_model,
+    build_model,
+    select_device,
+    warm_start,
+)
 from model.losses import LossConfig
 from model.version_meta import VersionMeta
 from model.versions import CheckpointError, Version, VersionStore, check_backbone, check_meta, load_weights
@@ -154,7 +161,9 @@ class ModelRegistry:
         """
         return self._version_for(project, list(labels), aliases or {})[0]
 
-    def _version_for(self, project: str, labels: list[str], aliases: dict[str, list[str]]) -> tuple[Version, FasterRCNN | None]:
+    def _version_for(
+        self, project: str, labels: list[str], aliases: dict[str, list[str]]
+    ) -> tuple[Version, FasterRCNN | None]:
         """``version_for``, with the model when it was just made (so that it is not loaded again)."""
         built: list[FasterRCNN] = []
 
@@ -166,7 +175,9 @@ class ModelRegistry:
         version, made = self.store.newest_or_save(project, lambda v: self._fits(v, labels), make)
         return version, built[0] if made else None
 
-    def _new_model(self, project: str, labels: list[str], aliases: dict[str, list[str]]) -> tuple[FasterRCNN, VersionMeta]:
+    def _new_model(
+        self, project: str, labels: list[str], aliases: dict[str, list[str]]
+    ) -> tuple[FasterRCNN, VersionMeta]:
         """A model for a label set the project has no version for, and its meta.
 
         Warm-started from the project's newest trained version of this backbone
@@ -176,18 +187,25 @@ class ModelRegistry:
         """
         versions = self.store.versions(project)
         level = logging.WARNING if versions else logging.INFO  # a label config (or BACKBONE) changed
-        source = next((v for v in reversed(versions)
-                       if v.meta.trained and v.meta.backbone == self.config.backbone), None)
+        source = next(
+            (v for v in reversed(versions) if v.meta.trained and v.meta.backbone == self.config.backbone), None
+        )
         if source is None:
             model, report = build_model(self.config, labels, aliases)
             self.weights_reports[project] = report
-            logger.log(level, "project %s: no version for labels %s; a new model from %s weights",
-                       project, labels, report.used)
+            logger.log(
+                level, "project %s: no version for labels %s; a new model from %s weights", project, labels, report.used
+            )
             return model, self._base_meta(labels, report)
         logger.log(level, "project %s: no version for labels %s; warm-starting from %s", project, labels, source.name)
         model = warm_start(replace(self.config, weights=str(source.path)), labels)
-        meta = VersionMeta(labels=labels, backbone=self.config.backbone, weights=f"{source.name} (warm start)",
-                           weights_requested=self.config.weights, parent=source.name)
+        meta = VersionMeta(
+            labels=labels,
+            backbone=self.config.backbone,
+            weights=f"{source.name} (warm start)",
+            weights_requested=self.config.weights,
+            parent=source.name,
+        )
         return model, meta
 
     def _load_or_create(self, project: str, labels: list[str], aliases: dict[str, list[str]]) -> ServedModel:
@@ -204,6 +222,13 @@ class ModelRegistry:
     def _base_meta(self, labels: list[str], report: WeightsReport) -> VersionMeta:
         """The meta of a version made from base weights (it has no parent)."""
         if report.fell_back:
-            logger.warning("weights %s unavailable, using %s: %s", report.requested, report.used, "; ".join(report.reasons))
-        return VersionMeta(labels=labels, backbone=self.config.backbone, weights=report.used,
-                           weights_requested=report.requested, parent=None)
+            logger.warning(
+                "weights %s unavailable, using %s: %s", report.requested, report.used, "; ".join(report.reasons)
+            )
+        return VersionMeta(
+            labels=labels,
+            backbone=self.config.backbone,
+            weights=report.used,
+            weights_requested=report.requested,
+            parent=None,
+        )

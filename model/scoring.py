@@ -143,8 +143,12 @@ def _load(keys: Sequence[Hashable], source: ImageSource, failed: dict[Hashable, 
 
 
 def _predict_batches(
-    predict: Predict, keys: Sequence[Hashable], source: ImageSource, batch_size: int,
-    progress: Progress | None, message: str,
+    predict: Predict,
+    keys: Sequence[Hashable],
+    source: ImageSource,
+    batch_size: int,
+    progress: Progress | None,
+    message: str,
 ) -> tuple[list[Hashable], list[Detections], dict[Hashable, str]]:
     """``predict`` over every loadable image of ``keys``, ``batch_size`` at a time."""
     done_keys: list[Hashable] = []
@@ -160,8 +164,13 @@ def _predict_batches(
 
 
 def predict_pool(
-    detector: Detector, keys: Sequence[Hashable], source: ImageSource, *, batch_size: int,
-    flip: bool = False, progress: Progress | None = None,
+    detector: Detector,
+    keys: Sequence[Hashable],
+    source: ImageSource,
+    *,
+    batch_size: int,
+    flip: bool = False,
+    progress: Progress | None = None,
 ) -> tuple[list[Hashable], list[Detections], dict[Hashable, str]]:
     """Detections of every loadable image, in batches (images are not kept in memory)."""
     predict = partial(detector.predict, flip=flip)
@@ -169,27 +178,41 @@ def predict_pool(
 
 
 def _first_pass(
-    predict: Predict, keys: Sequence[Hashable], source: ImageSource, config: HUAConfig, batch_size: int,
+    predict: Predict,
+    keys: Sequence[Hashable],
+    source: ImageSource,
+    config: HUAConfig,
+    batch_size: int,
     progress: Progress | None,
 ) -> _FirstPass:
     """Detections and float64 gate entropies of every loadable image."""
     done, detections, failed = _predict_batches(predict, keys, source, batch_size, progress, DETECTING)
-    entropy = (torch.stack([image_entropy(d, config) for d in detections]) if detections
-               else torch.zeros(0, dtype=torch.float64))
+    entropy = (
+        torch.stack([image_entropy(d, config) for d in detections])
+        if detections
+        else torch.zeros(0, dtype=torch.float64)
+    )
     return _FirstPass(done, detections, entropy, failed)
 
 
 def _gated_metrics(
-    detector: Detector, first: _FirstPass, gated: Sequence[Hashable], source: ImageSource,
-    labeled_freq: Tensor, config: HUAConfig, batch_size: int, progress: Progress | None,
+    detector: Detector,
+    first: _FirstPass,
+    gated: Sequence[Hashable],
+    source: ImageSource,
+    labeled_freq: Tensor,
+    config: HUAConfig,
+    batch_size: int,
+    progress: Progress | None,
 ) -> dict[Hashable, Tensor]:
     """The four metrics of each image the gate passed, from its mirrored pass.
 
     An image whose reload fails leaves ``first`` (see ``_FirstPass.drop``).
     """
     by_key = dict(zip(first.keys, first.detections))
-    flip_keys, flipped, failed = predict_pool(detector, gated, source, batch_size=batch_size, flip=True,
-                                              progress=progress)
+    flip_keys, flipped, failed = predict_pool(
+        detector, gated, source, batch_size=batch_size, flip=True, progress=progress
+    )
     first.drop(failed)
     return {key: image_metrics(by_key[key], det, labeled_freq, config) for key, det in zip(flip_keys, flipped)}
 
@@ -222,8 +245,9 @@ def score_pool(
     first = _first_pass(predict, keys, source, config, batch_size, _share(progress, 0.0, 0.8))
     mask = select_candidates(first.entropy, num_candidates(len(first.keys), config, budget))
     candidates = [first.keys[i] for i in torch.nonzero(mask).flatten().tolist()]
-    metrics_by_key = _gated_metrics(detector, first, candidates, source, labeled_freq, config, batch_size,
-                                    _share(progress, 0.8, 0.2))
+    metrics_by_key = _gated_metrics(
+        detector, first, candidates, source, labeled_freq, config, batch_size, _share(progress, 0.8, 0.2)
+    )
     mask = torch.tensor([key in metrics_by_key for key in first.keys], dtype=torch.bool)
     rows = [metrics_by_key[key] for key in first.keys if key in metrics_by_key]
     metrics = torch.stack(rows) if rows else torch.zeros((0, 4), dtype=torch.float64)
@@ -240,8 +264,14 @@ def _diversified(ranking: Ranking, features: Tensor, window: int) -> Ranking:
 
 
 def score_new_images(
-    detector: Detector, keys: Sequence[Hashable], source: ImageSource, labeled_freq: Tensor, scale: Scale,
-    config: HUAConfig, *, batch_size: int,
+    detector: Detector,
+    keys: Sequence[Hashable],
+    source: ImageSource,
+    labeled_freq: Tensor,
+    scale: Scale,
+    config: HUAConfig,
+    *,
+    batch_size: int,
 ) -> NewScores:
     """Detections and task scores of new images on a stored pool scale.
 

@@ -185,8 +185,12 @@ def _loader(train_set: Sequence[Sample], config: TrainConfig, rng: random.Random
     dataset = DetectionDataset(train_set, config.flip_prob, rng)
     sampler = DistributedSampler(dataset, shuffle=True, seed=config.seed or 0) if is_distributed() else None
     return DataLoader(
-        dataset, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
-        collate_fn=_collate, generator=torch.Generator().manual_seed(config.seed or 0),
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        collate_fn=_collate,
+        generator=torch.Generator().manual_seed(config.seed or 0),
     )
 
 
@@ -213,8 +217,10 @@ def train(
     if not samples:
         raise ValueError("nothing to train on: no labelled images")
     if model.roi_heads.loss != config.loss:
-        raise ValueError(f"the model's heads were built for the {model.roi_heads.loss.name} loss, the training asks "
-                         f"for {config.loss.name} ({config.loss}): build the model with loss=config.loss")
+        raise ValueError(
+            f"the model's heads were built for the {model.roi_heads.loss.name} loss, the training asks "
+            f"for {config.loss.name} ({config.loss}): build the model with loss=config.loss"
+        )
     rng = _seed_everything(config.seed)
     train_set, held_out = split_holdout(samples, config, seed=config.seed or 0)
     loader = _loader(train_set, config, rng)
@@ -234,8 +240,11 @@ def train(
         _epoch_mean(result, epoch, logged)
         if progress and is_main_process():
             progress((step + 1) / total, f"step {step + 1}/{total} loss {logged['total']:.3f}")
-    result.summary = {**{k: v / total for k, v in totals.items() if k != "clipped"},
-                      "clip_fraction": totals.get("clipped", 0.0) / total, "iterations": float(total)}
+    result.summary = {
+        **{k: v / total for k, v in totals.items() if k != "clipped"},
+        "clip_fraction": totals.get("clipped", 0.0) / total,
+        "iterations": float(total),
+    }
     logger.info("trained %d steps: %s", total, _fmt(result.summary))
     model.eval()
     if held_out and is_main_process():

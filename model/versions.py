@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -150,7 +150,10 @@ class VersionStore:
             return self._publish(project, tmp, meta)
 
     def newest_or_save(
-        self, project: str, fits: Callable[[Version], bool], make: Callable[[], tuple[dict[str, torch.Tensor], VersionMeta]]
+        self,
+        project: str,
+        fits: Callable[[Version], bool],
+        make: Callable[[], tuple[dict[str, torch.Tensor], VersionMeta]],
     ) -> tuple[Version, bool]:
         """The newest version that ``fits``, else a new one from ``make()`` (state dict, meta); True if made.
 
@@ -204,7 +207,7 @@ class VersionStore:
         newest: dict[str, Version] = {}
         for version in versions:
             newest[json.dumps([version.meta.labels, version.meta.backbone])] = version
-        kept = {v.name for v in versions[-self.keep:]} | {v.name for v in newest.values()}
+        kept = {v.name for v in versions[-self.keep :]} | {v.name for v in newest.values()}
         kept |= {v.meta.parent for v in newest.values()}
         gone = [v for v in versions if v.name not in kept]
         for version in gone:
@@ -298,4 +301,4 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -72,9 +72,10 @@ def wait_for_progress(page, project: str, kind: str, value: float) -> None:
     """Wait until the page's bar shows ``value`` by itself (its script polls /jobs)."""
     page.wait_for_function(
         "([project, kind, value]) => { const p = document.querySelector("
-        "`tr.job[data-project=\"${project}\"][data-kind=\"${kind}\"] progress`); "
+        '`tr.job[data-project="${project}"][data-kind="${kind}"] progress`); '
         "return p !== null && Math.abs(p.value - value) < 1e-6; }",
-        arg=[project, kind, value], timeout=WAIT_MS,
+        arg=[project, kind, value],
+        timeout=WAIT_MS,
     )
 
 

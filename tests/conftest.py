@@ -7,9 +7,9 @@ import subprocess
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from helpers import make_settings, write_image_set
 
 from backend.app import create_app
+from helpers import make_settings, write_image_set
 
 # The Label Studio session fixtures (one server for the whole run), in tests/labelstudio.py.
 pytest_plugins = ["labelstudio"]

@@ -35,17 +35,31 @@ def main(out: Path) -> None:
     folder = out / f"images-{rank}"
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)  # the same initial weights on every rank
-    config = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False,
-                            min_size=96, max_size=128, sampled_rois=32)
+    config = DetectorConfig(
+        backbone="mobilenet_v3_320_fpn",
+        weights="none",
+        allow_download=False,
+        min_size=96,
+        max_size=128,
+        sampled_rois=32,
+    )
     model, _ = build_model(config, ["square"])
     before = sum(float(p.detach().double().sum()) for p in model.parameters())
-    result = train(model, _samples(folder, 4), TrainConfig(epochs=2, min_iterations=1, batch_size=1, seed=0),
-                   torch.device("cpu"))
+    result = train(
+        model, _samples(folder, 4), TrainConfig(epochs=2, min_iterations=1, batch_size=1, seed=0), torch.device("cpu")
+    )
     after = sum(float(p.detach().double().sum()) for p in model.parameters())
-    (out / f"rank{rank}.json").write_text(json.dumps({
-        "before": before, "after": after, "main": is_main_process(),
-        "epochs": len(result.epoch_losses), "world": dist.get_world_size(),
-    }))
+    (out / f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "before": before,
+                "after": after,
+                "main": is_main_process(),
+                "epochs": len(result.epoch_losses),
+                "world": dist.get_world_size(),
+            }
+        )
+    )
     dist.destroy_process_group()
 
 

@@ -64,7 +64,9 @@ def image_bytes(width: int, height: int, colour: tuple[int, int, int] = (90, 120
     return buffer.getvalue()
 
 
-def write_image(path: Path, width: int, height: int, colour: tuple[int, int, int] = (90, 120, 30), fmt: str = "PNG") -> Path:
+def write_image(
+    path: Path, width: int, height: int, colour: tuple[int, int, int] = (90, 120, 30), fmt: str = "PNG"
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(image_bytes(width, height, colour, fmt))
     return path
@@ -160,7 +162,7 @@ class LocalServer:
     def url(self) -> str:
         return f"http://{self.netloc}"
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> LocalServer:
         self._thread.start()
         return self
 

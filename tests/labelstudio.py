@@ -75,10 +75,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import pytest
 import requests
@@ -178,7 +179,7 @@ def _child_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def job_env(label_studio: "LabelStudio", model_dir: Path, **extra: str) -> dict[str, str]:
+def job_env(label_studio: LabelStudio, model_dir: Path, **extra: str) -> dict[str, str]:
     """The settings of a job process (CLI, RQ worker) against this Label Studio, as variables:
     the small random-init CPU model, one epoch, every box kept."""
     return {
@@ -279,16 +280,28 @@ def ensure_ls_venv(venv: Path | str | None = None, log_path: Path | None = None)
         env = _child_env()
         steps = [
             [python, "-m", "venv", str(venv)],
-            [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-             f"label-studio=={LS_VERSION}"],
+            [
+                str(venv / "bin" / "python"),
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                f"label-studio=={LS_VERSION}",
+            ],
         ]
         with open(log_path, "ab") as log_f:
             for cmd in steps:
                 log_f.write(f"$ {' '.join(cmd)}\n".encode())
                 log_f.flush()
                 try:
-                    rc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=log_f, stderr=subprocess.STDOUT,
-                                        env=env, timeout=VENV_INSTALL_TIMEOUT_S).returncode
+                    rc = subprocess.run(
+                        cmd,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log_f,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                        timeout=VENV_INSTALL_TIMEOUT_S,
+                    ).returncode
                 except subprocess.TimeoutExpired:
                     rc = "timeout"
                 if rc != 0:
@@ -319,7 +332,7 @@ class LabelStudioServer:
     process: subprocess.Popen
     start_seconds: float = 0.0
 
-    def client(self, timeout: float = HTTP_TIMEOUT_S) -> "LabelStudio":
+    def client(self, timeout: float = HTTP_TIMEOUT_S) -> LabelStudio:
         return LabelStudio(self.url, self.token, timeout=timeout)
 
     def log_tail(self, n_chars: int = 6000) -> str:
@@ -373,12 +386,17 @@ def start_label_studio(
     )
     env.update(extra_env or {})
     cmd = [
-        str(venv / "bin" / "label-studio"), "start",
+        str(venv / "bin" / "label-studio"),
+        "start",
         "--no-browser",
-        "--host", url,
-        "--internal-host", "127.0.0.1",
-        "-p", str(port),
-        "--data-dir", str(data_dir),
+        "--host",
+        url,
+        "--internal-host",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--data-dir",
+        str(data_dir),
         "--enable-legacy-api-token",
     ]
     proc = _popen_logged(cmd, cwd=base_dir, env=env, log_path=log_path)
@@ -388,8 +406,16 @@ def start_label_studio(
         stop_process(proc)
         raise
     return LabelStudioServer(
-        url=url, port=port, token=token, username=username, password=password, data_dir=data_dir,
-        document_root=document_root, log_path=log_path, process=proc, start_seconds=seconds,
+        url=url,
+        port=port,
+        token=token,
+        username=username,
+        password=password,
+        data_dir=data_dir,
+        document_root=document_root,
+        log_path=log_path,
+        process=proc,
+        start_seconds=seconds,
     )
 
 
@@ -458,8 +484,9 @@ class LabelStudio:
 
     # -- data
 
-    def create_local_storage(self, project: int, path: Path | str, *, use_blob_urls: bool = False,
-                             sync: bool = False, **fields) -> int:
+    def create_local_storage(
+        self, project: int, path: Path | str, *, use_blob_urls: bool = False, sync: bool = False, **fields
+    ) -> int:
         """A local-files import storage for ``path`` (a folder under LS's
         LOCAL_FILES_DOCUMENT_ROOT). With ``use_blob_urls=False`` it only allows
         /data/local-files/?d=... URLs of imported tasks to be served (no sync
@@ -498,8 +525,12 @@ class LabelStudio:
         out: list[dict] = []
         page = 1
         while True:
-            r = self.request("GET", "/api/tasks", ok=(404,), params={
-                "project": project, "fields": "all", "page": page, "page_size": page_size, **params})
+            r = self.request(
+                "GET",
+                "/api/tasks",
+                ok=(404,),
+                params={"project": project, "fields": "all", "page": page, "page_size": page_size, **params},
+            )
             if r.status_code == 404:  # "Invalid page." past the end
                 break
             body = r.json()
@@ -519,8 +550,16 @@ class LabelStudio:
 
     # -- ML backend
 
-    def connect_ml_backend(self, project: int, url: str, title: str = "hua-backend", *,
-                           user: str | None = None, password: str | None = None, **fields) -> int:
+    def connect_ml_backend(
+        self,
+        project: int,
+        url: str,
+        title: str = "hua-backend",
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        **fields,
+    ) -> int:
         """Connect a backend; LS calls its /health and /setup (with basic auth when
         ``user`` is given) and answers 400 when they fail."""
         body: dict[str, Any] = {"project": project, "url": url, "title": title, **fields}
@@ -540,8 +579,11 @@ class LabelStudio:
         """Data Manager action "Retrieve predictions": ONE /predict with every selected
         task; synchronous, answers {"processed_items", "detail"}."""
         selected = {"all": False, "included": task_ids} if task_ids else {"all": True, "excluded": []}
-        return self.post("/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": project},
-                         json={"selectedItems": selected})
+        return self.post(
+            "/api/dm/actions",
+            params={"id": "retrieve_tasks_predictions", "project": project},
+            json={"selectedItems": selected},
+        )
 
     # -- data manager / label stream
 
@@ -633,23 +675,38 @@ def start_ml_backend(
     user, password = settings["BASIC_AUTH_USER"], settings["BASIC_AUTH_PASS"]
     app_root = Path(os.environ.get("E2E_BACKEND_ROOT") or REPO_ROOT)
     cmd = _gunicorn_cmd() + [
-        "--chdir", str(app_root),
-        "--bind", f"127.0.0.1:{port}",
-        "--workers", "1",
-        "--threads", "4",
-        "--timeout", "300",
+        "--chdir",
+        str(app_root),
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "1",
+        "--threads",
+        "4",
+        "--timeout",
+        "300",
         "backend.app:create_app()",
     ]
     proc = _popen_logged(cmd, cwd=app_root, env=env, log_path=log_path)
     url = f"http://127.0.0.1:{port}"
     try:
-        seconds = _wait_http_ok(f"{url}/health", proc, timeout_s, auth=(user, password),
-                                what="ML backend (gunicorn)", log_path=log_path)
+        seconds = _wait_http_ok(
+            f"{url}/health", proc, timeout_s, auth=(user, password), what="ML backend (gunicorn)", log_path=log_path
+        )
     except BaseException:
         stop_process(proc)
         raise
-    return MLBackendServer(url=url, port=port, user=user, password=password, model_dir=model_dir,
-                           log_path=log_path, process=proc, env=settings, start_seconds=seconds)
+    return MLBackendServer(
+        url=url,
+        port=port,
+        user=user,
+        password=password,
+        model_dir=model_dir,
+        log_path=log_path,
+        process=proc,
+        env=settings,
+        start_seconds=seconds,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -682,8 +739,14 @@ class ImageSet:
 
     def spec_for_url(self, url: str) -> ImageSpec:
         """The image a task URL points at (uploads get a ``<hash>-`` prefix)."""
-        hits = [s for s in self.all if url.endswith("/" + s.name) or url.endswith("=" + s.name)
-                or url.endswith("-" + s.name) or url.endswith("%2F" + s.name)]
+        hits = [
+            s
+            for s in self.all
+            if url.endswith("/" + s.name)
+            or url.endswith("=" + s.name)
+            or url.endswith("-" + s.name)
+            or url.endswith("%2F" + s.name)
+        ]
         if len(hits) != 1:
             raise KeyError(f"no unique image for task URL {url!r}: {hits}")
         return hits[0]
@@ -706,9 +769,11 @@ def make_images(document_root: Path, upload_dir: Path, subdir: str = "e2e-images
     local_dir = Path(document_root) / subdir
     synced_dir = Path(document_root) / f"{subdir}-synced"
     local = []
-    for name, w, h, c in (("e2e-square-64x64.png", 64, 64, (200, 30, 30)),
-                          ("e2e-landscape-80x60.png", 80, 60, (30, 30, 200)),
-                          ("e2e-portrait-48x72.png", 48, 72, (30, 160, 30))):
+    for name, w, h, c in (
+        ("e2e-square-64x64.png", 64, 64, (200, 30, 30)),
+        ("e2e-landscape-80x60.png", 80, 60, (30, 30, 200)),
+        ("e2e-portrait-48x72.png", 48, 72, (30, 160, 30)),
+    ):
         p = local_dir / name
         _draw(p, w, h, c, "PNG")
         local.append(ImageSpec(name, w, h, p, f"/data/local-files/?d={subdir}/{name}"))
@@ -716,8 +781,13 @@ def make_images(document_root: Path, upload_dir: Path, subdir: str = "e2e-images
     _draw(up, 72, 40, (180, 120, 20), "JPEG")
     syn = synced_dir / "e2e-synced-56x88.png"
     _draw(syn, 56, 88, (20, 120, 180), "PNG")
-    return ImageSet(local=local, local_dir=local_dir, upload=[ImageSpec(up.name, 72, 40, up)],
-                    synced=[ImageSpec(syn.name, 56, 88, syn)], synced_dir=synced_dir)
+    return ImageSet(
+        local=local,
+        local_dir=local_dir,
+        upload=[ImageSpec(up.name, 72, 40, up)],
+        synced=[ImageSpec(syn.name, 56, 88, syn)],
+        synced_dir=synced_dir,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -809,8 +879,9 @@ class SquareImages:
         return next(s for s in self.images if url.endswith("/" + s.name))
 
 
-def make_square_images(document_root: Path, subdir: str = "e2e-train", count: int = 6,
-                       width: int = 128, height: int = 96, side: int = 48) -> SquareImages:
+def make_square_images(
+    document_root: Path, subdir: str = "e2e-train", count: int = 6, width: int = 128, height: int = 96, side: int = 48
+) -> SquareImages:
     """``count`` grey images with one red square each, at places fixed by a seed."""
     import random
 
@@ -826,21 +897,35 @@ def make_square_images(document_root: Path, subdir: str = "e2e-train", count: in
         ImageDraw.Draw(img).rectangle([x, y, x + side - 1, y + side - 1], fill=(255, 0, 0))
         name = f"e2e-square-{i}.png"
         img.save(folder / name)
-        images.append(SquareImage(name, f"/data/local-files/?d={subdir}/{name}", folder / name, width, height,
-                                  (x, y, x + side, y + side)))
+        images.append(
+            SquareImage(
+                name, f"/data/local-files/?d={subdir}/{name}", folder / name, width, height, (x, y, x + side, y + side)
+            )
+        )
     return SquareImages(folder, images)
 
 
 def square_result(image: SquareImage, label: str, from_name: str = "label", to_name: str = "image") -> list[dict]:
     """An annotation result (LS's percent coordinates) boxing ``image``'s square."""
     x1, y1, x2, y2 = image.box
-    return [{
-        "from_name": from_name, "to_name": to_name, "type": "rectanglelabels",
-        "original_width": image.width, "original_height": image.height, "image_rotation": 0,
-        "value": {"x": 100.0 * x1 / image.width, "y": 100.0 * y1 / image.height,
-                  "width": 100.0 * (x2 - x1) / image.width, "height": 100.0 * (y2 - y1) / image.height,
-                  "rotation": 0, "rectanglelabels": [label]},
-    }]
+    return [
+        {
+            "from_name": from_name,
+            "to_name": to_name,
+            "type": "rectanglelabels",
+            "original_width": image.width,
+            "original_height": image.height,
+            "image_rotation": 0,
+            "value": {
+                "x": 100.0 * x1 / image.width,
+                "y": 100.0 * y1 / image.height,
+                "width": 100.0 * (x2 - x1) / image.width,
+                "height": 100.0 * (y2 - y1) / image.height,
+                "rotation": 0,
+                "rectanglelabels": [label],
+            },
+        }
+    ]
 
 
 def wait_for_job(backend: MLBackendServer, project: int | str, kind: str, finished, timeout_s: float = 300.0) -> dict:
@@ -854,8 +939,9 @@ def wait_for_job(backend: MLBackendServer, project: int | str, kind: str, finish
         if record is not None and finished(record):
             return record
         time.sleep(1.0)
-    raise TimeoutError(f"{kind} job of project {project} not finished after {timeout_s:.0f} s: {record}\n"
-                       f"{backend.log_tail(8000)}")
+    raise TimeoutError(
+        f"{kind} job of project {project} not finished after {timeout_s:.0f} s: {record}\n{backend.log_tail(8000)}"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,6 @@ import torch
 from bench.active_learning import configs, dataset, pretrain, report, workers
 from bench.active_learning.loop import Row, RunSpec, Step, initial_set, plan
 from bench.active_learning.storage import read_rows, resumable, write_rows
-from bench.active_learning.workers import run_all
 from bench.active_learning.strategies import (
     STRATEGIES,
     CALDConfig,
@@ -32,6 +31,7 @@ from bench.active_learning.strategies import (
     rotate_view,
     select,
 )
+from bench.active_learning.workers import run_all
 from model.detections import Detections
 from model.detector import Detector
 
@@ -43,10 +43,31 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> dataset.BenchDataset:
     return dataset.digit_scenes_dataset(TINY.digits, tmp_path_factory.mktemp("scenes"))
 
 
-def _row(strategy: str, loss: str, seed: int, cycle: int, ap50: float, boxes: int = 0, labeled: int = 0,
-         picked: tuple[int, ...] = ()) -> Row:
-    return Row(strategy, loss, seed, cycle, labeled or 40 * (cycle + 1), boxes, ap50, ap50 / 2,
-               1.0, 0.5, 0.2 if picked else 0.0, 100, picked)
+def _row(
+    strategy: str,
+    loss: str,
+    seed: int,
+    cycle: int,
+    ap50: float,
+    boxes: int = 0,
+    labeled: int = 0,
+    picked: tuple[int, ...] = (),
+) -> Row:
+    return Row(
+        strategy,
+        loss,
+        seed,
+        cycle,
+        labeled or 40 * (cycle + 1),
+        boxes,
+        ap50,
+        ap50 / 2,
+        1.0,
+        0.5,
+        0.2 if picked else 0.0,
+        100,
+        picked,
+    )
 
 
 class TestDigitScenes:
@@ -96,8 +117,15 @@ class TestDigitScenes:
         assert len(held) == int(0.3 * len(labels)) and len(test) == len(labels) - int(0.8 * len(labels))
 
     def test_pretrain_scenes_are_one_class_and_one_set_for_every_seed(self, tmp_path: Path) -> None:
-        config = dataset.DigitScenesConfig(image_size=64, pool_images=2, test_images=1, pretrain_images=3,
-                                           pretrain_share=0.3, min_scale=16, max_scale=32)
+        config = dataset.DigitScenesConfig(
+            image_size=64,
+            pool_images=2,
+            test_images=1,
+            pretrain_images=3,
+            pretrain_share=0.3,
+            min_scale=16,
+            max_scale=32,
+        )
         names, samples = dataset.pretrain_scenes(config, tmp_path)
         assert names == (dataset.PRETRAIN_LABEL,) and len(samples) == 3
         assert all(set(s.labels.tolist()) <= {1} for s in samples) and any(s.labels.numel() for s in samples)
@@ -105,8 +133,9 @@ class TestDigitScenes:
         assert [s.image_path for s in again] == [s.image_path for s in samples]
 
     def test_each_seed_has_its_own_scenes_from_one_split(self, tmp_path: Path) -> None:
-        config = dataset.DigitScenesConfig(image_size=64, pool_images=2, test_images=1, pretrain_share=0.3,
-                                           min_scale=16, max_scale=32)
+        config = dataset.DigitScenesConfig(
+            image_size=64, pool_images=2, test_images=1, pretrain_share=0.3, min_scale=16, max_scale=32
+        )
         a = dataset.prepare_digit_scenes(config, tmp_path)
         b = dataset.prepare_digit_scenes(replace(config, seed=1), tmp_path)
         assert a != b and (a / "pool.json").read_text() != (b / "pool.json").read_text()
@@ -144,8 +173,9 @@ class TestDigitScenes:
 
 
 #: ``varied``'s scenes at a test's size: 128 px, a 40-image pool, a 20-image test split.
-VARIED_SMALL = replace(configs.varied().digits, image_size=128, pool_images=40, test_images=20, min_scale=8,
-                       max_scale=40, min_test_boxes=2)
+VARIED_SMALL = replace(
+    configs.varied().digits, image_size=128, pool_images=40, test_images=20, min_scale=8, max_scale=40, min_test_boxes=2
+)
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +196,8 @@ def _boxes_by_image(doc: dict) -> dict[int, list[list[float]]]:
 
 
 class TestVariedScenes:
-    """The pool of docs/method.md, section 7 (``DigitScenesConfig``'s later fields), and ``uniform`` unchanged by them."""
+    """The pool of docs/method.md, section 7 (``DigitScenesConfig``'s later fields), and ``uniform``
+    unchanged by them."""
 
     def test_uniform_scenes_are_unchanged(self, tmp_path: Path) -> None:
         import hashlib
@@ -177,9 +208,18 @@ class TestVariedScenes:
         # captured before the varied fields existed: the cached scenes and the warm start keep their names
         assert configs.uniform().digits.fingerprint() == "2a6efde521"
         assert configs.uniform().digits.pretrain_fingerprint() == "41e3f3b73d"
-        config = dataset.DigitScenesConfig(image_size=64, pool_images=3, test_images=2, pretrain_images=2,
-                                           pretrain_share=0.3, min_digits=2, max_digits=5, min_scale=16,
-                                           max_scale=40, class_skew=2.0)
+        config = dataset.DigitScenesConfig(
+            image_size=64,
+            pool_images=3,
+            test_images=2,
+            pretrain_images=2,
+            pretrain_share=0.3,
+            min_digits=2,
+            max_digits=5,
+            min_scale=16,
+            max_scale=40,
+            class_skew=2.0,
+        )
         folder = dataset.write_digit_scenes(config, tmp_path, ("pool", "test", "pretrain"))
         digest = hashlib.sha256()
         for path in sorted((folder / "images").glob("*.png")):
@@ -210,7 +250,7 @@ class TestVariedScenes:
         ranked = np.sort(freq)[::-1]
         expected = np.arange(1, 11) ** -1.2
         assert ranked == pytest.approx(expected / expected.sum())
-        assert ranked[0] == pytest.approx(0.405, abs=0.005) and ranked[0] / ranked[-1] == pytest.approx(10 ** 1.2)
+        assert ranked[0] == pytest.approx(0.405, abs=0.005) and ranked[0] / ranked[-1] == pytest.approx(10**1.2)
         other = dataset.zipf_frequencies(10, 1.2, np.random.default_rng(1))
         assert np.argmax(freq) != np.argmax(other) or not np.array_equal(np.argsort(freq), np.argsort(other))
 
@@ -224,7 +264,7 @@ class TestVariedScenes:
         for split in ("pool", "test"):
             for boxes in _boxes_by_image(_split(varied_folder, split)).values():
                 for i, a in enumerate(boxes):
-                    assert all(dataset._box_iou(a, b) <= 0.5 + 1e-9 for b in boxes[i + 1:])
+                    assert all(dataset._box_iou(a, b) <= 0.5 + 1e-9 for b in boxes[i + 1 :])
 
     def test_near_duplicate_groups_in_the_pool_only(self, varied_folder: Path) -> None:
         pool, test = _split(varied_folder, "pool"), _split(varied_folder, "test")
@@ -309,8 +349,13 @@ class TestStrategiesSelectValidBatches:
 def _detections(boxes: list[list[float]], probs: list[list[float]]) -> Detections:
     p = torch.tensor(probs)
     return Detections(
-        boxes=torch.tensor(boxes), labels=p[:, 1:].argmax(1) + 1, scores=p[:, 1:].amax(1), probs=p,
-        sigmas=torch.zeros(len(boxes), 4), width=100, height=100,
+        boxes=torch.tensor(boxes),
+        labels=p[:, 1:].argmax(1) + 1,
+        scores=p[:, 1:].amax(1),
+        probs=p,
+        sigmas=torch.zeros(len(boxes), 4),
+        width=100,
+        height=100,
     )
 
 
@@ -326,15 +371,17 @@ class TestCALDParts:
         assert cald_consistency(ref, ref.boxes, empty, base_point=1.3) == 0.0
 
     def test_class_profile_keeps_the_best_score_per_class(self) -> None:
-        det = _detections([[0, 0, 5, 5], [10, 10, 20, 20], [30, 30, 40, 40]],
-                          [[0.2, 0.8, 0.0], [0.4, 0.6, 0.0], [0.3, 0.0, 0.7]])
+        det = _detections(
+            [[0, 0, 5, 5], [10, 10, 20, 20], [30, 30, 40, 40]], [[0.2, 0.8, 0.0], [0.4, 0.6, 0.0], [0.3, 0.0, 0.7]]
+        )
         assert class_profile(det, 2).tolist() == pytest.approx([0.8, 0.7])
 
     def test_rotated_boxes_follow_the_ink(self) -> None:
         image = torch.zeros(3, 100, 140)
         image[:, 20:40, 70:120] = 1.0
-        out, boxes = rotate_view(image, torch.tensor([[70.0, 20.0, 120.0, 40.0]]), random.Random(0),
-                                 CALDConfig(rotate_degrees=30))
+        out, boxes = rotate_view(
+            image, torch.tensor([[70.0, 20.0, 120.0, 40.0]]), random.Random(0), CALDConfig(rotate_degrees=30)
+        )
         ys, xs = torch.nonzero(out[0] > 0.5, as_tuple=True)
         ink = [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
         assert boxes[0].tolist() == pytest.approx(ink, abs=1.5)
@@ -354,8 +401,9 @@ class TestReport:
             for cycle, value in enumerate(cls.RANDOM):
                 base = value + (seed - 1) / 100
                 rows.append(_row("random", "synchronic", seed, cycle, base, boxes=140 * (cycle + 1)))
-                rows.append(_row("hua", "synchronic", seed, cycle, base + cls.HUA_DIFF[cycle][seed],
-                                 boxes=140 + 160 * cycle))
+                rows.append(
+                    _row("hua", "synchronic", seed, cycle, base + cls.HUA_DIFF[cycle][seed], boxes=140 + 160 * cycle)
+                )
         return rows
 
     def test_labeled_to_reach_interpolates(self) -> None:
@@ -366,7 +414,7 @@ class TestReport:
     def test_interval_is_students_t_over_seeds(self) -> None:
         interval = report.Interval.of([0.01, 0.02, 0.03])
         assert interval.mean == pytest.approx(0.02)
-        assert interval.half == pytest.approx(4.303 * 0.01 / 3 ** 0.5, rel=1e-3)  # t(0.975, 2 df) = 4.303
+        assert interval.half == pytest.approx(4.303 * 0.01 / 3**0.5, rel=1e-3)  # t(0.975, 2 df) = 4.303
         assert report.t_quantile(1000) == pytest.approx(1.96, abs=2e-3)
         assert math.isnan(report.Interval.of([0.5]).half)
 
@@ -375,7 +423,7 @@ class TestReport:
         assert (cmp.curve.name, cmp.baseline.name, cmp.seeds) == ("hua + synchronic", "random + synchronic", [0, 1, 2])
         assert [d.mean for d in cmp.diff] == pytest.approx([0.0, 0.02, 0.02, -0.01, 0.03])
         assert cmp.diff[0].half == pytest.approx(0.0) and cmp.diff[2].half == pytest.approx(0.0, abs=1e-12)
-        assert cmp.diff[1].half == pytest.approx(4.303 * 0.01 / 3 ** 0.5, rel=1e-3)
+        assert cmp.diff[1].half == pytest.approx(4.303 * 0.01 / 3**0.5, rel=1e-3)
 
     def test_cycles_at_or_above_count_cycles_one_to_four(self) -> None:
         (cmp,) = report.selection_comparisons(report.curves(self._rows()))
@@ -395,9 +443,11 @@ class TestReport:
                 standard = 0.3 + 0.05 * cycle + seed / 100
                 # the difference alternates -0.01, +0.01 over seeds 0..3 and is 0 at seed 4, plus shift
                 diff = shift + (0.01 * (-1) ** (seed + 1) if seed < 4 else 0.0)
-                rows += [_row("random", "standard", seed, cycle, standard),
-                         _row("random", "synchronic", seed, cycle, standard + diff),
-                         _row("random", "synchronic-balanced", seed, cycle, standard - 0.1)]
+                rows += [
+                    _row("random", "standard", seed, cycle, standard),
+                    _row("random", "synchronic", seed, cycle, standard + diff),
+                    _row("random", "synchronic-balanced", seed, cycle, standard - 0.1),
+                ]
         decision = report.decide(report.curves(rows))
         assert decision.loss == outcome and decision.cycles == 5 and decision.difference.n == 5
         assert decision.difference.mean == pytest.approx(shift, abs=1e-12)
@@ -447,26 +497,39 @@ class TestLoopBookkeeping:
 
     def test_csv_in_the_names_before_issue_25_is_read_in_todays(self, tmp_path: Path) -> None:
         """A CSV with ``synchronic-paper`` rows: that is the paper's form, and its ``synchronic`` the balanced."""
-        old = [_row("random", "synchronic-paper", 0, 0, 0.3), _row("random", "synchronic", 0, 0, 0.2),
-               _row("random", "standard", 0, 0, 0.1)]
+        old = [
+            _row("random", "synchronic-paper", 0, 0, 0.3),
+            _row("random", "synchronic", 0, 0, 0.2),
+            _row("random", "standard", 0, 0, 0.1),
+        ]
         write_rows(tmp_path / "old.csv", old)
         assert {(r.loss, r.ap50) for r in read_rows(tmp_path / "old.csv")} == {
-            ("synchronic", 0.3), ("synchronic-balanced", 0.2), ("standard", 0.1)}
+            ("synchronic", 0.3),
+            ("synchronic-balanced", 0.2),
+            ("standard", 0.1),
+        }
         new = [_row("random", "synchronic", 0, 0, 0.3), _row("random", "synchronic-balanced", 0, 0, 0.2)]
         write_rows(tmp_path / "new.csv", new)
         assert {(r.loss, r.ap50) for r in read_rows(tmp_path / "new.csv")} == {
-            ("synchronic", 0.3), ("synchronic-balanced", 0.2)}
+            ("synchronic", 0.3),
+            ("synchronic-balanced", 0.2),
+        }
 
     def test_resumable_rows_stop_at_a_runs_first_gap(self) -> None:
         rows = [_row("random", "synchronic", 0, c, 0.3) for c in (0, 1, 3)] + [_row("hua", "synchronic", 0, 1, 0.3)]
         assert [(r.strategy, r.cycle) for r in resumable(rows, cycles=4)] == [("random", 0), ("random", 1)]
 
     def test_cycle_zero_is_one_step_for_runs_with_the_same_loss_and_seed(self) -> None:
-        specs = [RunSpec(s, "synchronic", 0) for s in ("random", "hua", "cald")] + [RunSpec("random", "standard", 0),
-                                                                                     RunSpec("random", "synchronic", 1)]
+        specs = [RunSpec(s, "synchronic", 0) for s in ("random", "hua", "cald")] + [
+            RunSpec("random", "standard", 0),
+            RunSpec("random", "synchronic", 1),
+        ]
         steps = plan(specs, [], self._data(), replace(TINY.simulation, initial=4))
         assert [(len(s.specs), s.loss, s.seed, s.cycle) for s in steps] == [
-            (3, "synchronic", 0, 0), (1, "standard", 0, 0), (1, "synchronic", 1, 0)]
+            (3, "synchronic", 0, 0),
+            (1, "standard", 0, 0),
+            (1, "synchronic", 1, 0),
+        ]
         assert steps[0].labeled == steps[1].labeled == tuple(initial_set(20, 4, 0))
 
     def test_a_run_resumes_at_its_next_cycle_with_what_it_picked(self) -> None:
@@ -487,8 +550,17 @@ class TestLoopBookkeeping:
             rows = []
             for spec in step.specs:  # random picks from the front of the pool, the others from the back
                 picked = free[: config.budget] if spec.strategy == "random" else free[::-1][: config.budget]
-                rows.append(_row(spec.strategy, spec.loss, spec.seed, step.cycle, 0.1, labeled=len(step.labeled),
-                                 picked=tuple(picked) if step.cycle < config.cycles else ()))
+                rows.append(
+                    _row(
+                        spec.strategy,
+                        spec.loss,
+                        spec.seed,
+                        step.cycle,
+                        0.1,
+                        labeled=len(step.labeled),
+                        picked=tuple(picked) if step.cycle < config.cycles else (),
+                    )
+                )
             return rows
 
         monkeypatch.setattr(workers, "run_step", fake_step)
@@ -498,7 +570,8 @@ class TestLoopBookkeeping:
         assert len(calls) == 1 and len(rows) == 2  # one step (the shared cycle 0), then the limit
         rows = run_all(specs, self._data(), config, tmp_path / "r.csv", resume=True)
         assert sorted((r.strategy, r.loss, r.cycle) for r in rows) == sorted(
-            (s.strategy, s.loss, c) for s in specs for c in range(3))
+            (s.strategy, s.loss, c) for s in specs for c in range(3)
+        )
         assert len(calls) == 1 + 1 + 3 * 2  # standard's cycle 0, then cycles 1-2 of each run, never cycle 0 again
         hua_cycle_2 = next(s for s in calls if s.specs[0].strategy == "hua" and s.cycle == 2)
         assert hua_cycle_2.labeled[4:] == (19, 18, 17, 16)
@@ -521,9 +594,12 @@ class TestWarmStart:
         assert pretrain.warm_start(*args).path == version.path
         other = replace(TINY.pretrain, seed=1)
         assert other.fingerprint(TINY.digits, TINY.simulation.detector) != TINY.pretrain.fingerprint(
-            TINY.digits, TINY.simulation.detector)
-        assert pretrain.warm_start(replace(TINY.pretrain, seed=0), replace(TINY.digits, seed=3), *args[2:]).path \
-            == version.path  # the pool's seed does not change the pretraining scenes
+            TINY.digits, TINY.simulation.detector
+        )
+        assert (
+            pretrain.warm_start(replace(TINY.pretrain, seed=0), replace(TINY.digits, seed=3), *args[2:]).path
+            == version.path
+        )  # the pool's seed does not change the pretraining scenes
 
 
 @pytest.mark.slow
@@ -548,16 +624,32 @@ def test_command_line_end_to_end_with_resume(tmp_path: Path, monkeypatch) -> Non
 
     monkeypatch.setattr(cli, "RESULTS_DIR", tmp_path / "published")
     out, cache = tmp_path / "out", tmp_path / "cache"
-    base = ["--config", "tiny", "--out", str(out), "--cache", str(cache), "--seeds", "0", "1",
-            "--runs", "random:synchronic", "hua:synchronic", "random:standard"]
+    base = [
+        "--config",
+        "tiny",
+        "--out",
+        str(out),
+        "--cache",
+        str(cache),
+        "--seeds",
+        "0",
+        "1",
+        "--runs",
+        "random:synchronic",
+        "hua:synchronic",
+        "random:standard",
+    ]
     assert cli.main(base + ["--max-minutes", "0"]) == 0  # one step, then the time limit
     first = read_rows(out / "results.csv")
     assert [(r.strategy, r.seed, r.cycle) for r in first] == [("hua", 0, 0), ("random", 0, 0)]
     assert cli.main(base + ["--resume", "--publish"]) == 0
     rows = read_rows(out / "results.csv")
     assert sorted((r.strategy, r.loss, r.seed, r.cycle) for r in rows) == sorted(
-        (s, loss, seed, c) for s, loss in (("random", "synchronic"), ("hua", "synchronic"), ("random", "standard"))
-        for seed in (0, 1) for c in (0, 1))
+        (s, loss, seed, c)
+        for s, loss in (("random", "synchronic"), ("hua", "synchronic"), ("random", "standard"))
+        for seed in (0, 1)
+        for c in (0, 1)
+    )
     assert set(first) <= set(rows)
     assert len(list(cache.glob("pretrain-*"))) == 1  # pretrained once for both invocations and both seeds
     meta = json.loads((out / "meta.json").read_text())
@@ -590,8 +682,23 @@ def test_calibration_writes_what_it_tried(tmp_path: Path, monkeypatch) -> None:
     from bench.active_learning import __main__ as cli
 
     monkeypatch.setattr(cli, "RESULTS_DIR", tmp_path / "published")
-    assert cli.main(["--config", "tiny", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
-                     "--calibrate", "1", "2", "--publish"]) == 0
+    assert (
+        cli.main(
+            [
+                "--config",
+                "tiny",
+                "--out",
+                str(tmp_path / "out"),
+                "--cache",
+                str(tmp_path / "cache"),
+                "--calibrate",
+                "1",
+                "2",
+                "--publish",
+            ]
+        )
+        == 0
+    )
     text = (tmp_path / "published" / "active_learning_tiny_calibration.md").read_text()
     assert "| 1 |" in text and "| 2 |" in text and "fewest iterations" in text
     assert not (tmp_path / "out" / "results.csv").exists()

@@ -6,18 +6,19 @@ from __future__ import annotations
 import threading
 
 import pytest
-from helpers import SMALL, local_task, make_settings, predict_body
 
 from backend.app import create_app
 from backend.service import app_service
 from backend.settings import SettingsError
+from helpers import SMALL, local_task, make_settings, predict_body
 
 
 @pytest.fixture
 def blocked_app(tmp_path, image_root):
     """THREADS=4, LIGHT_THREADS=2: two /predict at once; the model lookup waits until ``release`` is set."""
-    app = create_app(make_settings(tmp_path / "models", threads=4, light_threads=2,
-                                   local_files_document_root=str(image_root)))
+    app = create_app(
+        make_settings(tmp_path / "models", threads=4, light_threads=2, local_files_document_root=str(image_root))
+    )
     service = app_service(app)
     entered, release = threading.Semaphore(0), threading.Event()
     real_get = service.registry.get
@@ -36,8 +37,10 @@ class TestAdmission:
         app, entered, release = blocked_app
         answers = []
         body = predict_body([local_task(1, SMALL)])
-        callers = [threading.Thread(target=lambda: answers.append(app.test_client().post("/predict", json=body)))
-                   for _ in range(2)]
+        callers = [
+            threading.Thread(target=lambda: answers.append(app.test_client().post("/predict", json=body)))
+            for _ in range(2)
+        ]
         for caller in callers:
             caller.start()
         assert entered.acquire(timeout=60) and entered.acquire(timeout=60)  # both inside /predict

@@ -9,11 +9,11 @@ import logging
 
 import pytest
 import torch
-from helpers import DISPLAYED_SIZE, FROM_NAME, HUGE, LABEL_CONFIG, ROTATED, SMALL, TEXT, TO_NAME, WIDE, make_settings
 
 from backend.annotations import annotation_boxes, annotation_regions, newest_annotation, region_box, training_set
 from backend.labels import parse_label_config
 from backend.service import build_service
+from helpers import DISPLAYED_SIZE, FROM_NAME, HUGE, LABEL_CONFIG, ROTATED, SMALL, TEXT, TO_NAME, WIDE, make_settings
 
 NAMES = parse_label_config(LABEL_CONFIG)
 

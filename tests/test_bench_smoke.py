@@ -24,10 +24,26 @@ def _positive(value: float) -> bool:
 
 def test_bench_hua_tiny(tmp_path, capsys):
     out = tmp_path / "hua.json"
-    result = bench_hua.main([
-        "--n", "4", "--repeats", "1", "--predict-tasks", "50", "--image-size", "64x48", "--weights", "none",
-        "--batch-size", "2", "--aggregate-n", "1000", "--out", str(out),
-    ])
+    result = bench_hua.main(
+        [
+            "--n",
+            "4",
+            "--repeats",
+            "1",
+            "--predict-tasks",
+            "50",
+            "--image-size",
+            "64x48",
+            "--weights",
+            "none",
+            "--batch-size",
+            "2",
+            "--aggregate-n",
+            "1000",
+            "--out",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
 
     expected_p = num_candidates(4, HUAConfig(retrieval_fraction=0.5, min_candidates=0))
@@ -57,8 +73,9 @@ def test_bench_hua_tiny(tmp_path, capsys):
 def test_bench_predict_tiny(tmp_path, capsys):
     """The backend under gunicorn, as the README's command starts it, against the bare forward pass."""
     out = tmp_path / "predict.json"
-    result = bench_predict.main(["--batch-sizes", "1", "2", "--repeats", "1", "--warmup", "0",
-                                 "--image-size", "48x64", "--out", str(out)])
+    result = bench_predict.main(
+        ["--batch-sizes", "1", "2", "--repeats", "1", "--warmup", "0", "--image-size", "48x64", "--out", str(out)]
+    )
     assert [row["batch_size"] for row in result["rows"]] == [1, 2]
     assert all(math.isfinite(row["overhead_pct"]) for row in result["rows"])
     assert "/predict overhead" in capsys.readouterr().out
@@ -67,10 +84,22 @@ def test_bench_predict_tiny(tmp_path, capsys):
 
 def test_bench_train_step_tiny(tmp_path, capsys):
     out = tmp_path / "step.json"
-    result = bench_train_step.main([
-        "--weights", "none", "--batch-size", "1", "--image-size", "64x48", "--repeats", "1",
-        "--sampled-rois", "32", "--out", str(out),
-    ])
+    result = bench_train_step.main(
+        [
+            "--weights",
+            "none",
+            "--batch-size",
+            "1",
+            "--image-size",
+            "64x48",
+            "--repeats",
+            "1",
+            "--sampled-rois",
+            "32",
+            "--out",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
 
     assert result["same_start"] is True
@@ -96,7 +125,10 @@ def test_gpu_check_smoke(tmp_path, capsys):
 
     assert result["device"] == "cpu" and result["device_name"] in printed
     inference = result["inference"]
-    assert [(r["mode"], r["batch_size"]) for r in inference["rows"]] == [("fp32", 1), ("fp32", 2)]  # no autocast on a CPU
+    assert [(r["mode"], r["batch_size"]) for r in inference["rows"]] == [
+        ("fp32", 1),
+        ("fp32", 2),
+    ]  # no autocast on a CPU
     assert all(_positive(r[k]) for r in inference["rows"] for k in ("ours_images_per_s", "bare_images_per_s", "ratio"))
     assert inference["same_detections"] is True  # ours and torchvision's twin are the same model
     assert result["train_step"]["same_start"] is True and _positive(result["train_step"]["ratio"]["wall"])
@@ -115,8 +147,22 @@ def test_bench_load_tiny(tmp_path, capsys):
     from bench import bench_load
 
     out = tmp_path / "load.json"
-    bench_load.main(["--clients", "2", "--seconds", "2", "--bad-every", "2", "--image-size", "64x48",
-                     "--threads", "8", "--out", str(out)])
+    bench_load.main(
+        [
+            "--clients",
+            "2",
+            "--seconds",
+            "2",
+            "--bad-every",
+            "2",
+            "--image-size",
+            "64x48",
+            "--threads",
+            "8",
+            "--out",
+            str(out),
+        ]
+    )
     assert "/health" in capsys.readouterr().out
     result = json.loads(out.read_text())
     rows = {row["route"]: row for row in result["rows"]}

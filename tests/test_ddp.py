@@ -13,10 +13,23 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 class TestDistributedTraining:
     def test_two_processes_stay_in_sync(self, tmp_path: Path) -> None:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                   str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path)]
-        done = subprocess.run(command, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-                              capture_output=True, text=True, timeout=600)
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(ROOT / "tests" / "ddp_worker.py"),
+            str(tmp_path),
+        ]
+        done = subprocess.run(
+            command,
+            cwd=ROOT,
+            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
         assert [r["world"] for r in ranks] == [2, 2]

@@ -13,7 +13,6 @@ import json
 
 import pytest
 import torch
-from helpers import LABEL_CONFIG, make_settings, write_image
 from test_ranking_job import FakeLabelStudio
 
 from backend.deferred import KIND, DeferredTasks, holds_version
@@ -22,6 +21,7 @@ from backend.jobs.entry import JOBS, predict_job
 from backend.labels import parse_label_config
 from backend.ranking_store import RANKING_FILE, StoredRanking
 from backend.service import Service, build_service
+from helpers import LABEL_CONFIG, make_settings, write_image
 from model.hua import fit_scale
 
 PROJECT = "3"
@@ -41,8 +41,14 @@ class InliningLabelStudio(FakeLabelStudio):
 
 def _task(task_id: int) -> dict:
     name = "broken.png" if task_id == BROKEN else f"{task_id}.png"
-    return {"id": task_id, "data": {"image": f"/data/local-files/?d={name}"}, "annotations": [],
-            "total_annotations": 0, "is_labeled": False, "predictions": []}
+    return {
+        "id": task_id,
+        "data": {"image": f"/data/local-files/?d={name}"},
+        "annotations": [],
+        "total_annotations": 0,
+        "is_labeled": False,
+        "predictions": [],
+    }
 
 
 @pytest.fixture

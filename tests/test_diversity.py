@@ -46,8 +46,14 @@ class TestScorePoolWithDiversity:
         from model.hua import HUAConfig
         from model.scoring import score_pool
 
-        config = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False,
-                                analysis_threshold=0.0, min_size=64, max_size=96)
+        config = DetectorConfig(
+            backbone="mobilenet_v3_320_fpn",
+            weights="none",
+            allow_download=False,
+            analysis_threshold=0.0,
+            min_size=64,
+            max_size=96,
+        )
         torch.manual_seed(0)
         model, _ = build_model(config, ["a", "b"])
         detector = Detector(model, ["a", "b"], torch.device("cpu"))

@@ -149,21 +149,37 @@ class TestDockerfile:
     def test_dockerignore_keeps_copied_paths_and_drops_the_rest(self):
         for source in copy_sources():
             assert not dockerignored(source), f"COPY {source} is excluded by .dockerignore"
-        for path in (".venv/bin/python", ".git/HEAD", "data/models/1/v0001/weights.pt", ".cache/wheels/x.whl",
-                     "backend/__pycache__/app.cpython-311.pyc", ".pytest_cache/v/x", "tests/test_docker.py",
-                     "bench/out/quick/runs.json", "docker/check_image.sh"):
+        for path in (
+            ".venv/bin/python",
+            ".git/HEAD",
+            "data/models/1/v0001/weights.pt",
+            ".cache/wheels/x.whl",
+            "backend/__pycache__/app.cpython-311.pyc",
+            ".pytest_cache/v/x",
+            "tests/test_docker.py",
+            "bench/out/quick/runs.json",
+            "docker/check_image.sh",
+        ):
             assert dockerignored(path), f"{path} would be sent to the builder"
 
     def test_image_holds_every_project_module_the_app_imports(self):
         """backend/ and model/ may import each other only: nothing else of the repository is in the image."""
         copied = {Path(s.rstrip("/")).parts[0] for s in copy_sources()}
-        local = {p.stem if p.suffix == ".py" else p.name for p in REPO_ROOT.iterdir()
-                 if (p.is_dir() and (p / "__init__.py").exists()) or p.suffix == ".py"}
+        local = {
+            p.stem if p.suffix == ".py" else p.name
+            for p in REPO_ROOT.iterdir()
+            if (p.is_dir() and (p / "__init__.py").exists()) or p.suffix == ".py"
+        }
         for package in ("backend", "model"):
             for file in (REPO_ROOT / package).rglob("*.py"):
                 for node in ast.walk(ast.parse(file.read_text())):
-                    names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                        [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+                    names = (
+                        [a.name for a in node.names]
+                        if isinstance(node, ast.Import)
+                        else (
+                            [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+                        )
+                    )
                     for name in names:
                         top = name.split(".")[0]
                         assert top not in local or top in copied, f"{file.name} imports {name}, not copied"
@@ -173,7 +189,12 @@ class TestDockerfile:
 
         env = dockerfile_env()
         assert {k: env.get(k) for k in ("HOST", "PORT", "WORKERS", "THREADS", "MODEL_DIR")} == {
-            "HOST": "0.0.0.0", "PORT": "9090", "WORKERS": "1", "THREADS": "64", "MODEL_DIR": MODEL_DIR}
+            "HOST": "0.0.0.0",
+            "PORT": "9090",
+            "WORKERS": "1",
+            "THREADS": "64",
+            "MODEL_DIR": MODEL_DIR,
+        }
         settings = Settings.from_env({k: v for k, v in env.items() if k in ENVIRONMENT})
         assert (settings.host, settings.port, settings.model_dir) == ("0.0.0.0", 9090, MODEL_DIR)
 
@@ -196,7 +217,7 @@ class TestDockerfile:
         (run,) = [args for args in instructions("RUN") if "pip install" in args]
         assert run.startswith("--mount=type=secret,id=pip_cert ") and "required" not in run
         assert "if [ -f /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi" in run
-        assert "--secret \"id=pip_cert,src=$cert\"" in CHECK_SCRIPT.read_text()
+        assert '--secret "id=pip_cert,src=$cert"' in CHECK_SCRIPT.read_text()
 
     def test_needs_no_image_but_its_base(self):
         """No `# syntax=` frontend image (BuildKit's built-in one reads RUN --mount) and one FROM."""
@@ -232,8 +253,9 @@ def health_server(tmp_path_factory) -> Iterator[tuple[int, str, str]]:
     from backend.settings import Settings
 
     user, password = "health-user", "health-pass"
-    settings = Settings(basic_auth_user=user, basic_auth_pass=password,
-                        model_dir=str(tmp_path_factory.mktemp("models")))
+    settings = Settings(
+        basic_auth_user=user, basic_auth_pass=password, model_dir=str(tmp_path_factory.mktemp("models"))
+    )
     server = make_server("127.0.0.1", 0, create_app(settings), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -327,8 +349,14 @@ def test_gunicorn_refuses_a_model_dir_it_cannot_write(tmp_path):
     (tmp_path / "file").touch()
     env = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT}
     env |= {"MODEL_DIR": str(tmp_path / "file" / "models"), "PORT": str(free_port())}
-    result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "backend.app:create_app()"],
-                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "backend.app:create_app()"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert f"MODEL_DIR {tmp_path / 'file' / 'models'} is not writable by uid {os.getuid()}" in result.stderr
 

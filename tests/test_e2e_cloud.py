@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import LABEL_CONFIG
 from test_e2e_ranking import _queue_view, _record, _wait_for_rank
-from s3server import DEFAULT_KEYS, REGION, S3Server, start_s3_server
 from test_e2e_training import _new_training
+
+from helpers import LABEL_CONFIG
+from s3server import DEFAULT_KEYS, REGION, S3Server, start_s3_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -70,12 +71,24 @@ def _fill(s3, names: list[str], bucket: str) -> dict[str, tuple[int, int, int, i
 # --------------------------------------------------------------------------
 
 
-def _create_storage(ls_client, project: int, server: S3Server, bucket: str, *, presign: bool,
-                    keys: dict | None = None) -> int:
+def _create_storage(
+    ls_client, project: int, server: S3Server, bucket: str, *, presign: bool, keys: dict | None = None
+) -> int:
     """An S3 source storage on ``server``: one task per .jpg object (use_blob_urls)."""
-    body = {"project": project, "title": "e2e bucket", "bucket": bucket, "prefix": "", "regex_filter": r".*\.jpg",
-            "use_blob_urls": True, "presign": presign, "presign_ttl": 1, "recursive_scan": True,
-            "region_name": REGION, "s3_endpoint": server.url, **(keys or DEFAULT_KEYS)}
+    body = {
+        "project": project,
+        "title": "e2e bucket",
+        "bucket": bucket,
+        "prefix": "",
+        "regex_filter": r".*\.jpg",
+        "use_blob_urls": True,
+        "presign": presign,
+        "presign_ttl": 1,
+        "recursive_scan": True,
+        "region_name": REGION,
+        "s3_endpoint": server.url,
+        **(keys or DEFAULT_KEYS),
+    }
     return int(ls_client.post("/api/storages/s3", json=body)["id"])
 
 
@@ -117,8 +130,15 @@ def cloud_backend(label_studio, tmp_path_factory):
     from labelstudio import start_ml_backend
 
     base = tmp_path_factory.mktemp("cloud-backend")
-    env = {"TRAIN_EVERY": "2", "EPOCHS": "1", "TRAIN_MIN_ITERATIONS": "1", "TRAIN_BATCH_SIZE": "2",
-           "ALLOW_WEIGHTS_DOWNLOAD": "false", "EVAL_MIN_TASKS": "1", "LOG_LEVEL": "INFO"}
+    env = {
+        "TRAIN_EVERY": "2",
+        "EPOCHS": "1",
+        "TRAIN_MIN_ITERATIONS": "1",
+        "TRAIN_BATCH_SIZE": "2",
+        "ALLOW_WEIGHTS_DOWNLOAD": "false",
+        "EVAL_MIN_TASKS": "1",
+        "LOG_LEVEL": "INFO",
+    }
     server = start_ml_backend(label_studio, base / "model", base / "gunicorn.log", extra_env=env)
     try:
         yield server
@@ -127,13 +147,13 @@ def cloud_backend(label_studio, tmp_path_factory):
 
 
 def _connect(ls_client, backend, project: int) -> int:
-    return ls_client.connect_ml_backend(project, backend.url, "hua e2e cloud", user=backend.user,
-                                        password=backend.password)
+    return ls_client.connect_ml_backend(
+        project, backend.url, "hua e2e cloud", user=backend.user, password=backend.password
+    )
 
 
 @pytest.mark.parametrize("presign", [True, False], ids=["presigned-redirect", "proxied-bytes"])
-def test_bucket_tasks_are_queued_predicted_and_trained_on(label_studio, ls_client, cloud_backend, s3_server,
-                                                          presign):
+def test_bucket_tasks_are_queued_predicted_and_trained_on(label_studio, ls_client, cloud_backend, s3_server, presign):
     from labelstudio import wait_for_job
 
     backend, s3, bucket = cloud_backend, s3_server.client(), f"e2e-loop-{'presigned' if presign else 'proxied'}"
@@ -198,8 +218,9 @@ def test_bucket_tasks_are_queued_predicted_and_trained_on(label_studio, ls_clien
 def _failures(backend) -> dict[str, float]:
     """hua_task_failures by reason, from /metrics."""
     text = backend.get("/metrics", timeout=30).text
-    return {m[1]: float(m[2]) for m in re.finditer(r'^hua_task_failures_total\{reason="(\w+)"\} ([\d.e+]+)$',
-                                                     text, re.M)}
+    return {
+        m[1]: float(m[2]) for m in re.finditer(r'^hua_task_failures_total\{reason="(\w+)"\} ([\d.e+]+)$', text, re.M)
+    }
 
 
 def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
@@ -228,8 +249,11 @@ def test_faults_give_each_task_its_outcome(label_studio, ls_client, cloud_backen
 
     before = _failures(backend)
     ls_client.retrieve_predictions(project, [ids["ok0.jpg"], ids["ok1.jpg"], ids["gone4.jpg"], ids["notes5.jpg"]])
-    gone = ("refused", r"image access denied \(HTTP 403 .*SignatureDoesNotMatch") if presign else (
-        "unreachable", r"Label Studio could not read the image from its storage \(HTTP 424 .*Stream is None")
+    gone = (
+        ("refused", r"image access denied \(HTTP 403 .*SignatureDoesNotMatch")
+        if presign
+        else ("unreachable", r"Label Studio could not read the image from its storage \(HTTP 424 .*Stream is None")
+    )
     assert _delta(_failures(backend), before) == {gone[0]: 1, "undecodable": 1}, backend.log_tail(4000)
     log = backend.log_tail(20000)
     assert re.search(rf"task {ids['gone4.jpg']}: {gone[1]}", log), log
@@ -243,8 +267,9 @@ def test_faults_give_each_task_its_outcome(label_studio, ls_client, cloud_backen
     assert answer.get("processed_items") == 6, answer
     assert _delta(_failures(backend), before) == {"unreachable": 4}, backend.log_tail(4000)
     for key in ("ok2.jpg", "ok3.jpg"):
-        assert re.search(rf"task {ids[key]}: (could not fetch the image|Label Studio could not read)",
-                         backend.log_tail(20000))
+        assert re.search(
+            rf"task {ids[key]}: (could not fetch the image|Label Studio could not read)", backend.log_tail(20000)
+        )
         assert not [p for p in ls_client.predictions(task=ids[key]) if p["result"]]
     for key in ("ok0.jpg", "ok1.jpg"):
         assert [p for p in ls_client.predictions(task=ids[key]) if p["result"]], key
@@ -275,8 +300,11 @@ def test_keys_label_studio_can_no_longer_use(label_studio, ls_client, cloud_back
         before = _failures(cloud_backend)
         ls_client.retrieve_predictions(project)
         assert _delta(_failures(cloud_backend), before) == {"unreachable": 1}, cloud_backend.log_tail(4000)
-        assert re.search(rf"task {task['id']}: Label Studio could not read the image from its storage .*revoked "
-                         "credentials", cloud_backend.log_tail(20000)), cloud_backend.log_tail(4000)
+        assert re.search(
+            rf"task {task['id']}: Label Studio could not read the image from its storage .*revoked "
+            "credentials",
+            cloud_backend.log_tail(20000),
+        ), cloud_backend.log_tail(4000)
         assert "InvalidAccessKeyId" in label_studio.log_tail(20000)
     finally:
         server.stop()

@@ -16,9 +16,10 @@ import time
 from collections import Counter
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
 from helpers import LABEL_CONFIG, write_image
 from labelstudio import start_ml_backend, wait_for_job
-from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -31,8 +32,12 @@ DEADLINE_S = 2.0
 @pytest.fixture(scope="module")
 def deadline_backend(label_studio, tmp_path_factory):
     base = tmp_path_factory.mktemp("deferred-backend")
-    server = start_ml_backend(label_studio, base / "model", base / "gunicorn.log",
-                              extra_env={"PREDICT_DEADLINE": str(DEADLINE_S), "BATCH_SIZE": "4"})
+    server = start_ml_backend(
+        label_studio,
+        base / "model",
+        base / "gunicorn.log",
+        extra_env={"PREDICT_DEADLINE": str(DEADLINE_S), "BATCH_SIZE": "4"},
+    )
     try:
         yield server
     finally:
@@ -49,8 +54,11 @@ def _image_urls(document_root) -> list[str]:
 
 def _counters(backend) -> dict[tuple[str, str], float]:
     text = backend.get("/metrics", timeout=30).text
-    return {(s.name, s.labels.get("outcome") or s.labels.get("reason", "")): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, s.labels.get("outcome") or s.labels.get("reason", "")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def _versions_per_task(ls_client, project: int) -> dict[int, Counter]:
@@ -63,8 +71,9 @@ def test_a_retrieve_past_the_deadline_is_finished_in_the_background(label_studio
     urls = _image_urls(label_studio.document_root)
     ls_client.create_local_storage(project, label_studio.document_root / FOLDER, use_blob_urls=False)
     ls_client.import_tasks(project, [{"image": url} for url in urls])
-    ls_client.connect_ml_backend(project, backend.url, "hua-backend deferred", user=backend.user,
-                                 password=backend.password)
+    ls_client.connect_ml_backend(
+        project, backend.url, "hua-backend deferred", user=backend.user, password=backend.password
+    )
     # load the model first: the deadline is about predicting, not about creating the first version
     warm = backend.post("/predict", json={"tasks": [], "project": project, "label_config": LABEL_CONFIG}, timeout=120)
     assert warm.status_code == 200, warm.text
@@ -88,8 +97,13 @@ def test_a_retrieve_past_the_deadline_is_finished_in_the_background(label_studio
     holding = [i for i in ids if any(p["model_version"] == version for p in tasks[i]["predictions"])]
     assert len(holding) >= reached
 
-    record = wait_for_job(backend, project, "predict", lambda r: r["status"] in ("done", "failed") and
-                          not r.get("next_queued"), timeout_s=600)
+    record = wait_for_job(
+        backend,
+        project,
+        "predict",
+        lambda r: r["status"] in ("done", "failed") and not r.get("next_queued"),
+        timeout_s=600,
+    )
     assert record["status"] == "done", record
     broken = {ids[i] for i in BROKEN_AT}
     counts = _versions_per_task(ls_client, project)

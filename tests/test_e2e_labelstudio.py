@@ -13,6 +13,7 @@ import time
 from datetime import datetime
 
 import pytest
+
 from helpers import LABEL_CONFIG
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -84,8 +85,12 @@ def _check_box(item: dict, spec, where: str) -> None:
     labels = v.get("rectanglelabels")
     assert isinstance(labels, list) and labels, f"{where}: rectanglelabels = {labels!r}"
     assert set(labels) <= set(LABELS), f"{where}: labels {labels} not in {LABELS}"
-    assert item.get("original_width") == spec.width, f"{where}: original_width {item.get('original_width')} != {spec.width}"
-    assert item.get("original_height") == spec.height, f"{where}: original_height {item.get('original_height')} != {spec.height}"
+    assert item.get("original_width") == spec.width, (
+        f"{where}: original_width {item.get('original_width')} != {spec.width}"
+    )
+    assert item.get("original_height") == spec.height, (
+        f"{where}: original_height {item.get('original_height')} != {spec.height}"
+    )
     if "score" in item:
         assert _is_number(item["score"]), f"{where}: result score {item['score']!r}"
 
@@ -124,8 +129,10 @@ def test_retrieve_predictions_stores_boxes(label_studio, ls_client, ml_backend, 
         preds = task["predictions"]
         ours = [p for p in preds if p.get("model_version") == version]
         if not ours:
-            problems.append(f"task {task['id']} ({url}): no prediction of version {version!r}: "
-                            f"{[p.get('model_version') for p in preds]}")
+            problems.append(
+                f"task {task['id']} ({url}): no prediction of version {version!r}: "
+                f"{[p.get('model_version') for p in preds]}"
+            )
             continue
         for pred in ours:
             where = f"task {task['id']} ({url}) prediction {pred['id']}"

@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import LABEL_CONFIG
 from test_scoring import CONFIG, calibrated_model, make_image
 from torchvision.transforms.functional import to_pil_image
 
+from helpers import LABEL_CONFIG
 from model.version_meta import VersionMeta
 from model.versions import VersionStore
 
@@ -58,8 +58,9 @@ def _url(name: str) -> str:
 
 def _seed_version(ml_backend, project: int) -> str:
     """The project's first version, written where the backend will find it."""
-    meta = VersionMeta(labels=list(LABELS), backbone=ml_backend.env["BACKBONE"], weights="none",
-                       weights_requested="none", parent=None)
+    meta = VersionMeta(
+        labels=list(LABELS), backbone=ml_backend.env["BACKBONE"], weights="none", weights_requested="none", parent=None
+    )
     assert ml_backend.env["BACKBONE"] == CONFIG.backbone
     return VersionStore(ml_backend.model_dir).save(str(project), calibrated_model().state_dict(), meta).name
 
@@ -75,13 +76,25 @@ def _make_project(ls_client, ml_backend, folder: Path, title: str, names: list[s
 
 def _annotate(ls_client, task_id: int) -> None:
     value = {"x": 10, "y": 10, "width": 40, "height": 40, "rotation": 0, "rectanglelabels": ["car"]}
-    ls_client.create_annotation(task_id, [{"type": "rectanglelabels", "from_name": "label", "to_name": "image",
-                                           "value": value, "original_width": 64, "original_height": 48}])
+    ls_client.create_annotation(
+        task_id,
+        [
+            {
+                "type": "rectanglelabels",
+                "from_name": "label",
+                "to_name": "image",
+                "value": value,
+                "original_width": 64,
+                "original_height": 48,
+            }
+        ],
+    )
 
 
 def _connect(ls_client, ml_backend, project: int) -> int:
-    return ls_client.connect_ml_backend(project, ml_backend.url, "hua-backend e2e", user=ml_backend.user,
-                                        password=ml_backend.password)
+    return ls_client.connect_ml_backend(
+        project, ml_backend.url, "hua-backend e2e", user=ml_backend.user, password=ml_backend.password
+    )
 
 
 def _record(ml_backend, project: int) -> dict | None:
@@ -117,8 +130,10 @@ def _wait_for_rank(label_studio, ml_backend, project: int, before: dict | None) 
         if changed and record["status"] in ("done", "failed") and not _busy(ml_backend, project):
             break
         if not changed and time.monotonic() - t0 > WEBHOOK_TIMEOUT_S:
-            pytest.fail(f"no rank job for project {project} after {WEBHOOK_TIMEOUT_S:.0f} s: {record}"
-                        + _diagnostics(label_studio, ml_backend))
+            pytest.fail(
+                f"no rank job for project {project} after {WEBHOOK_TIMEOUT_S:.0f} s: {record}"
+                + _diagnostics(label_studio, ml_backend)
+            )
         if time.monotonic() - t0 > JOB_TIMEOUT_S:
             pytest.fail(f"rank job of project {project} still {record}" + _diagnostics(label_studio, ml_backend))
         time.sleep(0.5)
@@ -140,10 +155,19 @@ def _cli_rank(ml_backend, project: int, *args: str) -> subprocess.CompletedProce
 
     env = {**_child_env(), **ml_backend.env}
     python = REPO_ROOT / ".venv" / "bin" / "python"
-    command = [str(python if python.exists() else sys.executable), "-m", "backend", "rank", "--project", str(project),
-               "--quiet", *args]
-    return subprocess.run(command, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, timeout=JOB_TIMEOUT_S)
+    command = [
+        str(python if python.exists() else sys.executable),
+        "-m",
+        "backend",
+        "rank",
+        "--project",
+        str(project),
+        "--quiet",
+        *args,
+    ]
+    return subprocess.run(
+        command, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=JOB_TIMEOUT_S
+    )
 
 
 def _ranking(ml_backend, project: int) -> tuple[str, dict]:
@@ -194,9 +218,16 @@ def queue(label_studio, ls_client, ml_backend, rank_folder) -> dict:
     _connect(ls_client, ml_backend, project)
     record = _rank(label_studio, ml_backend, project)
     version, ranking = _ranking(ml_backend, project)
-    return {"project": project, "tasks": tasks, "labeled": labeled, "broken": broken,
-            "ranked": sorted(set(tasks.values()) - {labeled, broken}), "record": record, "version": version,
-            "ranking": ranking}
+    return {
+        "project": project,
+        "tasks": tasks,
+        "labeled": labeled,
+        "broken": broken,
+        "ranked": sorted(set(tasks.values()) - {labeled, broken}),
+        "record": record,
+        "version": version,
+        "ranking": ranking,
+    }
 
 
 # --------------------------------------------------------------------------
@@ -233,8 +264,10 @@ def test_queue_view_lists_unlabeled_tasks_in_hua_order(label_studio, ls_client, 
     view = _queue_view(ls_client, project)
     assert view["data"]["ordering"] == ["tasks:predictions_score"]
     # LS keeps the filters as a FilterGroup and gives them back in the shape they were sent
-    assert view["data"]["filters"] == {"conjunction": "and", "items": [
-        {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}]}
+    assert view["data"]["filters"] == {
+        "conjunction": "and",
+        "items": [{"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}],
+    }
     listed = ls_client.tasks(project, view=view["id"])
     ids = [t["id"] for t in listed]
     assert queue["labeled"] not in ids  # the filter: unlabeled only
@@ -296,7 +329,8 @@ def test_ranking_again_is_idempotent(label_studio, ls_client, ml_backend, queue)
     _, ranking = _ranking(ml_backend, project)
     for task_id in queue["ranked"]:  # the same model and images: the same scores
         assert ranking["tasks"][str(task_id)]["score"] == pytest.approx(
-            queue["ranking"]["tasks"][str(task_id)]["score"], abs=1e-6)
+            queue["ranking"]["tasks"][str(task_id)]["score"], abs=1e-6
+        )
 
 
 def test_imported_tasks_join_the_queue(label_studio, ls_client, ml_backend, queue):
@@ -333,8 +367,11 @@ def test_predict_answers_ranked_tasks_from_the_stored_ranking(label_studio, ls_c
     project = ls_client.get_project(queue["project"])
     _, ranking = _ranking(ml_backend, queue["project"])
     tasks = [t for t in ls_client.tasks(queue["project"]) if str(t["id"]) in ranking["tasks"]][:3]
-    body = {"tasks": [{"id": t["id"], "data": t["data"]} for t in tasks], "project": f"{project['id']}.1",
-            "label_config": project["label_config"]}
+    body = {
+        "tasks": [{"id": t["id"], "data": t["data"]} for t in tasks],
+        "project": f"{project['id']}.1",
+        "label_config": project["label_config"],
+    }
     r = ml_backend.post("/predict", json=body, timeout=120)
     assert r.status_code == 200, r.text
     for task, result in zip(tasks, r.json()["results"]):

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from helpers import LABEL_CONFIG
 
 # The harness is a plugin (one Label Studio per session, whichever module asks first);
@@ -46,8 +47,14 @@ def training_backend(label_studio, tmp_path_factory):
     from labelstudio import start_ml_backend
 
     base = tmp_path_factory.mktemp("training-backend")
-    env = {"TRAIN_EVERY": "2", "EPOCHS": "1", "TRAIN_MIN_ITERATIONS": "1", "TRAIN_BATCH_SIZE": "2",
-           "ALLOW_WEIGHTS_DOWNLOAD": "false", "EVAL_MIN_TASKS": "1"}
+    env = {
+        "TRAIN_EVERY": "2",
+        "EPOCHS": "1",
+        "TRAIN_MIN_ITERATIONS": "1",
+        "TRAIN_BATCH_SIZE": "2",
+        "ALLOW_WEIGHTS_DOWNLOAD": "false",
+        "EVAL_MIN_TASKS": "1",
+    }
     try:
         server = start_ml_backend(label_studio, base / "model", base / "gunicorn.log", extra_env=env)
     except RuntimeError as e:
@@ -88,10 +95,12 @@ def _versions(backend, project: int) -> list[str]:
 
 def _new_training(before: list[str]):
     """A train record that finished after ``before``: failed, skipped or a version not in it."""
+
     def finished(record: dict) -> bool:
         if record["status"] == "failed":
             return True
         return record["status"] == "done" and record["result"].get("model_version") not in (None, *before)
+
     return finished
 
 
@@ -101,20 +110,22 @@ def trained() -> dict:
     return {}
 
 
-def test_annotations_train_a_new_version_that_serves(label_studio, ls_client, training_backend, square_images,
-                                                     trained):
+def test_annotations_train_a_new_version_that_serves(label_studio, ls_client, training_backend, square_images, trained):
     from labelstudio import wait_for_job
 
     backend = training_backend
     project, tasks = _project(ls_client, square_images, "e2e training by webhooks")
-    ml = ls_client.connect_ml_backend(project, backend.url, "hua e2e training", user=backend.user,
-                                      password=backend.password)
+    ml = ls_client.connect_ml_backend(
+        project, backend.url, "hua e2e training", user=backend.user, password=backend.password
+    )
     assert any(backend.url in (w.get("url") or "") for w in ls_client.webhooks(project)), ls_client.webhooks(project)
     before = _versions(backend, project)
 
     # two annotations: LS POSTs ANNOTATION_CREATED twice (no auth); TRAIN_EVERY=2 starts a training
-    annotation_ids = [_annotate(ls_client, square_images, tasks[0], "car"),
-                      _annotate(ls_client, square_images, tasks[1], "person")]
+    annotation_ids = [
+        _annotate(ls_client, square_images, tasks[0], "car"),
+        _annotate(ls_client, square_images, tasks[1], "person"),
+    ]
     record = wait_for_job(backend, project, "train", _new_training(before), JOB_TIMEOUT_S)
     assert record["status"] == "done", f"{record}\n{backend.log_tail(8000)}"
     assert record["error"] is None and record["progress"] == 1.0
@@ -139,8 +150,10 @@ def test_annotations_train_a_new_version_that_serves(label_studio, ls_client, tr
     for task in ls_client.tasks(project):
         ours = [p for p in task["predictions"] if p.get("model_version") == version]
         if not ours:
-            problems.append(f"task {task['id']}: no prediction of {version}: "
-                            f"{[p.get('model_version') for p in task['predictions']]}")
+            problems.append(
+                f"task {task['id']}: no prediction of {version}: "
+                f"{[p.get('model_version') for p in task['predictions']]}"
+            )
         for pred in ours:
             assert pred["result"], f"task {task['id']}: empty prediction (SCORE_THRESHOLD=0 keeps boxes)"
             for region in pred["result"]:
@@ -174,8 +187,12 @@ def _check_prequential(backend, project: int, first: str, second: str, evaluatio
     assert evaluation["model_version"] == first and evaluation["status"] == "ok", evaluation
     assert evaluation["task_ids"] == [new_task] and evaluation["tasks"] == 1 and evaluation["trained_on_tasks"] == 2
     assert evaluation["acceptance"]["annotated"] == 1  # square_result draws one box
-    figures = {"map_50": evaluation["map_50"], "map": evaluation["map"],
-               "accepted": evaluation["acceptance"]["accepted"], "recall": evaluation["acceptance"]["recall"]}
+    figures = {
+        "map_50": evaluation["map_50"],
+        "map": evaluation["map"],
+        "accepted": evaluation["acceptance"]["accepted"],
+        "recall": evaluation["acceptance"]["recall"],
+    }
     assert all(0.0 <= v <= 1.0 for v in figures.values()), figures
     report = backend.get(f"/projects/{project}/report", timeout=30).json()
     row = next(r for r in report["versions"] if r["model_version"] == first)
@@ -189,8 +206,15 @@ def _check_prequential(backend, project: int, first: str, second: str, evaluatio
 def test_the_ui_shows_the_trainings_in_a_browser(training_backend, trained):
     """/ui after the two trainings above, in headless Chromium: the versions table and the plot
     agree with /projects/<id>/report, the job bars with /jobs; the screenshot is the README's."""
-    from browser import backend_json, check_plot, check_versions_table, chromium_or_skip, open_ui, progress_of
-    from browser import screenshot
+    from browser import (
+        backend_json,
+        check_plot,
+        check_versions_table,
+        chromium_or_skip,
+        open_ui,
+        progress_of,
+        screenshot,
+    )
 
     sync_playwright = chromium_or_skip()
     assert trained, "the training test above did not get as far as its second training"
@@ -216,7 +240,12 @@ def test_cli_trains_in_the_foreground(label_studio, ls_client, square_images, tm
     env = _backend_env(label_studio, model_dir)
     done = subprocess.run(
         [sys.executable, "-m", "backend", "train", "--project", str(project)],
-        cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=JOB_TIMEOUT_S,
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=JOB_TIMEOUT_S,
     )
     assert done.returncode == 0, f"rc {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     # v0001 is the base version the training starts from (made once, as the service makes it), v0002 the trained one
@@ -234,7 +263,12 @@ def test_cli_trains_in_the_foreground(label_studio, ls_client, square_images, tm
     # run again with nothing new: no new version
     again = subprocess.run(
         [sys.executable, "-m", "backend", "train", "--project", str(project), "--quiet", "--no-follow-up"],
-        cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=JOB_TIMEOUT_S,
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=JOB_TIMEOUT_S,
     )
     assert again.returncode == 0, again.stderr[-4000:]
     assert sorted(p.name for p in (model_dir / str(project)).glob("v*")) == ["v0001", "v0002"]
@@ -242,10 +276,24 @@ def test_cli_trains_in_the_foreground(label_studio, ls_client, square_images, tm
 
 def test_cli_fails_cleanly_without_label_studio(tmp_path):
     env = _child_env()
-    env.update({"MODEL_DIR": str(tmp_path / "models"), "LABEL_STUDIO_URL": "http://127.0.0.1:9",
-                "LABEL_STUDIO_API_KEY": "secret-token-value", "WEIGHTS": "none", "BACKBONE": "mobilenet_v3_320_fpn"})
-    done = subprocess.run([sys.executable, "-m", "backend", "train", "--project", "8", "--quiet"], cwd=REPO_ROOT,
-                          env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    env.update(
+        {
+            "MODEL_DIR": str(tmp_path / "models"),
+            "LABEL_STUDIO_URL": "http://127.0.0.1:9",
+            "LABEL_STUDIO_API_KEY": "secret-token-value",
+            "WEIGHTS": "none",
+            "BACKBONE": "mobilenet_v3_320_fpn",
+        }
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "backend", "train", "--project", "8", "--quiet"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 1
     assert "failed" in done.stderr and "secret-token-value" not in done.stderr + done.stdout
     record = json.loads((tmp_path / "models" / "8" / ".jobs" / "train.json").read_text())

@@ -16,9 +16,15 @@ from model.samples import Sample
 
 def _dets(boxes: list[list[float]], labels: list[int], scores: list[float]) -> Detections:
     n = len(boxes)
-    return Detections(boxes=torch.tensor(boxes).reshape(-1, 4), labels=torch.tensor(labels, dtype=torch.int64),
-                      scores=torch.tensor(scores), probs=torch.full((n, 3), 1 / 3), sigmas=torch.zeros(n, 4),
-                      width=100, height=100)
+    return Detections(
+        boxes=torch.tensor(boxes).reshape(-1, 4),
+        labels=torch.tensor(labels, dtype=torch.int64),
+        scores=torch.tensor(scores),
+        probs=torch.full((n, 3), 1 / 3),
+        sigmas=torch.zeros(n, 4),
+        width=100,
+        height=100,
+    )
 
 
 TRUTH = Sample("x.png", torch.tensor([[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]]), torch.tensor([1, 2]))
@@ -26,8 +32,9 @@ TRUTH = Sample("x.png", torch.tensor([[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0,
 
 class TestImageError:
     def test_soft_misses_and_false_positives(self) -> None:
-        dets = _dets([[0, 0, 10, 10], [1, 0, 10, 10], [50, 50, 60, 60], [80, 80, 90, 90]],
-                     [1, 1, 1, 2], [0.9, 0.4, 0.8, 0.7])
+        dets = _dets(
+            [[0, 0, 10, 10], [1, 0, 10, 10], [50, 50, 60, 60], [80, 80, 90, 90]], [1, 1, 1, 2], [0.9, 0.4, 0.8, 0.7]
+        )
         err = image_error(dets, TRUTH)
         # object 1 found at 0.9 (miss 0.1); object 2 only under the wrong class (miss 1);
         # confident boxes matching nothing of their class: (50..60, class 1) and (80..90): 2
@@ -46,8 +53,15 @@ class TestImageError:
 
 def test_capture_counts_per_image_and_per_box() -> None:
     row = capture([ImageError(2, 1.0, 1), ImageError(4, 0.5, 0)])
-    assert row == pytest.approx({"boxes_per_image": 3.0, "error_per_image": 1.25, "miss_per_image": 0.75,
-                                 "fp_per_image": 0.5, "error_per_box": 2.5 / 6})
+    assert row == pytest.approx(
+        {
+            "boxes_per_image": 3.0,
+            "error_per_image": 1.25,
+            "miss_per_image": 0.75,
+            "fp_per_image": 0.5,
+            "error_per_box": 2.5 / 6,
+        }
+    )
 
 
 def test_random_range_brackets_its_mean() -> None:
@@ -66,8 +80,13 @@ def test_verdict_follows_the_rule() -> None:
 
 def test_summary_is_the_mean_over_seeds() -> None:
     quantities = dict.fromkeys(error_capture.QUANTITIES, 1.0)
-    per_seed = {s: {"selectors": {"gate": {**quantities, "miss_per_image": float(s)}},
-                    "random_range": {q: [0.0, float(s)] for q in quantities}} for s in (1, 3)}
+    per_seed = {
+        s: {
+            "selectors": {"gate": {**quantities, "miss_per_image": float(s)}},
+            "random_range": {q: [0.0, float(s)] for q in quantities},
+        }
+        for s in (1, 3)
+    }
     out = summarise(per_seed)
     assert out["summary"]["gate"]["miss_per_image"] == 2.0 and out["random_range"]["miss_per_image"] == [0.0, 2.0]
 
@@ -75,8 +94,24 @@ def test_summary_is_the_mean_over_seeds() -> None:
 @pytest.mark.slow
 def test_tiny_run_end_to_end(tmp_path) -> None:
     out = tmp_path / "capture.json"
-    argv = ["--preset", "tiny", "--seeds", "100", "--out", str(out), "--cache", str(tmp_path / "cache"),
-            "--strategies", "random", "density", "gate", "hua-sum", "hua-mean", "--threads", "1"]
+    argv = [
+        "--preset",
+        "tiny",
+        "--seeds",
+        "100",
+        "--out",
+        str(out),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--strategies",
+        "random",
+        "density",
+        "gate",
+        "hua-sum",
+        "hua-mean",
+        "--threads",
+        "1",
+    ]
     assert error_capture.main(argv) == 0
     report = json.loads(out.read_text())
     assert set(report["summary"]) == {"random", "density", "gate", "hua-sum", "hua-mean"}

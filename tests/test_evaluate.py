@@ -89,8 +89,17 @@ class TestAveragePrecision:
 
 class TestPrequential:
     def test_perfect_detector(self):
-        report = prequential(PERFECT, TRUTHS, ["car", "person"], model_version="v0001", display_threshold=0.5,
-                             tasks=3, min_tasks=3, trained_on_tasks=4, task_ids=[7, 8, 9])
+        report = prequential(
+            PERFECT,
+            TRUTHS,
+            ["car", "person"],
+            model_version="v0001",
+            display_threshold=0.5,
+            tasks=3,
+            min_tasks=3,
+            trained_on_tasks=4,
+            task_ids=[7, 8, 9],
+        )
         assert report.figures() == pytest.approx({"map_50": 1.0, "map": 1.0, "accepted": 1.0, "recall": 1.0})
         assert set(report.per_class) == {"car", "person"}
         assert all(v == pytest.approx({"ap": 1.0, "ap50": 1.0}) for v in report.per_class.values())

@@ -6,12 +6,12 @@ from dataclasses import replace
 
 import pytest
 import torch
-from helpers import LABEL_CONFIG, make_settings, write_image
 
 from backend.annotations import TrainingSet
 from backend.evaluation import evaluate_serving, unseen_samples
 from backend.labels import parse_label_config
 from backend.service import Service, build_service
+from helpers import LABEL_CONFIG, make_settings, write_image
 from model.samples import Sample
 from model.version_meta import VersionMeta
 from model.versions import Version
@@ -24,8 +24,9 @@ def _data(tmp_path, task_ids: list[int]) -> TrainingSet:
     data = TrainingSet()
     for task_id in task_ids:
         path = write_image(tmp_path / f"t{task_id}.png", 96, 64, colour=(40 * (task_id % 5), 90, 160))
-        data.samples.append(Sample(str(path), torch.tensor([[10.0, 8.0, 60.0, 50.0]]), torch.tensor([1]),
-                                   key=str(100 + task_id)))
+        data.samples.append(
+            Sample(str(path), torch.tensor([[10.0, 8.0, 60.0, 50.0]]), torch.tensor([1]), key=str(100 + task_id))
+        )
         data.annotation_ids.append(100 + task_id)
         data.task_ids.append(task_id)
     return data
@@ -33,8 +34,14 @@ def _data(tmp_path, task_ids: list[int]) -> TrainingSet:
 
 def _evaluate(service: Service, version: Version | None, names, data):
     """``evaluate_serving`` with the service's parts and settings, as the training job calls it."""
-    return evaluate_serving(service.registry, version, names, data, min_tasks=service.settings.eval_min_tasks,
-                            display_threshold=service.settings.display_threshold)
+    return evaluate_serving(
+        service.registry,
+        version,
+        names,
+        data,
+        min_tasks=service.settings.eval_min_tasks,
+        display_threshold=service.settings.display_threshold,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,11 @@ another version (a real 2 MB tmpfs) or a project's last job failed for a cause t
 from __future__ import annotations
 
 import torch
-from helpers import make_settings
 
 from backend.app import create_app
 from backend.jobs.board import JobRecord
 from backend.service import app_service
+from helpers import make_settings
 from model.version_meta import VersionMeta
 from model.versions import VersionStore
 

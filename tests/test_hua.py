@@ -86,9 +86,17 @@ class TestHUAConfig:
     def test_defaults_are_methods(self) -> None:
         config = HUAConfig()
         assert (config.aggregate, config.retrieval_fraction, config.min_candidates, config.candidates) == (
-            "sum", 0.5, 64, None)
+            "sum",
+            0.5,
+            64,
+            None,
+        )
         assert (config.retrieval_ratio, config.merge_iou, config.overlap_iou, config.confident_score) == (
-            4.0, 0.7, 0.3, 0.3)
+            4.0,
+            0.7,
+            0.3,
+            0.3,
+        )
         assert config.scale_points == 1000
 
     @pytest.mark.parametrize(
@@ -150,7 +158,6 @@ class TestJSDivergence:
         assert js[0].item() == pytest.approx(0.0, abs=1e-7)
 
 
-
 class TestNumCandidates:
     @pytest.mark.parametrize(
         ("n", "expected"),
@@ -204,15 +211,17 @@ class TestAnalysisSet:
     def test_duplicates_of_one_object_under_several_classes_count_once(self) -> None:
         box = [10.0, 10.0, 40.0, 40.0]
         near = [11.0, 10.0, 40.0, 41.0]  # IoU > 0.7 with box
-        dets = _dets([box, near, box], [[0.1, 0.6, 0.2, 0.1], [0.1, 0.2, 0.6, 0.1], [0.1, 0.1, 0.2, 0.6]],
-                     scores=[0.6, 0.3, 0.2])
+        dets = _dets(
+            [box, near, box], [[0.1, 0.6, 0.2, 0.1], [0.1, 0.2, 0.6, 0.1], [0.1, 0.1, 0.2, 0.6]], scores=[0.6, 0.3, 0.2]
+        )
         kept = analysis_set(dets, 0.7)
         assert len(kept) == 1 and kept.scores.tolist() == pytest.approx([0.6])  # the highest score stays
         one = _dets([box], [[0.1, 0.6, 0.2, 0.1]], scores=[0.6])
         for config in (SUM, MEAN):
             assert image_entropy(dets, config).item() == pytest.approx(image_entropy(one, config).item())
-            assert torch.allclose(image_metrics(dets, dets, torch.ones(3), config),
-                                  image_metrics(one, one, torch.ones(3), config))
+            assert torch.allclose(
+                image_metrics(dets, dets, torch.ones(3), config), image_metrics(one, one, torch.ones(3), config)
+            )
 
     def test_distinct_objects_stay(self) -> None:
         dets = _dets([[0.0, 0.0, 10.0, 10.0], [5.0, 0.0, 15.0, 10.0]], [[0.1, 0.9, 0.0, 0.0]] * 2)
@@ -289,7 +298,9 @@ class TestRarity:
 
     def test_frequencies_and_counts_agree(self) -> None:
         probs = torch.tensor([[0.1, 0.2, 0.3, 0.4]])
-        assert torch.allclose(rarity(probs, torch.tensor([4.0, 2.0, 2.0])), rarity(probs, torch.tensor([0.5, 0.25, 0.25])))
+        assert torch.allclose(
+            rarity(probs, torch.tensor([4.0, 2.0, 2.0])), rarity(probs, torch.tensor([0.5, 0.25, 0.25]))
+        )
 
     def test_nothing_labeled_is_all_rare(self) -> None:
         assert rarity(torch.tensor([[0.3, 0.7, 0.0]]), torch.zeros(2)).tolist() == pytest.approx([1.0])
@@ -422,8 +433,8 @@ class TestRankPool:
     def test_candidates_above_non_candidates_and_ordered(self) -> None:
         entropy, metrics, mask = _pool()
         ranking = rank_pool(entropy, metrics, mask)
-        assert bool((ranking.priority[mask].min() >= 0.5 + CANDIDATE_MARGIN / 2))
-        assert bool((ranking.priority[~mask].max() <= 0.5))
+        assert bool(ranking.priority[mask].min() >= 0.5 + CANDIDATE_MARGIN / 2)
+        assert bool(ranking.priority[~mask].max() <= 0.5)
         assert torch.equal(ranking.order, torch.sort(ranking.score, stable=True).indices)
         l_order = torch.argsort(ranking.informativeness, descending=True)
         assert torch.equal(ranking.order[: int(mask.sum())], torch.nonzero(mask).flatten()[l_order])

@@ -16,16 +16,17 @@ import time
 import jwt
 import numpy as np
 import pytest
+import requests
 import torch
 from PIL import Image
 from torchvision.transforms.functional import to_tensor
-from helpers import BLUE, RED, LocalServer, Route, image_bytes, make_settings, write_exif_rotated_jpeg, write_image
 
 import backend.lsclient as lsclient
 from backend.errors import ImageError
 from backend.images import ImageLoader
 from backend.lsclient import LabelStudioAuth, is_personal_access_token
 from backend.service import build_service
+from helpers import BLUE, RED, LocalServer, Route, image_bytes, make_settings, write_exif_rotated_jpeg, write_image
 from model.images import image_tensor, load_image
 
 LS = "http://ls.example.com:8080"
@@ -222,7 +223,9 @@ class TestFetchHttp:
 
     def test_token_is_not_sent_to_other_hosts(self, tmp_path):
         with LocalServer({"/img.png": PNG}) as server:
-            loader = _loader(tmp_path, label_studio_url=LS, api_key="legacy-token-123", allowed_image_hosts=(server.netloc,))
+            loader = _loader(
+                tmp_path, label_studio_url=LS, api_key="legacy-token-123", allowed_image_hosts=(server.netloc,)
+            )
             loader.load(f"{server.url}/img.png")
         assert "Authorization" not in server.seen[0].headers
 
@@ -353,8 +356,12 @@ def _truncating_server(declared: int, sent: bytes):
                 continue
             with conn:
                 conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                             + str(declared).encode() + b"\r\n\r\n" + sent)
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                    + str(declared).encode()
+                    + b"\r\n\r\n"
+                    + sent
+                )
 
     threading.Thread(target=serve, daemon=True).start()
 
@@ -426,8 +433,10 @@ class TestCloudImages:
         assert info.value.reason == "unreachable"
         assert "/img.png" in str(info.value) and "SECRET" not in str(info.value)
 
-    @pytest.mark.parametrize("status, code, reason", [(404, "NoSuchKey", "missing"), (403, "AccessDenied", "refused"),
-                                                      (500, "InternalError", "unreachable")])
+    @pytest.mark.parametrize(
+        "status, code, reason",
+        [(404, "NoSuchKey", "missing"), (403, "AccessDenied", "refused"), (500, "InternalError", "unreachable")],
+    )
     def test_bucket_answers_by_status(self, tmp_path, status, code, reason):
         body = f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>no</Message></Error>".encode()
         with LocalServer({"/img.png": Route(status, body, "application/xml")}) as bucket:
@@ -439,13 +448,18 @@ class TestCloudImages:
         assert info.value.reason == reason and f"HTTP {status} from {bucket.netloc}: {code}" in str(info.value)
         assert "SECRET" not in str(info.value)
 
-    @pytest.mark.parametrize("detail, reason", [
-        ("An error occurred (NoSuchKey) when calling the GetObject operation: The specified key does not exist.",
-         "missing"),
-        ("An error occurred (InvalidAccessKeyId) when calling the GetObject operation", "refused"),
-        ("Could not connect to the endpoint URL: \"http://127.0.0.1:1/bucket/a.png?x=SECRET\"", "unreachable"),
-        ("Stream is None", "unreachable"),  # what Label Studio 1.23 says whatever S3's error was
-    ])
+    @pytest.mark.parametrize(
+        "detail, reason",
+        [
+            (
+                "An error occurred (NoSuchKey) when calling the GetObject operation: The specified key does not exist.",
+                "missing",
+            ),
+            ("An error occurred (InvalidAccessKeyId) when calling the GetObject operation", "refused"),
+            ('Could not connect to the endpoint URL: "http://127.0.0.1:1/bucket/a.png?x=SECRET"', "unreachable"),
+            ("Stream is None", "unreachable"),  # what Label Studio 1.23 says whatever S3's error was
+        ],
+    )
     def test_label_studio_proxy_failures_by_storage_error(self, tmp_path, detail, reason):
         """Presign off: Label Studio answers 424 with the storage's error in ``detail``."""
         body = json.dumps({"error": "Storage stream failed while proxying data", "detail": detail}).encode()
@@ -530,7 +544,7 @@ class TestLabelStudioAuth:
     def test_refresh_failure_raises(self):
         with LocalServer({}) as server:  # 404 for the refresh endpoint
             auth = LabelStudioAuth(server.url, _jwt("refresh", 86400))
-            with pytest.raises(Exception):
+            with pytest.raises(requests.HTTPError):
                 auth.access_token()
 
     def test_repr_hides_the_key(self):

@@ -13,10 +13,10 @@ import time
 
 import pytest
 import torch
-from helpers import LABELS, make_settings
 
 from backend.inference import InferenceQueue
 from backend.service import build_service
+from helpers import LABELS, make_settings
 from model.detections import Detections
 
 WAIT_S = 30.0  # a bound on waiting for threads, never a speed figure

@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
 
 from backend.jobs.board import JobBoard, JobRecord, ProgressWriter, run_job
 from backend.jobs.scheduler import Scheduler
 from backend.jobs.train import TrainingError
+from helpers import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -113,7 +113,11 @@ class TestRunJob:
 
     @pytest.mark.parametrize(
         "error",
-        [RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), TrainingError("no usable annotations"), MemoryError()],
+        [
+            RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+            TrainingError("no usable annotations"),
+            MemoryError(),
+        ],
     )
     def test_failure_is_recorded_and_the_next_trigger_runs(self, tmp_path, error):
         board = JobBoard(tmp_path)

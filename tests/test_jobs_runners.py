@@ -11,11 +11,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
 
 from backend.jobs.board import JobBoard
 from backend.jobs.runners import EmbeddedRunner
 from backend.jobs.scheduler import Scheduler
+from helpers import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,12 +36,16 @@ class TestEmbeddedRunner:
     def test_a_killed_child_is_recorded_as_failed(self, tmp_path, monkeypatch):
         """The child is killed (-9, e.g. by the OOM killer) halfway through its job."""
         board, runner, finished = self._runner(tmp_path)
-        commands = self._fake_child(monkeypatch, tmp_path, """
+        commands = self._fake_child(
+            monkeypatch,
+            tmp_path,
+            """
             def work(progress):
                 progress(0.4, "epoch 2/5")
                 os.kill(os.getpid(), signal.SIGKILL)
             run_job(board, "1", "train", work)
-            """)
+            """,
+        )
         scheduler = self._submit_and_wait(board, runner, finished)
         assert commands[0][1:] == ["-m", "backend", "train", "--project", "1", "--quiet"]
         assert finished == [("1", "train", False)]
@@ -72,13 +76,17 @@ class TestEmbeddedRunner:
     def test_a_failed_follow_up_does_not_fail_the_training(self, tmp_path, monkeypatch):
         """The child trains (done), then its follow-up ranking fails: exit 1, yet the training's record stays done."""
         board, runner, finished = self._runner(tmp_path)
-        self._fake_child(monkeypatch, tmp_path, """
+        self._fake_child(
+            monkeypatch,
+            tmp_path,
+            """
             run_job(board, "1", "train", lambda progress: {"model_version": "v0002"})
             try:
                 run_job(board, "1", "rank", lambda progress: 1 / 0)
             except ZeroDivisionError:
                 sys.exit(1)
-            """)
+            """,
+        )
         self._submit_and_wait(board, runner, finished)
         assert finished == [("1", "train", False)]
         train = board.read("1", "train")
@@ -88,10 +96,14 @@ class TestEmbeddedRunner:
 
     def test_a_child_killed_in_its_follow_up(self, tmp_path, monkeypatch):
         board, runner, finished = self._runner(tmp_path)
-        self._fake_child(monkeypatch, tmp_path, """
+        self._fake_child(
+            monkeypatch,
+            tmp_path,
+            """
             run_job(board, "1", "train", lambda progress: {"model_version": "v0002"})
             run_job(board, "1", "rank", lambda progress: os.kill(os.getpid(), signal.SIGKILL))
-            """)
+            """,
+        )
         self._submit_and_wait(board, runner, finished)
         assert board.read("1", "train").status == "done"
         rank = board.read("1", "rank")
@@ -99,10 +111,14 @@ class TestEmbeddedRunner:
 
     def test_a_child_that_dies_before_starting_frees_the_pending_flag(self, tmp_path, monkeypatch):
         board, runner, finished = self._runner(tmp_path)
-        self._fake_child(monkeypatch, tmp_path, """
+        self._fake_child(
+            monkeypatch,
+            tmp_path,
+            """
             print("ImportError: no module named torch", file=sys.stderr)
             sys.exit(2)
-            """)
+            """,
+        )
         scheduler = self._submit_and_wait(board, runner, finished)
         record = board.read("1", "train")
         assert record.status == "failed"
@@ -138,7 +154,10 @@ class TestEmbeddedRunner:
 
     def test_a_full_disk_names_its_cause_and_leaves_no_tmp_file(self, tmp_path, small_disk, monkeypatch):
         board, runner, finished = self._runner(tmp_path, models=small_disk)
-        self._fake_child(monkeypatch, tmp_path, f"""
+        self._fake_child(
+            monkeypatch,
+            tmp_path,
+            f"""
             def work(progress):
                 progress(0.5, "saving")
                 if not os.path.exists({str(tmp_path / "filled")!r}):  # the first job fills the disk
@@ -147,7 +166,9 @@ class TestEmbeddedRunner:
                         f.write(b"x" * 4_000_000)  # twice the disk
                 return {{}}
             run_job(board, "1", "train", work)
-            """, models=small_disk)
+            """,
+            models=small_disk,
+        )
         scheduler = self._submit_and_wait(board, runner, finished)
         record = board.read("1", "train")
         assert record.status == "failed" and "No space left on device" in record.error, record.error
@@ -162,7 +183,10 @@ class TestEmbeddedRunner:
         """Unauthenticated webhooks for new project ids: the processes start one after the other, in order."""
         board, runner, finished = self._runner(tmp_path)
         log = tmp_path / "log"
-        self._fake_child(monkeypatch, tmp_path, f"""
+        self._fake_child(
+            monkeypatch,
+            tmp_path,
+            f"""
             import time
             project = sys.argv[sys.argv.index("--project") + 1]
             def note(what):
@@ -172,7 +196,8 @@ class TestEmbeddedRunner:
             time.sleep(0.2)  # a window in which an overlapping process would write its start
             run_job(board, project, "train", lambda progress: {{}})
             note("end")
-            """)
+            """,
+        )
         scheduler = Scheduler(board, runner.submit, train_every=10)
         projects = [str(p) for p in range(11, 17)]
         assert [scheduler.request(p, "train") for p in projects] == ["scheduled"] * len(projects)

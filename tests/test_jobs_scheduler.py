@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import make_settings, webhook
 
 from backend.app import create_app
 from backend.jobs.board import JobBoard, run_job
 from backend.service import build_service
+from helpers import make_settings, webhook
 
 PROJECT = "5"
 
@@ -152,8 +152,10 @@ class TestWebhookScheduling:
     def test_start_training_resets_the_annotation_count(self, tmp_path):
         app, service, runner = _app_with(tmp_path, lambda p: {}, train_every=3)
         client = app.test_client()
-        statuses = [client.post("/webhook", json=webhook(a)).get_json()["status"] for a in
-                    ("ANNOTATION_CREATED", "ANNOTATION_CREATED", "START_TRAINING")]
+        statuses = [
+            client.post("/webhook", json=webhook(a)).get_json()["status"]
+            for a in ("ANNOTATION_CREATED", "ANNOTATION_CREATED", "START_TRAINING")
+        ]
         runner.join()
         statuses += [client.post("/webhook", json=webhook("ANNOTATION_UPDATED")).get_json()["status"] for _ in range(3)]
         runner.join()

@@ -7,11 +7,11 @@ import json
 from dataclasses import replace
 
 import pytest
-from helpers import LABEL_CONFIG, LABELS, SMALL, WIDE, make_settings
 
 from backend.jobs.board import JobBoard, run_job
 from backend.jobs.entry import JOBS, run_job_from_env
 from backend.service import build_service, swap_when_done
+from helpers import LABEL_CONFIG, LABELS, SMALL, WIDE, make_settings
 
 PROJECT = "5"
 
@@ -31,24 +31,32 @@ class FakeLabelStudio:
 
 def _annotated(task_id: int, image: str, ann_id: int, label: str = "car") -> dict:
     region = {
-        "from_name": "label", "to_name": "image", "type": "rectanglelabels",
+        "from_name": "label",
+        "to_name": "image",
+        "type": "rectanglelabels",
         "value": {"x": 10, "y": 10, "width": 40, "height": 50, "rotation": 0, "rectanglelabels": [label]},
     }
     return {
         "id": task_id,
         "data": {"image": f"/data/local-files/?d={image}"},
-        "annotations": [{"id": ann_id, "result": [region], "was_cancelled": False, "created_at": "2025-01-01T00:00:00Z"}],
+        "annotations": [
+            {"id": ann_id, "result": [region], "was_cancelled": False, "created_at": "2025-01-01T00:00:00Z"}
+        ],
     }
 
 
 @pytest.fixture
 def training_service(tmp_path, image_root):
     """A Service serving project 5 (version v0001 from base weights), with a fake Label Studio."""
-    settings = make_settings(tmp_path / "models", local_files_document_root=str(image_root), epochs=1,
-                             loss="synchronic")  # its version meta must keep lambda and the betas
-    service = build_service(settings, ls_client=FakeLabelStudio(
-        [_annotated(1, WIDE, 101), _annotated(2, SMALL, 102, "person"), _annotated(3, "missing.png", 103)]
-    ))
+    settings = make_settings(
+        tmp_path / "models", local_files_document_root=str(image_root), epochs=1, loss="synchronic"
+    )  # its version meta must keep lambda and the betas
+    service = build_service(
+        settings,
+        ls_client=FakeLabelStudio(
+            [_annotated(1, WIDE, 101), _annotated(2, SMALL, 102, "person"), _annotated(3, "missing.png", 103)]
+        ),
+    )
     served = service.registry.get(PROJECT, list(LABELS))
     assert served.name == "v0001"
     return service
@@ -102,8 +110,10 @@ class TestTrainingJobs:
         service = training_service
         before = [v.name for v in service.store.versions(PROJECT)]
         if break_it == "out_of_memory":
+
             def oom(*args, **kwargs):
                 raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
             monkeypatch.setattr("backend.jobs.train.train", oom)
         elif break_it == "no_annotations":
             monkeypatch.setattr(service.ls_client, "tasks", [_annotated(3, "missing.png", 103)])
@@ -113,11 +123,13 @@ class TestTrainingJobs:
                 del task["annotations"][0]["result"][0]["value"]["width"]
             monkeypatch.setattr(service.ls_client, "tasks", broken)
         else:
+
             def nan(*args, **kwargs):
                 raise FloatingPointError("training loss is not finite: {'total': nan}")
+
             monkeypatch.setattr("backend.jobs.train.train", nan)
         assert service.scheduler is not None  # the real scheduler; submit is not called here
-        with pytest.raises(Exception):
+        with pytest.raises(Exception):  # noqa: B017 -- each case its own type; the record's error is checked below
             run_job(service.board, PROJECT, "train", JOBS["train"](service, PROJECT))
         swap_when_done(service.registry)(PROJECT, "train", False)
         record = service.board.read(PROJECT, "train")

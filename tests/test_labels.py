@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import CHOICES_CONFIG, LABEL_CONFIG, LABELS
 from torch import nn
 from torchvision.models.detection.faster_rcnn import (
     FasterRCNN_MobileNet_V3_Large_320_FPN_Weights,
@@ -18,6 +17,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from backend.errors import BadRequest
 from backend.labels import parse_label_config
+from helpers import CHOICES_CONFIG, LABEL_CONFIG, LABELS
 from model.detector import DetectorConfig, adapt_head, coco_head_rows
 from model.heads import UncertainBoxPredictor, UncertaintyRoIHeads
 
@@ -157,7 +157,9 @@ class _TinyDetector(nn.Module):
                 predictor.bbox_pred.bias[4 * r : 4 * r + 4] = 2000 + r
 
 
-CONFIG = DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", analysis_threshold=0.3, nms_iou=0.4, max_detections=7)
+CONFIG = DetectorConfig(
+    backbone="mobilenet_v3_320_fpn", weights="none", analysis_threshold=0.3, nms_iou=0.4, max_detections=7
+)
 
 
 class TestAdaptHead:

@@ -34,8 +34,13 @@ def imagenet_model(loss: LossConfig = LossConfig()) -> torch.nn.Module:
 def rpn_gradients(loss: LossConfig, samples: list[Sample]) -> list[torch.Tensor]:
     """Gradients of the RPN head's parameters after one backward pass of ``loss``, from one start."""
     torch.manual_seed(0)
-    model, _ = build_model(DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False,
-                                          min_size=96, max_size=128), ["red", "blue"], loss=loss)
+    model, _ = build_model(
+        DetectorConfig(
+            backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False, min_size=96, max_size=128
+        ),
+        ["red", "blue"],
+        loss=loss,
+    )
     model.train()
     images = [load_image(s.image_path) for s in samples]
     targets = [{"boxes": s.boxes, "labels": s.labels} for s in samples]
@@ -66,8 +71,15 @@ def test_forty_scenes_learn_without_the_clip(tmp_path):
     Measured on these scenes at lr 0.02 without the clip: the standard loss diverges too
     (NaN after 25 steps; the balanced synchronic form after 13), so 0.02 tests the data, not the loss.
     """
-    config = TrainConfig(iterations=40, batch_size=4, lr=0.01, grad_clip=0.0, warmup_fraction=0.1, seed=0,
-                         loss=LossConfig.from_name("synchronic-balanced"))
+    config = TrainConfig(
+        iterations=40,
+        batch_size=4,
+        lr=0.01,
+        grad_clip=0.0,
+        warmup_fraction=0.1,
+        seed=0,
+        loss=LossConfig.from_name("synchronic-balanced"),
+    )
     model = imagenet_model(config.loss)
     result = train(model, scenes(tmp_path, 40, objects=8), config, CPU)
     totals = [e["total"] for e in result.epoch_losses]

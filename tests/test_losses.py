@@ -14,13 +14,13 @@ from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.ops import generalized_box_iou
 
 from model.losses import (
+    LOSS_NAMES,
     LossConfig,
+    bounded_log_var,
     combine_losses,
     eiou_loss,
     emphasis_factors,
     fastrcnn_synchronic_terms,
-    LOSS_NAMES,
-    bounded_log_var,
     kl_regression_loss,
     match_lambda,
 )
@@ -141,7 +141,7 @@ class TestLossConfig:
 
     def test_is_frozen(self) -> None:
         with pytest.raises(FrozenInstanceError):
-            setattr(LossConfig(), "kind", "standard")
+            LossConfig().kind = "standard"
 
 
 class TestEIoULoss:

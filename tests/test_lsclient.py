@@ -7,10 +7,9 @@ import json
 import socket
 
 import pytest
-from helpers import LocalServer, Route
 
-from backend.lsclient import (DEFAULT_VIEW_TITLE, LabelStudioAuth, LabelStudioClient, LabelStudioError,
-                              ProjectNotFound)
+from backend.lsclient import DEFAULT_VIEW_TITLE, LabelStudioAuth, LabelStudioClient, LabelStudioError, ProjectNotFound
+from helpers import LocalServer, Route
 
 PROJECT = {"id": 3, "label_config": "<View/>"}
 
@@ -85,9 +84,13 @@ def _posted(server: LocalServer) -> list[dict]:
     return [json.loads(s.body) for s in server.seen if s.method == "POST"]
 
 
-QUEUE = {"ordering": ["tasks:predictions_score"],
-         "filters": {"conjunction": "and", "items": [
-             {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}]}}
+QUEUE = {
+    "ordering": ["tasks:predictions_score"],
+    "filters": {
+        "conjunction": "and",
+        "items": [{"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}],
+    },
+}
 
 
 class TestSaveView:
@@ -96,8 +99,10 @@ class TestSaveView:
         with LocalServer({"/api/dm/views": _views()}) as server:
             saved = _client(server.url).save_view(3, "HUA queue", QUEUE)
             default, queue = _posted(server)
-        assert default == {"project": 3, "data": {"title": DEFAULT_VIEW_TITLE, "ordering": [],
-                                                  "filters": {"conjunction": "and", "items": []}}}
+        assert default == {
+            "project": 3,
+            "data": {"title": DEFAULT_VIEW_TITLE, "ordering": [], "filters": {"conjunction": "and", "items": []}},
+        }
         assert DEFAULT_VIEW_TITLE == "Default"
         assert queue == {"project": 3, "data": {**QUEUE, "title": "HUA queue"}}
         assert saved["data"]["title"] == "HUA queue"
@@ -120,8 +125,8 @@ class TestUnknownProject:
 
     def test_a_job_for_an_unknown_project_fails_before_any_model(self, tmp_path, monkeypatch):
         """A webhook for an id Label Studio does not know: the job fails on its first call, no model made."""
-        from backend.jobs.entry import run_job_from_env
         from backend.jobs.board import JobBoard
+        from backend.jobs.entry import run_job_from_env
 
         with LocalServer({}) as server:
             monkeypatch.setenv("MODEL_DIR", str(tmp_path / "models"))

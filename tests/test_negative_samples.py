@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
-from helpers import LABEL_CONFIG, LABELS, WIDE, local_task, make_settings, predict_body
 
 from backend.app import create_app
 from backend.labels import parse_label_config
 from backend.predictions import task_prediction
 from backend.service import app_service
+from helpers import LABEL_CONFIG, LABELS, WIDE, local_task, make_settings, predict_body
 from model.detections import Detections
 from model.hua import HUAConfig, entropy_score, image_entropy
 
@@ -61,8 +61,9 @@ class TestEmptyDetections:
     def test_prediction_of_an_image_with_no_roi_at_all(self):
         det = Detections.empty(num_classes=len(LABELS), width=20, height=10)
         score = entropy_score(image_entropy(det, HUAConfig()))
-        out = task_prediction(det, list(LABELS), parse_label_config(LABEL_CONFIG), "v0001", display_threshold=0.0,
-                              score=score)
+        out = task_prediction(
+            det, list(LABELS), parse_label_config(LABEL_CONFIG), "v0001", display_threshold=0.0, score=score
+        )
         assert out["result"] == []
         # under HUA_AGGREGATE=sum an image with nothing seen has H = 0: nothing to be wrong about
         assert out["score"] == 1.0

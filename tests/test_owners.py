@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import wait_for, webhook
 
 from backend.jobs.board import JobBoard
 from backend.jobs.scheduler import Scheduler
+from helpers import wait_for, webhook
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT = "5"
@@ -117,7 +117,8 @@ class TestOwnersThatAreGone:
                 VersionStore({str(tmp_path)!r}).save("3", {{"w": torch.ones(1)}}, VersionMeta(labels=["car"]))
                 saved.set()
                 time.sleep(600)
-            threading.Thread(target=run_job, args=(JobBoard({str(tmp_path)!r}), "3", "train", work), daemon=True).start()
+            board = JobBoard({str(tmp_path)!r})
+            threading.Thread(target=run_job, args=(board, "3", "train", work), daemon=True).start()
             saved.wait(60)
             """)
         _kill9(proc)
@@ -154,7 +155,6 @@ class TestOwnersThatAreGone:
         assert (tmp_path / "1" / ".jobs" / "annotations").read_text() == "200"
 
 
-
 _SERVER = """
 from werkzeug.serving import make_server
 from backend.app import create_app
@@ -168,16 +168,23 @@ class _Backend:
     """The app in a process group of its own (its job processes join it), so a test can kill -9 them all."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                     text=True, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _SERVER],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         self.url = f"http://127.0.0.1:{int(self.proc.stdout.readline())}"
 
     def call(self, method: str, path: str, body: dict | None = None) -> dict:
         import urllib.request
 
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 
@@ -195,15 +202,26 @@ def test_server_and_jobs_killed_together_then_the_next_event_schedules(tmp_path)
     silent = socket.socket()  # Label Studio that accepts and never answers: the job hangs in its first call
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MODEL_DIR": str(tmp_path / "models"),
-           "LABEL_STUDIO_URL": f"http://127.0.0.1:{silent.getsockname()[1]}", "LABEL_STUDIO_API_KEY": "token",
-           "BACKBONE": "mobilenet_v3_320_fpn", "WEIGHTS": "none", "ALLOW_WEIGHTS_DOWNLOAD": "false"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "MODEL_DIR": str(tmp_path / "models"),
+        "LABEL_STUDIO_URL": f"http://127.0.0.1:{silent.getsockname()[1]}",
+        "LABEL_STUDIO_API_KEY": "token",
+        "BACKBONE": "mobilenet_v3_320_fpn",
+        "WEIGHTS": "none",
+        "ALLOW_WEIGHTS_DOWNLOAD": "false",
+    }
     start = webhook("START_TRAINING", "8")
     backend = _Backend(env)
     try:
         assert backend.call("POST", "/webhook", start)["status"] == "scheduled"
-        wait_for(lambda: backend.call("GET", "/jobs")["jobs"].get("8", {}).get("train", {}).get("status") == "running",
-                  120, "the job process to start", interval=0.2)
+        wait_for(
+            lambda: backend.call("GET", "/jobs")["jobs"].get("8", {}).get("train", {}).get("status") == "running",
+            120,
+            "the job process to start",
+            interval=0.2,
+        )
         assert backend.call("POST", "/webhook", start)["status"] == "scheduled"  # waits behind the running one
         assert backend.call("POST", "/webhook", start)["status"] == "coalesced"
     finally:

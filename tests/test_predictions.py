@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import FROM_NAME, LABEL_CONFIG, LABELS, TO_NAME, make_settings, write_exif_rotated_jpeg, write_image
 
 from backend.labels import parse_label_config
 from backend.predictions import Deadline, TaskFailure, box_result, predict_tasks, task_prediction
 from backend.ranking_store import StoredRanking
 from backend.service import build_service
+from helpers import FROM_NAME, LABEL_CONFIG, LABELS, TO_NAME, make_settings, write_exif_rotated_jpeg, write_image
 from model.detections import Detections
 from model.registry import ServedModel
 from model.version_meta import VersionMeta
@@ -113,7 +113,7 @@ class TestTaskPrediction:
 class _StubDetector:
     """Answers one full-image box of class 1 per image; records batch sizes."""
 
-    def __init__(self, fail_on_call: int | None = None, clock: "FakeClock | None" = None) -> None:
+    def __init__(self, fail_on_call: int | None = None, clock: FakeClock | None = None) -> None:
         self.labels = list(LABELS)
         self.batches: list[int] = []
         self.fail_on_call = fail_on_call
@@ -168,8 +168,15 @@ class TestPredictTasks:
     def test_one_item_per_task_in_order(self, tmp_path, root):
         detector = _StubDetector()
         tasks = [_task(10 + i, f"{i}.png") for i in range(5)]
-        results = predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), batch_size=2, workers=3,
-                                display_threshold=0.0).results
+        results = predict_tasks(
+            tasks,
+            NAMES,
+            _served(detector, tmp_path),
+            _loader(tmp_path, root),
+            batch_size=2,
+            workers=3,
+            display_threshold=0.0,
+        ).results
         sizes = [(r["result"][0]["original_width"], r["result"][0]["original_height"]) for r in results]
         assert sizes == [(30, 10), (10, 30), (20, 20), (16, 8), (8, 16)]
         assert all(r["model_version"] == "v0007" for r in results)
@@ -177,14 +184,26 @@ class TestPredictTasks:
     def test_batches_never_exceed_the_batch_size(self, tmp_path, root):
         detector = _StubDetector()
         tasks = [_task(i, f"{i}.png") for i in range(5)]
-        predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), batch_size=2, workers=2,
-                      display_threshold=0.0)
+        predict_tasks(
+            tasks,
+            NAMES,
+            _served(detector, tmp_path),
+            _loader(tmp_path, root),
+            batch_size=2,
+            workers=2,
+            display_threshold=0.0,
+        )
         assert detector.batches == [2, 2, 1]
 
     def test_exif_rotated_image_reports_the_displayed_size(self, tmp_path, root):
         (result,) = predict_tasks(
-            [_task(1, "rotated.jpg")], NAMES, _served(_StubDetector(), tmp_path), _loader(tmp_path, root),
-            batch_size=2, workers=1, display_threshold=0.0,
+            [_task(1, "rotated.jpg")],
+            NAMES,
+            _served(_StubDetector(), tmp_path),
+            _loader(tmp_path, root),
+            batch_size=2,
+            workers=1,
+            display_threshold=0.0,
         ).results
         region = result["result"][0]
         assert (region["original_width"], region["original_height"]) == (40, 60)
@@ -194,8 +213,15 @@ class TestPredictTasks:
         detector = _StubDetector()
         tasks = [_task(1, "0.png"), _task(2, "text.png"), {"id": 3, "data": {}}, _task(4, "1.png")]
         with caplog.at_level(logging.WARNING, logger="backend.predictions"):
-            out = predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), batch_size=8,
-                                workers=2, display_threshold=0.0)
+            out = predict_tasks(
+                tasks,
+                NAMES,
+                _served(detector, tmp_path),
+                _loader(tmp_path, root),
+                batch_size=8,
+                workers=2,
+                display_threshold=0.0,
+            )
         # [] makes Label Studio store nothing: no "the model found nothing here" for a broken image
         assert out.results[1] == [] and out.results[2] == []
         assert out.results[0]["result"] and out.results[3]["result"]
@@ -210,8 +236,15 @@ class TestPredictTasks:
         detector = _StubDetector(fail_on_call=1)
         tasks = [_task(i, f"{i}.png") for i in range(3)]
         with caplog.at_level(logging.ERROR, logger="backend.predictions"):
-            out = predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), batch_size=2,
-                                workers=2, display_threshold=0.0)
+            out = predict_tasks(
+                tasks,
+                NAMES,
+                _served(detector, tmp_path),
+                _loader(tmp_path, root),
+                batch_size=2,
+                workers=2,
+                display_threshold=0.0,
+            )
         assert out.results[:2] == [[], []]
         assert len(out.results[2]["result"]) == 1
         assert [(f.task_id, f.reason) for f in out.failures] == [(0, "inference"), (1, "inference")]
@@ -219,8 +252,15 @@ class TestPredictTasks:
 
     def test_no_tasks(self, tmp_path, root):
         detector = _StubDetector()
-        out = predict_tasks([], NAMES, _served(detector, tmp_path), _loader(tmp_path, root), batch_size=2, workers=2,
-                            display_threshold=0.0)
+        out = predict_tasks(
+            [],
+            NAMES,
+            _served(detector, tmp_path),
+            _loader(tmp_path, root),
+            batch_size=2,
+            workers=2,
+            display_threshold=0.0,
+        )
         assert (out.results, out.deferred, out.failures) == ([], [], [])
         assert detector.batches == []
 
@@ -231,8 +271,17 @@ class TestDeadline:
 
     def _predict(self, tmp_path, root, tasks, deadline, ranking=None, clock=None):
         detector = _StubDetector(clock=clock)
-        out = predict_tasks(tasks, NAMES, _served(detector, tmp_path), _loader(tmp_path, root), batch_size=2, workers=2,
-                            ranking=ranking, display_threshold=0.0, deadline=deadline)
+        out = predict_tasks(
+            tasks,
+            NAMES,
+            _served(detector, tmp_path),
+            _loader(tmp_path, root),
+            batch_size=2,
+            workers=2,
+            ranking=ranking,
+            display_threshold=0.0,
+            deadline=deadline,
+        )
         return out, detector
 
     def test_a_batch_starts_only_if_the_last_one_still_fits(self, tmp_path, root):

@@ -17,7 +17,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-from helpers import LABEL_CONFIG, LABELS, make_settings, predict_body
 from test_scoring import CONFIG, CountingDetector, calibrated_model, make_image
 from torchvision.transforms.functional import to_pil_image, to_tensor
 
@@ -25,12 +24,22 @@ from backend.app import create_app
 from backend.jobs.entry import ranking_job
 from backend.jobs.rank import QUEUE_TITLE, QUEUE_VIEW
 from backend.jobs.scheduler import Scheduler
-from backend.predictions import task_prediction
-from backend.service import app_service, build_service
-from backend.ranking_store import RANKING_FILE, RankingCache, StoredRanking
 from backend.labels import parse_label_config
 from backend.lsclient import LabelStudioError
-from model.hua import METRIC_NAMES, HUAConfig, Scale, fit_scale, image_entropy, image_metrics, num_candidates, score_single
+from backend.predictions import task_prediction
+from backend.ranking_store import RANKING_FILE, RankingCache, StoredRanking
+from backend.service import app_service, build_service
+from helpers import LABEL_CONFIG, LABELS, make_settings, predict_body
+from model.hua import (
+    METRIC_NAMES,
+    HUAConfig,
+    Scale,
+    fit_scale,
+    image_entropy,
+    image_metrics,
+    num_candidates,
+    score_single,
+)
 from model.registry import ServedModel
 from model.version_meta import VersionMeta
 
@@ -40,8 +49,19 @@ PROJECT = "7"
 NAMES = parse_label_config(LABEL_CONFIG)
 # A pool of 5 unlabeled tasks, one of whose images is broken: 4 are scored and P = 2.
 HUA = dict(hua_min_candidates=0, hua_retrieval_fraction=0.5)
-SIZES = {1: (64, 48), 2: (48, 64), 3: (64, 48), 4: (56, 56), 5: (40, 48), 6: (64, 40),
-         100: (48, 48), 101: (64, 56), 200: (52, 60), 300: (60, 52), 301: (44, 60)}
+SIZES = {
+    1: (64, 48),
+    2: (48, 64),
+    3: (64, 48),
+    4: (56, 56),
+    5: (40, 48),
+    6: (64, 40),
+    100: (48, 48),
+    101: (64, 56),
+    200: (52, 60),
+    300: (60, 52),
+    301: (44, 60),
+}
 LABELED, BROKEN = 1, 6
 
 
@@ -52,14 +72,24 @@ def _url(name: str) -> str:
 def _task(task_id: int, annotations: list | None = None) -> dict:
     name = "broken.png" if task_id == BROKEN else f"t{task_id}.png"
     annotations = annotations or []
-    return {"id": task_id, "data": {"image": _url(name)}, "annotations": annotations,
-            "total_annotations": len(annotations), "is_labeled": bool(annotations), "predictions": []}
+    return {
+        "id": task_id,
+        "data": {"image": _url(name)},
+        "annotations": annotations,
+        "total_annotations": len(annotations),
+        "is_labeled": bool(annotations),
+        "predictions": [],
+    }
 
 
 def _car_annotation() -> dict:
     value = {"x": 10, "y": 10, "width": 30, "height": 40, "rotation": 0, "rectanglelabels": ["car"]}
-    return {"id": 1, "was_cancelled": False, "created_at": "2026-01-01T00:00:00Z",
-            "result": [{"type": "rectanglelabels", "from_name": "label", "to_name": "image", "value": value}]}
+    return {
+        "id": 1,
+        "was_cancelled": False,
+        "created_at": "2026-01-01T00:00:00Z",
+        "result": [{"type": "rectanglelabels", "from_name": "label", "to_name": "image", "value": value}],
+    }
 
 
 class FakeLabelStudio:
@@ -148,13 +178,15 @@ def fake_ls():
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, root, fake_ls):
-    settings = make_settings(tmp_path_factory.mktemp("ranking-models"), local_files_document_root=str(root),
-                             batch_size=4, **HUA)
+    settings = make_settings(
+        tmp_path_factory.mktemp("ranking-models"), local_files_document_root=str(root), batch_size=4, **HUA
+    )
     app = create_app(service=build_service(settings, ls_client=fake_ls))
     service = app_service(app)
     # the project's first version: the calibrated real detector, saved as the registry would
-    meta = VersionMeta(labels=list(LABELS), backbone=CONFIG.backbone, weights="none", weights_requested="none",
-                       parent=None)
+    meta = VersionMeta(
+        labels=list(LABELS), backbone=CONFIG.backbone, weights="none", weights_requested="none", parent=None
+    )
     service.store.save(PROJECT, calibrated_model().state_dict(), meta)
     return app
 
@@ -259,8 +291,12 @@ class TestFullRanking:
 
     def test_predictions_are_pushed_in_bulk_before_the_version_is_set(self, first_run):
         calls = [c for c in first_run["calls"] if c[0] not in ("project", "tasks")]
-        assert [c[0] for c in calls] == ["delete_version_predictions", "import_predictions", "set_model_version",
-                                         "save_view"]
+        assert [c[0] for c in calls] == [
+            "delete_version_predictions",
+            "import_predictions",
+            "set_model_version",
+            "save_view",
+        ]
         assert calls[0][2] == "v0001" and calls[2][2] == "v0001"
         assert sorted(calls[1][2]) == [2, 3, 4, 5]
 
@@ -292,7 +328,10 @@ class TestFullRanking:
 
     def test_the_pre_annotations_are_the_first_pass_boxes(self, first_run):
         first_pass = [det for flip, _, dets in first_run["detector_calls"] if not flip for det in dets]
-        expected = [task_prediction(det, list(LABELS), NAMES, "v0001", display_threshold=0.0, score=0.5)["result"] for det in first_pass]
+        expected = [
+            task_prediction(det, list(LABELS), NAMES, "v0001", display_threshold=0.0, score=0.5)["result"]
+            for det in first_pass
+        ]
         stored = [first_run["stored"]["tasks"][str(t)]["result"] for t in (2, 3, 4, 5)]
         assert stored == json.loads(json.dumps(expected))
 
@@ -314,8 +353,9 @@ class TestRankingAgain:
         assert len(fake_ls.views) == 1 and fake_ls.views[0]["data"]["title"] == QUEUE_TITLE
         assert all(fake_ls.count(t, "v0001") == 1 for t in (2, 3, 4, 5))
 
-    def test_new_tasks_are_scored_on_the_stored_scale_and_only_they_are_pushed(self, service, fake_ls, first_run,
-                                                                             counting):
+    def test_new_tasks_are_scored_on_the_stored_scale_and_only_they_are_pushed(
+        self, service, fake_ls, first_run, counting
+    ):
         before = json.loads(first_run["path"].read_text())
         old_predictions = copy.deepcopy(fake_ls.predictions)
         fake_ls.task_list += [_task(100), _task(101)]
@@ -348,8 +388,10 @@ class TestRankingAgain:
             raise LabelStudioError("POST /api/projects/7/import/predictions: ConnectionError (5 tries)")
 
         def tasks_with_predictions(project, page_size=500):  # as LS lists them: with their predictions
-            return [{**t, "predictions": [p for p in fake_ls.predictions if p["task"] == t["id"]]}
-                    for t in real_tasks(project)]
+            return [
+                {**t, "predictions": [p for p in fake_ls.predictions if p["task"] == t["id"]]}
+                for t in real_tasks(project)
+            ]
 
         monkeypatch.setattr(fake_ls, "tasks", tasks_with_predictions)
         monkeypatch.setattr(fake_ls, "import_predictions", cut_short)
@@ -382,11 +424,15 @@ class TestRankingStore:
         from model.versions import Version
 
         version = Version(PROJECT, "v0003", tmp_path, VersionMeta())
-        scale = fit_scale(torch.tensor([[0.1, 0.2, 0.0, 1.0], [0.3, 0.2, 0.5, 1.7]], dtype=torch.float64),
-                          torch.tensor([0.2, 0.9, 0.123456789012345], dtype=torch.float64), 0.123456789012345)
+        scale = fit_scale(
+            torch.tensor([[0.1, 0.2, 0.0, 1.0], [0.3, 0.2, 0.5, 1.7]], dtype=torch.float64),
+            torch.tensor([0.2, 0.9, 0.123456789012345], dtype=torch.float64),
+            0.123456789012345,
+        )
         why = {"entropy": 0.75, "candidate": True, "metrics": {"semantic_affinity": 0.1}, "informativeness": 1.2}
-        ranking = StoredRanking(scale, [0.25, 0.75], {5: {"result": [], "score": 0.5, "model_version": "v0003"}},
-                                {5: why})
+        ranking = StoredRanking(
+            scale, [0.25, 0.75], {5: {"result": [], "score": 0.5, "model_version": "v0003"}}, {5: why}
+        )
         ranking.write(version)
         back = StoredRanking.read(version)
         assert back.scale.to_json() == scale.to_json() and back.labeled_freq == [0.25, 0.75]

@@ -15,6 +15,11 @@ from urllib.parse import quote
 
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
+
+from backend.app import create_app
+from backend.routes import MODEL_CLASS
+from backend.service import app_service, build_service
 from helpers import (
     CHOICES_CONFIG,
     DISPLAYED_SIZE,
@@ -35,11 +40,6 @@ from helpers import (
     make_settings,
     predict_body,
 )
-from prometheus_client.parser import text_string_to_metric_families
-
-from backend.app import create_app
-from backend.routes import MODEL_CLASS
-from backend.service import app_service, build_service
 from model.detector import build_model
 from model.version_meta import VersionMeta
 
@@ -137,9 +137,14 @@ class TestHealth:
         assert weights["source"] == f"COCO weights ({settings.backbone})" and weights["fell_back"] is False
         assert weights["meaning"].startswith("pre-annotations from the start for labels that match a COCO class")
 
-    @pytest.mark.parametrize("device, cuda, backbone", [
-        ("auto", True, "resnet50_fpn_v2"), ("auto", False, "mobilenet_v3_fpn"), ("cpu", True, "mobilenet_v3_fpn"),
-    ])
+    @pytest.mark.parametrize(
+        "device, cuda, backbone",
+        [
+            ("auto", True, "resnet50_fpn_v2"),
+            ("auto", False, "mobilenet_v3_fpn"),
+            ("cpu", True, "mobilenet_v3_fpn"),
+        ],
+    )
     def test_names_the_backbone_auto_chose(self, tmp_path, monkeypatch, device, cuda, backbone):
         """Without loading a model, hence without a CUDA context."""
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
@@ -449,7 +454,9 @@ def _basic(user: str, password: str) -> dict:
 
 @pytest.fixture(scope="module")
 def auth_app(tmp_path_factory):
-    return create_app(make_settings(tmp_path_factory.mktemp("auth_models"), basic_auth_user=USER, basic_auth_pass=PASSWORD))
+    return create_app(
+        make_settings(tmp_path_factory.mktemp("auth_models"), basic_auth_user=USER, basic_auth_pass=PASSWORD)
+    )
 
 
 class TestBasicAuth:
@@ -529,7 +536,9 @@ class TestSecretsStayOutOfLogs:
             assert client.post("/setup", json=setup, headers=auth).status_code == 200
             tasks = [{"id": 1, "data": {"image": "/data/upload/1/photo.png"}}, {"id": 2, "data": {"image": "s3://b/x"}}]
             response = client.post("/predict", json=predict_body(tasks), headers=auth)
-            assert client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 1}}).status_code == 200
+            assert (
+                client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 1}}).status_code == 200
+            )
             assert client.get("/health", headers=_basic(USER, "wrong-" + PASSWORD)).status_code == 401
         assert response.status_code == 200
         _assert_predicted(response.get_json()["results"][0], 48, 32)  # the token was used...

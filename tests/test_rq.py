@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import LABEL_CONFIG, make_settings
 
 from backend.app import create_app
 from backend.service import RQ_QUEUE, app_service
+from helpers import LABEL_CONFIG, make_settings
 
 # The Label Studio harness is a plugin (one server per session); pytest imports it,
 # so its helpers are imported inside the functions below.
@@ -43,7 +43,10 @@ def redis_url(tmp_path_factory):
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [exe, "--save", "", "--appendonly", "no", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(base)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     url = f"redis://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -103,7 +106,12 @@ def _run_worker(redis_url: str, env: dict[str, str], log: Path, timeout: float =
     with open(log, "wb") as out:
         return subprocess.run(
             [str(RQ), "worker", "--burst", "--url", redis_url, RQ_QUEUE],
-            cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
         ).returncode
 
 
@@ -133,8 +141,15 @@ def test_a_failing_job_is_recorded_and_retried(redis, redis_url, tmp_path):
     client = app.test_client()
     assert _webhook(client, "START_TRAINING", 4) == "scheduled"
     env = _child_env()
-    env.update({"MODEL_DIR": str(model_dir), "LABEL_STUDIO_URL": "http://127.0.0.1:9",
-                "LABEL_STUDIO_API_KEY": "token", "BACKBONE": "mobilenet_v3_320_fpn", "WEIGHTS": "none"})
+    env.update(
+        {
+            "MODEL_DIR": str(model_dir),
+            "LABEL_STUDIO_URL": "http://127.0.0.1:9",
+            "LABEL_STUDIO_API_KEY": "token",
+            "BACKBONE": "mobilenet_v3_320_fpn",
+            "WEIGHTS": "none",
+        }
+    )
     log = tmp_path / "worker.log"
     assert _run_worker(redis_url, env, log) == 0, log_tail(log)
     from rq.registry import FailedJobRegistry
@@ -178,7 +193,11 @@ def test_a_killed_work_horse_is_recorded_as_failed(redis, redis_url, tmp_path):
     with open(log, "wb") as out:
         rc = subprocess.run(
             [str(RQ), "worker", "--burst", "--url", redis_url, "--path", ".", "--path", "tests", RQ_QUEUE],
-            cwd=REPO_ROOT, env=_child_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+            env=_child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             timeout=300,
         ).returncode
     assert rc == 0, log_tail(log)
@@ -205,8 +224,9 @@ def test_worker_trains_against_label_studio(redis, redis_url, label_studio, ls_c
         for t in tasks[:2]
     ]
     model_dir = tmp_path / "models"
-    app = create_app(make_settings(model_dir, redis_url=redis_url, label_studio_url=label_studio.url,
-                                   api_key=label_studio.token))
+    app = create_app(
+        make_settings(model_dir, redis_url=redis_url, label_studio_url=label_studio.url, api_key=label_studio.token)
+    )
     assert _webhook(app.test_client(), "START_TRAINING", project) == "scheduled"
     queue = _queue(redis)
     assert queue.count == 1

@@ -249,8 +249,9 @@ class TestScorePool:
         counting = CountingDetector(detector)
         keys = ["img0", "img1", "img2", "img3"]
         config = HUAConfig(min_candidates=64, retrieval_fraction=1.0, retrieval_ratio=2.0)
-        pool = score_pool(counting, keys, lambda k: images[k], torch.zeros(2, dtype=torch.float64), config,
-                          batch_size=2, budget=1)
+        pool = score_pool(
+            counting, keys, lambda k: images[k], torch.zeros(2, dtype=torch.float64), config, batch_size=2, budget=1
+        )
         assert num_candidates(4, config, budget=1) == 2
         assert len(counting.images(flip=True)) == 2
         assert int(pool.ranking.candidate_mask.sum()) == 2
@@ -323,8 +324,11 @@ class TestScoreNewImages:
             compared += 1
         assert compared >= len(pool.keys) - 1
         # the flipped pass ran only for the images the stored gate admits
-        admitted = [k for k, det in zip(pool.keys, scored.detections)
-                    if float(image_entropy(det, HALF)) >= pool.ranking.scale.entropy_cutoff]
+        admitted = [
+            k
+            for k, det in zip(pool.keys, scored.detections)
+            if float(image_entropy(det, HALF)) >= pool.ranking.scale.entropy_cutoff
+        ]
         assert len(counting.images(flip=True)) == len(admitted)
         assert {_index_of(img, images) for img in counting.images(flip=True)} == set(admitted)
 
@@ -336,15 +340,17 @@ class TestScoreNewImages:
         for i, key in enumerate(keys):
             if _tied_non_candidate(pool, i):
                 continue
-            (score,) = score_new_images(detector, [key], images.__getitem__, freq, pool.ranking.scale, config,
-                                        batch_size=1).scores
+            (score,) = score_new_images(
+                detector, [key], images.__getitem__, freq, pool.ranking.scale, config, batch_size=1
+            ).scores
             assert abs(score - _score_of(pool, key)) <= SCORE_TOLERANCE, (key, score, _score_of(pool, key))
 
     def test_matches_score_single_on_the_stored_scale(self, detector, images, pool_run):
         pool, freq = pool_run["pool"], pool_run["freq"]
         new = make_image(99, 60, 44)
-        scored = score_new_images(detector, ["new"], {"new": new}.__getitem__, freq, pool.ranking.scale, HALF,
-                                  batch_size=1)
+        scored = score_new_images(
+            detector, ["new"], {"new": new}.__getitem__, freq, pool.ranking.scale, HALF, batch_size=1
+        )
         (det,), (score,) = scored.detections, scored.scores
         entropy = float(image_entropy(det, HALF))
         metrics = None
@@ -355,8 +361,9 @@ class TestScoreNewImages:
 
     def test_no_images(self, detector, pool_run):
         pool = pool_run["pool"]
-        scored = score_new_images(detector, [], {}.__getitem__, pool_run["freq"], pool.ranking.scale, HALF,
-                                  batch_size=1)
+        scored = score_new_images(
+            detector, [], {}.__getitem__, pool_run["freq"], pool.ranking.scale, HALF, batch_size=1
+        )
         assert scored.keys == [] and scored.scores == [] and scored.failed == {}
 
     def test_an_image_that_fails_to_load_is_listed_not_scored(self, detector, images, pool_run):
@@ -366,8 +373,9 @@ class TestScoreNewImages:
             return images[key]
 
         pool = pool_run["pool"]
-        scored = score_new_images(detector, ["broken", "img0"], source, pool_run["freq"], pool.ranking.scale, HALF,
-                                  batch_size=2)
+        scored = score_new_images(
+            detector, ["broken", "img0"], source, pool_run["freq"], pool.ranking.scale, HALF, batch_size=2
+        )
         assert scored.keys == ["img0"] and len(scored.scores) == 1
         assert scored.failed == {"broken": "BrokenImage: disk on fire"}
 
@@ -379,14 +387,16 @@ class TestYoungDetector:
 
     @staticmethod
     def scores_by_key(detector: Detector, keys: list[str], images: dict[str, Tensor]) -> tuple[dict, object]:
-        pool = score_pool(detector, keys, images.__getitem__, torch.tensor([0.5, 0.5], dtype=torch.float64),
-                          HALF, batch_size=1)  # one image a batch: no padding, so no dependence on the neighbours
+        pool = score_pool(
+            detector, keys, images.__getitem__, torch.tensor([0.5, 0.5], dtype=torch.float64), HALF, batch_size=1
+        )  # one image a batch: no padding, so no dependence on the neighbours
         return dict(zip(pool.keys, pool.ranking.score.tolist())), pool
 
     def test_distinct_scores_ordered_by_metrics_then_entropy_whatever_the_pool_order(self, images):
         torch.manual_seed(2)  # a random head whose every box scores 0.35-0.45 on these images
-        model, _ = build_model(DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False),
-                               LABELS)
+        model, _ = build_model(
+            DetectorConfig(backbone="mobilenet_v3_320_fpn", weights="none", allow_download=False), LABELS
+        )
         calibrate_frozen_batchnorm(model, [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(5))])
         young = Detector(model.eval(), LABELS, torch.device("cpu"))
         keys = sorted(images)

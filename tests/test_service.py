@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from helpers import LABEL_CONFIG, make_settings
 
 from backend.app import create_app
 from backend.jobs.entry import predict_job, ranking_job, training_job
 from backend.jobs.runners import EmbeddedRunner
 from backend.lsclient import LabelStudioClient, LabelStudioError
 from backend.service import build_service
+from helpers import LABEL_CONFIG, make_settings
 
 
 class RecordingRunner:
@@ -44,7 +44,8 @@ class TestExplicitParts:
         client = create_app(service=service).test_client()
         assert client.get("/health").get_json()["status"] == "UP"
         assert client.post("/setup", json={"project": "3", "schema": LABEL_CONFIG}).get_json() == {
-            "model_version": "v0000"}
+            "model_version": "v0000"
+        }
         answer = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}})
         assert answer.status_code == 202 and runner.submitted == [("3", "train")]
         assert client.get("/jobs").get_json()["jobs"]["3"]["train"]["status"] == "queued"

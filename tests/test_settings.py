@@ -59,8 +59,16 @@ class TestFromEnv:
         "env",
         [
             {},
-            {"ALLOWED_IMAGE_HOSTS": "a.example.com,b.example.com:8443", "TRAIN_REINIT": "true", "SYNC_LAMBDA": "0.3",
-             "HUA_CANDIDATES": "12", "TRAIN_SEED": "7", "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p", "EPOCHS": "3"},
+            {
+                "ALLOWED_IMAGE_HOSTS": "a.example.com,b.example.com:8443",
+                "TRAIN_REINIT": "true",
+                "SYNC_LAMBDA": "0.3",
+                "HUA_CANDIDATES": "12",
+                "TRAIN_SEED": "7",
+                "BASIC_AUTH_USER": "u",
+                "BASIC_AUTH_PASS": "p",
+                "EPOCHS": "3",
+            },
         ],
     )
     def test_to_env_round_trips(self, env):
@@ -102,7 +110,9 @@ class TestInvalidValues:
         with pytest.raises(SettingsError, match="DEVICE"):
             Settings.from_env({"DEVICE": "tpu"})
 
-    @pytest.mark.parametrize("name, raw", [("BACKBONE", "vgg16"), ("SCORE_THRESHOLD", "1.5"), ("SCORE_THRESHOLD", "-0.1")])
+    @pytest.mark.parametrize(
+        "name, raw", [("BACKBONE", "vgg16"), ("SCORE_THRESHOLD", "1.5"), ("SCORE_THRESHOLD", "-0.1")]
+    )
     def test_detector_values_out_of_range(self, name, raw):
         # the message names the setting (DetectorConfig's in lower case)
         with pytest.raises(SettingsError) as info:
@@ -158,7 +168,9 @@ class TestSettingsObject:
         assert Settings().image_hosts == frozenset()
 
     def test_detector_config_slice(self):
-        settings = Settings(backbone="mobilenet_v3_320_fpn", weights="none", display_threshold=0.3, allow_weights_download=False)
+        settings = Settings(
+            backbone="mobilenet_v3_320_fpn", weights="none", display_threshold=0.3, allow_weights_download=False
+        )
         config = settings.detector_config("cpu")
         # the detector returns boxes down to HUA's analysis threshold; SCORE_THRESHOLD filters what is shown
         assert (config.backbone, config.weights, config.analysis_threshold, config.allow_download) == (
@@ -189,11 +201,20 @@ class TestBackbone:
 
 def test_hua_config_slice():
     """Every HUA_* variable reaches model.hua's config."""
-    settings = Settings.from_env({
-        "HUA_AGGREGATE": "mean", "HUA_RETRIEVAL_FRACTION": "0.25", "HUA_MIN_CANDIDATES": "8", "HUA_CANDIDATES": "30",
-        "HUA_OVERLAP_IOU": "0.4", "HUA_DIVERSITY": "true", "HUA_DIVERSITY_WINDOW": "16",
-        "HUA_SCORE_THRESHOLD": "0.1", "HUA_MERGE_IOU": "0.8", "HUA_CONFIDENT_SCORE": "0.4",
-    })
+    settings = Settings.from_env(
+        {
+            "HUA_AGGREGATE": "mean",
+            "HUA_RETRIEVAL_FRACTION": "0.25",
+            "HUA_MIN_CANDIDATES": "8",
+            "HUA_CANDIDATES": "30",
+            "HUA_OVERLAP_IOU": "0.4",
+            "HUA_DIVERSITY": "true",
+            "HUA_DIVERSITY_WINDOW": "16",
+            "HUA_SCORE_THRESHOLD": "0.1",
+            "HUA_MERGE_IOU": "0.8",
+            "HUA_CONFIDENT_SCORE": "0.4",
+        }
+    )
     config = settings.hua_config()
     assert (config.retrieval_fraction, config.min_candidates, config.candidates) == (0.25, 8, 30)
     assert (config.overlap_iou, config.merge_iou, config.diversity, config.diversity_window) == (0.4, 0.8, True, 16)
@@ -212,8 +233,16 @@ def test_the_default_loss_is_the_papers_synchronic_form():
 
 
 def test_loss_and_training_length_settings():
-    settings = Settings.from_env({"LOSS": "synchronic", "SYNC_FORM": "balanced", "LOG_VAR_BOUND": "3",
-                                  "TRAIN_ITERATIONS": "50", "TRAIN_MIN_ITERATIONS": "20", "WARMUP_FRACTION": "0.2"})
+    settings = Settings.from_env(
+        {
+            "LOSS": "synchronic",
+            "SYNC_FORM": "balanced",
+            "LOG_VAR_BOUND": "3",
+            "TRAIN_ITERATIONS": "50",
+            "TRAIN_MIN_ITERATIONS": "20",
+            "WARMUP_FRACTION": "0.2",
+        }
+    )
     train = settings.train_config()
     assert train.loss.name == "synchronic-balanced"
     assert (train.iterations, train.min_iterations, train.warmup_fraction) == (50, 20, 0.2)

@@ -30,7 +30,9 @@ SMALL_CONFIG = DetectorConfig(
 )
 
 
-def _samples(folder: Path, count: int, width: int = 64, height: int = 48, side: int = 20, seed: int = 0) -> list[Sample]:
+def _samples(
+    folder: Path, count: int, width: int = 64, height: int = 48, side: int = 20, seed: int = 0
+) -> list[Sample]:
     """``count`` grey images, each with one red square of ``side`` pixels at a random place."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -209,8 +211,13 @@ class TestLoopMechanics:
         torch.manual_seed(0)
         model, _ = build_model(SMALL_CONFIG, ["square"])
         calls: list[float] = []
-        result = train(model, _samples(tmp_path, 2), TrainConfig(iterations=5, batch_size=2, seed=0), CPU,
-                       progress=lambda f, m: calls.append(f))
+        result = train(
+            model,
+            _samples(tmp_path, 2),
+            TrainConfig(iterations=5, batch_size=2, seed=0),
+            CPU,
+            progress=lambda f, m: calls.append(f),
+        )
         assert len(calls) == 5 and len(result.epoch_losses) == 5
         assert [e["steps"] for e in result.epoch_losses] == [1.0] * 5
 
@@ -242,8 +249,13 @@ def trained(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TORCH_HOME", str(REPO_TORCH_HOME))
         config = DetectorConfig(
-            backbone="mobilenet_v2_fpn", weights="imagenet", min_size=128, max_size=192, sampled_rois=64,
-            analysis_threshold=0.3, allow_download=False,
+            backbone="mobilenet_v2_fpn",
+            weights="imagenet",
+            min_size=128,
+            max_size=192,
+            sampled_rois=64,
+            analysis_threshold=0.3,
+            allow_download=False,
         )
         torch.manual_seed(0)
         model, report = build_model(config, ["square"])
@@ -251,7 +263,10 @@ def trained(tmp_path_factory):
     samples = _samples(tmp_path_factory.mktemp("squares"), 8, width=128, height=96, side=48)
     progress: list[float] = []
     result = train(
-        model, samples, TrainConfig(iterations=40, batch_size=4, lr=0.01, warmup_fraction=0.1, seed=0), CPU,
+        model,
+        samples,
+        TrainConfig(iterations=40, batch_size=4, lr=0.01, warmup_fraction=0.1, seed=0),
+        CPU,
         progress=lambda f, m: progress.append(f),
     )
     return model, samples, result, progress

@@ -6,17 +6,17 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
-from helpers import LocalServer, Route, make_settings
 from PIL import Image
-from report_data import FIGURES, PROJECT, QUEUE, populate
 
 from backend.app import create_app
 from backend.jobs.board import JobBoard
+from helpers import LocalServer, Route, make_settings
 from model.version_meta import VersionMeta
 from model.versions import VersionStore
+from report_data import FIGURES, PROJECT, QUEUE, populate
 
 USER, PASSWORD = "ml", "s3cret"
 AUTH = {"Authorization": "Basic bWw6czNjcmV0"}  # ml:s3cret
@@ -47,8 +47,11 @@ class TestReport:
         assert rows["v0004"]["status"] == "not_measured" and rows["v0004"]["evaluation"] is None
 
     def test_the_queue_head_is_the_lowest_task_score_first_with_its_reasons(self, many):
-        body = _client(many, label_studio_url="http://ls.example:8080").get(
-            f"/projects/{PROJECT}/report", headers=AUTH).get_json()
+        body = (
+            _client(many, label_studio_url="http://ls.example:8080")
+            .get(f"/projects/{PROJECT}/report", headers=AUTH)
+            .get_json()
+        )
         queue = body["queue"]
         assert queue["model_version"] == "v0004" and queue["ranked"] == len(QUEUE)
         assert [t["task_id"] for t in queue["tasks"]] == sorted(QUEUE, key=lambda t: QUEUE[t][0])
@@ -119,8 +122,10 @@ class TestPage:
         VersionStore(tmp_path).save("5", {}, meta)
         page = _client(tmp_path).get("/ui", headers=AUTH).get_data(as_text=True)
         banner = page.split('id="weights">')[1].split("</p>")[0]
-        assert ("<b>Model weights: random initialisation (coco weights were asked for but could not be had)</b>: "
-                "no pre-annotations until the first trainings.") in banner
+        assert (
+            "<b>Model weights: random initialisation (coco weights were asked for but could not be had)</b>: "
+            "no pre-annotations until the first trainings."
+        ) in banner
         assert 'class="weights fell-back"' in page
         assert "Serving v0001, started from <b>random initialisation" in page
 
@@ -135,8 +140,8 @@ class TestPage:
         page = _client(many).get("/ui", headers=AUTH).get_data(as_text=True)
         assert "All times on this page are UTC." in page
         started = JobBoard(many).read(PROJECT, "train").started
-        shown = datetime.fromisoformat(started).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-        assert f"<td class=\"text\">{shown}</td>" in page
+        shown = datetime.fromisoformat(started).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        assert f'<td class="text">{shown}</td>' in page
         assert "toLocaleTimeString" not in page and 'toISOString().slice(0, 19).replace("T", " ") + " UTC' in page
 
     def test_one_version_not_measured_yet(self, tmp_path):
@@ -148,7 +153,7 @@ class TestPage:
 
     def test_many_versions_figures_queue_and_jobs(self, many):
         page = _client(many).get("/ui", headers=AUTH).get_data(as_text=True)
-        assert page.count('data-version=') == 4 and "v0004 (serving)" in page
+        assert page.count("data-version=") == 4 and "v0004 (serving)" in page
         assert '<td class="fig-map_50">45.0 %</td>' in page and '<td class="fig-accepted">30.0 %</td>' in page
         assert "figures need at least 5" in page
         assert page.count('class="queued-task"') == len(QUEUE)
@@ -163,7 +168,9 @@ class TestPage:
 
     def test_label_studio_up_gives_title_and_counts(self, many):
         answer = {"id": 3, "title": "Street scenes", "task_number": 40, "num_tasks_with_annotations": 12}
-        with LocalServer({f"/api/projects/{PROJECT}/": Route(200, json.dumps(answer).encode(), "application/json")}) as ls:
+        with LocalServer(
+            {f"/api/projects/{PROJECT}/": Route(200, json.dumps(answer).encode(), "application/json")}
+        ) as ls:
             text = _client(many, label_studio_url=ls.url).get("/ui", headers=AUTH).get_data(as_text=True)
         assert "Project 3: Street scenes" in text and "12 of 40 tasks annotated" in text
         assert f'href="{ls.url}/projects/3/data?task=101"' in text

@@ -7,6 +7,10 @@ import re
 import threading
 
 import pytest
+from werkzeug.serving import make_server
+
+from backend.app import create_app
+from backend.jobs.board import JobBoard
 from browser import (
     backend_json,
     check_plot,
@@ -19,10 +23,6 @@ from browser import (
 )
 from helpers import make_settings
 from report_data import PROJECT, QUEUE, populate
-from werkzeug.serving import make_server
-
-from backend.app import create_app
-from backend.jobs.board import JobBoard
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -33,8 +33,9 @@ AUTH = ("ml", "s3cret")
 def served(tmp_path):
     """The app on a free port of 127.0.0.1, in a thread, with basic auth and an unreachable Label Studio."""
     populate(tmp_path)
-    settings = make_settings(tmp_path, basic_auth_user=AUTH[0], basic_auth_pass=AUTH[1],
-                             label_studio_url="http://127.0.0.1:9")
+    settings = make_settings(
+        tmp_path, basic_auth_user=AUTH[0], basic_auth_pass=AUTH[1], label_studio_url="http://127.0.0.1:9"
+    )
     server = make_server("127.0.0.1", 0, create_app(settings), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -68,8 +69,9 @@ def test_the_page_shows_what_the_json_says_and_follows_the_jobs(served):
             assert banner.is_visible() and report["weights"]["source"] in banner.inner_text()
             assert banner.inner_text().startswith("Model weights: trained version v0004")
             # one time zone and format on the page, the script's line included (whatever the browser's zone)
-            assert re.fullmatch(r"Jobs updated \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\.",
-                                page.locator("#poll-state").inner_text()), page.locator("#poll-state").inner_text()
+            assert re.fullmatch(
+                r"Jobs updated \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\.", page.locator("#poll-state").inner_text()
+            ), page.locator("#poll-state").inner_text()
             assert "2026-12-01 10:00:00 UTC" in page.locator('tr.job[data-kind="train"]').inner_text()
             screenshot(page, "ui-constructed")
         finally:

@@ -11,17 +11,38 @@ from model.version_meta import VersionMeta
 WRITER = {"pid": 4242, "host": "worker-1", "started": "boot/123"}
 # meta.json as a training of this release writes it (the store's four keys included)
 TRAINED = {
-    "labels": ["car", "person"], "backbone": "mobilenet_v3_320_fpn", "weights": "v0001", "parent": "v0001",
-    "annotation_ids": [101, 102], "annotation_updated": {"101": "2025-02-01T00:00:00Z"}, "task_ids": [1, 2],
-    "skipped": {}, "evaluation": Prequential("v0001", "too_few", "1 task", tasks=1, min_tasks=5).to_json(),
-    "metrics": {}, "epoch_losses": [{"steps": 2.0, "total": 1.5}], "loss_summary": {"iterations": 2.0},
-    "held_out": [], "train_config": {"epochs": 8, "lr_drops": []}, "loss": {"kind": "synchronic"},
-    "model_version": "v0002", "project": "3", "created": "2026-12-01T10:00:00+00:00", "writer": WRITER,
+    "labels": ["car", "person"],
+    "backbone": "mobilenet_v3_320_fpn",
+    "weights": "v0001",
+    "parent": "v0001",
+    "annotation_ids": [101, 102],
+    "annotation_updated": {"101": "2025-02-01T00:00:00Z"},
+    "task_ids": [1, 2],
+    "skipped": {},
+    "evaluation": Prequential("v0001", "too_few", "1 task", tasks=1, min_tasks=5).to_json(),
+    "metrics": {},
+    "epoch_losses": [{"steps": 2.0, "total": 1.5}],
+    "loss_summary": {"iterations": 2.0},
+    "held_out": [],
+    "train_config": {"epochs": 8, "lr_drops": []},
+    "loss": {"kind": "synchronic"},
+    "model_version": "v0002",
+    "project": "3",
+    "created": "2026-12-01T10:00:00+00:00",
+    "writer": WRITER,
 }
 # as the registry writes a version made from base weights
-BASE = {"labels": ["car"], "backbone": "mobilenet_v3_320_fpn", "weights": "coco", "weights_requested": "coco",
-        "parent": None, "model_version": "v0001", "project": "3", "created": "2026-12-01T09:00:00+00:00",
-        "writer": WRITER}
+BASE = {
+    "labels": ["car"],
+    "backbone": "mobilenet_v3_320_fpn",
+    "weights": "coco",
+    "weights_requested": "coco",
+    "parent": None,
+    "model_version": "v0001",
+    "project": "3",
+    "created": "2026-12-01T09:00:00+00:00",
+    "writer": WRITER,
+}
 
 
 class TestRoundTrip:
@@ -44,7 +65,13 @@ class TestRoundTrip:
 class TestMissingFields:
     def test_an_old_file_loads_with_what_it_has(self):
         meta = VersionMeta.from_json({"labels": ["car"]})
-        assert (meta.labels, meta.backbone, meta.parent, meta.evaluation, meta.writer) == (["car"], None, None, None, None)
+        assert (meta.labels, meta.backbone, meta.parent, meta.evaluation, meta.writer) == (
+            ["car"],
+            None,
+            None,
+            None,
+            None,
+        )
         assert not meta.trained
 
     @pytest.mark.parametrize("data", [[], "v0001", {"evaluation": {}}, {"evaluation": 7}])
@@ -56,5 +83,8 @@ class TestMissingFields:
     def test_absent_values_are_left_out_but_parent_is_written(self):
         """As the writers always did: null ``parent`` means base weights, which a reader looks for."""
         assert VersionMeta(labels=["car"], backbone="b", weights="none").to_json() == {
-            "labels": ["car"], "backbone": "b", "weights": "none", "parent": None,
+            "labels": ["car"],
+            "backbone": "b",
+            "weights": "none",
+            "parent": None,
         }

@@ -12,14 +12,14 @@ import sys
 import threading
 import time
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import wait_for
 
 import model.versions as versions_module
+from helpers import wait_for
 from model.detector import DetectorConfig
 from model.registry import ModelRegistry, load_version_model
 from model.version_meta import VersionMeta
@@ -60,7 +60,7 @@ class TestVersionStore:
         assert store.get("1", "v0001").path == first.path
 
     def test_meta_is_stored_with_version_project_and_time(self, store):
-        before = datetime.now(timezone.utc).replace(microsecond=0)
+        before = datetime.now(UTC).replace(microsecond=0)
         saved = store.save("7", _weights(1.0), replace(META, metrics={"map": 0.5}))
         on_disk = json.loads((saved.path / "meta.json").read_text())
         assert on_disk == saved.meta.to_json()
@@ -70,7 +70,7 @@ class TestVersionStore:
         assert on_disk["metrics"] == {"map": 0.5}
         created = datetime.fromisoformat(on_disk["created"])
         assert created.tzinfo is not None
-        assert before <= created <= datetime.now(timezone.utc) + timedelta(seconds=1)
+        assert before <= created <= datetime.now(UTC) + timedelta(seconds=1)
 
     def test_weights_round_trip(self, store):
         saved = store.save("1", _weights(3.5), META)
@@ -91,7 +91,8 @@ class TestVersionStore:
         assert VersionStore(store.root).latest("1").name == "v0001"
 
     @pytest.mark.parametrize(
-        "project", ["", "..", "../other", "a/b", "1.2", "x" * 65, "1 2", "/abs", "\u0661\u0662", "\u00b2", "0001", "1" * 13]
+        "project",
+        ["", "..", "../other", "a/b", "1.2", "x" * 65, "1 2", "/abs", "\u0661\u0662", "\u00b2", "0001", "1" * 13],
     )
     def test_invalid_project_ids_are_refused(self, store, project):
         with pytest.raises(ValueError, match="invalid project id"):
@@ -299,7 +300,9 @@ class TestModelRegistry:
         """Another process (BACKBONE=auto on a GPU worker) wrote it: this one keeps serving its own."""
         registry = ModelRegistry(store, CONFIG, "cpu", refresh_every=0.0)
         served = registry.get("1", LABELS)
-        VersionStore(store.root).save("1", {"w": torch.zeros(1)}, VersionMeta(labels=LABELS, backbone="resnet50_fpn_v2"))
+        VersionStore(store.root).save(
+            "1", {"w": torch.zeros(1)}, VersionMeta(labels=LABELS, backbone="resnet50_fpn_v2")
+        )
         assert registry.get("1", LABELS) is served
         with caplog.at_level(logging.WARNING, logger="model.registry"):
             assert registry.reload("1") is served
@@ -334,8 +337,9 @@ while not pathlib.Path({str(tmp_path / "go")!r}).exists():
 print(registry.get("1", ["car", "person"]).name, flush=True)
 """
     repo = Path(__file__).resolve().parent.parent
-    procs = [subprocess.Popen([sys.executable, "-c", script], cwd=repo, stdout=subprocess.PIPE, text=True)
-             for _ in range(3)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], cwd=repo, stdout=subprocess.PIPE, text=True) for _ in range(3)
+    ]
     try:
         assert [p.stdout.readline().strip() for p in procs] == ["ready"] * 3
         (tmp_path / "go").touch()
@@ -372,8 +376,9 @@ class TestLineageByLabelSet:
     def _trained(self, store, registry) -> str:
         """A version as a training writes it: for LABELS, with annotation ids, weights moved off the base."""
         base = registry.get("1", LABELS)
-        state = {k: v + 0.5 if k.endswith("cls_score.weight") else v
-                 for k, v in base.detector.model.state_dict().items()}
+        state = {
+            k: v + 0.5 if k.endswith("cls_score.weight") else v for k, v in base.detector.model.state_dict().items()
+        }
         meta = VersionMeta(labels=LABELS, backbone=CONFIG.backbone, parent=base.name, annotation_ids=[1])
         return store.save("1", state, meta).name
 
@@ -440,7 +445,8 @@ def test_a_killed_save_leaves_no_version(tmp_path, stage):
     marker = tmp_path / "stalled"
     proc = subprocess.Popen(
         [sys.executable, "-c", _SAVE_SCRIPT, str(store.root), stage, str(marker)],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
         wait_for(lambda: marker.exists() or proc.poll() is not None, 120, "the save to start", interval=0.05)

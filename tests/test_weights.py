@@ -28,13 +28,23 @@ class TestDescribeVersion:
         found = describe_version("v0001", _base("none"))
         assert found["source"] == "random initialisation" and found["fell_back"] is False
 
-    @pytest.mark.parametrize("weights, source, meaning", [
-        ("coco", f"COCO weights ({BACKBONE})", "pre-annotations from the start for labels that match a COCO class"),
-        ("imagenet", f"ImageNet backbone ({BACKBONE}), detection head untrained",
-         "no useful pre-annotations until the first trainings"),
-        ("/models/3/v0007", "checkpoint v0007", "weights of a checkpoint saved by this backend (WEIGHTS=/models/3/v0007)"),
-        ("v0004 (warm start)", "trained version v0004, warm start", "the labels v0004 knew keep what it learned"),
-    ])
+    @pytest.mark.parametrize(
+        "weights, source, meaning",
+        [
+            ("coco", f"COCO weights ({BACKBONE})", "pre-annotations from the start for labels that match a COCO class"),
+            (
+                "imagenet",
+                f"ImageNet backbone ({BACKBONE}), detection head untrained",
+                "no useful pre-annotations until the first trainings",
+            ),
+            (
+                "/models/3/v0007",
+                "checkpoint v0007",
+                "weights of a checkpoint saved by this backend (WEIGHTS=/models/3/v0007)",
+            ),
+            ("v0004 (warm start)", "trained version v0004, warm start", "the labels v0004 knew keep what it learned"),
+        ],
+    )
     def test_each_kind_of_start(self, weights, source, meaning):
         found = describe_version("v0005", _base(weights))
         assert found["source"] == source and found["meaning"].startswith(meaning)
@@ -65,7 +75,10 @@ class TestSummary:
         assert (found["source"], found["meaning"], found["fell_back"]) == (one["source"], one["meaning"], True)
 
     def test_several_projects_are_named_each(self):
-        found = summary({"3": describe_version("v0001", _base("coco")), "4": describe_version("v0002", _base("none"))},
-                        "coco", BACKBONE)
+        found = summary(
+            {"3": describe_version("v0001", _base("coco")), "4": describe_version("v0002", _base("none"))},
+            "coco",
+            BACKBONE,
+        )
         assert found["source"] == f"project 3: COCO weights ({BACKBONE}); project 4: random initialisation"
         assert found["fell_back"] is False

@@ -29,11 +29,26 @@ def _free_port() -> int:
 def gunicorn(tmp_path):
     """docker/gunicorn.conf.py with 2 threads and CLIENT_TIMEOUT=2, in its own process group."""
     port = _free_port()
-    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "MODEL_DIR": str(tmp_path / "models"),
-           "THREADS": "2", "LIGHT_THREADS": "1", "CLIENT_TIMEOUT": "2", "WEIGHTS": "none", "LOG_LEVEL": "WARNING"}
-    command = [str(Path(sys.executable).parent / "gunicorn"), "-c", "docker/gunicorn.conf.py", "backend.app:create_app()"]
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "MODEL_DIR": str(tmp_path / "models"),
+        "THREADS": "2",
+        "LIGHT_THREADS": "1",
+        "CLIENT_TIMEOUT": "2",
+        "WEIGHTS": "none",
+        "LOG_LEVEL": "WARNING",
+    }
+    command = [
+        str(Path(sys.executable).parent / "gunicorn"),
+        "-c",
+        "docker/gunicorn.conf.py",
+        "backend.app:create_app()",
+    ]
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):  # importing torch takes a few seconds

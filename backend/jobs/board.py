@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from model.owners import ProcessOwner
@@ -38,8 +38,9 @@ from model.versions import VersionStore, is_project_id, project_id
 
 logger = logging.getLogger(__name__)
 
+
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -320,8 +321,14 @@ def run_job(board: JobBoard, project: str, kind: str, work: Callable[[Progress],
     with board.running(project, kind):
         board.clear_pending(project, kind)
         record = board.read(project, kind) or JobRecord(project, kind)
-        record = JobRecord(project, kind, status="running", queued=record.queued, started=utc_now(),
-                           owner=ProcessOwner.current().to_json())
+        record = JobRecord(
+            project,
+            kind,
+            status="running",
+            queued=record.queued,
+            started=utc_now(),
+            owner=ProcessOwner.current().to_json(),
+        )
         board.write(record)
         try:
             record.result = work(ProgressWriter(board, record))

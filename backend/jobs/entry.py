@@ -31,19 +31,34 @@ Work = Callable[[Progress], dict]
 
 def training_job(service: Service) -> TrainingJob:
     s = service.settings
-    return TrainingJob(client=service.ls_client, images=service.images, store=service.store,
-                       registry=service.registry, config=s.train_config(), fetch_workers=s.fetch_workers,
-                       reinit=s.train_reinit, eval_min_tasks=s.eval_min_tasks, display_threshold=s.display_threshold)
+    return TrainingJob(
+        client=service.ls_client,
+        images=service.images,
+        store=service.store,
+        registry=service.registry,
+        config=s.train_config(),
+        fetch_workers=s.fetch_workers,
+        reinit=s.train_reinit,
+        eval_min_tasks=s.eval_min_tasks,
+        display_threshold=s.display_threshold,
+    )
 
 
 def ranking_job(service: Service) -> RankingJob:
-    return RankingJob(client=service.ls_client, registry=service.registry, rankings=service.rankings,
-                      predictor=service.predictor)
+    return RankingJob(
+        client=service.ls_client, registry=service.registry, rankings=service.rankings, predictor=service.predictor
+    )
 
 
 def predict_job(service: Service) -> PredictJob:
-    return PredictJob(handed=service.deferred, client=service.ls_client, registry=service.registry,
-                      rankings=service.rankings, predictor=service.predictor, board=service.board)
+    return PredictJob(
+        handed=service.deferred,
+        client=service.ls_client,
+        registry=service.registry,
+        rankings=service.rankings,
+        predictor=service.predictor,
+        board=service.board,
+    )
 
 
 def _train(service: Service, project: str, full: bool = False) -> Work:

@@ -54,11 +54,17 @@ class PredictJob:
         self.handed.drop(files)
         for task_id, reason in summary["failed"].items():
             logger.warning("project %s task %s: no prediction: %s", project, task_id, reason)
-        return {"model_version": served.name, "requested": len(wanted), "gone": len(wanted) - len(tasks),
-                "already_predicted": len(tasks) - len(todo), **summary}
+        return {
+            "model_version": served.name,
+            "requested": len(wanted),
+            "gone": len(wanted) - len(tasks),
+            "already_predicted": len(tasks) - len(todo),
+            **summary,
+        }
 
-    def _predict_and_push(self, project: str, served: ServedModel, names: ProjectLabels,
-                          tasks: list[dict], progress: Progress | None) -> dict:
+    def _predict_and_push(
+        self, project: str, served: ServedModel, names: ProjectLabels, tasks: list[dict], progress: Progress | None
+    ) -> dict:
         """Predict ``tasks`` a chunk at a time and push each chunk; join the ranking at the end."""
         ranking = self.rankings.get(served.version)
         added: dict[int, dict] = {}

@@ -16,11 +16,10 @@ tab "HUA queue" of unlabeled tasks sorted by prediction score ascending.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from types import MappingProxyType
 
 import torch
-
-from dataclasses import dataclass
 
 from backend.annotations import annotation_regions, newest_annotation
 from backend.deferred import holds_version
@@ -38,13 +37,15 @@ from model.scoring import ImageSource, labeled_class_frequency, score_new_images
 logger = logging.getLogger(__name__)
 
 QUEUE_TITLE = "HUA queue"
-QUEUE_VIEW = MappingProxyType({
-    "ordering": ["tasks:predictions_score"],
-    "filters": {  # nested values stay plain: the body goes through json.dumps
-        "conjunction": "and",
-        "items": [{"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}],
-    },
-})
+QUEUE_VIEW = MappingProxyType(
+    {
+        "ordering": ["tasks:predictions_score"],
+        "filters": {  # nested values stay plain: the body goes through json.dumps
+            "conjunction": "and",
+            "items": [{"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}],
+        },
+    }
+)
 
 
 def labeled_frequency(tasks: list[dict], names: ProjectLabels) -> torch.Tensor:
@@ -117,26 +118,48 @@ class RankingJob:
                 paths[task_id] = path
         return paths, failed
 
-    def _rank_all(self, served: ServedModel, tasks: list[dict], names: ProjectLabels,
-                  freq: torch.Tensor, progress: Progress | None) -> tuple[StoredRanking, dict[int, str]]:
+    def _rank_all(
+        self,
+        served: ServedModel,
+        tasks: list[dict],
+        names: ProjectLabels,
+        freq: torch.Tensor,
+        progress: Progress | None,
+    ) -> tuple[StoredRanking, dict[int, str]]:
         paths, failed = self._fetch(tasks, names)
         predictor = self.predictor
-        pool = score_pool(served.detector, list(paths), _image_source(predictor.images, paths), freq, predictor.hua,
-                          batch_size=predictor.batch_size, progress=progress)
+        pool = score_pool(
+            served.detector,
+            list(paths),
+            _image_source(predictor.images, paths),
+            freq,
+            predictor.hua,
+            batch_size=predictor.batch_size,
+            progress=progress,
+        )
         failed.update({int(k): v for k, v in pool.failed.items()})
-        scored = _predictions(served, names, pool.keys, pool.detections, pool.ranking.score.tolist(),
-                              predictor.display_threshold)
+        scored = _predictions(
+            served, names, pool.keys, pool.detections, pool.ranking.score.tolist(), predictor.display_threshold
+        )
         details = {int(key): why for key, why in zip(pool.keys, pool.explain())}
         return StoredRanking(pool.ranking.scale, freq.tolist(), scored, details), failed
 
-    def _rank_new(self, served: ServedModel, tasks: list[dict], names: ProjectLabels,
-                  ranking: StoredRanking) -> tuple[dict[int, dict], dict[int, str]]:
+    def _rank_new(
+        self, served: ServedModel, tasks: list[dict], names: ProjectLabels, ranking: StoredRanking
+    ) -> tuple[dict[int, dict], dict[int, str]]:
         """Score tasks on the stored scale (as /predict does); returns the new entries and failures."""
         paths, failed = self._fetch(tasks, names)
         predictor = self.predictor
         freq = torch.tensor(ranking.labeled_freq, dtype=torch.float64)
-        new = score_new_images(served.detector, list(paths), _image_source(predictor.images, paths), freq,
-                               ranking.scale, predictor.hua, batch_size=predictor.batch_size)
+        new = score_new_images(
+            served.detector,
+            list(paths),
+            _image_source(predictor.images, paths),
+            freq,
+            ranking.scale,
+            predictor.hua,
+            batch_size=predictor.batch_size,
+        )
         failed.update({int(k): v for k, v in new.failed.items()})
         return _predictions(served, names, new.keys, new.detections, new.scores, predictor.display_threshold), failed
 
@@ -156,9 +179,17 @@ def _image_source(images: ImageLoader, paths: dict[int, str]) -> ImageSource:
     return lambda task_id: image_tensor(images.decode(paths[task_id]))
 
 
-def _predictions(served: ServedModel, names: ProjectLabels, keys: list, detections: list[Detections],
-                 scores: list[float], display_threshold: float) -> dict[int, dict]:
+def _predictions(
+    served: ServedModel,
+    names: ProjectLabels,
+    keys: list,
+    detections: list[Detections],
+    scores: list[float],
+    display_threshold: float,
+) -> dict[int, dict]:
     """Per scored task, its Label Studio prediction carrying the HUA task score."""
     labels = served.detector.labels
-    return {int(key): task_prediction(det, labels, names, served.name, display_threshold=display_threshold, score=score)
-            for key, det, score in zip(keys, detections, scores)}
+    return {
+        int(key): task_prediction(det, labels, names, served.name, display_threshold=display_threshold, score=score)
+        for key, det, score in zip(keys, detections, scores)
+    }

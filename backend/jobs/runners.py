@@ -143,8 +143,13 @@ class EmbeddedRunner:
     child exits (the service reloads the model there).
     """
 
-    def __init__(self, board: JobBoard, on_done: Callable[[str, str, bool], None], env: dict[str, str] | None = None,
-                 slots: JobSlots | None = None) -> None:
+    def __init__(
+        self,
+        board: JobBoard,
+        on_done: Callable[[str, str, bool], None],
+        env: dict[str, str] | None = None,
+        slots: JobSlots | None = None,
+    ) -> None:
         self.board = board
         self.on_done = on_done
         self.env = env
@@ -153,7 +158,9 @@ class EmbeddedRunner:
     def submit(self, project: str, kind: str) -> None:
         ticket = self.slots.ticket()
         try:
-            threading.Thread(target=self._run, args=(project, kind, ticket), name=f"{kind}-{project}", daemon=True).start()
+            threading.Thread(
+                target=self._run, args=(project, kind, ticket), name=f"{kind}-{project}", daemon=True
+            ).start()
         except BaseException:
             ticket.unlink(missing_ok=True)
             raise

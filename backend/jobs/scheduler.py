@@ -49,7 +49,9 @@ class Scheduler:
             return "coalesced"
         try:
             current = self.board.read(project, kind)
-            if current is None or current.status != "running":  # a running job keeps its record; the flag says one waits
+            if (
+                current is None or current.status != "running"
+            ):  # a running job keeps its record; the flag says one waits
                 self.board.write(JobRecord(project, kind))
             self.submit(project, kind)
         except BaseException:

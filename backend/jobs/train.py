@@ -44,9 +44,7 @@ def _same_data(meta: VersionMeta, ids: list[int], updated: dict[str, str], names
     An edited annotation (ANNOTATION_UPDATED) keeps its id: its update time tells.
     """
     return (
-        meta.annotation_ids == sorted(ids)
-        and meta.annotation_updated == updated
-        and meta.labels == list(names.labels)
+        meta.annotation_ids == sorted(ids) and meta.annotation_updated == updated and meta.labels == list(names.labels)
     )
 
 
@@ -117,8 +115,15 @@ class TrainingJob:
         logger.info("project %s: trained %s (parent %s), metrics %s", project, version.name, parent, result.metrics)
         return version
 
-    def _meta(self, names: ProjectLabels, data: TrainingSet, origin: str, parent: str | None,
-              evaluation: Prequential, result: TrainResult) -> VersionMeta:
+    def _meta(
+        self,
+        names: ProjectLabels,
+        data: TrainingSet,
+        origin: str,
+        parent: str | None,
+        evaluation: Prequential,
+        result: TrainResult,
+    ) -> VersionMeta:
         """The new version's meta: where it started, what it saw, how training went."""
         return VersionMeta(
             labels=list(names.labels),
@@ -135,10 +140,18 @@ class TrainingJob:
             loss=asdict(self.config.loss),
         )
 
-    def _evaluate(self, latest: Version | None, names: ProjectLabels, data: TrainingSet,
-                  progress: Progress | None) -> Prequential:
-        return evaluate_serving(self.registry, latest, names, data, min_tasks=self.eval_min_tasks,
-                                display_threshold=self.display_threshold, progress=progress)
+    def _evaluate(
+        self, latest: Version | None, names: ProjectLabels, data: TrainingSet, progress: Progress | None
+    ) -> Prequential:
+        return evaluate_serving(
+            self.registry,
+            latest,
+            names,
+            data,
+            min_tasks=self.eval_min_tasks,
+            display_threshold=self.display_threshold,
+            progress=progress,
+        )
 
     def _starting_point(self, project: str, names: ProjectLabels) -> tuple[FasterRCNN, str | None, str]:
         """(model, parent version, origin): the newest version for the project's labels, or the base weights.

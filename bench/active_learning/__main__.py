@@ -47,28 +47,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from model.losses import LOSS_NAMES
 
     parser = argparse.ArgumentParser(prog="python -m bench.active_learning", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", "--preset", dest="config", choices=sorted(PRESETS) + sorted(ALIASES),
-                        default="uniform", help=f"preset (default: uniform; former names {ALIASES})")
+    parser.add_argument(
+        "--config",
+        "--preset",
+        dest="config",
+        choices=sorted(PRESETS) + sorted(ALIASES),
+        default="uniform",
+        help=f"preset (default: uniform; former names {ALIASES})",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder (bench/out/ is git-ignored)")
     parser.add_argument("--publish", action="store_true", help="also copy report, plot and CSV to bench/results/")
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the rows already in OUT/results.csv and continue every run at its next cycle")
-    parser.add_argument("--max-minutes", type=float,
-                        help="start no cycle that would end after this many minutes (--resume continues)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows already in OUT/results.csv and continue every run at its next cycle",
+    )
+    parser.add_argument(
+        "--max-minutes", type=float, help="start no cycle that would end after this many minutes (--resume continues)"
+    )
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from OUT/results.csv")
-    parser.add_argument("--scene-stats", action="store_true",
-                        help="render (or read) each seed's digit scenes and write OUT/scenes.md: objects per "
-                             "image, class shares, near-duplicate groups, hard share (no training)")
-    parser.add_argument("--calibrate", nargs="+", type=int, metavar="ITERATIONS",
-                        help="train cycle 0 of the first seed for each number of iterations and write "
-                             "OUT/calibration.md (no comparison is run)")
+    parser.add_argument(
+        "--scene-stats",
+        action="store_true",
+        help="render (or read) each seed's digit scenes and write OUT/scenes.md: objects per "
+        "image, class shares, near-duplicate groups, hard share (no training)",
+    )
+    parser.add_argument(
+        "--calibrate",
+        nargs="+",
+        type=int,
+        metavar="ITERATIONS",
+        help="train cycle 0 of the first seed for each number of iterations and write "
+        "OUT/calibration.md (no comparison is run)",
+    )
     parser.add_argument("--dataset", choices=DATASETS, help="override the preset's data set")
-    parser.add_argument("--data-root", type=Path, help="VOC: the folder holding VOCdevkit; COCO: the one holding "
-                        "annotations/, train2017/, val2017/")
-    parser.add_argument("--cache", type=Path, default=REPO_ROOT / "bench" / "out" / "cache",
-                        help="where digit scenes and the warm start are cached (default bench/out/cache)")
-    parser.add_argument("--runs", nargs="+", metavar="STRATEGY:LOSS",
-                        help=f"override the runs; strategies {sorted(STRATEGIES)}, losses {'|'.join(LOSS_NAMES)}")
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        help="VOC: the folder holding VOCdevkit; COCO: the one holding annotations/, train2017/, val2017/",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=REPO_ROOT / "bench" / "out" / "cache",
+        help="where digit scenes and the warm start are cached (default bench/out/cache)",
+    )
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        metavar="STRATEGY:LOSS",
+        help=f"override the runs; strategies {sorted(STRATEGIES)}, losses {'|'.join(LOSS_NAMES)}",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, help="override the seeds")
     parser.add_argument("--cycles", type=int, help="override the number of selection cycles")
     parser.add_argument("--initial", type=int, help="override the initial random labeled set")
@@ -78,8 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, help="processes running cycles in parallel")
     parser.add_argument("--threads", type=int, help="torch threads per worker")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), help="override the device")
-    parser.add_argument("--allow-download", action="store_true",
-                        help="let torchvision download missing backbone weights")
+    parser.add_argument(
+        "--allow-download", action="store_true", help="let torchvision download missing backbone weights"
+    )
     return parser.parse_args(argv)
 
 
@@ -97,16 +127,31 @@ def build_config(args: argparse.Namespace):
 
     config = PRESETS[ALIASES.get(args.config, args.config)]()
     sim = config.simulation
-    sim = replace(sim, **{k: v for k, v in (("cycles", args.cycles), ("initial", args.initial),
-                                            ("budget", args.budget), ("device", args.device)) if v is not None})
+    sim = replace(
+        sim,
+        **{
+            k: v
+            for k, v in (
+                ("cycles", args.cycles),
+                ("initial", args.initial),
+                ("budget", args.budget),
+                ("device", args.device),
+            )
+            if v is not None
+        },
+    )
     train = {k: v for k, v in (("iterations", args.iterations), ("epochs", args.epochs)) if v is not None}
     sim = replace(sim, train=replace(sim.train, **train), model_cache=str(args.cache / "models"))
     if args.allow_download:
         sim = replace(sim, detector=replace(sim.detector, allow_download=True))
     changes = {"simulation": sim}
-    for name, value in (("dataset", args.dataset), ("seeds", tuple(args.seeds) if args.seeds else None),
-                        ("runs", _parse_runs(args.runs) if args.runs else None),
-                        ("workers", args.workers), ("threads", args.threads)):
+    for name, value in (
+        ("dataset", args.dataset),
+        ("seeds", tuple(args.seeds) if args.seeds else None),
+        ("runs", _parse_runs(args.runs) if args.runs else None),
+        ("workers", args.workers),
+        ("threads", args.threads),
+    ):
         if value is not None:
             changes[name] = value
     return replace(config, **changes)
@@ -139,8 +184,14 @@ def warm_started(config, args: argparse.Namespace, data: dict) -> tuple[object, 
 
     sim = config.simulation
     torch.set_num_threads(max(1, config.workers * config.threads))
-    version = warm_start(config.pretrain, config.digits, sim.detector, args.cache, select_device(sim.device),
-                         check=data[config.seeds[0]].test)
+    version = warm_start(
+        config.pretrain,
+        config.digits,
+        sim.detector,
+        args.cache,
+        select_device(sim.device),
+        check=data[config.seeds[0]].test,
+    )
     detector = replace(sim.detector, weights=str(version.path))
     info = {"path": str(version.path), "from": sim.detector.weights, **(version.meta.pretraining or {})}
     return replace(config, simulation=replace(sim, detector=detector)), info
@@ -158,16 +209,25 @@ def machine() -> dict[str, object]:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
-            "torch": torch.__version__, "torchvision": torchvision.__version__, "platform": platform.platform()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "platform": platform.platform(),
+    }
 
 
 def _invocations(meta: dict) -> list[str]:
     """The commands that wrote the rows, and their wall time."""
     runs = meta.get("invocations", [])
     minutes = sum(r["wall_s"] for r in runs) / 60
-    return ["Commands: " + "; ".join(f"`{r['command']}` ({r['wall_s'] / 60:.0f} min)" for r in runs) + "  ",
-            f"Wall time: {minutes:.1f} min over {len(runs)} invocation(s).  "]
+    return [
+        "Commands: " + "; ".join(f"`{r['command']}` ({r['wall_s'] / 60:.0f} min)" for r in runs) + "  ",
+        f"Wall time: {minutes:.1f} min over {len(runs)} invocation(s).  ",
+    ]
 
 
 def _settings(config, meta: dict) -> list[str]:
@@ -175,10 +235,13 @@ def _settings(config, meta: dict) -> list[str]:
     sim, host, warm = config.simulation, meta["machine"], meta.get("warm_start")
     det, tr = sim.detector, sim.train
     length = f"{tr.iterations} iterations" if tr.iterations else f"{tr.epochs} epochs"
-    start = (f"warm start pretrained on {warm.get('images')} scenes of held-back digits as one class "
-             f"({warm.get('iterations')} iterations from {warm.get('from')} weights, class-agnostic AP50 "
-             f"{100 * warm.get('check_ap50_agnostic', float('nan')):.1f} on seed {config.seeds[0]}'s test split)"
-             if warm else f"{det.weights} weights")
+    start = (
+        f"warm start pretrained on {warm.get('images')} scenes of held-back digits as one class "
+        f"({warm.get('iterations')} iterations from {warm.get('from')} weights, class-agnostic AP50 "
+        f"{100 * warm.get('check_ap50_agnostic', float('nan')):.1f} on seed {config.seeds[0]}'s test split)"
+        if warm
+        else f"{det.weights} weights"
+    )
     return [
         f"Machine: {host['cpu']}, {host['cores']} cores"
         + (f", GPU {host['gpu']}" if host.get("gpu") else "")
@@ -201,7 +264,8 @@ def scene_section(config, cache: Path) -> str:
     if config.dataset != "digits":
         return ""
     return dataset.statistics_markdown(
-        {s: dataset.prepare_digit_scenes(replace(config.digits, seed=s), cache) for s in config.seeds})
+        {s: dataset.prepare_digit_scenes(replace(config.digits, seed=s), cache) for s in config.seeds}
+    )
 
 
 def write_report(rows, config, meta: dict, out: Path, publish: bool, scenes: str = "") -> None:
@@ -210,8 +274,14 @@ def write_report(rows, config, meta: dict, out: Path, publish: bool, scenes: str
 
     plot_path = report.plot(rows, out / "ap50.png", f"{config.name} ({meta['dataset']})")
     preamble = _invocations(meta) + _settings(config, meta) + (["", scenes] if scenes else [])
-    text = report.markdown(rows, f"Active-learning benchmark: {config.name}", preamble,
-                           plot_path.name, cycles=config.simulation.cycles + 1, seeds=len(config.seeds))
+    text = report.markdown(
+        rows,
+        f"Active-learning benchmark: {config.name}",
+        preamble,
+        plot_path.name,
+        cycles=config.simulation.cycles + 1,
+        seeds=len(config.seeds),
+    )
     text += "\n" + report.timing_table(rows) + "\n"
     (out / "report.md").write_text(text)
     (out / "summary.json").write_text(json.dumps(report.summary_numbers(rows), indent=2))
@@ -242,15 +312,23 @@ def calibrate_command(config, data: dict, meta: dict, args: argparse.Namespace) 
     trials = calibration.calibrate(args.calibrate, spec, data[seed], config.simulation)
     chosen = calibration.choose(trials)
     first = {s: calibration.class_boxes(data[s], config.simulation.initial, s) for s in config.seeds}
-    preamble = [f"Command: `{meta['command']}`  ", *_settings(config, meta),
-                f"Run calibrated: {spec.strategy} + {spec.loss}, seed {seed}, cycle 0 ({config.simulation.initial} "
-                "images); the protocol line shows the preset's iterations, the table those tried.", "",
-                scene_section(config, args.cache)]
+    preamble = [
+        f"Command: `{meta['command']}`  ",
+        *_settings(config, meta),
+        f"Run calibrated: {spec.strategy} + {spec.loss}, seed {seed}, cycle 0 ({config.simulation.initial} "
+        "images); the protocol line shows the preset's iterations, the table those tried.",
+        "",
+        scene_section(config, args.cache),
+    ]
     path = args.out / "calibration.md"
     path.write_text(calibration.markdown(trials, chosen, preamble, first))
     if args.publish:  # uniform's (formerly warm's) calibration keeps its published name
-        _publish(path, "active_learning_calibration.md" if config.name == "uniform"
-                 else f"active_learning_{config.name}_calibration.md")
+        _publish(
+            path,
+            "active_learning_calibration.md"
+            if config.name == "uniform"
+            else f"active_learning_{config.name}_calibration.md",
+        )
     return path
 
 
@@ -259,9 +337,14 @@ def _meta(args: argparse.Namespace, config, data: dict, argv: list[str] | None) 
     path = args.out / "meta.json"
     meta = json.loads(path.read_text()) if (args.resume or args.report_only) and path.exists() else {}
     first = data[config.seeds[0]]
-    meta.update(machine=meta.get("machine") or machine(), dataset=first.name, pool=len(first.pool),
-                test=len(first.test), classes=len(first.labels),
-                command="python -m bench.active_learning " + shlex.join(sys.argv[1:] if argv is None else argv))
+    meta.update(
+        machine=meta.get("machine") or machine(),
+        dataset=first.name,
+        pool=len(first.pool),
+        test=len(first.test),
+        classes=len(first.labels),
+        command="python -m bench.active_learning " + shlex.join(sys.argv[1:] if argv is None else argv),
+    )
     meta.setdefault("invocations", [])
     return meta
 
@@ -310,10 +393,23 @@ def main(argv: list[str] | None = None) -> int:
             print(calibrate_command(config, data, meta, args).read_text())
             return 0
         started = time.perf_counter()
-        rows = run_all(config.specs(), data, config.simulation, args.out / "results.csv", workers=config.workers,
-                       threads=config.threads, resume=args.resume, max_minutes=args.max_minutes)
-        meta["invocations"].append({"command": meta["command"], "wall_s": time.perf_counter() - started,
-                                    "finished": time.strftime("%Y-%m-%d %H:%M")})
+        rows = run_all(
+            config.specs(),
+            data,
+            config.simulation,
+            args.out / "results.csv",
+            workers=config.workers,
+            threads=config.threads,
+            resume=args.resume,
+            max_minutes=args.max_minutes,
+        )
+        meta["invocations"].append(
+            {
+                "command": meta["command"],
+                "wall_s": time.perf_counter() - started,
+                "finished": time.strftime("%Y-%m-%d %H:%M"),
+            }
+        )
         meta["config"] = dataclasses.asdict(config)
     (args.out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     write_report(rows, config, meta, args.out, args.publish, scene_section(config, args.cache))

@@ -56,18 +56,35 @@ def class_boxes(data: BenchDataset, count: int, seed: int) -> list[int]:
     return torch.bincount(torch.cat(labels) - 1, minlength=len(data.labels)).tolist()
 
 
-def markdown(trials: Sequence[Trial], chosen: int | None, preamble: Sequence[str],
-             first_sets: dict[int, list[int]]) -> str:
+def markdown(
+    trials: Sequence[Trial], chosen: int | None, preamble: Sequence[str], first_sets: dict[int, list[int]]
+) -> str:
     """The calibration as it is committed: what was tried, what it gave, what was chosen and why."""
     low, high = (100 * b for b in BAND)
-    lines = ["## Calibration of the training length (cycle 0 only, before any comparison)", "", *preamble, "",
-             f"Rule, fixed before the runs: the fewest iterations tried whose cycle-0 AP50 lies in "
-             f"[{low:.0f}, {high:.0f}].", "",
-             "| iterations | AP50 (x100) | AP (x100) | training s |", "|---:|---:|---:|---:|"]
+    lines = [
+        "## Calibration of the training length (cycle 0 only, before any comparison)",
+        "",
+        *preamble,
+        "",
+        f"Rule, fixed before the runs: the fewest iterations tried whose cycle-0 AP50 lies in [{low:.0f}, {high:.0f}].",
+        "",
+        "| iterations | AP50 (x100) | AP (x100) | training s |",
+        "|---:|---:|---:|---:|",
+    ]
     lines += [f"| {t.iterations} | {100 * t.ap50:.1f} | {100 * t.ap:.1f} | {t.train_s:.0f} |" for t in trials]
-    verdict = (f"Chosen: **{chosen} iterations** per cycle." if chosen is not None
-               else "No value tried lies in the band: try others.")
-    lines += ["", verdict, "", "Boxes per class in each seed's first labeled set (classes 0-9):", "",
-              "| seed | boxes per class | fewest |", "|---:|---|---:|"]
+    verdict = (
+        f"Chosen: **{chosen} iterations** per cycle."
+        if chosen is not None
+        else "No value tried lies in the band: try others."
+    )
+    lines += [
+        "",
+        verdict,
+        "",
+        "Boxes per class in each seed's first labeled set (classes 0-9):",
+        "",
+        "| seed | boxes per class | fewest |",
+        "|---:|---|---:|",
+    ]
     lines += [f"| {seed} | {' '.join(map(str, counts))} | {min(counts)} |" for seed, counts in first_sets.items()]
     return "\n".join(lines) + "\n"

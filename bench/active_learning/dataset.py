@@ -43,9 +43,26 @@ DIGITS_FILE = Path(__file__).resolve().parent.parent / "data" / "mnist_digits_10
 
 #: The 20 PASCAL VOC classes, in the devkit's order (class i + 1).
 VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 
 MNIST_ATTRIBUTION = (
@@ -66,10 +83,21 @@ PRETRAIN_LABEL: str = "digit"
 _SPLIT_STREAMS: dict[str, int] = {"pool": 1, "test": 2, "pretrain": 3}
 #: DigitScenesConfig fields added for the ``varied`` pool (docs/method.md, section 7); at their defaults
 #: they draw nothing and stay out of the fingerprint, so the ``uniform`` scenes are unchanged.
-_LATER_FIELDS: frozenset[str] = frozenset({
-    "count_decay", "class_zipf", "scale_is_height", "clutter_varies", "clutter_fragments", "duplicate_share",
-    "duplicate_sizes", "duplicate_jitter", "hard_share", "hard_contrast", "min_test_boxes",
-})
+_LATER_FIELDS: frozenset[str] = frozenset(
+    {
+        "count_decay",
+        "class_zipf",
+        "scale_is_height",
+        "clutter_varies",
+        "clutter_fragments",
+        "duplicate_share",
+        "duplicate_sizes",
+        "duplicate_jitter",
+        "hard_share",
+        "hard_contrast",
+        "min_test_boxes",
+    }
+)
 #: A near-duplicate's brightness is the original's times a factor in [1 - this, 1 + this].
 _DUPLICATE_BRIGHTNESS: float = 0.15
 #: Peak amplitude, in [0, 1] units, of a hard image's background texture.
@@ -197,8 +225,9 @@ class DigitScenesConfig:
     def pretrain_fingerprint(self) -> str:
         """A hash of what the pretraining scenes depend on: not ``seed``, the pool and test sizes,
         the pool's near-duplicates nor the test split's class minimum."""
-        return dataclasses.replace(self, seed=0, pool_images=0, test_images=0, duplicate_share=0.0,
-                                   min_test_boxes=0).fingerprint()
+        return dataclasses.replace(
+            self, seed=0, pool_images=0, test_images=0, duplicate_share=0.0, min_test_boxes=0
+        ).fingerprint()
 
 
 # --------------------------------------------------------------------------
@@ -313,7 +342,10 @@ def _draw_clutter(canvas: np.ndarray, digits: np.ndarray, config: DigitScenesCon
 
 
 def _place_digit(
-    boxes: list[list[float]], side: int, ink: tuple[int, int, int, int], config: DigitScenesConfig,
+    boxes: list[list[float]],
+    side: int,
+    ink: tuple[int, int, int, int],
+    config: DigitScenesConfig,
     rng: np.random.Generator,
 ) -> tuple[int, int] | None:
     """A position (x, y) of a ``side``-pixel cell whose ink box keeps within ``max_overlap`` IoU."""
@@ -357,8 +389,12 @@ def _digit_side(digit: np.ndarray, config: DigitScenesConfig, rng: np.random.Gen
 
 
 def _layout(
-    images: np.ndarray, by_class: list[np.ndarray], freq: np.ndarray, config: DigitScenesConfig,
-    rng: np.random.Generator, hard: bool = False,
+    images: np.ndarray,
+    by_class: list[np.ndarray],
+    freq: np.ndarray,
+    config: DigitScenesConfig,
+    rng: np.random.Generator,
+    hard: bool = False,
 ) -> tuple[np.ndarray, list[_Glyph]]:
     """A scene before its noise: the background with its clutter (float32 [S, S, 3]) and the placed digits."""
     base = _background(config.image_size, rng)
@@ -385,8 +421,12 @@ def _layout(
 
 
 def _render(
-    base: np.ndarray, glyphs: Sequence[_Glyph], config: DigitScenesConfig, rng: np.random.Generator,
-    shift: tuple[int, int] = (0, 0), gain: float = 1.0,
+    base: np.ndarray,
+    glyphs: Sequence[_Glyph],
+    config: DigitScenesConfig,
+    rng: np.random.Generator,
+    shift: tuple[int, int] = (0, 0),
+    gain: float = 1.0,
 ) -> tuple[np.ndarray, list[list[float]], list[int]]:
     """The digits pasted over ``base`` (moved by ``shift``), times ``gain``, plus noise: uint8 [S, S, 3]."""
     canvas = base.copy()
@@ -401,7 +441,9 @@ def _render(
 
 
 def _jitter(
-    glyphs: Sequence[_Glyph], config: DigitScenesConfig, rng: np.random.Generator,
+    glyphs: Sequence[_Glyph],
+    config: DigitScenesConfig,
+    rng: np.random.Generator,
 ) -> tuple[tuple[int, int], float]:
     """A near-duplicate's shift of all its digits (at most ``duplicate_jitter``, every box kept
     inside the image) and its brightness factor."""
@@ -415,8 +457,12 @@ def _jitter(
 
 
 def compose_scene(
-    images: np.ndarray, by_class: list[np.ndarray], freq: np.ndarray, config: DigitScenesConfig,
-    rng: np.random.Generator, hard: bool = False,
+    images: np.ndarray,
+    by_class: list[np.ndarray],
+    freq: np.ndarray,
+    config: DigitScenesConfig,
+    rng: np.random.Generator,
+    hard: bool = False,
 ) -> tuple[np.ndarray, list[list[float]], list[int]]:
     """One scene: uint8 RGB [S, S, 3], boxes (x1, y1, x2, y2) and digit classes 0..9.
 
@@ -445,7 +491,10 @@ def _group_sizes(target: int, sizes: tuple[int, int], rng: np.random.Generator) 
 
 
 def _split_plan(
-    split: str, count: int, config: DigitScenesConfig, rng: np.random.Generator,
+    split: str,
+    count: int,
+    config: DigitScenesConfig,
+    rng: np.random.Generator,
 ) -> list[tuple[int, int | None, bool]]:
     """The split's scenes in order, as (images, duplicate group id or None, hard): a group renders one
     layout ``images`` times. Draws nothing when the split has neither near-duplicates nor hard images."""
@@ -494,8 +543,14 @@ def _coco_document(config: DigitScenesConfig, split: str) -> dict:
 
 
 def _write_split(
-    split: str, count: int, indices: np.ndarray, images: np.ndarray, labels: np.ndarray,
-    freq: np.ndarray, config: DigitScenesConfig, folder: Path,
+    split: str,
+    count: int,
+    indices: np.ndarray,
+    images: np.ndarray,
+    labels: np.ndarray,
+    freq: np.ndarray,
+    config: DigitScenesConfig,
+    folder: Path,
 ) -> None:
     """Render ``count`` scenes of one split into ``folder/images`` and ``folder/<split>.json``.
 
@@ -515,8 +570,15 @@ def _write_split(
 
 
 def _render_split(
-    split: str, count: int, indices: np.ndarray, images: np.ndarray, labels: np.ndarray,
-    freq: np.ndarray, config: DigitScenesConfig, folder: Path, rng: np.random.Generator,
+    split: str,
+    count: int,
+    indices: np.ndarray,
+    images: np.ndarray,
+    labels: np.ndarray,
+    freq: np.ndarray,
+    config: DigitScenesConfig,
+    folder: Path,
+    rng: np.random.Generator,
 ) -> dict:
     """The split's images written to ``folder/images``; returns its COCO document."""
     own, own_labels = images[indices], labels[indices]
@@ -534,9 +596,16 @@ def _render_split(
             for box, cls in zip(boxes, classes):
                 w, h = box[2] - box[0], box[3] - box[1]
                 category = 1 if split == "pretrain" else cls + 1
-                doc["annotations"].append({"id": len(doc["annotations"]) + 1, "image_id": image_id,
-                                           "category_id": category, "bbox": [box[0], box[1], w, h],
-                                           "area": w * h, "iscrowd": 0})
+                doc["annotations"].append(
+                    {
+                        "id": len(doc["annotations"]) + 1,
+                        "image_id": image_id,
+                        "category_id": category,
+                        "bbox": [box[0], box[1], w, h],
+                        "area": w * h,
+                        "iscrowd": 0,
+                    }
+                )
     return doc
 
 
@@ -552,7 +621,9 @@ def _image_entry(image_id: int, name: str, config: DigitScenesConfig, group: int
 
 
 def write_digit_scenes(
-    config: DigitScenesConfig, folder: Path | str, splits: Sequence[str] = ("pool", "test"),
+    config: DigitScenesConfig,
+    folder: Path | str,
+    splits: Sequence[str] = ("pool", "test"),
     digits_file: Path | str = DIGITS_FILE,
 ) -> Path:
     """Render the scenes of ``splits`` ("pool", "test", "pretrain") as COCO json + PNG images into ``folder``.
@@ -612,34 +683,55 @@ def scene_statistics(doc: dict) -> dict:
     for a in doc["annotations"]:
         per_class[a["category_id"]] += 1
     groups = [im.get("duplicate_group") for im in doc["images"] if im.get("duplicate_group") is not None]
-    return {"images": len(doc["images"]), "boxes": int(per_image.sum()), "objects": np.bincount(per_image).tolist(),
-            "class_boxes": list(per_class.values()), "groups": len(set(groups)), "grouped": len(groups),
-            "hard": sum(bool(im.get("hard")) for im in doc["images"])}
+    return {
+        "images": len(doc["images"]),
+        "boxes": int(per_image.sum()),
+        "objects": np.bincount(per_image).tolist(),
+        "class_boxes": list(per_class.values()),
+        "groups": len(set(groups)),
+        "grouped": len(groups),
+        "hard": sum(bool(im.get("hard")) for im in doc["images"]),
+    }
 
 
 def statistics_markdown(folders: dict[int, Path]) -> str:
     """A report section on each seed's scenes (``folders``: seed -> the folder of its pool.json and
     test.json): boxes, near-duplicates, hard share, class shares by rank and objects per image."""
-    stats = {(seed, split): scene_statistics(json.loads((Path(folder) / f"{split}.json").read_text()))
-             for seed, folder in folders.items() for split in ("pool", "test")}
-    header = ("| seed | split | images | boxes | boxes / image | near-duplicate groups (images) | hard images "
-              "| head class share | head / tail | fewest boxes of a class |")
+    stats = {
+        (seed, split): scene_statistics(json.loads((Path(folder) / f"{split}.json").read_text()))
+        for seed, folder in folders.items()
+        for split in ("pool", "test")
+    }
+    header = (
+        "| seed | split | images | boxes | boxes / image | near-duplicate groups (images) | hard images "
+        "| head class share | head / tail | fewest boxes of a class |"
+    )
     lines = ["### The scenes", "", header, "|---" * 10 + "|"]
     for (seed, split), st in stats.items():
         boxes = sorted(st["class_boxes"], reverse=True)
-        lines.append(f"| {seed} | {split} | {st['images']} | {st['boxes']} | {st['boxes'] / st['images']:.2f} | "
-                     f"{st['groups']} ({st['grouped']}) | {st['hard']} ({100 * st['hard'] / st['images']:.0f} %) | "
-                     f"{100 * boxes[0] / st['boxes']:.0f} % | {boxes[0] / max(1, boxes[-1]):.1f} | {boxes[-1]} |")
+        lines.append(
+            f"| {seed} | {split} | {st['images']} | {st['boxes']} | {st['boxes'] / st['images']:.2f} | "
+            f"{st['groups']} ({st['grouped']}) | {st['hard']} ({100 * st['hard'] / st['images']:.0f} %) | "
+            f"{100 * boxes[0] / st['boxes']:.0f} % | {boxes[0] / max(1, boxes[-1]):.1f} | {boxes[-1]} |"
+        )
     pools = [st for (_, split), st in stats.items() if split == "pool"]
     shares = np.mean([sorted(np.array(st["class_boxes"]) / st["boxes"], reverse=True) for st in pools], axis=0)
     most = max(len(st["objects"]) for st in pools)
     objects = np.mean([np.pad(st["objects"], (0, most - len(st["objects"]))) / st["images"] for st in pools], axis=0)
-    lines += ["", "Pool, mean over seeds: share of the boxes by class rank (1 = the seed's most common class)", "",
-              "| " + " | ".join(str(r + 1) for r in range(len(shares))) + " |", "|---" * len(shares) + "|",
-              "| " + " | ".join(f"{100 * v:.1f} %" for v in shares) + " |", "",
-              "Pool, mean over seeds: share of the images with n objects", "",
-              "| " + " | ".join(str(n) for n in range(most)) + " |", "|---" * most + "|",
-              "| " + " | ".join(f"{100 * v:.1f} %" for v in objects) + " |"]
+    lines += [
+        "",
+        "Pool, mean over seeds: share of the boxes by class rank (1 = the seed's most common class)",
+        "",
+        "| " + " | ".join(str(r + 1) for r in range(len(shares))) + " |",
+        "|---" * len(shares) + "|",
+        "| " + " | ".join(f"{100 * v:.1f} %" for v in shares) + " |",
+        "",
+        "Pool, mean over seeds: share of the images with n objects",
+        "",
+        "| " + " | ".join(str(n) for n in range(most)) + " |",
+        "|---" * most + "|",
+        "| " + " | ".join(f"{100 * v:.1f} %" for v in objects) + " |",
+    ]
     return "\n".join(lines)
 
 

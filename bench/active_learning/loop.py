@@ -161,8 +161,9 @@ def initial_set(pool_size: int, count: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(pool_size), count))
 
 
-def fresh_model(config: SimulationConfig, labels: Sequence[str], seed: int,
-                loss: LossConfig = LossConfig()) -> torch.nn.Module:
+def fresh_model(
+    config: SimulationConfig, labels: Sequence[str], seed: int, loss: LossConfig = LossConfig()
+) -> torch.nn.Module:
     """The detector re-initialised from its base weights, with a seeded new head that trains with ``loss``.
 
     Raises:
@@ -171,8 +172,10 @@ def fresh_model(config: SimulationConfig, labels: Sequence[str], seed: int,
     torch.manual_seed(seed)
     model, report = build_model(config.detector, list(labels), loss=loss)
     if report.fell_back:  # a benchmark must not quietly start from other weights than it says
-        raise RuntimeError(f"{report.requested} weights unavailable ({'; '.join(report.reasons)}); "
-                           "put the file in $TORCH_HOME/hub/checkpoints or pass --allow-download")
+        raise RuntimeError(
+            f"{report.requested} weights unavailable ({'; '.join(report.reasons)}); "
+            "put the file in $TORCH_HOME/hub/checkpoints or pass --allow-download"
+        )
     return model
 
 
@@ -181,13 +184,25 @@ def _cache_path(step: Step, data: BenchDataset, config: SimulationConfig) -> Pat
     by everything that decides its weights (training, detector with its warm start, data, labeled set)."""
     if config.model_cache is None or step.cycle != 0:
         return None
-    identity = repr((step.loss, step.seed, step.labeled, config.train, config.detector, data.labels,
-                     [(s.image_path, s.boxes.tolist(), s.labels.tolist()) for s in data.test[:5]]))
+    identity = repr(
+        (
+            step.loss,
+            step.seed,
+            step.labeled,
+            config.train,
+            config.detector,
+            data.labels,
+            [(s.image_path, s.boxes.tolist(), s.labels.tolist()) for s in data.test[:5]],
+        )
+    )
     return Path(config.model_cache) / f"cycle0-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.pt"
 
 
 def trained_detector(
-    step: Step, data: BenchDataset, config: SimulationConfig, progress: Progress | None = None,
+    step: Step,
+    data: BenchDataset,
+    config: SimulationConfig,
+    progress: Progress | None = None,
 ) -> tuple[Detector, dict[str, float], float, float]:
     """A fresh model trained on the step's labeled images; (detector, test metrics, train s, eval s).
 
@@ -204,10 +219,13 @@ def trained_detector(
         model.load_state_dict(stored["weights"])
         return Detector(model.to(device), data.labels, device), stored["metrics"], *stored["seconds"]
     started = time.perf_counter()
-    train(model, [data.pool[i] for i in step.labeled],
-          replace(config.train, loss=loss, seed=step.seed * 1000 + step.cycle,
-                  holdout_fraction=0.0),
-          device, progress)
+    train(
+        model,
+        [data.pool[i] for i in step.labeled],
+        replace(config.train, loss=loss, seed=step.seed * 1000 + step.cycle, holdout_fraction=0.0),
+        device,
+        progress,
+    )
     trained = time.perf_counter()
     metrics = evaluate_map(model, data.test)
     seconds = (trained - started, time.perf_counter() - trained)
@@ -219,8 +237,7 @@ def trained_detector(
     return Detector(model, data.labels, device), metrics, *seconds
 
 
-def run_step(step: Step, data: BenchDataset, config: SimulationConfig,
-             progress: Progress | None = None) -> list[Row]:
+def run_step(step: Step, data: BenchDataset, config: SimulationConfig, progress: Progress | None = None) -> list[Row]:
     """Train and evaluate once, then let each of the step's runs select: one row per run."""
     detector, metrics, train_s, eval_s = trained_detector(step, data, config, progress)
     boxes = sum(int(data.pool[i].labels.numel()) for i in step.labeled)
@@ -230,20 +247,42 @@ def run_step(step: Step, data: BenchDataset, config: SimulationConfig,
     for spec in step.specs:
         picked, select_s = [], 0.0
         if step.cycle < config.cycles:
-            view = PoolView(detector=detector, pool=data.pool, labeled=list(step.labeled), unlabeled=unlabeled,
-                            budget=config.budget, num_classes=len(data.labels),
-                            seed=spec.seed * 1000 + step.cycle, batch_size=config.batch_size)
+            view = PoolView(
+                detector=detector,
+                pool=data.pool,
+                labeled=list(step.labeled),
+                unlabeled=unlabeled,
+                budget=config.budget,
+                num_classes=len(data.labels),
+                seed=spec.seed * 1000 + step.cycle,
+                batch_size=config.batch_size,
+            )
             started = time.perf_counter()
             picked = select(spec.strategy, view, config.strategies)
             select_s = time.perf_counter() - started
-        rows.append(Row(spec.strategy, spec.loss, spec.seed, step.cycle, len(step.labeled), boxes,
-                        metrics["map_50"], metrics["map"], train_s, eval_s, select_s, len(unlabeled),
-                        tuple(picked)))
+        rows.append(
+            Row(
+                spec.strategy,
+                spec.loss,
+                spec.seed,
+                step.cycle,
+                len(step.labeled),
+                boxes,
+                metrics["map_50"],
+                metrics["map"],
+                train_s,
+                eval_s,
+                select_s,
+                len(unlabeled),
+                tuple(picked),
+            )
+        )
     return rows
 
 
-def plan(specs: Sequence[RunSpec], rows: Iterable[Row], data: Mapping[int, BenchDataset],
-         config: SimulationConfig) -> list[Step]:
+def plan(
+    specs: Sequence[RunSpec], rows: Iterable[Row], data: Mapping[int, BenchDataset], config: SimulationConfig
+) -> list[Step]:
     """The next cycle of every unfinished run, runs with the same next training grouped into one step.
 
     A run's next labeled set is its first set plus what each of its done cycles

@@ -49,17 +49,30 @@ class PretrainConfig:
         seed (int): initialisation and data order.
     """
 
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        iterations=500, lr=0.005, batch_size=4, warmup_fraction=0.1, lr_drops=(0.8,),
-        holdout_fraction=0.0, loss=LossConfig.from_name("standard"),
-    ))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            iterations=500,
+            lr=0.005,
+            batch_size=4,
+            warmup_fraction=0.1,
+            lr_drops=(0.8,),
+            holdout_fraction=0.0,
+            loss=LossConfig.from_name("standard"),
+        )
+    )
     seed: int = 0
 
     def fingerprint(self, digits: DigitScenesConfig, detector: DetectorConfig) -> str:
         """A short hash of the pretraining, its scenes and the detector it starts from."""
-        text = json.dumps({"digits": digits.pretrain_fingerprint(), "pretrain": dataclasses.asdict(self),
-                           "detector": dataclasses.asdict(detector)},
-                          sort_keys=True, default=str)
+        text = json.dumps(
+            {
+                "digits": digits.pretrain_fingerprint(),
+                "pretrain": dataclasses.asdict(self),
+                "detector": dataclasses.asdict(detector),
+            },
+            sort_keys=True,
+            default=str,
+        )
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -69,8 +82,12 @@ def cached_checkpoint(folder: Path) -> Version | None:
 
 
 def warm_start(
-    config: PretrainConfig, digits: DigitScenesConfig, detector: DetectorConfig, cache_root: Path | str,
-    device: torch.device, check: Sequence[Sample] = (),
+    config: PretrainConfig,
+    digits: DigitScenesConfig,
+    detector: DetectorConfig,
+    cache_root: Path | str,
+    device: torch.device,
+    check: Sequence[Sample] = (),
 ) -> Version:
     """The pretrained checkpoint of ``config``: from the cache, or trained now and cached.
 
@@ -94,10 +111,20 @@ def warm_start(
         raise RuntimeError(f"{report.requested} weights unavailable ({'; '.join(report.reasons)})")
     started = time.perf_counter()
     result = train(model, samples, replace(config.train, seed=config.seed), device)
-    pretraining = {"images": len(samples), "iterations": config.train.iterations,
-                   "train_s": round(time.perf_counter() - started, 1), "losses": result.summary}
+    pretraining = {
+        "images": len(samples),
+        "iterations": config.train.iterations,
+        "train_s": round(time.perf_counter() - started, 1),
+        "losses": result.summary,
+    }
     if check:
         pretraining["check_ap50_agnostic"] = evaluate_map(model, class_agnostic(check))["map_50"]
-    meta = VersionMeta(labels=list(names), backbone=detector.backbone, weights=report.used,
-                       weights_requested=report.requested, parent=None, pretraining=pretraining)
+    meta = VersionMeta(
+        labels=list(names),
+        backbone=detector.backbone,
+        weights=report.used,
+        weights_requested=report.requested,
+        parent=None,
+        pretraining=pretraining,
+    )
     return VersionStore(folder).save(PROJECT, model.state_dict(), meta)

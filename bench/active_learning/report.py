@@ -29,9 +29,36 @@ CANDIDATE_LOSS = "synchronic"
 
 #: Two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom.
 _T975: tuple[float, ...] = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
 )
 
 
@@ -111,11 +138,17 @@ def curves(rows: Sequence[Row]) -> list[Curve]:
             continue
         seeds = sorted(s for s, n in reach.items() if n == length)
         pick = [[by_seed[s][c] for s in seeds] for c in range(length)]
-        out.append(Curve(
-            strategy, loss, [p[0].labeled for p in pick], seeds,
-            [[r.ap50 for r in p] for p in pick], [[r.ap for r in p] for p in pick],
-            [statistics.fmean(r.boxes for r in p) for p in pick],
-        ))
+        out.append(
+            Curve(
+                strategy,
+                loss,
+                [p[0].labeled for p in pick],
+                seeds,
+                [[r.ap50 for r in p] for p in pick],
+                [[r.ap for r in p] for p in pick],
+                [statistics.fmean(r.boxes for r in p) for p in pick],
+            )
+        )
     return sorted(out, key=lambda c: (c.strategy != BASELINE, c.strategy, c.loss))
 
 
@@ -184,11 +217,17 @@ def compare(curve: Curve, baseline: Curve) -> Comparison | None:
     mean_b = [statistics.fmean(baseline.ap50[c][j] for j in bi) for c in range(n)]
     per_seed = [statistics.fmean(d[k] for d in diffs) for k in range(len(seeds))]
     return Comparison(
-        curve, baseline, seeds, [Interval.of(d) for d in diffs],
-        sum(1 for a, b in zip(mean_c[1:], mean_b[1:]) if a >= b), n - 1, Interval.of(per_seed),
+        curve,
+        baseline,
+        seeds,
+        [Interval.of(d) for d in diffs],
+        sum(1 for a, b in zip(mean_c[1:], mean_b[1:]) if a >= b),
+        n - 1,
+        Interval.of(per_seed),
         labeled_to_reach(curve.labeled[:n], mean_c, mean_b[-1]),
         labeled_to_reach(curve.boxes[:n], mean_c, mean_b[-1]),
-        float(baseline.labeled[n - 1]), baseline.boxes[n - 1],
+        float(baseline.labeled[n - 1]),
+        baseline.boxes[n - 1],
     )
 
 
@@ -228,11 +267,13 @@ class Decision:
         """The rule and its outcome; provisional until ``cycles`` cycles of ``seeds`` seeds are in."""
         done = self.cycles >= cycles and self.difference.n >= seeds
         state = "" if done else f" (provisional: {self.cycles} cycle(s), {self.difference.n} seed(s) so far)"
-        return (f"Decision rule (docs/method.md, section 6): mean paired AP50 difference "
-                f"{CANDIDATE_LOSS} (the paper's form) - {REFERENCE_LOSS} over cycles 0-{self.cycles - 1} = "
-                f"{self.difference.text()} (95 % interval over {self.difference.n} seeds) "
-                f"{'>=' if self.difference.mean >= 0 else '<'} 0, so the default LOSS is "
-                f"**{self.loss}**{state}.")
+        return (
+            f"Decision rule (docs/method.md, section 6): mean paired AP50 difference "
+            f"{CANDIDATE_LOSS} (the paper's form) - {REFERENCE_LOSS} over cycles 0-{self.cycles - 1} = "
+            f"{self.difference.text()} (95 % interval over {self.difference.n} seeds) "
+            f"{'>=' if self.difference.mean >= 0 else '<'} 0, so the default LOSS is "
+            f"**{self.loss}**{state}."
+        )
 
 
 def decide(all_curves: Sequence[Curve]) -> Decision | None:
@@ -292,16 +333,25 @@ def comparison_table(comparisons: Sequence[Comparison]) -> str:
 
 def loss_table(comparisons: Sequence[Comparison]) -> str:
     """The loss ablation: per loss, the paired difference to the standard loss per cycle and over all cycles."""
-    lines = ["| loss (random selection) | seeds | AP50 - standard per cycle: mean [95 % interval] "
-             "| mean over the cycles [95 % interval] |", "|---|---:|---|---|"]
+    lines = [
+        "| loss (random selection) | seeds | AP50 - standard per cycle: mean [95 % interval] "
+        "| mean over the cycles [95 % interval] |",
+        "|---|---:|---|---|",
+    ]
     for cmp in comparisons:
         diffs = "; ".join(d.text() for d in cmp.diff)
         lines.append(f"| {cmp.curve.loss} | {len(cmp.seeds)} | {diffs} | {cmp.overall.text()} |")
     return "\n".join(lines)
 
 
-def markdown(rows: Sequence[Row], title: str, preamble: Sequence[str] = (), plot_name: str | None = None,
-             cycles: int = 5, seeds: int = 5) -> str:
+def markdown(
+    rows: Sequence[Row],
+    title: str,
+    preamble: Sequence[str] = (),
+    plot_name: str | None = None,
+    cycles: int = 5,
+    seeds: int = 5,
+) -> str:
     """The whole report: settings lines, AP50 and AP tables, the comparisons, the loss decision, the plot.
 
     ``cycles`` (0 included) and ``seeds`` are what the complete benchmark has: with
@@ -318,8 +368,12 @@ def markdown(rows: Sequence[Row], title: str, preamble: Sequence[str] = (), plot
         parts += ["### Selection against random (same loss, paired by seed)", "", comparison_table(selection), ""]
     losses = loss_comparisons(all_curves)
     if losses:
-        parts += ["### Loss ablation (random selection: the same images for every loss, paired by seed)", "",
-                  loss_table(losses), ""]
+        parts += [
+            "### Loss ablation (random selection: the same images for every loss, paired by seed)",
+            "",
+            loss_table(losses),
+            "",
+        ]
     decision = decide(all_curves)
     if decision:
         parts += [decision.text(cycles, seeds), ""]
@@ -348,15 +402,21 @@ def timing_table(rows: Sequence[Row]) -> str:
     groups: dict[tuple[str, str], list[Row]] = {}
     for r in rows:
         groups.setdefault((r.strategy, r.loss), []).append(r)
-    lines = ["### Time per cycle (wall seconds, median over cycles and seeds; a shared cycle-0 training "
-             "counts for each run)", "",
-             "| run | train | evaluate | select | select per unlabeled image |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        "### Time per cycle (wall seconds, median over cycles and seeds; a shared cycle-0 training "
+        "counts for each run)",
+        "",
+        "| run | train | evaluate | select | select per unlabeled image |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for (strategy, loss), group in sorted(groups.items(), key=lambda kv: (kv[0][0] != BASELINE, kv[0])):
         selecting = [r for r in group if r.unlabeled and r.picked]
         per_image = statistics.median(r.select_s / r.unlabeled for r in selecting) if selecting else 0.0
         select_s = statistics.median(r.select_s for r in selecting) if selecting else 0.0
-        lines.append(f"| {strategy} + {loss} | {statistics.median(r.train_s for r in group):.1f} "
-                     f"| {statistics.median(r.eval_s for r in group):.1f} | {select_s:.1f} | {per_image:.3f} |")
+        lines.append(
+            f"| {strategy} + {loss} | {statistics.median(r.train_s for r in group):.1f} "
+            f"| {statistics.median(r.eval_s for r in group):.1f} | {select_s:.1f} | {per_image:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -365,19 +425,32 @@ def summary_numbers(rows: Sequence[Row]) -> dict[str, object]:
     all_curves = curves(rows)
 
     def numbers(cmp: Comparison) -> dict[str, object]:
-        return {"baseline": cmp.baseline.name, "seeds": cmp.seeds,
-                "ap50_diff_mean": [d.mean for d in cmp.diff], "ap50_diff_half95": [d.half for d in cmp.diff],
-                "cycles_at_or_above": cmp.at_or_above, "cycles_compared": cmp.compared,
-                "labeled_to_reach": cmp.reach_labeled, "boxes_to_reach": cmp.reach_boxes,
-                "baseline_final_labeled": cmp.final_labeled, "baseline_final_boxes": cmp.final_boxes}
+        return {
+            "baseline": cmp.baseline.name,
+            "seeds": cmp.seeds,
+            "ap50_diff_mean": [d.mean for d in cmp.diff],
+            "ap50_diff_half95": [d.half for d in cmp.diff],
+            "cycles_at_or_above": cmp.at_or_above,
+            "cycles_compared": cmp.compared,
+            "labeled_to_reach": cmp.reach_labeled,
+            "boxes_to_reach": cmp.reach_boxes,
+            "baseline_final_labeled": cmp.final_labeled,
+            "baseline_final_boxes": cmp.final_boxes,
+        }
 
     decision = decide(all_curves)
     return {
         "selection": {c.curve.name: numbers(c) for c in selection_comparisons(all_curves)},
         "loss": {c.curve.name: numbers(c) for c in loss_comparisons(all_curves)},
-        "decision": None if decision is None else {
-            "loss": decision.loss, "difference": decision.difference.mean,
-            "half95": decision.difference.half, "seeds": decision.difference.n, "cycles": decision.cycles},
+        "decision": None
+        if decision is None
+        else {
+            "loss": decision.loss,
+            "difference": decision.difference.mean,
+            "half95": decision.difference.half,
+            "seeds": decision.difference.n,
+            "cycles": decision.cycles,
+        },
     }
 
 
@@ -398,10 +471,21 @@ def plot(rows: Sequence[Row], path: Path | str, title: str) -> Path:
     for ax, x_of, label in zip(axes, (lambda c: c.labeled, lambda c: c.boxes), ("labeled images", "labeled boxes")):
         for curve in all_curves:
             x = x_of(curve)
-            line, = ax.plot(x, [100 * v for v in curve.mean()], marker="o", label=curve.name,
-                            linestyle="--" if curve.strategy == BASELINE else "-")
-            ax.fill_between(x, [100 * min(v) for v in curve.ap50], [100 * max(v) for v in curve.ap50],
-                            color=line.get_color(), alpha=0.12, linewidth=0)
+            (line,) = ax.plot(
+                x,
+                [100 * v for v in curve.mean()],
+                marker="o",
+                label=curve.name,
+                linestyle="--" if curve.strategy == BASELINE else "-",
+            )
+            ax.fill_between(
+                x,
+                [100 * min(v) for v in curve.ap50],
+                [100 * max(v) for v in curve.ap50],
+                color=line.get_color(),
+                alpha=0.12,
+                linewidth=0,
+            )
         ax.set_xlabel(label)
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("test AP50 (x100)")

@@ -14,18 +14,27 @@ from pathlib import Path
 
 from bench.active_learning.loop import Row
 
-
 CSV_FIELDS: tuple[str, ...] = (
-    "strategy", "loss", "seed", "cycle", "labeled", "boxes", "ap50", "ap",
-    "train_s", "eval_s", "select_s", "unlabeled", "picked",
+    "strategy",
+    "loss",
+    "seed",
+    "cycle",
+    "labeled",
+    "boxes",
+    "ap50",
+    "ap",
+    "train_s",
+    "eval_s",
+    "select_s",
+    "unlabeled",
+    "picked",
 )
 
 
 def _parse(name: str, text: str) -> object:
     if name == "picked":
         return tuple(int(v) for v in text.split())
-    kind = {"strategy": str, "loss": str, "seed": int, "cycle": int, "labeled": int, "boxes": int,
-            "unlabeled": int}
+    kind = {"strategy": str, "loss": str, "seed": int, "cycle": int, "labeled": int, "boxes": int, "unlabeled": int}
     return kind.get(name, float)(text)
 
 
@@ -38,7 +47,8 @@ _OPTIONAL_FIELDS: dict[str, str] = {"unlabeled": "0", "picked": ""}
 
 
 def read_rows(path: Path | str) -> list[Row]:
-    """Rows of a CSV written by :func:`~bench.active_learning.workers.run_all` (an absent file: none), in today's loss names.
+    """Rows of a CSV written by :func:`~bench.active_learning.workers.run_all` (an absent file: none),
+    in today's loss names.
 
     A CSV in the names before issue 25 is recognised by its ``synchronic-paper`` rows, and its
     names are mapped (:data:`LEGACY_LOSS_NAMES`). ``run_all`` rewrites the whole file on

@@ -165,8 +165,13 @@ def hua_ranking(view: PoolView, settings: StrategySettings) -> list[int]:
     """The unlabeled pool in HUA order, most informative first (``model.scoring.score_pool``)."""
     freq = labeled_class_frequency([view.pool[i].labels for i in view.labeled], view.num_classes)
     scores = score_pool(
-        view.detector, list(view.unlabeled), view.load, freq, settings.hua,
-        batch_size=view.batch_size, budget=view.budget,
+        view.detector,
+        list(view.unlabeled),
+        view.load,
+        freq,
+        settings.hua,
+        batch_size=view.batch_size,
+        budget=view.budget,
     )
     return [scores.keys[i] for i in scores.ranking.order.tolist()]
 
@@ -294,7 +299,11 @@ def class_profile(detections: Detections, num_classes: int) -> Tensor:
 
 
 def _image_cald(
-    detector: Detector, image: Tensor, reference: Detections, rng: random.Random, view: PoolView,
+    detector: Detector,
+    image: Tensor,
+    reference: Detections,
+    rng: random.Random,
+    view: PoolView,
     config: CALDConfig,
 ) -> tuple[float, Tensor]:
     """Stage-1 consistency (mean over augmentations) and mean class profile of one image."""

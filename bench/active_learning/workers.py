@@ -26,13 +26,18 @@ from bench.active_learning.dataset import BenchDataset
 from bench.active_learning.loop import Row, RunSpec, SimulationConfig, Step, plan, run_step
 from bench.active_learning.storage import CSV_FIELDS, csv_record, read_rows, resumable, write_rows
 
-
 RowCallback = Callable[[Row], None]
 
 
 def run_all(
-    specs: Sequence[RunSpec], data: Mapping[int, BenchDataset], config: SimulationConfig, csv_path: Path | str,
-    workers: int = 1, threads: int = 1, resume: bool = False, max_minutes: float | None = None,
+    specs: Sequence[RunSpec],
+    data: Mapping[int, BenchDataset],
+    config: SimulationConfig,
+    csv_path: Path | str,
+    workers: int = 1,
+    threads: int = 1,
+    resume: bool = False,
+    max_minutes: float | None = None,
 ) -> list[Row]:
     """Run every spec's remaining cycles; returns every row in ``csv_path`` afterwards.
 
@@ -48,9 +53,17 @@ def run_all(
     write_rows(csv_path, rows)
     deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
     left = sum(config.cycles + 1 - sum(1 for r in rows if r.run == s.run) for s in specs)
-    with Path(csv_path).open("a", newline="") as handle, tqdm(
-        total=left, desc="benchmark", unit="cycle", position=0, dynamic_ncols=True,
-    ) as overall, _executor(workers, threads, data, config) as pool:
+    with (
+        Path(csv_path).open("a", newline="") as handle,
+        tqdm(
+            total=left,
+            desc="benchmark",
+            unit="cycle",
+            position=0,
+            dynamic_ncols=True,
+        ) as overall,
+        _executor(workers, threads, data, config) as pool,
+    ):
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
 
         def record(row: Row) -> None:
@@ -66,8 +79,14 @@ def run_all(
 
 
 def _schedule(
-    specs: Sequence[RunSpec], data: Mapping[int, BenchDataset], config: SimulationConfig, pool: Executor,
-    slots: int, deadline: float | None, rows: list[Row], record: RowCallback,
+    specs: Sequence[RunSpec],
+    data: Mapping[int, BenchDataset],
+    config: SimulationConfig,
+    pool: Executor,
+    slots: int,
+    deadline: float | None,
+    rows: list[Row],
+    record: RowCallback,
 ) -> None:
     """Keep ``slots`` steps in flight until none is left or the next would pass ``deadline``
     (judged by the longest step so far: until one has finished, steps start)."""
@@ -110,13 +129,20 @@ def _executor(workers: int, threads: int, data: Mapping[int, BenchDataset], conf
     context = multiprocessing.get_context("spawn")
     lock = context.RLock()  # tqdm's own lock belongs to the default (fork) context
     tqdm.set_lock(lock)
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                               initargs=(lock, context.Value("i", 0), threads, data, config))
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=context,
+        initializer=_init_worker,
+        initargs=(lock, context.Value("i", 0), threads, data, config),
+    )
 
 
 def _init_worker(
-    lock: multiprocessing.synchronize.RLock, slots: multiprocessing.sharedctypes.Synchronized, threads: int,
-    data: Mapping[int, BenchDataset], config: SimulationConfig,
+    lock: multiprocessing.synchronize.RLock,
+    slots: multiprocessing.sharedctypes.Synchronized,
+    threads: int,
+    data: Mapping[int, BenchDataset],
+    config: SimulationConfig,
 ) -> None:
     """Each worker: tqdm's shared lock, a bar line of its own, its thread count and the data."""
     tqdm.set_lock(lock)
@@ -131,9 +157,16 @@ def _worker_step(step: Step) -> list[Row]:
     """:func:`run_step` with a tqdm bar for its training on the worker's own line."""
     data, config = _WORKER["data"][step.seed], _WORKER["config"]
     runs = "+".join(s.strategy for s in step.specs)
-    with tqdm(total=100, position=int(_WORKER["slot"]), leave=False, unit="%", dynamic_ncols=True,
-              desc=f"{runs}/{step.loss}/s{step.seed} c{step.cycle}",
-              bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]") as bar:
+    with tqdm(
+        total=100,
+        position=int(_WORKER["slot"]),
+        leave=False,
+        unit="%",
+        dynamic_ncols=True,
+        desc=f"{runs}/{step.loss}/s{step.seed} c{step.cycle}",
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]",
+    ) as bar:
+
         def progress(fraction: float, message: str) -> None:
             bar.n = round(100 * fraction, 1)
             bar.set_postfix_str(message, refresh=False)

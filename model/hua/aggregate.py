@@ -109,7 +109,7 @@ class Scale:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> "Scale":
+    def from_json(cls, data: dict[str, object]) -> Scale:
         """Inverse of :meth:`to_json`; exact for float64 values.
 
         Raises:
@@ -124,7 +124,9 @@ class Scale:
             informativeness = torch.tensor(data["informativeness"], dtype=RANK_DTYPE)
             entropy = torch.tensor(data["entropy"], dtype=RANK_DTYPE)
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise ValueError(f"Scale needs numeric lists per metric, 'informativeness' and 'entropy': {error}") from error
+            raise ValueError(
+                f"Scale needs numeric lists per metric, 'informativeness' and 'entropy': {error}"
+            ) from error
         cutoff = data.get("entropy_cutoff")
         return cls(metrics, informativeness, entropy, math.inf if cutoff is None else float(cutoff))
 
@@ -157,8 +159,7 @@ def fit_scale(candidate_metrics: Tensor, entropy: Tensor, entropy_cutoff: float,
         points (int): at most this many sorted values per quantity (``HUAConfig.scale_points``).
     """
     values = candidate_metrics.to(RANK_DTYPE).reshape(-1, 4)
-    metrics = (torch.stack([_quantiles(values[:, m], points) for m in range(4)], dim=1) if len(values)
-               else values)
+    metrics = torch.stack([_quantiles(values[:, m], points) for m in range(4)], dim=1) if len(values) else values
     informativeness = aggregate(_normalise(values, metrics))
     return Scale(metrics, _quantiles(informativeness, points), _quantiles(entropy, points), entropy_cutoff)
 
@@ -254,7 +255,10 @@ def _check_pool(entropy: Tensor, candidate_metrics: Tensor, candidate_mask: Tens
 
 
 def rank_pool(
-    entropy: Tensor, candidate_metrics: Tensor, candidate_mask: Tensor, scale: Scale | None = None,
+    entropy: Tensor,
+    candidate_metrics: Tensor,
+    candidate_mask: Tensor,
+    scale: Scale | None = None,
     points: int = 1000,
 ) -> Ranking:
     """Rank a whole pool: normalise, aggregate, prioritise and order [paper + ours].
@@ -286,7 +290,10 @@ def rank_pool(
 
 
 def score_single(
-    entropy: float, metrics: Tensor | None, scale: Scale, entropy_threshold: float | None = None,
+    entropy: float,
+    metrics: Tensor | None,
+    scale: Scale,
+    entropy_threshold: float | None = None,
 ) -> float:
     """Task score of ONE new image on a stored scale [ours].
 

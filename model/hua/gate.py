@@ -120,4 +120,3 @@ def select_candidates(entropy: Tensor, p: int) -> Tensor:
     mask = torch.zeros(n, dtype=torch.bool, device=entropy.device)
     mask[order[:p]] = True
     return mask
-

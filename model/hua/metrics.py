@@ -168,6 +168,6 @@ def image_metrics(
         overlaps(kept.boxes, kept.scores, config.overlap_iou, config.confident_score),
         edge_uncertainty(kept.sigmas),
     )
-    return torch.stack([
-        image_aggregate(v, kept.scores, config.aggregate, empty) for v, empty in zip(values, EMPTY_METRICS)
-    ])
+    return torch.stack(
+        [image_aggregate(v, kept.scores, config.aggregate, empty) for v, empty in zip(values, EMPTY_METRICS)]
+    )
