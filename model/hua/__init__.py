@@ -1,23 +1,10 @@
-"""HUA ranking: retrieval gate, four metrics, aggregation and task scores.
+"""HUA ranking (docs/method.md sections 1-3): retrieval gate, four metrics, aggregation, task scores.
 
-Implements docs/method.md sections 1-3 (Nguyen et al., "Hierarchical Uncertainty
-Aggregation and Emphasis Loss for Active Learning in Object Detection", IEEE
-BigData 2023). What the paper states is marked **[paper]**; definitions this
-project fixes where the paper is silent are marked **[ours]**.
-
-The pipeline for a pool of N unlabeled images, one module per stage:
-
-1. ``analysis``: an image's analysis set (one detection per object) and the
-   score-weighted image aggregation A (``sum`` or ``mean``) every quantity uses.
-2. ``gate`` [paper]: :func:`image_entropy` per image, then :func:`num_candidates`
-   and :func:`select_candidates` keep the P most uncertain images.
-3. ``metrics`` [paper; ours: their formulas]: for each candidate, a second
-   (mirrored) forward pass and :func:`image_metrics` give SA, CD, OR and LC.
-4. ``aggregate`` [paper + ours]: rank normalisation on a stored :class:`Scale`,
-   l = sqrt(sum d_m^2), and one number per task; :func:`rank_pool` for a pool,
-   :func:`score_single` for one new image on the stored scale.
-
-``model.scoring`` runs the detector and these stages over a pool or new images.
+Nguyen et al., IEEE BigData 2023. **[paper]** marks what the paper states, **[ours]** what this
+project fixes where it is silent. One module per stage: ``analysis`` (analysis set, aggregation A),
+``gate`` (H(x), the P most uncertain images), ``metrics`` (SA, CD, OR, LC from a mirrored pass),
+``aggregate`` (rank normalisation on a stored :class:`Scale`, l, task scores). ``model.scoring``
+runs the detector and these stages.
 """
 
 from model.hua.aggregate import (

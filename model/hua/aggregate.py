@@ -1,10 +1,7 @@
-"""Rank normalisation and aggregation (docs/method.md section 2: [paper] l = sqrt(sum d_m^2),
-[ours] rank normalisation and the stored scale) and one number per task (section 3, [ours]).
+"""Rank normalisation, l = sqrt(sum d_m^2) [paper] and task scores (docs/method.md sections 2-3).
 
-Every number a pool ranking needs to place a later image is in :class:`Scale`:
-the candidates' sorted values of each metric and of l, and the pool's sorted
-entropies. :func:`rank_position` is the one placement rule, used for the pool
-and for a later image alike, so a pool image scored again gets its pool score.
+:class:`Scale` holds all a later image needs; :func:`rank_position` places pool and later images
+alike, so a pool image scored again gets its pool score.
 """
 
 from __future__ import annotations
@@ -30,20 +27,10 @@ SCALE_FORMAT: int = 2
 
 
 def rank_position(values: Tensor, reference: Tensor) -> Tensor:
-    """Where each value lies among the sorted ``reference``, in [0, 1] [ours].
+    """Where each value lies among sorted ``reference`` (Tensor[M]): float64 Tensor[N] in [0, 1] [ours].
 
-    A value equal to reference entries gets their mean rank, (r - 1) / (M - 1)
-    with r the average 1-based rank, so ranking the reference against itself is
-    the rank normalisation of docs/method.md section 2; a value between two
-    entries is interpolated linearly, and one outside them is clipped. A
-    reference of fewer than 2 values, or a constant one, gives 0.
-
-    Args:
-        values (Tensor[N]): the values to place.
-        reference (Tensor[M]): sorted ascending.
-
-    Returns:
-        Tensor[N]: float64 positions in [0, 1].
+    Ties get their mean rank, so the reference against itself is section 2's rank normalisation;
+    values between entries interpolate, outside ones clip. M < 2 or a constant reference: 0.
     """
     values = values.to(RANK_DTYPE).reshape(-1).contiguous()
     ref = reference.to(device=values.device, dtype=RANK_DTYPE).reshape(-1).contiguous()
@@ -69,19 +56,13 @@ def _quantiles(values: Tensor, points: int) -> Tensor:
 
 @dataclass(frozen=True, eq=False)
 class Scale:
-    """What a later image needs to land on a pool ranking's scale [ours].
-
-    Stored with the ranking (:meth:`to_json`). ``eq=False``: tensors have no
-    single truth value; compare ``to_json()``.
+    """What a later image needs to land on a pool ranking's scale [ours]; ``eq=False``: compare ``to_json()``.
 
     Attributes:
-        metrics (Tensor[M, 4]): each column the candidates' sorted values of one
-            metric (all of them, or ``scale_points`` quantiles).
+        metrics (Tensor[M, 4]): the candidates' sorted values of each metric (or quantiles).
         informativeness (Tensor[M]): the candidates' sorted l.
-        entropy (Tensor[K]): the whole pool's sorted H(x) (or quantiles).
-        entropy_cutoff (float): H of the last candidate: a later image with
-            H >= it would have passed the gate; ``math.inf`` when the pool had
-            no candidate (serialised as ``None``).
+        entropy (Tensor[K]): the pool's sorted H(x).
+        entropy_cutoff: H of the last candidate; ``math.inf`` (JSON ``None``) without candidates.
     """
 
     metrics: Tensor
@@ -110,12 +91,7 @@ class Scale:
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Scale:
-        """Inverse of :meth:`to_json`; exact for float64 values.
-
-        Raises:
-            ValueError: another format (an older ranking's min-max scale), missing
-                keys, or columns of different lengths.
-        """
+        """Inverse of :meth:`to_json`, exact in float64; ValueError for another format or bad columns."""
         if data.get("format") != SCALE_FORMAT:
             raise ValueError(f"Scale format {data.get('format', 1)} is not {SCALE_FORMAT}: rank the pool again")
         try:
@@ -138,25 +114,14 @@ def _normalise(metrics: Tensor, reference: Tensor) -> Tensor:
 
 
 def aggregate(normalised: Tensor) -> Tensor:
-    """l(x) = sqrt(sum_m d_m(x)^2), the informativeness of each image [paper].
-
-    Args:
-        normalised (Tensor[N, 4]): rank-normalised metrics in [0, 1].
-
-    Returns:
-        Tensor[N]: l in [0, 2]; larger is more informative.
-    """
+    """l = sqrt(sum_m d_m^2) in [0, 2] [paper]: Tensor[N, 4] -> Tensor[N], larger is more informative."""
     return torch.linalg.vector_norm(normalised, ord=2, dim=-1)
 
 
 def fit_scale(candidate_metrics: Tensor, entropy: Tensor, entropy_cutoff: float, points: int = 1000) -> Scale:
-    """The scale of a pool: its candidates' sorted metrics and l, and its sorted entropies [ours].
+    """A pool's scale [ours]: its P candidates' metrics (Tensor[P, 4]) and l, and its N entropies.
 
-    Args:
-        candidate_metrics (Tensor[P, 4]): raw metrics of the P candidates.
-        entropy (Tensor[N]): H(x) of every image of the pool.
-        entropy_cutoff (float): the last candidate's H (``math.inf`` when P = 0).
-        points (int): at most this many sorted values per quantity (``HUAConfig.scale_points``).
+    At most ``points`` sorted values each; ``entropy_cutoff`` is ``math.inf`` when P = 0.
     """
     values = candidate_metrics.to(RANK_DTYPE).reshape(-1, 4)
     metrics = torch.stack([_quantiles(values[:, m], points) for m in range(4)], dim=1) if len(values) else values
@@ -165,42 +130,24 @@ def fit_scale(candidate_metrics: Tensor, entropy: Tensor, entropy_cutoff: float,
 
 
 def normalise(metrics: Tensor, scale: Scale) -> Tensor:
-    """Rank normalisation of each metric on a stored scale [ours, docs/method.md section 2].
+    """d_m, each metric's rank among the candidates [ours, section 2]: Tensor[N, 4] -> float64 Tensor[N, 4].
 
-    d_m = the metric's rank position among the candidates (:func:`rank_position`),
-    so a saturated metric (most candidates at its maximum) spreads no wider than
-    any other, and a constant one is 0.
-
-    Args:
-        metrics (Tensor[N, 4]): raw metrics in :data:`METRIC_NAMES` order.
-        scale (Scale): the pool's scale.
-
-    Returns:
-        Tensor[N, 4]: float64 values in [0, 1].
+    By rank, a saturated metric spreads no wider than any other, and a constant one is 0.
     """
     return _normalise(metrics, scale.metrics)
 
 
 def priorities(entropy: Tensor, candidate_mask: Tensor, informativeness: Tensor, scale: Scale) -> Tensor:
-    """The priority of every task: candidates by l above non-candidates by H [ours, section 3].
+    """Priority in [0, 1] of every task: candidates by l above non-candidates by H [ours, section 3].
 
-    Both are placed by rank on the stored scale, never by clipping, so no two
-    tasks tie because both exceed a bound, and a pool of P candidates spreads
-    over [0.55, 1] in steps of about 0.45 / P (neighbours stay apart at three
-    decimals for P up to about 450):
+    Placed by rank, never clipped, so no two tasks tie at a bound; P candidates spread over [0.55, 1]
+    in steps of about 0.45 / P (distinct at three decimals up to P of about 450):
 
     - candidate: 0.5 + 0.5 (CANDIDATE_MARGIN + (1 - CANDIDATE_MARGIN) s),
       s = (1 - TIE_BREAK_WEIGHT) pos(l) + TIE_BREAK_WEIGHT pos(H);
     - non-candidate: 0.5 pos(H).
 
-    Args:
-        entropy (Tensor[N]): H(x) of every image.
-        candidate_mask (Tensor[N]): bool, True for the gate's candidates.
-        informativeness (Tensor[N]): l(x); only read where ``candidate_mask``.
-        scale (Scale): the pool's scale.
-
-    Returns:
-        Tensor[N]: float64 priority in [0, 1]; higher is more worth labeling.
+    All Tensor[N]; ``informativeness`` is read only where ``candidate_mask``.
     """
     entropy_rank = rank_position(entropy.nan_to_num(0.0), scale.entropy)
     share = rank_position(informativeness.nan_to_num(0.0), scale.informativeness)
@@ -216,17 +163,14 @@ def task_scores(priority: Tensor) -> Tensor:
 
 @dataclass(frozen=True, eq=False)
 class Ranking:
-    """Result of :func:`rank_pool` over a pool of N images with P candidates.
+    """Result of :func:`rank_pool` over N images with P candidates.
 
     Attributes:
-        order (Tensor[N]): int64 image indices, most informative first (a stable
-            ascending sort of ``score``).
-        priority (Tensor[N]): float64 priority in [0, 1] (:func:`priorities`).
-        score (Tensor[N]): float64 task score, 1 - priority.
-        scale (Scale): what a later image is placed with (:func:`score_single`).
-        candidate_mask (Tensor[N]): bool, True for the candidates.
-        informativeness (Tensor[P]): float64 l of the candidates, in ascending
-            image index (the row order of the candidate metrics).
+        order (Tensor[N]): image indices, most informative first (stable ascending sort of ``score``).
+        priority, score (Tensor[N]): float64 priority and 1 - priority.
+        scale (Scale): what :func:`score_single` places a later image with.
+        candidate_mask (Tensor[N]): bool.
+        informativeness (Tensor[P]): the candidates' l, in image order.
     """
 
     order: Tensor
@@ -261,19 +205,10 @@ def rank_pool(
     scale: Scale | None = None,
     points: int = 1000,
 ) -> Ranking:
-    """Rank a whole pool: normalise, aggregate, prioritise and order [paper + ours].
+    """Normalise, aggregate, prioritise and order a whole pool [paper + ours].
 
-    Args:
-        entropy (Tensor[N]): H(x) of every image.
-        candidate_metrics (Tensor[P, 4]): metrics of the candidates, one row per
-            True of ``candidate_mask`` in ascending image index.
-        candidate_mask (Tensor[N]): bool, the gate's candidates.
-        scale (Scale | None): the scale to place them on; ``None`` fits the
-            pool's own (:func:`fit_scale`, cutoff the lowest candidate entropy).
-        points (int): ``HUAConfig.scale_points`` for a fitted scale.
-
-    Raises:
-        ValueError: the shapes disagree.
+    ``entropy`` Tensor[N]; ``candidate_metrics`` Tensor[P, 4], one row per True of ``candidate_mask``
+    (Tensor[N]) in image order. ``scale=None`` fits the pool's own (cutoff: lowest candidate H).
     """
     _check_pool(entropy, candidate_metrics, candidate_mask)
     if scale is None:
@@ -297,21 +232,9 @@ def score_single(
 ) -> float:
     """Task score of ONE new image on a stored scale [ours].
 
-    The image is placed where it would have been in the stored pool ranking: a
-    candidate when its entropy is >= ``scale.entropy_cutoff`` (ties admitted),
-    placed by its metrics' and l's rank positions; else placed by H like a
-    non-candidate. For an image of the pool (not tied with the cutoff) this is
-    exactly its pool score.
-
-    Args:
-        entropy (float): H(x) of the image.
-        metrics (Tensor[4] | None): its raw (SA, CD, OR, LC); ``None`` only when
-            it is not a candidate (its mirrored pass was skipped).
-        scale (Scale): stored by the last :func:`rank_pool`.
-        entropy_threshold (float | None): overrides ``scale.entropy_cutoff``.
-
-    Raises:
-        ValueError: the image is a candidate but ``metrics`` is None or not a Tensor[4].
+    A candidate when ``entropy`` >= the cutoff (ties admitted), placed by its ``metrics`` (Tensor[4];
+    ``None`` only for a non-candidate) and l; otherwise by H. A pool image not tied with the cutoff
+    gets exactly its pool score.
     """
     cutoff = scale.entropy_cutoff if entropy_threshold is None else entropy_threshold
     is_candidate = entropy >= cutoff

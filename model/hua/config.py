@@ -1,8 +1,7 @@
-"""What HUA ranking is configured by, and the names and arithmetic type its stages share.
+"""HUA's settings, and what its stages share: metric names and ``RANK_DTYPE``.
 
-``RANK_DTYPE``: ranking arithmetic (metrics, rank normalisation, aggregation,
-priorities) runs in float64 so that a stored scale round-trips through JSON
-exactly and a single task scored later gets bit-for-bit the score it had in the pool.
+Ranking runs in float64 so that a stored scale round-trips through JSON exactly and a task scored
+later gets bit-for-bit its pool score.
 """
 
 from __future__ import annotations
@@ -29,34 +28,20 @@ RANK_DTYPE: torch.dtype = torch.float64
 
 @dataclass(frozen=True)
 class HUAConfig:
-    """Settings of HUA ranking (docs/method.md sections 1-3). Defaults are the method's.
+    """Settings of HUA ranking (docs/method.md sections 1-3); defaults are the method's, all [ours].
 
-    Which detections the analysis set starts from is the detector's score
-    threshold (``DetectorConfig.analysis_threshold``, 0.05 by default).
+    The analysis set starts at the detector's ``analysis_threshold`` (0.05), not here.
 
     Attributes:
-        aggregate (str): the image aggregation A [ours]: "sum" (sum_i s_i v_i, the
-            expected error in an image; a budget counted in images) or "mean"
-            (score-weighted mean; a budget counted in boxes).
-        retrieval_fraction (float): P = max(min_candidates,
-            ceil(retrieval_fraction * N)) when neither ``candidates`` nor a budget
-            is given [ours], in [0, 1].
-        min_candidates (int): lower bound of P in that rule [ours], >= 0.
-        candidates (int | None): an absolute P named by the user [ours]; takes
-            precedence over both other rules. ``None``: not set.
-        retrieval_ratio (float): P = ceil(retrieval_ratio * B) when a labeling
-            budget B is known (benchmarks) [ours], > 0.
-        merge_iou (float): the analysis set keeps one detection per object:
-            class-agnostic NMS at this IoU [ours: 0.7], in (0, 1].
-        overlap_iou (float): IoU at or above which two confident detections
-            overlap, for the Overlap Ratio [ours: 0.3], in (0, 1].
-        confident_score (float): the score from which a detection counts for the
-            Overlap Ratio [ours: 0.3], in [0, 1].
-        scale_points (int): how many sorted values of each metric (evenly spaced
-            quantiles) a stored scale keeps [ours: 1000], >= 2.
-        diversity (bool): re-order the top of the ranking by k-center greedy
-            on pooled backbone features (``model.diversity``) [ours, beyond the paper].
-        diversity_window (int): how many of the top images that pass re-orders.
+        aggregate: A, "sum" (expected error per image; a budget in images) or "mean" (per box).
+        retrieval_fraction, min_candidates: P = max(min_candidates, ceil(fraction * N)) by default.
+        candidates: an absolute P; takes precedence when not ``None``.
+        retrieval_ratio: P = ceil(ratio * B) when a labeling budget B is known (benchmarks).
+        merge_iou: the analysis set's class-agnostic NMS.
+        overlap_iou, confident_score: when two detections overlap, for the Overlap Ratio.
+        scale_points: at most this many sorted values (quantiles) per quantity in a stored scale.
+        diversity, diversity_window: k-center re-ordering of the ranking's top window
+            (``model.diversity``), beyond the paper.
     """
 
     aggregate: str = "sum"

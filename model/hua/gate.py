@@ -1,7 +1,6 @@
 """The retrieval gate (docs/method.md section 1): H(x) per image, and the P most uncertain images.
 
-Images the gate does not pass are never run a second time; an image no
-ranking has placed yet is scored by its entropy alone (:func:`entropy_score`).
+Only those P get the second (mirrored) forward pass.
 """
 
 from __future__ import annotations
@@ -24,16 +23,9 @@ _CEIL_TOLERANCE: float = 1e-9
 
 
 def detection_entropy(probs: Tensor) -> Tensor:
-    """h_i = entropy(p_i) / ln(C + 1) of each detection's softmax, in [0, 1] [ours].
+    """h_i = entropy(p_i) / ln(C + 1), in [0, 1] [ours].
 
-    Args:
-        probs (Tensor[D, C+1]): softmax rows, background in column 0, C >= 1.
-
-    Returns:
-        Tensor[D]: float64 normalised entropies.
-
-    Raises:
-        ValueError: ``probs`` is not 2-D with at least 2 columns.
+    ``probs`` Tensor[D, C+1], background in column 0, C >= 1 -> float64 Tensor[D].
     """
     if probs.dim() != 2 or probs.shape[1] < 2:
         raise ValueError(f"probs must be Tensor[D, C+1] with C >= 1, got shape {tuple(probs.shape)}")
@@ -42,24 +34,15 @@ def detection_entropy(probs: Tensor) -> Tensor:
 
 
 def image_entropy(detections: Detections, config: HUAConfig) -> Tensor:
-    """H(x) = A(h) over the image's analysis set [ours, docs/method.md section 1].
-
-    Args:
-        detections (Detections): the image's detections, as the detector returns them.
-        config (HUAConfig): ``merge_iou`` and ``aggregate``.
-
-    Returns:
-        Tensor[]: float64 H(x) >= 0 (in [0, 1] under ``mean``).
-    """
+    """H(x) = A(h) over the analysis set [ours, section 1]: float64 Tensor[], in [0, 1] under ``mean``."""
     kept = analysis_set(detections, config.merge_iou)
     return image_aggregate(detection_entropy(kept.probs), kept.scores, config.aggregate, EMPTY_IMAGE_ENTROPY)
 
 
 def entropy_score(entropy: float | Tensor) -> float:
-    """The task score of an image no ranking has placed: 1 / (1 + H) [ours].
+    """1 / (1 + H), the score of an image no ranking has placed yet [ours].
 
-    Lower means less certain, the order of Label Studio's uncertainty sampling;
-    a monotone map into (0, 1] because H has no upper bound under ``sum``.
+    Lower is less certain, as in Label Studio's uncertainty sampling; bounded though H is not under ``sum``.
     """
     return 1.0 / (1.0 + float(entropy))
 
@@ -70,23 +53,10 @@ def _ceil(value: float) -> int:
 
 
 def num_candidates(n: int, config: HUAConfig, budget: int | None = None) -> int:
-    """P, the number of images that pass the retrieval gate [ours, section 1].
+    """P in [0, n], the images that pass the gate [ours, section 1].
 
-    Precedence: an absolute ``config.candidates`` named by the user; else,
-    with a labeling budget B, ceil(retrieval_ratio * B); else
-    max(min_candidates, ceil(retrieval_fraction * n)). The result is clipped
-    to [0, n].
-
-    Args:
-        n (int): N, the number of unlabeled images in the pool, >= 0.
-        config (HUAConfig): the gate's settings.
-        budget (int | None): B, images to label this cycle, when known.
-
-    Returns:
-        int: P in [0, n].
-
-    Raises:
-        ValueError: ``n`` or ``budget`` is negative.
+    ``config.candidates`` when set; else ceil(retrieval_ratio * budget) when a budget is known;
+    else max(min_candidates, ceil(retrieval_fraction * n)).
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
@@ -102,17 +72,9 @@ def num_candidates(n: int, config: HUAConfig, budget: int | None = None) -> int:
 
 
 def select_candidates(entropy: Tensor, p: int) -> Tensor:
-    """The retrieval gate: the ``p`` images of highest entropy [paper].
+    """The gate [paper]: bool Tensor[N], True for the ``p`` highest of ``entropy`` (Tensor[N]).
 
-    Ties in entropy go to the lower image index, so the selection is
-    deterministic.
-
-    Args:
-        entropy (Tensor[N]): H(x) of every image of the pool.
-        p (int): number of candidates; clipped to [0, N].
-
-    Returns:
-        Tensor[N]: bool mask, True for the candidates.
+    Ties go to the lower index, so the selection is deterministic.
     """
     n = entropy.shape[0]
     p = max(0, min(int(p), n))

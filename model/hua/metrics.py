@@ -1,9 +1,7 @@
-"""The four metrics of one candidate image (docs/method.md section 2, formulas [ours]).
+"""The four metrics of a candidate image (docs/method.md section 2, formulas [ours]).
 
-Each metric is the image aggregation A (``model.hua.analysis``) of a
-per-detection value over the analysis set; each per-detection function here
-returns ``Tensor[D]`` so that the aggregation is the same for all four. The
-values stay on the detections' device, so scoring a pool never waits on it.
+Each per-detection function returns float64 Tensor[D] on the detections' device (a pool is never
+synchronised); :func:`image_metrics` aggregates all four with the same A.
 """
 
 from __future__ import annotations
@@ -27,17 +25,9 @@ EMPTY_METRICS: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 0.0)
 
 
 def js_divergence(p: Tensor, q: Tensor) -> Tensor:
-    """Jensen-Shannon divergence in bits, so that it lies in [0, 1].
+    """Jensen-Shannon divergence in bits, so in [0, 1]; exactly symmetric, 0 log 0 = 0.
 
-    JS(p, q) = (KL(p || m) + KL(q || m)) / (2 ln 2) with m = (p + q) / 2; zero
-    probabilities are safe (0 log 0 = 0) and the result is exactly symmetric.
-
-    Args:
-        p (Tensor[..., K]): distributions along the last dimension.
-        q (Tensor[..., K]): distributions, broadcastable against ``p``.
-
-    Returns:
-        Tensor[...]: JS(p, q), clamped to [0, 1] against rounding.
+    ``p``, ``q`` Tensor[..., K] (broadcastable) -> Tensor[...].
     """
     m = (p + q) / 2
     kl_pm = (torch.xlogy(p, p) - torch.xlogy(p, m)).sum(dim=-1)
@@ -46,21 +36,10 @@ def js_divergence(p: Tensor, q: Tensor) -> Tensor:
 
 
 def semantic_affinity(original: Detections, flipped: Detections) -> Tensor:
-    """d1 per detection: sa_i = 1 - IoU(b_i, b*_i) (1 - JS(p_i, p*_i)) [ours].
+    """d1: sa_i = 1 - IoU(b_i, b*_i) (1 - JS(p_i, p*_i)), float64 Tensor[D] [ours].
 
-    ``flipped`` holds the analysis set of the horizontally flipped image, in its
-    own pixels; its boxes are mapped back, and detection i is matched to the
-    one of highest IoU (CALD's matching). Unmatched: 1.
-
-    Args:
-        original (Detections): the image's analysis set, D detections.
-        flipped (Detections): the flipped image's analysis set.
-
-    Returns:
-        Tensor[D]: float64 values in [0, 1]; 0 where both passes agree exactly.
-
-    Raises:
-        ValueError: the two images have different widths.
+    ``flipped`` is the mirrored image's analysis set in its own pixels; its boxes are mapped back and
+    each detection is matched to the one of highest IoU (CALD's matching). No match: 1.
     """
     if original.width != flipped.width:
         raise ValueError(f"original and flipped widths differ: {original.width} != {flipped.width}")
@@ -73,21 +52,10 @@ def semantic_affinity(original: Detections, flipped: Detections) -> Tensor:
 
 
 def rarity(probs: Tensor, labeled_class_freq: Tensor) -> Tensor:
-    """d2 per detection, Category Diversity as rarity [ours]:
-    r_i = sum_c q_i(c) (1 - f_c / max_c' f_c').
+    """d2, Category Diversity as rarity: r_i = sum_c q_i(c) (1 - f_c / max_c' f_c') [ours].
 
-    q_i is the foreground part of p_i renormalised; f the labeled set's box
-    count (or frequency) per class. Nothing labeled yet: every class is rare, r_i = 1.
-
-    Args:
-        probs (Tensor[D, C+1]): softmax of each detection, background in column 0.
-        labeled_class_freq (Tensor[C]): box counts or frequencies of classes 1..C.
-
-    Returns:
-        Tensor[D]: float64 values in [0, 1].
-
-    Raises:
-        ValueError: the class counts of the two arguments disagree.
+    ``probs`` Tensor[D, C+1] (q_i: its foreground renormalised), ``labeled_class_freq`` Tensor[C] of
+    the labeled boxes -> float64 Tensor[D]. Nothing labeled yet: every class is rare, r_i = 1.
     """
     num_classes = labeled_class_freq.shape[-1]
     if probs.dim() != 2 or probs.shape[1] != num_classes + 1:
@@ -104,20 +72,10 @@ def rarity(probs: Tensor, labeled_class_freq: Tensor) -> Tensor:
 
 
 def overlaps(boxes: Tensor, scores: Tensor, iou_threshold: float, min_score: float) -> Tensor:
-    """d3 per detection: o_i = 1 for a confident detection overlapping another confident one [ours].
+    """d3: 1 for a confident detection overlapping another confident one [ours].
 
-    Confident: score >= ``min_score``; overlapping: IoU >= ``iou_threshold``.
-    Run on the analysis set, where one object is one detection, so what still
-    overlaps are distinct objects: occlusion, crowds.
-
-    Args:
-        boxes (Tensor[D, 4]): (x1, y1, x2, y2) boxes.
-        scores (Tensor[D]): their scores.
-        iou_threshold (float): ``HUAConfig.overlap_iou``.
-        min_score (float): ``HUAConfig.confident_score``.
-
-    Returns:
-        Tensor[D]: float64 0/1 values.
+    On the analysis set what still overlaps are distinct objects (occlusion, crowds).
+    ``boxes`` Tensor[D, 4], ``scores`` Tensor[D] -> float64 Tensor[D].
     """
     confident = scores >= min_score
     if boxes.shape[0] <= 1:
@@ -129,14 +87,7 @@ def overlaps(boxes: Tensor, scores: Tensor, iou_threshold: float, min_score: flo
 
 
 def edge_uncertainty(sigmas: Tensor) -> Tensor:
-    """d4 per detection: the mean sigma over its 4 box edges, in the box-delta space [ours].
-
-    Args:
-        sigmas (Tensor[D, 4]): per-edge standard deviation exp(alpha / 2).
-
-    Returns:
-        Tensor[D]: float64 values >= 0.
-    """
+    """d4: the mean sigma of the 4 box edges, in box-delta space [ours]: Tensor[D, 4] -> float64 Tensor[D]."""
     return sigmas.to(RANK_DTYPE).mean(dim=1)
 
 
@@ -146,20 +97,10 @@ def image_metrics(
     labeled_class_freq: Tensor,
     config: HUAConfig,
 ) -> Tensor:
-    """The four metrics of one candidate image, in :data:`METRIC_NAMES` order.
+    """(SA, CD, OR, LC) of one candidate image: float64 Tensor[4] in :data:`METRIC_NAMES` order.
 
-    Both passes are reduced to their analysis sets here; each metric is A of its
-    per-detection value, weighted by the original detections' scores.
-
-    Args:
-        original (Detections): the image's detections, as the detector returns them.
-        flipped (Detections): those of its horizontal flip, in the flipped image's pixels.
-        labeled_class_freq (Tensor[C]): class frequency of the labeled boxes.
-        config (HUAConfig): ``merge_iou``, ``overlap_iou``, ``confident_score``, ``aggregate``.
-
-    Returns:
-        Tensor[4]: float64 (SA, CD, OR, LC). An empty analysis set gives 0s under
-        ``sum`` and :data:`EMPTY_METRICS` under ``mean``.
+    ``flipped``: the detections of its horizontal flip, in the flipped image's pixels. An empty
+    analysis set gives 0s under ``sum`` and :data:`EMPTY_METRICS` under ``mean``.
     """
     kept = analysis_set(original, config.merge_iou)
     values = (
