@@ -9,6 +9,7 @@ resolved in the order the user asked for and, when a file is not available
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -88,14 +89,40 @@ class Backbone:
 
 
 def _mobilenet_v2_fpn(
-    *, weights: None, weights_backbone: WeightsEnum | None, num_classes: int, **kwargs
+    *,
+    weights: None,
+    weights_backbone: WeightsEnum | None,
+    num_classes: int,
+    returned_layers: list[int] | None = None,
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512),
+    **kwargs,
 ) -> frcnn.FasterRCNN:
-    """MobileNetV2 + FPN (torchvision has no builder for it; its ImageNet file is the one available offline)."""
-    backbone = mobilenet_backbone(backbone_name="mobilenet_v2", weights=weights_backbone, fpn=True, trainable_layers=3)
-    anchors = AnchorGenerator(((32, 64, 128, 256, 512),) * 3, ((0.5, 1.0, 2.0),) * 3)
+    """MobileNetV2 + FPN (torchvision has no builder for it; its ImageNet file is the one available offline).
+
+    torchvision's default ``returned_layers`` (the last two stages) gives the FPN two
+    maps of stride 32 only; ``returned_layers=[2, 3, 4, 5]`` adds strides 8 and 16.
+    """
+    backbone = mobilenet_backbone(
+        backbone_name="mobilenet_v2",
+        weights=weights_backbone,
+        fpn=True,
+        trainable_layers=3,
+        returned_layers=returned_layers,
+    )
+    levels = len(backbone.fpn.inner_blocks) + 1  # the FPN's maps and its max-pool level
+    anchors = AnchorGenerator((anchor_sizes,) * levels, ((0.5, 1.0, 2.0),) * levels)
     kwargs.setdefault("min_size", 320)
     kwargs.setdefault("max_size", 640)
     return frcnn.FasterRCNN(backbone, num_classes, rpn_anchor_generator=anchors, **kwargs)
+
+
+#: Small objects (docs/method.md, section 7): the FPN from stride 8 with 16 px anchors. A 12 px
+#: object covers 1.5 cells of its finest map, where the default's stride 32 gives it 0.4. Measured
+#: on this CPU: 1.7x the training step of ``mobilenet_v2_fpn`` at 256 px (stride 16 alone: 1.1x,
+#: but a 12 px object is still under one cell).
+_mobilenet_v2_fpn_stride8 = functools.partial(
+    _mobilenet_v2_fpn, returned_layers=[2, 3, 4, 5], anchor_sizes=(16, 32, 64, 128, 256)
+)
 
 
 BACKBONES: Mapping[str, Backbone] = MappingProxyType(
@@ -116,6 +143,7 @@ BACKBONES: Mapping[str, Backbone] = MappingProxyType(
             ResNet50_Weights.IMAGENET1K_V1,
         ),
         "mobilenet_v2_fpn": Backbone(_mobilenet_v2_fpn, None, MobileNet_V2_Weights.IMAGENET1K_V1),
+        "mobilenet_v2_fpn_stride8": Backbone(_mobilenet_v2_fpn_stride8, None, MobileNet_V2_Weights.IMAGENET1K_V1),
     }
 )
 

@@ -217,3 +217,24 @@ class TestDetectorPredict:
         assert (flipped.width, flipped.height) == (200, 100)
         assert torch.allclose(flipped.boxes, mirrored.boxes, atol=1e-3)
         assert torch.allclose(flipped.scores, mirrored.scores, atol=1e-5)
+
+
+class TestSmallObjectBackbone:
+    """``mobilenet_v2_fpn_stride8`` exists for objects of 12-32 px (docs/method.md, section 7)."""
+
+    @staticmethod
+    def _feature_sizes(backbone: str) -> list[int]:
+        config = DetectorConfig(backbone=backbone, weights="none", allow_download=False, min_size=256, max_size=256)
+        model = build_empty_model(config, len(LABELS)).eval()
+        with torch.no_grad():
+            maps = model.backbone(torch.rand(1, 3, 256, 256))
+        return [m.shape[-1] for m in maps.values()]
+
+    def test_the_default_sees_only_stride_32(self):
+        assert max(self._feature_sizes("mobilenet_v2_fpn")) == 256 // 32
+
+    def test_stride8_adds_finer_maps_and_16px_anchors(self):
+        assert self._feature_sizes("mobilenet_v2_fpn_stride8") == [32, 16, 8, 8, 4]
+        config = DetectorConfig(backbone="mobilenet_v2_fpn_stride8", weights="none", allow_download=False)
+        anchors = build_empty_model(config, len(LABELS)).rpn.anchor_generator
+        assert min(min(sizes) for sizes in anchors.sizes) == 16
