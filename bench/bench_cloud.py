@@ -30,12 +30,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from bench.bench_predict import write_images
-from bench.common import fmt_goal, print_table, write_json
+from bench.common import fmt_goal, print_table, run_and_report
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "tests"))
@@ -218,12 +217,7 @@ def report(f: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bench-cloud-") as tmp:
-        figures = run(args, Path(tmp))
-    report(figures)
-    if args.out:
-        write_json(args.out, figures)
+    run_and_report("cloud", parse_args(argv), run, report)
 
 
 if __name__ == "__main__":

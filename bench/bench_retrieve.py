@@ -34,7 +34,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -44,7 +43,7 @@ import torch
 
 from backend.settings import Settings
 from bench.bench_predict import decoded_tensors, write_images
-from bench.common import fmt_goal, print_table, write_json
+from bench.common import fmt_goal, print_table, run_and_report
 from model.detector import Detector
 from model.registry import load_version_model
 from model.versions import VersionStore
@@ -253,12 +252,7 @@ def report(f: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bench-retrieve-") as tmp:
-        figures = run(args, Path(tmp))
-    report(figures)
-    if args.out:
-        write_json(args.out, figures)
+    run_and_report("retrieve", parse_args(argv), run, report)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import os
 import platform
 import re
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -193,6 +194,21 @@ def write_json(path: Path | str, data: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str))
+
+
+def run_and_report(
+    name: str,
+    args: object,
+    run: Callable[[object, Path], dict],
+    report: Callable[[dict], None],
+) -> dict:
+    """``run(args, folder)`` in a temporary folder, its table printed, its figures written to ``args.out`` if set."""
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
+        figures = run(args, Path(tmp))
+    report(figures)
+    if getattr(args, "out", None):
+        write_json(args.out, figures)
+    return figures
 
 
 # --- the service --------------------------------------------------------------------
