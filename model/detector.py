@@ -117,9 +117,8 @@ def _mobilenet_v2_fpn(
 
 
 #: Small objects (docs/method.md, section 7): the FPN from stride 8 with 16 px anchors. A 12 px
-#: object covers 1.5 cells of its finest map, where the default's stride 32 gives it 0.4. Measured
-#: on this CPU: 1.7x the training step of ``mobilenet_v2_fpn`` at 256 px (stride 16 alone: 1.1x,
-#: but a 12 px object is still under one cell).
+#: object covers 1.5 cells of its finest map, where the default's stride 32 gives it 0.4. It costs
+#: 1.95x the CPU time of ``mobilenet_v2_fpn``'s training step at 256 px (``bench/bench_backbones.py``).
 _mobilenet_v2_fpn_stride8 = functools.partial(
     _mobilenet_v2_fpn, returned_layers=[2, 3, 4, 5], anchor_sizes=(16, 32, 64, 128, 256)
 )

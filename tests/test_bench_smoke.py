@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from bench import bench_hua, bench_predict, bench_train_step, gpu_check
+from bench import bench_backbones, bench_hua, bench_predict, bench_train_step, gpu_check
 from model.hua import HUAConfig, num_candidates
 
 pytestmark = pytest.mark.slow
@@ -115,6 +115,16 @@ def test_bench_train_step_tiny(tmp_path, capsys):
     assert _positive(result["memory_ratio"])
     assert "synchronic / standard" in printed and "goal synchronic/standard <= 1.15" in printed
     assert json.loads(out.read_text())["ratio"]["wall"] == pytest.approx(result["ratio"]["wall"])
+
+
+def test_bench_backbones_tiny(tmp_path, capsys):
+    out = tmp_path / "backbones.json"
+    result = bench_backbones.main(["--size", "64", "--batch-size", "1", "--repeats", "1", "--out", str(out)])
+    assert list(result["backbones"]) == ["mobilenet_v2_fpn", "mobilenet_v2_fpn_stride8"]
+    assert result["backbones"]["mobilenet_v2_fpn"]["ratio"] == 1.0
+    assert all(_positive(f["cpu_s"]) and _positive(f["ratio"]) for f in result["backbones"].values())
+    assert json.loads(out.read_text()) == result
+    assert "/ mobilenet_v2_fpn" in capsys.readouterr().out
 
 
 def test_gpu_check_smoke(tmp_path, capsys):
