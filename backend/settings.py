@@ -83,6 +83,10 @@ class Settings:
     job_timeout: int = 6 * 3600
     max_job_processes: int = 1
     keep_versions: int = 10
+    # 1,000 tasks: a shard's fixed cost (a process, the model loaded, its result file) stays a few
+    # per cent of its work on a GPU, and a killed shard loses at most that much (docs/operations.md).
+    rank_shard_size: int = 1000
+    rank_shard_retries: int = 2
     hua_aggregate: str = "sum"
     hua_retrieval_fraction: float = 0.5
     hua_min_candidates: int = 64
@@ -138,6 +142,7 @@ class Settings:
             "eval_min_tasks",
             "max_job_processes",
             "light_threads",
+            "rank_shard_size",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env_name(name)} must be at least 1")
@@ -152,6 +157,8 @@ class Settings:
             raise SettingsError(f"PREDICT_DEADLINE must be above 0 seconds, got {self.predict_deadline}")
         if self.keep_versions < 0:
             raise SettingsError(f"KEEP_VERSIONS must be 0 (keep all) or more, got {self.keep_versions}")
+        if self.rank_shard_retries < 0:
+            raise SettingsError(f"RANK_SHARD_RETRIES must be 0 or more, got {self.rank_shard_retries}")
         if self.train_every < 1:
             raise SettingsError("TRAIN_EVERY must be at least 1")
         if self.weights not in WEIGHT_SOURCES and not Path(self.weights).exists():
@@ -283,6 +290,8 @@ ENVIRONMENT: Mapping[str, str] = MappingProxyType(
         "JOB_TIMEOUT": "job_timeout",
         "MAX_JOB_PROCESSES": "max_job_processes",
         "KEEP_VERSIONS": "keep_versions",
+        "RANK_SHARD_SIZE": "rank_shard_size",
+        "RANK_SHARD_RETRIES": "rank_shard_retries",
         "HUA_AGGREGATE": "hua_aggregate",
         "HUA_RETRIEVAL_FRACTION": "hua_retrieval_fraction",
         "HUA_MIN_CANDIDATES": "hua_min_candidates",

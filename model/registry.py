@@ -215,6 +215,11 @@ class ModelRegistry:
         logger.info("project %s: created %s (%s)", project, version.name, version.meta.weights)
         return ServedModel(Detector(model, labels, self.device), version)
 
+    def load(self, version: Version) -> ServedModel:
+        """A stored version's model, built anew (not the cached serving one): what a ranking's shard runs,
+        whichever version serves by then."""
+        return self._load(version)
+
     def _load(self, version: Version) -> ServedModel:
         model = load_version_model(self.config, version)
         return ServedModel(Detector(model, version.meta.labels, self.device), version)

@@ -97,13 +97,29 @@ class NewScores:
 
 
 @dataclass
-class _FirstPass:
-    """The images still scored (loaded for the first pass, not lost on the second) and their first-pass results."""
+class FirstPass:
+    """The images still scored (loaded for the first pass, not lost on the second) and their first-pass results.
+
+    A sharded ranking (``backend/jobs/shards.py``) computes one per shard and
+    joins them in pool order (``join``): the same keys, detections and
+    entropies, in the same order, as one pass over the whole pool.
+    """
 
     keys: list[Hashable]
     detections: list[Detections]
     entropy: Tensor
     failed: dict[Hashable, str]
+
+    @classmethod
+    def join(cls, parts: Sequence[FirstPass]) -> FirstPass:
+        """The passes of consecutive slices of a pool, as one pass over the pool."""
+        entropies = [p.entropy for p in parts if p.entropy.numel()]
+        return cls(
+            [key for p in parts for key in p.keys],
+            [det for p in parts for det in p.detections],
+            torch.cat(entropies) if entropies else torch.zeros(0, dtype=torch.float64),
+            {key: why for p in parts for key, why in p.failed.items()},
+        )
 
     def drop(self, failed: dict[Hashable, str]) -> None:
         """Remove the images whose second pass failed (they have no SA), listing them as failed."""
@@ -177,49 +193,83 @@ def predict_pool(
     return _predict_batches(predict, keys, source, batch_size, progress, CHECKING if flip else DETECTING)
 
 
-def _first_pass(
+def first_pass(
     predict: Predict,
     keys: Sequence[Hashable],
     source: ImageSource,
     config: HUAConfig,
     batch_size: int,
-    progress: Progress | None,
-) -> _FirstPass:
-    """Detections and float64 gate entropies of every loadable image."""
+    progress: Progress | None = None,
+) -> FirstPass:
+    """Detections and float64 gate entropies of every loadable image of ``keys`` (the map step of a ranking)."""
     done, detections, failed = _predict_batches(predict, keys, source, batch_size, progress, DETECTING)
     entropy = (
         torch.stack([image_entropy(d, config) for d in detections])
         if detections
         else torch.zeros(0, dtype=torch.float64)
     )
-    return _FirstPass(done, detections, entropy, failed)
+    return FirstPass(done, detections, entropy, failed)
 
 
-def _gated_metrics(
+def pool_candidates(first: FirstPass, config: HUAConfig, budget: int | None = None) -> list[Hashable]:
+    """The gate over a whole pool's first pass: its P most uncertain images, in pool order."""
+    mask = select_candidates(first.entropy, num_candidates(len(first.keys), config, budget))
+    return [first.keys[i] for i in torch.nonzero(mask).flatten().tolist()]
+
+
+def flipped_metrics(
     detector: Detector,
-    first: _FirstPass,
-    gated: Sequence[Hashable],
+    originals: dict[Hashable, Detections],
+    keys: Sequence[Hashable],
     source: ImageSource,
     labeled_freq: Tensor,
     config: HUAConfig,
     batch_size: int,
-    progress: Progress | None,
-) -> dict[Hashable, Tensor]:
-    """The four metrics of each image the gate passed, from its mirrored pass.
+    progress: Progress | None = None,
+) -> tuple[dict[Hashable, Tensor], dict[Hashable, str]]:
+    """The four metrics of each of ``keys`` (images the gate passed), from its mirrored pass.
 
-    An image whose reload fails leaves ``first`` (see ``_FirstPass.drop``).
+    Args:
+        originals: each key's first-pass detections.
+
+    Returns:
+        The metrics (Tensor[4]) by key, and the images whose reload failed, with why.
     """
-    by_key = dict(zip(first.keys, first.detections))
     flip_keys, flipped, failed = predict_pool(
-        detector, gated, source, batch_size=batch_size, flip=True, progress=progress
+        detector, keys, source, batch_size=batch_size, flip=True, progress=progress
     )
-    first.drop(failed)
-    return {key: image_metrics(by_key[key], det, labeled_freq, config) for key, det in zip(flip_keys, flipped)}
+    metrics = {key: image_metrics(originals[key], det, labeled_freq, config) for key, det in zip(flip_keys, flipped)}
+    return metrics, failed
+
+
+def rank_first_pass(
+    first: FirstPass,
+    metrics_by_key: dict[Hashable, Tensor],
+    flip_failed: dict[Hashable, str],
+    config: HUAConfig,
+) -> PoolScores:
+    """The reduce step of a ranking: a pool's first pass and its candidates' metrics, ranked.
+
+    Candidates whose mirrored pass failed leave the pool (``FirstPass.drop``).
+    """
+    first.drop(flip_failed)
+    mask = torch.tensor([key in metrics_by_key for key in first.keys], dtype=torch.bool)
+    rows = [metrics_by_key[key] for key in first.keys if key in metrics_by_key]
+    metrics = torch.stack(rows) if rows else torch.zeros((0, 4), dtype=torch.float64)
+    ranking = rank_pool(first.entropy, metrics, mask, points=config.scale_points)
+    if config.diversity and first.detections:
+        ranking = _diversified(ranking, torch.stack([d.features for d in first.detections]), config.diversity_window)
+    return PoolScores(first.keys, first.detections, first.entropy, ranking, first.failed, metrics)
 
 
 def _share(progress: Progress | None, start: float, width: float) -> Progress | None:
     """``progress`` for one stage that covers [start, start + width] of the whole."""
     return (lambda f, m: progress(start + width * f, m)) if progress else None
+
+
+def first_pass_predict(detector: Detector, config: HUAConfig) -> Predict:
+    """The first pass's forward: with pooled features when the diversity pass will need them."""
+    return partial(detector.predict, features=True) if config.diversity else detector.predict
 
 
 def score_pool(
@@ -233,7 +283,7 @@ def score_pool(
     budget: int | None = None,
     progress: Progress | None = None,
 ) -> PoolScores:
-    """Rank a pool with HUA (docs/method.md sections 1-3).
+    """Rank a pool with HUA (docs/method.md sections 1-3) in this process.
 
     Args:
         source: loads one image as ``Tensor[3, H, W]`` in [0, 1]; may raise.
@@ -241,20 +291,14 @@ def score_pool(
         budget: a known labelling budget B makes P = retrieval_ratio * B.
         progress: (fraction, message); the first pass is the first 80%.
     """
-    predict = partial(detector.predict, features=True) if config.diversity else detector.predict
-    first = _first_pass(predict, keys, source, config, batch_size, _share(progress, 0.0, 0.8))
-    mask = select_candidates(first.entropy, num_candidates(len(first.keys), config, budget))
-    candidates = [first.keys[i] for i in torch.nonzero(mask).flatten().tolist()]
-    metrics_by_key = _gated_metrics(
-        detector, first, candidates, source, labeled_freq, config, batch_size, _share(progress, 0.8, 0.2)
+    predict = first_pass_predict(detector, config)
+    first = first_pass(predict, keys, source, config, batch_size, _share(progress, 0.0, 0.8))
+    candidates = pool_candidates(first, config, budget)
+    originals = dict(zip(first.keys, first.detections))
+    metrics, failed = flipped_metrics(
+        detector, originals, candidates, source, labeled_freq, config, batch_size, _share(progress, 0.8, 0.2)
     )
-    mask = torch.tensor([key in metrics_by_key for key in first.keys], dtype=torch.bool)
-    rows = [metrics_by_key[key] for key in first.keys if key in metrics_by_key]
-    metrics = torch.stack(rows) if rows else torch.zeros((0, 4), dtype=torch.float64)
-    ranking = rank_pool(first.entropy, metrics, mask, points=config.scale_points)
-    if config.diversity and first.detections:
-        ranking = _diversified(ranking, torch.stack([d.features for d in first.detections]), config.diversity_window)
-    return PoolScores(first.keys, first.detections, first.entropy, ranking, first.failed, metrics)
+    return rank_first_pass(first, metrics, failed, config)
 
 
 def _diversified(ranking: Ranking, features: Tensor, window: int) -> Ranking:
@@ -278,8 +322,10 @@ def score_new_images(
     The mirrored pass runs only for the images the stored gate would admit
     (entropy at least ``scale.entropy_cutoff``), as for the pool's candidates.
     """
-    first = _first_pass(detector.predict, keys, source, config, batch_size, None)
+    first = first_pass(detector.predict, keys, source, config, batch_size)
     gated = [key for key, h in zip(first.keys, first.entropy.tolist()) if h >= scale.entropy_cutoff]
-    metrics = _gated_metrics(detector, first, gated, source, labeled_freq, config, batch_size, None)
+    originals = dict(zip(first.keys, first.detections))
+    metrics, failed = flipped_metrics(detector, originals, gated, source, labeled_freq, config, batch_size)
+    first.drop(failed)
     scores = [score_single(h, metrics.get(key), scale) for key, h in zip(first.keys, first.entropy.tolist())]
     return NewScores(first.keys, first.detections, scores, first.failed)

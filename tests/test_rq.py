@@ -12,6 +12,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,8 +30,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 RQ = Path(sys.executable).parent / "rq"
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
+@contextmanager
+def redis_server(base: Path) -> Iterator[str]:
+    """A redis-server on a free loopback port, saving nothing to disk; yields its URL, stops it after."""
     from labelstudio import free_port, log_tail, stop_process
 
     exe = shutil.which("redis-server")
@@ -37,7 +40,6 @@ def redis_url(tmp_path_factory):
         pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
     from redis import Redis
 
-    base = tmp_path_factory.mktemp("redis")
     port = free_port()
     log = base / "redis.log"
     with open(log, "wb") as out:
@@ -64,6 +66,12 @@ def redis_url(tmp_path_factory):
         yield url
     finally:
         stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
 
 
 @pytest.fixture

@@ -16,6 +16,11 @@ MODEL_DIR:
   the job's record names the process, so a dead job's record reads as failed
   (or done, when the version it was saving had been published);
 - ``<project>/.jobs/annotations``: annotation events since the last training.
+
+A ranking whose shards run as RQ jobs (``backend/jobs/shards.py``) outlives
+the job that planned it: its record names the run (``JobRecord.run``), holds
+no lock, and the run's own steps write its progress and outcome
+(``update_run``).
 """
 
 from __future__ import annotations
@@ -58,6 +63,19 @@ class JobRecord:
     finished: str | None = None
     result: dict = field(default_factory=dict)
     owner: dict | None = None  # ProcessOwner.to_json() of the process running it
+    run: str | None = None  # a ranking handed on to RQ shards: its run, whose steps record the outcome
+
+
+class HandedOn(dict):
+    """What a job's work returns when it goes on in other processes (a ranking's RQ shards).
+
+    ``run_job`` then leaves the record running, naming ``run``; the run's
+    last step records its outcome (``JobBoard.update_run``).
+    """
+
+    def __init__(self, run: str, **result: object) -> None:
+        super().__init__(result, run=run)
+        self.run = run
 
 
 def read_json(path: Path) -> object:
@@ -146,6 +164,9 @@ class JobBoard:
         return next((v.name for v in reversed(versions) if v.meta.writer == owner), None)
 
     def _abandoned(self, project: str, kind: str, record: JobRecord) -> bool:
+        if record.run is not None:  # no process holds it: abandoned when no step wrote it for stale_after
+            path = self.root / project_id(project) / ".jobs" / f"{kind}.json"
+            return time.time() - path.stat().st_mtime > self.stale_after
         owner = ProcessOwner.from_json(record.owner)
         return (owner is not None and owner.is_gone()) or self._unlocked(project, kind)
 
@@ -193,6 +214,21 @@ class JobBoard:
             tmp.unlink(missing_ok=True)
             if not _overwrite_in_place(path, data.encode()):
                 raise
+
+    def update_run(self, project: str, kind: str, run: str, change: Callable[[JobRecord], None]) -> bool:
+        """Apply ``change`` to the record of ``run`` and write it; False (nothing written) when the
+        record is another job's by now (a newer job superseded the run)."""
+        with open(self._dir(project) / f"{kind}.record.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                record = self.read(project, kind)
+                if record is None or record.run != run:
+                    return False
+                change(record)
+                self.write(record)
+                return True
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def all(self) -> dict[str, dict[str, dict]]:
         """Every project's records, for /jobs."""
@@ -331,7 +367,7 @@ def run_job(board: JobBoard, project: str, kind: str, work: Callable[[Progress],
         )
         board.write(record)
         try:
-            record.result = work(ProgressWriter(board, record))
+            result = work(ProgressWriter(board, record))
         except BaseException as exc:
             record.status, record.error, record.finished = "failed", f"{type(exc).__name__}: {exc}", utc_now()
             try:
@@ -339,6 +375,10 @@ def run_job(board: JobBoard, project: str, kind: str, work: Callable[[Progress],
             except OSError as write_error:
                 logger.error("could not record the failure of %s %s: %s", kind, project, write_error)
             raise
-        record.status, record.progress, record.finished = "done", 1.0, utc_now()
+        record.result = dict(result)
+        if isinstance(result, HandedOn):  # its run's steps record the outcome
+            record.run, record.owner = result.run, None
+        else:
+            record.status, record.progress, record.finished = "done", 1.0, utc_now()
         board.write(record)
         return record.result

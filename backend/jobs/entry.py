@@ -3,26 +3,34 @@
 ``run_job_from_env`` builds the service from this process's environment,
 hands each job the parts it uses, and runs the job with its follow-up (a
 training is followed by a ranking) under the job board's lock and record.
-RQ enqueues it by name: ``backend.jobs.entry.run_job_from_env``.
+RQ enqueues it by name: ``backend.jobs.entry.run_job_from_env``. A ranking's
+shards and reduce steps have theirs (``run_shard_from_env``,
+``reduce_ranking_from_env``): child processes of the rank job and RQ
+workers run them (``backend/jobs/shards.py``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import subprocess
 from collections.abc import Callable
 from types import MappingProxyType
 
 from tqdm import tqdm
 
-from backend.jobs.board import run_job
+from backend.jobs.board import JobRecord, run_job, utc_now
 from backend.jobs.predict import PredictJob
-from backend.jobs.rank import RankingJob
+from backend.jobs.rank import RankingJob, Shards
+from backend.jobs.runners import JobSlots, ProcessShards, RQShards
+from backend.jobs.shards import FIRST, FLIP, RunFolder, ShardWork, Superseded, ensure_current, gate, shard_progress
 from backend.jobs.train import NothingNew, TrainingJob
-from backend.service import Service, build_service
+from backend.service import RQ_QUEUE, Service, build_service
 from backend.settings import Settings
 from model.distributed import join_process_group, torchrun_command, under_torchrun
 from model.progress import Progress
+from model.versions import Version
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +54,31 @@ def training_job(service: Service) -> TrainingJob:
 
 def ranking_job(service: Service) -> RankingJob:
     return RankingJob(
-        client=service.ls_client, registry=service.registry, rankings=service.rankings, predictor=service.predictor
+        client=service.ls_client,
+        registry=service.registry,
+        rankings=service.rankings,
+        predictor=service.predictor,
+        root=service.store.root,
+        shards=ranking_shards(service),
+        shard_size=service.settings.rank_shard_size,
     )
+
+
+def ranking_shards(service: Service) -> Shards | None:
+    """Where a ranking's shards run: RQ jobs with REDIS_URL, child processes with MAX_JOB_PROCESSES > 1,
+    else none (the rank job's own process ranks the whole pool)."""
+    s = service.settings
+    if s.redis_url:
+        return _rq_shards(s)
+    if s.max_job_processes > 1:
+        slots = JobSlots(s.model_dir, s.max_job_processes, stale_after=s.job_timeout)
+        return ProcessShards(slots, s.max_job_processes, s.rank_shard_retries, env=os.environ | s.to_env())
+    return None
+
+
+def shard_work(service: Service) -> ShardWork:
+    p = service.predictor
+    return ShardWork(service.store.root, p.images, p.hua, p.batch_size, p.fetch_workers)
 
 
 def predict_job(service: Service) -> PredictJob:
@@ -77,8 +108,10 @@ def _train(service: Service, project: str, full: bool = False) -> Work:
 
 
 def _rank(service: Service, project: str, full: bool = False) -> Work:
+    """The ranking, made the project's current one now: a ranking still running is superseded."""
     job = ranking_job(service)
-    return lambda progress: job.run(project, progress, full=full)
+    run = job.claim(project)
+    return lambda progress: job.run(project, progress, full=full, run=run)
 
 
 def _predict(service: Service, project: str, full: bool = False) -> Work:
@@ -147,3 +180,80 @@ def run_job_from_env(
             work = _with_bar(work, f"{step} project {project}")
         results[step] = run_job(service.board, project, step, work)
     return results
+
+
+def _service_from_env() -> Service:
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return build_service(settings)
+
+
+def _run_folder(service: Service, project: str, version: str, run: str) -> tuple[Version, RunFolder]:
+    found = service.store.get(project, version)
+    if found is None:
+        raise FileNotFoundError(f"project {project} has no version {version} (removed by KEEP_VERSIONS?)")
+    return found, RunFolder(found, run)
+
+
+def _rq_shards(settings: Settings) -> RQShards:
+    return RQShards(settings.redis_url, RQ_QUEUE, settings.job_timeout, settings.rank_shard_retries)
+
+
+def run_shard_from_env(project: str, version: str, run: str, stage: str, index: int) -> None:
+    """One shard of a ranking (a child process of the rank job, or an RQ job); its result goes to the run's folder."""
+    service = _service_from_env()
+    found, folder = _run_folder(service, project, version, run)
+    try:
+        shard_work(service).run(folder, lambda: service.registry.load(found).detector, stage, index)
+    except Superseded as exc:
+        logger.info("shard %s %s stopped: %s", stage, index, exc)
+        return
+    _report(service, folder)
+
+
+def _report(service: Service, folder: RunFolder) -> None:
+    """A run on RQ: its progress from the results on disk, into its record."""
+    plan = folder.plan()
+    fraction, message = shard_progress(folder, plan)
+    service.board.update_run(plan.project, "rank", plan.run, lambda r: _progress(r, fraction, message))
+
+
+def reduce_ranking_from_env(project: str, version: str, run: str, stage: str) -> dict | None:
+    """A reduce step of a ranking on RQ, once every shard of ``stage`` has finished or failed for good.
+
+    After the first pass: the gate, and the mirrored pass's shards enqueued.
+    After that: the ranking pushed and recorded. A shard that failed for good
+    fails the ranking with its reason; the previous ranking keeps serving.
+    """
+    service = _service_from_env()
+    _, folder = _run_folder(service, project, version, run)
+    try:
+        ensure_current(service.store.root, project, run)
+        if stage == FIRST:
+            candidates = gate(folder, folder.plan(), service.predictor.hua)
+            _rq_shards(service.settings).enqueue(folder.plan(), FLIP, len(candidates))
+            _report(service, folder)
+            return None
+        result = ranking_job(service).finish_run(folder)
+    except Superseded as exc:
+        logger.info("ranking %s of project %s stopped: %s", run, project, exc)
+        shutil.rmtree(folder.path, ignore_errors=True)
+        return None
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        service.board.update_run(project, "rank", run, lambda r: _finished(r, "failed", error=error))
+        shutil.rmtree(folder.path, ignore_errors=True)
+        raise
+    service.board.update_run(project, "rank", run, lambda r: _finished(r, "done", result=result))
+    shutil.rmtree(folder.path, ignore_errors=True)
+    return result
+
+
+def _progress(record: JobRecord, fraction: float, message: str) -> None:
+    record.progress, record.message = round(fraction, 4), message
+
+
+def _finished(record: JobRecord, status: str, *, error: str | None = None, result: dict | None = None) -> None:
+    record.status, record.error, record.finished = status, error, utc_now()
+    if status == "done":
+        record.progress, record.result = 1.0, result or {}

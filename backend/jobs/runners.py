@@ -1,4 +1,4 @@
-"""Where jobs run: child processes of the serving process, or RQ workers.
+"""Where jobs and a ranking's shards run: child processes of the serving process, or RQ workers.
 
 ``.queue/`` under MODEL_DIR holds the tickets and slot locks that bound the
 job processes of all projects together (``JobSlots``), whichever process
@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -21,8 +22,22 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from backend.jobs.board import JobBoard, JobRecord, read_json, utc_now
+from backend.jobs.board import HandedOn, JobBoard, JobRecord, read_json, utc_now
+from backend.jobs.shards import (
+    FIRST,
+    FLIP,
+    RunFolder,
+    ShardFailed,
+    ShardPlan,
+    ensure_current,
+    gate,
+    pool_scores,
+    shard_progress,
+)
+from model.hua import HUAConfig
 from model.owners import ProcessOwner
+from model.progress import Progress
+from model.scoring import PoolScores
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +116,11 @@ class JobSlots:
             except BlockingIOError:
                 os.close(fd)
         return None
+
+    def free_slot(self) -> int | None:
+        """A free slot's lock descriptor at once, or None: for a process that joins a running job (a shard)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self._free_slot()
 
 
 # "2026-01-01 10:00:00,123 ERROR backend.jobs.entry: " before a job process's own words.
@@ -206,3 +226,183 @@ class RQRunner:
 
     def submit(self, project: str, kind: str) -> None:
         self.queue.enqueue("backend.jobs.entry.run_job_from_env", project, kind, job_timeout=self.timeout)
+
+
+class ProcessShards:
+    """Runs a ranking's shards as child processes (``python -m backend rank-shard``), several at once.
+
+    The rank job's own process (and its MAX_JOB_PROCESSES slot) stands for
+    the first; each further one needs a free slot of ``JobSlots``, taken
+    without waiting, so the bound holds across all jobs. A shard whose process
+    fails or is killed is run again, up to ``retries`` more times.
+    """
+
+    def __init__(
+        self, slots: JobSlots, processes: int, retries: int, env: dict[str, str] | None, poll: float = 0.2
+    ) -> None:
+        self.root = slots.folder.parent  # MODEL_DIR
+        self.slots = slots
+        self.processes = processes
+        self.retries = retries
+        self.env = env
+        self.poll = poll
+
+    def rank(self, folder: RunFolder, plan: ShardPlan, hua: HUAConfig, progress: Progress | None) -> PoolScores:
+        """Both map steps here, with the reduce steps in this process between and after them."""
+
+        def report() -> None:
+            if progress:
+                progress(*shard_progress(folder, plan))
+
+        def check() -> None:
+            ensure_current(self.root, plan.project, plan.run)
+
+        try:
+            self.map(folder, FIRST, plan.first_shards, report, check)
+            candidates = gate(folder, plan, hua)
+            self.map(folder, FLIP, len(candidates), report, check)
+            return pool_scores(folder, plan, hua)
+        finally:
+            shutil.rmtree(folder.path, ignore_errors=True)
+
+    def cancel(self, project: str, run: str) -> None:
+        """Nothing to do: the superseded run's own process sees the newer run and stops its shards."""
+
+    def map(self, folder: RunFolder, stage: str, count: int, on_done: Callable[[], None], check: Callable) -> None:
+        """Run shards 0..count-1 of ``stage``; raises ``ShardFailed``, or ``Superseded`` from ``check``."""
+        plan = folder.plan()
+        todo = [i for i in range(count) if not folder.result(stage, i).exists()]
+        tries = dict.fromkeys(todo, 0)
+        running: dict[int, tuple[subprocess.Popen, int | None]] = {}
+        try:
+            while todo or running:
+                check()
+                self._start(folder, plan, stage, todo, running, tries)
+                time.sleep(self.poll)
+                for index, (proc, slot) in list(running.items()):
+                    if proc.poll() is None:
+                        continue
+                    del running[index]
+                    _close(slot)
+                    if proc.returncode == 0 and folder.result(stage, index).exists():
+                        on_done()
+                    elif tries[index] <= self.retries:
+                        logger.warning("%s; trying again", folder.reason(stage, index))
+                        todo.append(index)
+                    else:
+                        raise ShardFailed(folder.reason(stage, index))
+        finally:
+            for proc, slot in running.values():
+                proc.kill()
+                proc.wait()
+                _close(slot)
+
+    def _start(self, folder: RunFolder, plan: ShardPlan, stage: str, todo: list, running: dict, tries: dict) -> None:
+        while todo and len(running) < self.processes:
+            slot = None
+            if running:  # beyond the rank job's own slot: only with a free one
+                slot = self.slots.free_slot()
+                if slot is None:
+                    return
+            index = todo.pop(0)
+            tries[index] += 1
+            folder.error(stage, index).unlink(missing_ok=True)
+            proc = subprocess.Popen(
+                shard_command(plan, stage, index), env=self.env, stdin=subprocess.DEVNULL, pass_fds=_fds(slot)
+            )
+            running[index] = (proc, slot)
+
+
+def shard_command(plan: ShardPlan, stage: str, index: int) -> list[str]:
+    """The command line of one shard (``backend/cli.py``)."""
+    return [
+        *(sys.executable, "-m", "backend", "rank-shard", "--project", plan.project, "--version", plan.version),
+        *("--run", plan.run, "--stage", stage, "--shard", str(index)),
+    ]
+
+
+def _fds(slot: int | None) -> tuple[int, ...]:
+    return () if slot is None else (slot,)
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
+SHARD_JOB = "backend.jobs.entry.run_shard_from_env"
+REDUCE_JOB = "backend.jobs.entry.reduce_ranking_from_env"
+
+
+class RQShards:
+    """A ranking's shards as RQ jobs: any number of ``rq worker``s share one ranking.
+
+    Each stage is its shard jobs (retried by RQ: ``Retry``) and one reduce job
+    that depends on all of them (``Dependency(allow_failure=True)``), so it
+    runs once every shard has finished or failed for good, and says which;
+    a reduce is retried too (it only reads the shards' results).
+    The first reduce enqueues the second stage the same way; the last one
+    pushes the ranking and records the outcome.
+    """
+
+    def __init__(self, redis_url: str, queue: str, timeout: int, retries: int) -> None:
+        from redis import Redis
+        from rq import Queue
+
+        self.queue = Queue(queue, connection=Redis.from_url(redis_url))
+        self.timeout = timeout
+        self.retries = retries
+
+    def rank(self, folder: RunFolder, plan: ShardPlan, hua: HUAConfig, progress: Progress | None) -> HandedOn:
+        self.enqueue(plan, FIRST, plan.first_shards)
+        return HandedOn(plan.run, version=plan.version, tasks=len(plan.items), shards=plan.first_shards)
+
+    def enqueue(self, plan: ShardPlan, stage: str, count: int) -> None:
+        """Stage ``stage``'s ``count`` shard jobs and its reduce job, which waits for all of them."""
+        from rq import Retry
+        from rq.job import Dependency
+
+        retry = Retry(max=self.retries) if self.retries else None
+        args = (plan.project, plan.version, plan.run, stage)
+        shards = [
+            self.queue.enqueue(
+                SHARD_JOB, *args, i, job_id=_job_id(plan, f"{stage}-{i}"), job_timeout=self.timeout, retry=retry
+            )
+            for i in range(count)
+        ]
+        depends = Dependency(jobs=shards, allow_failure=True) if shards else None
+        self.queue.enqueue(
+            REDUCE_JOB,
+            *args,
+            job_id=_job_id(plan, f"reduce-{stage}"),
+            job_timeout=self.timeout,
+            depends_on=depends,
+            retry=retry,
+        )
+
+    def cancel(self, project: str, run: str) -> None:
+        """Cancel a superseded run's jobs: those waiting are cancelled, those running stopped."""
+        from rq.command import send_stop_job_command
+        from rq.exceptions import InvalidJobOperation, NoSuchJobError
+        from rq.job import Job, JobStatus
+
+        prefix = f"hua-rank-{project}-{run}-"
+        for job_id in self._job_ids(prefix):
+            try:
+                job = Job.fetch(job_id, connection=self.queue.connection)
+                if job.get_status() == JobStatus.STARTED:
+                    send_stop_job_command(self.queue.connection, job_id)
+                elif job.get_status() in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+                    job.cancel()
+            except (NoSuchJobError, InvalidJobOperation):
+                continue
+
+    def _job_ids(self, prefix: str) -> list[str]:
+        q = self.queue
+        ids = [*q.get_job_ids(), *q.deferred_job_registry.get_job_ids(), *q.scheduled_job_registry.get_job_ids()]
+        ids += [i.split(":")[0] for i in q.started_job_registry.get_job_ids()]  # {job id}:{execution id}
+        return sorted({i for i in ids if i.startswith(prefix)})
+
+
+def _job_id(plan: ShardPlan, step: str) -> str:
+    return f"hua-rank-{plan.project}-{plan.run}-{step}"

@@ -1,0 +1,277 @@
+"""A ranking in shards (backend/jobs/shards.py): the same task scores as one process, in child
+processes (MAX_JOB_PROCESSES > 1) and on RQ workers, with shards that fail, are killed or are
+superseded.
+
+The real small detector on the CPU (``test_scoring.calibrated_model``), local image files, and
+the in-memory Label Studio of ``test_ranking_job`` (over HTTP for the RQ workers). A pool of 11
+unlabeled tasks (one image broken) with BATCH_SIZE 2 and RANK_SHARD_SIZE 4: 3 first-pass
+shards, P = 5 candidates, 2 mirrored-pass shards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from test_ranking_job import FakeLabelStudio, _car_annotation
+from test_rq import redis_server
+from test_scoring import CONFIG, calibrated_model, make_image
+from torchvision.transforms.functional import to_pil_image
+
+from backend.jobs.board import run_job
+from backend.jobs.entry import ranking_job
+from backend.jobs.shards import ShardFailed, Superseded, current_run
+from backend.labels import parse_label_config
+from backend.ranking_store import RANKING_FILE
+from backend.service import build_service
+from helpers import LABEL_CONFIG, LABELS, make_settings
+from model.version_meta import VersionMeta
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+PROJECT = "9"
+NAMES = parse_label_config(LABEL_CONFIG)
+SIZES = [(64, 48), (48, 64), (56, 56), (40, 48), (64, 40), (52, 60), (60, 52), (44, 60), (64, 56), (48, 48)]
+LABELED, BROKEN = 1, 12
+SHARDING = dict(batch_size=2, rank_shard_size=4, hua_min_candidates=0, hua_retrieval_fraction=0.5)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _task(task_id: int) -> dict:
+    annotations = [_car_annotation()] if task_id == LABELED else []
+    name = "broken.png" if task_id == BROKEN else f"s{task_id}.png"
+    return {
+        "id": task_id,
+        "data": {"image": f"/data/local-files/?d={name}"},
+        "annotations": annotations,
+        "total_annotations": len(annotations),
+        "is_labeled": bool(annotations),
+    }
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shard-images")
+    for task_id, (w, h) in enumerate(SIZES, start=1):
+        to_pil_image(make_image(100 + task_id, w, h)).save(root / f"s{task_id}.png")
+    to_pil_image(make_image(200, 36, 52)).save(root / "s11.png")
+    (root / "broken.png").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """MODEL_DIR with the project's first version: the calibrated real detector."""
+    path = tmp_path_factory.mktemp("shard-models")
+    meta = VersionMeta(
+        labels=list(LABELS), backbone=CONFIG.backbone, weights="none", weights_requested="none", parent=None
+    )
+    settings = make_settings(path)
+    build_service(settings).store.save(PROJECT, calibrated_model().state_dict(), meta)
+    return path
+
+
+def _service(model_dir: Path, root: Path, fake: FakeLabelStudio | None = None, **overrides):
+    settings = make_settings(model_dir, local_files_document_root=str(root), **(SHARDING | overrides))
+    return build_service(settings, ls_client=fake or FakeLabelStudio([_task(i) for i in range(1, 13)]))
+
+
+def _stored(service) -> dict:
+    version = service.store.get(PROJECT, "v0001")
+    return json.loads((version.path / RANKING_FILE).read_text())
+
+
+def _scores(stored: dict) -> dict[str, float]:
+    return {task: entry["score"] for task, entry in stored["tasks"].items()}
+
+
+@pytest.fixture(scope="module")
+def one_process(model_dir, root) -> dict:
+    """The reference: the whole pool ranked in the rank job's process (MAX_JOB_PROCESSES=1)."""
+    service = _service(model_dir, root)
+    result = ranking_job(service).run(PROJECT, full=True)
+    assert result["ranked"] == 10 and set(result["failed"]) == {BROKEN}
+    return _stored(service)
+
+
+def _children(parent: int, marker: bytes = b"") -> list[int]:
+    """Pids of the child processes of ``parent`` whose command line holds ``marker``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and marker in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def _in_thread(target) -> tuple[threading.Thread, dict]:
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = target()
+        except BaseException as exc:  # handed to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+class TestChildProcesses:
+    def test_the_same_scores_as_one_process(self, model_dir, root, one_process):
+        service = _service(model_dir, root, max_job_processes=2)
+        messages: list[str] = []
+        result = ranking_job(service).run(PROJECT, lambda f, m: messages.append(m), full=True)
+        stored = _stored(service)
+        assert result["ranked"] == 10 and set(result["failed"]) == {BROKEN}
+        assert _scores(stored) == _scores(one_process)
+        assert stored == one_process  # boxes, metrics and the stored scale alike
+        assert any(re.fullmatch(r"[48] of 11 tasks scored, [12] of 3 shards", m) for m in messages), messages
+        assert "11 of 11 tasks scored, 3 of 3 shards" in messages
+        assert "5 of 5 candidates double-checked (mirrored), 2 of 2 shards" in messages
+        assert list((service.store.get(PROJECT, "v0001").path / "shards").iterdir()) == []  # a run's files go
+
+    def test_a_killed_shard_is_run_again(self, model_dir, root, one_process, caplog):
+        service = _service(model_dir, root, max_job_processes=2)
+        caplog.set_level(logging.WARNING, logger="backend.jobs.runners")
+        thread, outcome = _in_thread(lambda: ranking_job(service).run(PROJECT, full=True))
+        deadline = time.monotonic() + 120
+        while not (shards := _children(os.getpid(), b"rank-shard")):
+            assert time.monotonic() < deadline and thread.is_alive(), outcome
+            time.sleep(0.05)
+        time.sleep(0.5)
+        os.kill(shards[0], signal.SIGKILL)
+        thread.join(300)
+        assert "error" not in outcome, outcome
+        assert any("died without a word" in m and "trying again" in m for m in caplog.messages), caplog.messages
+        assert _scores(_stored(service)) == _scores(one_process)
+
+    def test_a_shard_that_keeps_failing_fails_the_ranking(self, model_dir, root, one_process, tmp_path):
+        """Every try of every shard fails (its version's weights are damaged after the rank job
+        loaded them): the ranking fails with the shard's reason and pushes nothing; the
+        version's previous ranking stays."""
+        fake = FakeLabelStudio([_task(i) for i in range(1, 13)])
+        service = _service(model_dir, root, fake, max_job_processes=2, rank_shard_retries=1)
+        service.registry.get(PROJECT, NAMES.labels, NAMES.aliases)  # the rank job's model, loaded before the damage
+        weights = service.store.get(PROJECT, "v0001").weights_path
+        saved = tmp_path / "weights.pt"
+        saved.write_bytes(weights.read_bytes())
+        try:
+            weights.write_bytes(b"damaged")
+            with pytest.raises(ShardFailed, match=r"shard first \d failed: .*Error"):
+                ranking_job(service).run(PROJECT, full=True)
+        finally:
+            weights.write_bytes(saved.read_bytes())
+        assert fake.predictions == []
+        assert _stored(service) == one_process
+
+    def test_a_newer_ranking_supersedes_a_running_one(self, model_dir, root):
+        fake = FakeLabelStudio([_task(i) for i in range(1, 13)])
+        service = _service(model_dir, root, fake, max_job_processes=2)
+        job = ranking_job(service)
+        thread, outcome = _in_thread(lambda: job.run(PROJECT, full=True))
+        deadline = time.monotonic() + 120
+        while not _children(os.getpid(), b"rank-shard"):
+            assert time.monotonic() < deadline and thread.is_alive(), outcome
+            time.sleep(0.05)
+        newer = job.claim(PROJECT)
+        thread.join(60)
+        assert isinstance(outcome.get("error"), Superseded), outcome
+        assert current_run(service.store.root, PROJECT) == newer
+        assert fake.predictions == []  # no stale order pushed
+        assert _children(os.getpid(), b"rank-shard") == []  # its shards are stopped, not left to finish
+
+
+# --------------------------------------------------------------------------
+# RQ: 2 rq workers on a real redis-server
+# --------------------------------------------------------------------------
+
+RQ = Path(sys.executable).parent / "rq"
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+def _worker_env(model_dir: Path, root: Path, ls_url: str, redis_url: str) -> dict[str, str]:
+    settings = make_settings(
+        model_dir,
+        local_files_document_root=str(root),
+        label_studio_url=ls_url,
+        api_key="token",
+        redis_url=redis_url,
+        **SHARDING,
+    )
+    return os.environ | settings.to_env() | {"OMP_NUM_THREADS": "1"}
+
+
+def _horses(workers: list[subprocess.Popen]) -> list[int]:
+    """The work horses (the forked processes that run a job) of ``workers``."""
+    return [pid for worker in workers for pid in _children(worker.pid)]
+
+
+def test_rq_workers_give_the_same_scores_with_a_horse_killed(model_dir, root, one_process, redis_url, tmp_path):
+    from fake_labelstudio import LabelStudioStub
+    from redis import Redis
+
+    Redis.from_url(redis_url).flushall()
+    fake = FakeLabelStudio([_task(i) for i in range(1, 13)])
+    with LabelStudioStub(fake) as stub:
+        env = _worker_env(model_dir, root, stub.url, redis_url)
+        logs = [open(tmp_path / f"worker{i}.log", "wb") for i in range(2)]
+        workers = [
+            subprocess.Popen(
+                [str(RQ), "worker", "--url", redis_url, "hua"], cwd=REPO_ROOT, env=env, stdout=log, stderr=log
+            )
+            for log in logs
+        ]
+        try:
+            service = _service(model_dir, root, fake, redis_url=redis_url)
+            job = ranking_job(service)
+            run = job.claim(PROJECT)
+            handed = run_job(service.board, PROJECT, "rank", lambda p: job.run(PROJECT, p, full=True, run=run))
+            assert handed["shards"] == 3 and service.board.read(PROJECT, "rank").status == "running"
+            deadline = time.monotonic() + 240
+            while not (horses := _horses(workers)):
+                assert time.monotonic() < deadline, [log.name for log in logs]
+                time.sleep(0.05)
+            time.sleep(0.5)
+            os.kill(horses[0], signal.SIGKILL)
+            while (record := service.board.read(PROJECT, "rank")).status == "running":
+                assert time.monotonic() < deadline, (record, _tails(tmp_path))
+                time.sleep(0.2)
+        finally:
+            for worker in workers:
+                worker.send_signal(signal.SIGTERM)
+            for worker in workers:
+                worker.wait(30)
+            for log in logs:
+                log.close()
+    assert record.status == "done", (record, _tails(tmp_path))
+    logged = "\n".join(p.read_text(errors="replace") for p in tmp_path.glob("worker*.log"))
+    assert re.search(r"Work horse killed for job hua-rank-9-[\w-]+-first-\d", logged), logged[-3000:]
+    assert _scores(_stored(service)) == _scores(one_process)
+    assert {p["task"] for p in fake.predictions} == {int(k) for k in one_process["tasks"]}
+    assert record.result["ranked"] == 10
+
+
+def _tails(folder: Path) -> str:
+    return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(folder.glob("worker*.log")))
