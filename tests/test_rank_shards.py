@@ -19,6 +19,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -211,21 +213,67 @@ def redis_url(tmp_path_factory):
         yield url
 
 
-def _worker_env(model_dir: Path, root: Path, ls_url: str, redis_url: str) -> dict[str, str]:
+def _worker_env(model_dir: Path, root: Path, ls_url: str, redis_url: str, **overrides) -> dict[str, str]:
     settings = make_settings(
         model_dir,
         local_files_document_root=str(root),
         label_studio_url=ls_url,
         api_key="token",
         redis_url=redis_url,
-        **SHARDING,
+        **(SHARDING | overrides),
     )
     return os.environ | settings.to_env() | {"OMP_NUM_THREADS": "1"}
+
+
+@contextmanager
+def _rq_workers(env: dict[str, str], logs: Path, count: int = 2) -> Iterator[list[subprocess.Popen]]:
+    """``count`` ``rq worker`` processes on queue hua, stopped (SIGTERM, then SIGKILL) after."""
+    files = [open(logs / f"worker{i}.log", "wb") for i in range(count)]
+    command = [str(RQ), "worker", "--url", env["REDIS_URL"], "hua"]
+    workers = [subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=f, stderr=f) for f in files]
+    try:
+        yield workers
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        for f in files:
+            f.close()
+
+
+def _hand_to_rq(service) -> dict:
+    """The rank job as the service runs it: planned here, handed on to the RQ shards."""
+    job = ranking_job(service)
+    run = job.claim(PROJECT)
+    return run_job(service.board, PROJECT, "rank", lambda p: job.run(PROJECT, p, full=True, run=run))
+
+
+def _wait_while_running(service, logs: Path, deadline: float) -> tuple[object, set[str]]:
+    messages = set()
+    while (record := service.board.read(PROJECT, "rank")).status == "running":
+        assert time.monotonic() < deadline, (record, _tails(logs))
+        messages.add(record.message)
+        time.sleep(0.1)
+    return record, messages
 
 
 def _horses(workers: list[subprocess.Popen]) -> list[int]:
     """The work horses (the forked processes that run a job) of ``workers``."""
     return [pid for worker in workers for pid in _children(worker.pid)]
+
+
+def _nothing_left(redis_url: str) -> None:
+    from redis import Redis
+    from rq import Queue
+
+    queue = Queue("hua", connection=Redis.from_url(redis_url))
+    assert queue.count == 0 and queue.deferred_job_registry.count == 0
+    assert queue.started_job_registry.count == 0 and queue.scheduled_job_registry.count == 0
 
 
 def test_rq_workers_give_the_same_scores_with_a_horse_killed(model_dir, root, one_process, redis_url, tmp_path):
@@ -234,43 +282,53 @@ def test_rq_workers_give_the_same_scores_with_a_horse_killed(model_dir, root, on
 
     Redis.from_url(redis_url).flushall()
     fake = FakeLabelStudio([_task(i) for i in range(1, 13)])
-    with LabelStudioStub(fake) as stub:
-        env = _worker_env(model_dir, root, stub.url, redis_url)
-        logs = [open(tmp_path / f"worker{i}.log", "wb") for i in range(2)]
-        workers = [
-            subprocess.Popen(
-                [str(RQ), "worker", "--url", redis_url, "hua"], cwd=REPO_ROOT, env=env, stdout=log, stderr=log
-            )
-            for log in logs
-        ]
-        try:
-            service = _service(model_dir, root, fake, redis_url=redis_url)
-            job = ranking_job(service)
-            run = job.claim(PROJECT)
-            handed = run_job(service.board, PROJECT, "rank", lambda p: job.run(PROJECT, p, full=True, run=run))
-            assert handed["shards"] == 3 and service.board.read(PROJECT, "rank").status == "running"
-            deadline = time.monotonic() + 240
-            while not (horses := _horses(workers)):
-                assert time.monotonic() < deadline, [log.name for log in logs]
-                time.sleep(0.05)
-            time.sleep(0.5)
-            os.kill(horses[0], signal.SIGKILL)
-            while (record := service.board.read(PROJECT, "rank")).status == "running":
-                assert time.monotonic() < deadline, (record, _tails(tmp_path))
-                time.sleep(0.2)
-        finally:
-            for worker in workers:
-                worker.send_signal(signal.SIGTERM)
-            for worker in workers:
-                worker.wait(30)
-            for log in logs:
-                log.close()
+    with (
+        LabelStudioStub(fake) as stub,
+        _rq_workers(_worker_env(model_dir, root, stub.url, redis_url), tmp_path) as workers,
+    ):
+        service = _service(model_dir, root, fake, redis_url=redis_url)
+        handed = _hand_to_rq(service)
+        assert handed["shards"] == 3 and service.board.read(PROJECT, "rank").status == "running"
+        deadline = time.monotonic() + 240
+        while not (horses := _horses(workers)):
+            assert time.monotonic() < deadline, _tails(tmp_path)
+            time.sleep(0.05)
+        time.sleep(0.5)
+        os.kill(horses[0], signal.SIGKILL)
+        record, messages = _wait_while_running(service, tmp_path, deadline)
+        _nothing_left(redis_url)
     assert record.status == "done", (record, _tails(tmp_path))
+    assert any(re.fullmatch(r"\d+ of 11 tasks scored, \d of 3 shards", m) for m in messages), messages
     logged = "\n".join(p.read_text(errors="replace") for p in tmp_path.glob("worker*.log"))
     assert re.search(r"Work horse killed for job hua-rank-9-[\w-]+-first-\d", logged), logged[-3000:]
     assert _scores(_stored(service)) == _scores(one_process)
     assert {p["task"] for p in fake.predictions} == {int(k) for k in one_process["tasks"]}
     assert record.result["ranked"] == 10
+
+
+def test_rq_a_shard_that_keeps_failing_fails_the_ranking(model_dir, root, one_process, redis_url, tmp_path):
+    from fake_labelstudio import LabelStudioStub
+    from redis import Redis
+
+    Redis.from_url(redis_url).flushall()
+    fake = FakeLabelStudio([_task(i) for i in range(1, 13)])
+    service = _service(model_dir, root, fake, redis_url=redis_url, rank_shard_retries=1)
+    service.registry.get(PROJECT, NAMES.labels, NAMES.aliases)  # the rank job's model, loaded before the damage
+    weights = service.store.get(PROJECT, "v0001").weights_path
+    saved = weights.read_bytes()
+    env = _worker_env(model_dir, root, "", redis_url, rank_shard_retries=1)
+    try:
+        weights.write_bytes(b"damaged")
+        with LabelStudioStub(fake) as stub, _rq_workers(env | {"LABEL_STUDIO_URL": stub.url}, tmp_path):
+            _hand_to_rq(service)
+            record, _ = _wait_while_running(service, tmp_path, time.monotonic() + 240)
+            _nothing_left(redis_url)
+    finally:
+        weights.write_bytes(saved)
+    assert record.status == "failed", (record, _tails(tmp_path))
+    assert re.match(r"ShardFailed: shard first \d failed: UnpicklingError", record.error), record.error
+    assert fake.predictions == []
+    assert _stored(service) == one_process
 
 
 def _tails(folder: Path) -> str:

@@ -223,7 +223,9 @@ def reduce_ranking_from_env(project: str, version: str, run: str, stage: str) ->
 
     After the first pass: the gate, and the mirrored pass's shards enqueued.
     After that: the ranking pushed and recorded. A shard that failed for good
-    fails the ranking with its reason; the previous ranking keeps serving.
+    (or any error here) fails the ranking with its reason, recorded, not
+    raised: RQ retries a reduce only when its process dies. Nothing is
+    pushed then; the previous ranking keeps serving.
     """
     service = _service_from_env()
     _, folder = _run_folder(service, project, version, run)
@@ -237,14 +239,14 @@ def reduce_ranking_from_env(project: str, version: str, run: str, stage: str) ->
         result = ranking_job(service).finish_run(folder)
     except Superseded as exc:
         logger.info("ranking %s of project %s stopped: %s", run, project, exc)
-        shutil.rmtree(folder.path, ignore_errors=True)
-        return None
+        result = None
     except Exception as exc:
+        logger.exception("ranking %s of project %s failed", run, project)
         error = f"{type(exc).__name__}: {exc}"
         service.board.update_run(project, "rank", run, lambda r: _finished(r, "failed", error=error))
-        shutil.rmtree(folder.path, ignore_errors=True)
-        raise
-    service.board.update_run(project, "rank", run, lambda r: _finished(r, "done", result=result))
+        result = None
+    else:
+        service.board.update_run(project, "rank", run, lambda r: _finished(r, "done", result=result))
     shutil.rmtree(folder.path, ignore_errors=True)
     return result
 
