@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from urllib.parse import urlparse
 
 from backend.jobs.board import JobBoard
+from backend.jobs.runners import redis_connection
 from model.versions import WEIGHTS_FILE, is_project_id
 
 # Failures that a retry will meet again until someone acts (frees disk, fixes a token or permissions).
@@ -69,7 +71,22 @@ def job_problems(board: JobBoard) -> list[str]:
     return found
 
 
-def problems(root: Path, board: JobBoard) -> list[str]:
+def redis_problem(url: str, root: Path, timeout: float = 0.5) -> str | None:
+    """Redis (REDIS_URL) does not answer within ``timeout``: jobs wait in MODEL_DIR/.outbox until it does."""
+    try:
+        redis_connection(url, timeout).ping()
+        return None
+    except Exception as exc:  # any failure to answer: down, refused, timed out, refused auth
+        waiting = len(list((root / ".outbox").glob("*.job")))
+        where = urlparse(url).hostname, urlparse(url).port
+        return (
+            f"Redis at {where[0]}:{where[1]} is unreachable ({type(exc).__name__}): jobs wait until it is back "
+            f"({waiting} waiting); rankings running on RQ continue when it is"
+        )
+
+
+def problems(root: Path, board: JobBoard, redis_url: str = "") -> list[str]:
     """Everything that makes the service degraded, most basic first."""
     disk = disk_problem(root)
-    return ([disk] if disk else []) + job_problems(board)
+    redis = redis_problem(redis_url, root) if redis_url else None
+    return [p for p in (disk, redis) if p] + job_problems(board)

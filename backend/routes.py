@@ -110,7 +110,7 @@ def health() -> Response:
     service = app_service()
     registry = service.registry
     root = Path(service.settings.model_dir)
-    found = problems(root, service.board)
+    found = problems(root, service.board, service.settings.redis_url)
     body = {
         "status": "degraded" if found else "UP",
         "model_class": MODEL_CLASS,

@@ -122,7 +122,7 @@ def build_service(
 def _default_runner(settings: Settings, board: JobBoard, registry: ModelRegistry) -> Runner:
     """RQ when REDIS_URL is set; else child processes, after which this process serves the new version at once."""
     if settings.redis_url:
-        return RQRunner(settings.redis_url, RQ_QUEUE, settings.job_timeout)
+        return RQRunner(settings.redis_url, RQ_QUEUE, settings.job_timeout, root=settings.model_dir)
     slots = JobSlots(settings.model_dir, settings.max_job_processes, stale_after=settings.job_timeout)
     return EmbeddedRunner(board, swap_when_done(registry), env=os.environ | settings.to_env(), slots=slots)
 

@@ -22,10 +22,11 @@ VIEW_PATH = re.compile(r"^/api/dm/views/(\d+)$")
 
 
 class LabelStudioStub:
-    """``fake``'s project over HTTP (``url``); a context manager that serves while open."""
+    """``fake``'s project over HTTP (``url``) under the ids ``projects`` (others: 404); serves while open."""
 
-    def __init__(self, fake: FakeLabelStudio) -> None:
+    def __init__(self, fake: FakeLabelStudio, projects: frozenset[str] = frozenset({"9"})) -> None:
         self.fake = fake
+        self.projects = projects
         self.lock = threading.Lock()
         stub = self
 
@@ -57,6 +58,8 @@ class LabelStudioStub:
 
     def route(self, method: str, path: str, query: dict, body: object) -> tuple[int, object]:
         fake = self.fake
+        if (m := PROJECT_PATH.match(path)) and m[1] not in self.projects:
+            return 404, {"detail": "Not found."}
         if (m := PROJECT_PATH.match(path)) and method == "GET":
             return 200, fake.project(m[1])
         if (m := PROJECT_PATH.match(path)) and method == "PATCH":

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,13 +30,14 @@ from test_rq import redis_server
 from test_scoring import CONFIG, calibrated_model, make_image
 from torchvision.transforms.functional import to_pil_image
 
+from backend.app import create_app
 from backend.jobs.board import run_job
 from backend.jobs.entry import ranking_job
 from backend.jobs.shards import ShardFailed, Superseded, current_run
 from backend.labels import parse_label_config
 from backend.ranking_store import RANKING_FILE
 from backend.service import build_service
-from helpers import LABEL_CONFIG, LABELS, make_settings
+from helpers import LABEL_CONFIG, LABELS, make_settings, predict_body
 from model.version_meta import VersionMeta
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -205,6 +207,7 @@ class TestChildProcesses:
 # --------------------------------------------------------------------------
 
 RQ = Path(sys.executable).parent / "rq"
+DOWN_S = 20  # how long Redis stays down (the issue's scenario says a minute; the mechanics are the same)
 
 
 @pytest.fixture(scope="module")
@@ -226,14 +229,45 @@ def _worker_env(model_dir: Path, root: Path, ls_url: str, redis_url: str, **over
 
 
 @contextmanager
-def _rq_workers(env: dict[str, str], logs: Path, count: int = 2) -> Iterator[list[subprocess.Popen]]:
-    """``count`` ``rq worker`` processes on queue hua, stopped (SIGTERM, then SIGKILL) after."""
-    files = [open(logs / f"worker{i}.log", "wb") for i in range(count)]
-    command = [str(RQ), "worker", "--url", env["REDIS_URL"], "hua"]
+def _rq_workers(
+    env: dict[str, str], logs: Path, count: int = 2, supervise: bool = False
+) -> Iterator[list[subprocess.Popen]]:
+    """``count`` ``rq worker`` processes on queue hua, stopped (SIGTERM, then SIGKILL) after.
+
+    ``supervise``: a worker that exits is started again, as a deployment's supervisor (systemd, Docker's
+    restart policy) does; their registry maintenance runs every 30 s, so jobs whose worker died are
+    retried soon after their heartbeat (90 s) lapses.
+    """
+    files = [open(logs / f"worker{i}.log", "ab") for i in range(count)]
+    command = [
+        str(RQ),
+        "worker",
+        "--url",
+        env["REDIS_URL"],
+        "--worker-ttl",
+        "60",
+        "--maintenance-interval",
+        "30",
+        "hua",
+    ]
     workers = [subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=f, stderr=f) for f in files]
+    stop = threading.Event()
+
+    def restart() -> None:
+        while not stop.wait(1.0):
+            for i, worker in enumerate(workers):
+                if worker.poll() is not None:
+                    workers[i] = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=files[i], stderr=files[i])
+
+    supervisor = threading.Thread(target=restart, daemon=True)
+    if supervise:
+        supervisor.start()
     try:
         yield workers
     finally:
+        stop.set()
+        if supervise:
+            supervisor.join()
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
         for worker in workers:
@@ -267,13 +301,21 @@ def _horses(workers: list[subprocess.Popen]) -> list[int]:
     return [pid for worker in workers for pid in _children(worker.pid)]
 
 
-def _nothing_left(redis_url: str) -> None:
+def _nothing_left(redis_url: str, within: float = 15.0) -> None:
+    """No job of queue hua left queued, deferred, scheduled or started (the last job's bookkeeping may
+    end just after it recorded the ranking's outcome)."""
     from redis import Redis
     from rq import Queue
 
     queue = Queue("hua", connection=Redis.from_url(redis_url))
-    assert queue.count == 0 and queue.deferred_job_registry.count == 0
-    assert queue.started_job_registry.count == 0 and queue.scheduled_job_registry.count == 0
+    deadline = time.monotonic() + within
+    while True:
+        registries = (queue.deferred_job_registry, queue.started_job_registry, queue.scheduled_job_registry)
+        left = [queue.count, *(r.count for r in registries)]
+        if not any(left) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert not any(left), f"queued, deferred, started, scheduled: {left}"
 
 
 def test_rq_workers_give_the_same_scores_with_a_horse_killed(model_dir, root, one_process, redis_url, tmp_path):
@@ -329,6 +371,79 @@ def test_rq_a_shard_that_keeps_failing_fails_the_ranking(model_dir, root, one_pr
     assert re.match(r"ShardFailed: shard first \d failed: UnpicklingError", record.error), record.error
     assert fake.predictions == []
     assert _stored(service) == one_process
+
+
+def _redis_server(port: int, folder: Path) -> subprocess.Popen:
+    """redis-server with its state kept on disk (append-only file), as a deployment's is: a restart loses no job."""
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--appendonly", "yes"]
+    log = open(folder / "redis.log", "ab")  # noqa: SIM115  (open while the server runs)
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + 30
+    while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() != b"PONG":
+        assert proc.poll() is None and time.monotonic() < deadline, (folder / "redis.log").read_text()
+        time.sleep(0.1)
+    return proc
+
+
+def _timed(call) -> tuple[object, float]:
+    start = time.monotonic()
+    answer = call()
+    return answer, time.monotonic() - start
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_redis_stopped_in_the_middle_of_a_ranking(model_dir, root, one_process, tmp_path):
+    """Redis stops while 2 workers run a sharded ranking and comes back DOWN_S later: meanwhile /health says
+    degraded and names Redis, /webhook and /predict answer at once, and a training trigger waits; after,
+    the trigger's job runs, the ranking ends (done, or failed with its reason) and nothing stays pending."""
+    from fake_labelstudio import LabelStudioStub
+
+    from labelstudio import free_port, stop_process
+
+    port = free_port()
+    redis_url = f"redis://127.0.0.1:{port}"
+    redis = _redis_server(port, tmp_path)
+    fake = FakeLabelStudio([_task(i) for i in range(1, 13)])
+    try:
+        with (
+            LabelStudioStub(fake) as stub,
+            _rq_workers(_worker_env(model_dir, root, stub.url, redis_url), tmp_path, supervise=True) as workers,
+        ):
+            service = _service(model_dir, root, fake, redis_url=redis_url)
+            client = create_app(service=service).test_client()
+            _hand_to_rq(service)
+            deadline = time.monotonic() + 240
+            while not _horses(workers):
+                assert time.monotonic() < deadline, _tails(tmp_path)
+                time.sleep(0.05)
+            stop_process(redis)
+            health, health_s = _timed(lambda: client.get("/health").get_json())
+            assert health["status"] == "degraded" and any("Redis" in p for p in health["problems"]), health
+            hook, hook_s = _timed(
+                lambda: client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 10}})
+            )
+            assert hook.status_code == 202 and hook.get_json()["status"] == "scheduled"
+            predicted, predict_s = _timed(lambda: client.post("/predict", json=predict_body([_task(2)], project="9.1")))
+            assert predicted.status_code == 200 and predicted.get_json()["results"], predicted.get_json()
+            assert max(health_s, hook_s, predict_s) < 3, (health_s, hook_s, predict_s)
+            time.sleep(DOWN_S)
+            redis = _redis_server(port, tmp_path)
+            deadline = time.monotonic() + 400
+            record, _ = _wait_while_running(service, tmp_path, deadline)
+            while (train := service.board.read("10", "train")) is None or train.status in ("queued", "running"):
+                assert time.monotonic() < deadline, (train, _tails(tmp_path))
+                time.sleep(0.2)
+            assert not any("Redis" in p for p in client.get("/health").get_json().get("problems", []))
+            _nothing_left(redis_url)
+    finally:
+        stop_process(redis)
+    assert record.status == "done" or record.error, (record, _tails(tmp_path))
+    if record.status == "done":
+        assert _scores(_stored(service)) == _scores(one_process)
+    assert "ProjectNotFound" in train.error  # the trigger's job ran, once Redis was back
+    assert not service.board.is_pending("10", "train") and not service.board.is_pending(PROJECT, "rank")
+    assert list((model_dir / ".outbox").glob("*.job")) == []
 
 
 def _tails(folder: Path) -> str:

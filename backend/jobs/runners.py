@@ -215,17 +215,77 @@ class RQRunner:
     The worker runs ``backend.jobs.entry.run_job_from_env`` with its own environment
     (MODEL_DIR shared with the serving replicas, which pick up new versions
     from there).
+
+    While Redis is unreachable a job is not lost: it waits in
+    ``MODEL_DIR/.outbox`` (its pending flag stays, so later events coalesce
+    into it) and a thread of this process sends it once Redis answers again;
+    a process started later sends what an earlier one left there.
+
+    Args:
+        root (Path | None): MODEL_DIR, where the outbox lives; None: no outbox (a failure raises).
+        retry_every (float): seconds between tries to send the outbox.
     """
 
-    def __init__(self, redis_url: str, queue: str, timeout: int) -> None:
-        from redis import Redis
+    def __init__(
+        self, redis_url: str, queue: str, timeout: int, root: Path | str | None = None, retry_every: float = 2.0
+    ) -> None:
         from rq import Queue
 
-        self.queue = Queue(queue, connection=Redis.from_url(redis_url))
+        self.queue = Queue(queue, connection=redis_connection(redis_url))
         self.timeout = timeout
+        self.outbox = Path(root) / ".outbox" if root is not None else None
+        self.retry_every = retry_every
+        self._sender: threading.Thread | None = None
+        self._lock = threading.Lock()
+        if self.outbox is not None and any(self.outbox.glob("*.job")):
+            self._start_sender()
 
     def submit(self, project: str, kind: str) -> None:
+        from redis.exceptions import ConnectionError, TimeoutError
+
+        try:
+            self._enqueue(project, kind)
+        except (ConnectionError, TimeoutError) as exc:
+            if self.outbox is None:
+                raise
+            logger.warning("Redis is unreachable (%s): %s for project %s waits in %s", exc, kind, project, self.outbox)
+            self.outbox.mkdir(parents=True, exist_ok=True)
+            (self.outbox / f"{project}.{kind}.job").write_text(json.dumps({"project": project, "kind": kind}))
+            self._start_sender()
+
+    def _enqueue(self, project: str, kind: str) -> None:
         self.queue.enqueue("backend.jobs.entry.run_job_from_env", project, kind, job_timeout=self.timeout)
+
+    def waiting(self) -> int:
+        """Jobs in the outbox, waiting for Redis."""
+        return len(list(self.outbox.glob("*.job"))) if self.outbox is not None else 0
+
+    def _start_sender(self) -> None:
+        with self._lock:
+            if self._sender is None or not self._sender.is_alive():
+                self._sender = threading.Thread(target=self._send_outbox, name="rq-outbox", daemon=True)
+                self._sender.start()
+
+    def _send_outbox(self) -> None:
+        """Send the outbox's jobs, oldest first, until it is empty (trying every ``retry_every`` seconds)."""
+        from redis.exceptions import ConnectionError, TimeoutError
+
+        while jobs := sorted(self.outbox.glob("*.job"), key=lambda p: p.stat().st_mtime):
+            try:
+                for path in jobs:
+                    job = json.loads(path.read_text())
+                    self._enqueue(job["project"], job["kind"])
+                    path.unlink(missing_ok=True)
+                    logger.info("Redis is back: %s for project %s sent", job["kind"], job["project"])
+            except (ConnectionError, TimeoutError, FileNotFoundError):
+                time.sleep(self.retry_every)
+
+
+def redis_connection(url: str, timeout: float = 2.0):
+    """A Redis client that gives up after ``timeout`` seconds, so a request never waits on a Redis that is down."""
+    from redis import Redis
+
+    return Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
 
 
 class ProcessShards:
@@ -246,6 +306,7 @@ class ProcessShards:
         self.retries = retries
         self.env = env
         self.poll = poll
+        self.timings: list[tuple[str, int, float]] = []  # (stage, shard, seconds) of each finished shard process
 
     def rank(self, folder: RunFolder, plan: ShardPlan, hua: HUAConfig, progress: Progress | None) -> PoolScores:
         """Both map steps here, with the reduce steps in this process between and after them."""
@@ -273,18 +334,19 @@ class ProcessShards:
         plan = folder.plan()
         todo = [i for i in range(count) if not folder.result(stage, i).exists()]
         tries = dict.fromkeys(todo, 0)
-        running: dict[int, tuple[subprocess.Popen, int | None]] = {}
+        running: dict[int, tuple[subprocess.Popen, int | None, float]] = {}
         try:
             while todo or running:
                 check()
                 self._start(folder, plan, stage, todo, running, tries)
                 time.sleep(self.poll)
-                for index, (proc, slot) in list(running.items()):
+                for index, (proc, slot, started) in list(running.items()):
                     if proc.poll() is None:
                         continue
                     del running[index]
                     _close(slot)
                     if proc.returncode == 0 and folder.result(stage, index).exists():
+                        self.timings.append((stage, index, time.monotonic() - started))
                         on_done()
                     elif tries[index] <= self.retries:
                         logger.warning("%s; trying again", folder.reason(stage, index))
@@ -292,7 +354,7 @@ class ProcessShards:
                     else:
                         raise ShardFailed(folder.reason(stage, index))
         finally:
-            for proc, slot in running.values():
+            for proc, slot, _ in running.values():
                 proc.kill()
                 proc.wait()
                 _close(slot)
@@ -310,7 +372,7 @@ class ProcessShards:
             proc = subprocess.Popen(
                 shard_command(plan, stage, index), env=self.env, stdin=subprocess.DEVNULL, pass_fds=_fds(slot)
             )
-            running[index] = (proc, slot)
+            running[index] = (proc, slot, time.monotonic())
 
 
 def shard_command(plan: ShardPlan, stage: str, index: int) -> list[str]:
@@ -346,10 +408,9 @@ class RQShards:
     """
 
     def __init__(self, redis_url: str, queue: str, timeout: int, retries: int) -> None:
-        from redis import Redis
         from rq import Queue
 
-        self.queue = Queue(queue, connection=Redis.from_url(redis_url))
+        self.queue = Queue(queue, connection=redis_connection(redis_url, timeout=10.0))
         self.timeout = timeout
         self.retries = retries
 
