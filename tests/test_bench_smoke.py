@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from bench import bench_backbones, bench_hua, bench_predict, bench_train_step, gpu_check
+from bench import bench_backbones, bench_hua, bench_predict, bench_rank_shards, bench_train_step, gpu_check
 from model.hua import HUAConfig, num_candidates
 
 pytestmark = pytest.mark.slow
@@ -179,3 +179,14 @@ def test_bench_load_tiny(tmp_path, capsys):
     assert {"/health", "/webhook", "/predict (good)"} <= set(rows)
     assert all(row["errors"] == 0 and row["calls"] >= 1 for row in rows.values())
     assert len(result["rss"]) >= 2 and all(result["rss"][0][1].values())
+
+
+def test_bench_rank_shards_tiny(tmp_path, capsys):
+    """One process against 2 shard workers over 16 tasks in shards of 8: the same scores, finite figures."""
+    out = tmp_path / "rank_shards.json"
+    args = ["--tasks", "16", "--shard-size", "8", "--batch-size", "4", "--size", "64x48", "--out", str(out)]
+    result = bench_rank_shards.main(args)
+    assert result["same_scores"] is True and result["shards"] == 4  # 2 first-pass, 2 mirrored (P = 16)
+    assert all(_positive(result[k]) for k in ("one_process_s", "sharded_s", "cpu_overhead", "per_image_cpu_s"))
+    assert json.loads(out.read_text())["tasks"] == 16
+    assert "same task scores" in capsys.readouterr().out
