@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WEIGHTS_FILE := .cache/torch/hub/checkpoints/mobilenet_v2-b0353104.pth
 
-.PHONY: run test test-fast lint bench weights clean redis-server chromium docker-check
+.PHONY: run test test-fast lint bench weights clean redis-server chromium docker-check demo
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ test: $(STAMP) $(WEIGHTS_FILE) redis-server chromium
 ## Unit tests only (no Label Studio server).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
+
+## Label Studio and the backend on loopback, and a scripted annotator following the HUA queue over
+## digit scenes until 4 trainings have run (README, "Watch it learn"); then both stay up until Ctrl-C.
+## DEMO_ARGS: see `python -m demo --help` (e.g. --exit, --screenshot docs/images/ui-demo.png).
+demo: $(STAMP) $(WEIGHTS_FILE) chromium
+	$(BIN)/python -m demo $(DEMO_ARGS)
 
 ## ruff as linter and formatter (configured in pyproject.toml); fails on any finding or unformatted file.
 lint: $(STAMP)

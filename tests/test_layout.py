@@ -1,4 +1,4 @@
-"""docs/architecture.md's Layout section names every module of backend/ and model/, and only those.
+"""docs/architecture.md's Layout section names every module of backend/, model/ and demo/, and only those.
 
 A newcomer finds each concern by its file name there; a file moved or added
 without its line (or a line left for a file that is gone) fails here.
@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("backend", "model")
-ENTRY = re.compile(r"^- `((?:backend|model)/[\w/]+\.py)`: \S")
+PACKAGES = ("backend", "model", "demo")
+ENTRY = re.compile(r"^- `((?:backend|model|demo)/[\w/]+\.py)`: \S")
 
 
 def _layout_section() -> list[str]:
