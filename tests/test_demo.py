@@ -1,6 +1,6 @@
-"""``make demo``'s parts that need no server: its scene project and its annotator's choice of tasks.
+"""``make demo``'s parts that need no server: its scene project, its annotator's choice of tasks and its wait on /jobs.
 
-The demo itself (Label Studio, the backend, four trainings: about 15 minutes) is not run here.
+The demo itself (Label Studio, the backend, four trainings: 15 to 20 minutes) is not run here.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
+import demo.annotator
 from backend.annotations import annotation_boxes
 from backend.labels import parse_label_config
-from demo.annotator import QUEUE_TITLE, queue_head
+from demo.annotator import QUEUE_TITLE, DemoError, queue_head, wait_for_jobs
 from demo.scenes import LABEL_CONFIG, LABELS, SCENES, write_scenes
 
 
@@ -75,3 +76,60 @@ def test_before_the_first_ranking_the_annotator_takes_label_studios_order():
     tasks = [{"id": i, "total_annotations": 0} for i in (1, 2, 3)]
     head, ranked = queue_head(_Client([{"id": 3, "data": {"title": "Default"}}], tasks), 1, 2)
     assert [t["id"] for t in head] == [1, 2] and not ranked
+
+
+class _Backend:
+    """/jobs answering one snapshot per call, the last one for ever after."""
+
+    def __init__(self, *snapshots):
+        self._snapshots = list(snapshots)
+
+    def get(self, path, **kw):
+        jobs = self._snapshots.pop(0) if len(self._snapshots) > 1 else self._snapshots[0]
+        return _Response({"jobs": {"1": jobs}})
+
+    def log_tail(self, n):
+        return ""
+
+
+class _Response:
+    def __init__(self, body):
+        self._body = body
+
+    def raise_for_status(self):
+        pass
+
+    def json(self):
+        return self._body
+
+
+def _record(status, started, finished=None, queued="t0"):
+    return {"status": status, "queued": queued, "started": started, "finished": finished, "message": "", "progress": 0}
+
+
+def test_the_annotator_waits_for_the_training_and_the_ranking_that_follows_it(monkeypatch):
+    monkeypatch.setattr(demo.annotator.time, "sleep", lambda s: None)
+    old_rank = _record("done", "t1", "t2")
+    before = {"rank": old_rank}
+    training = _record("running", "t3")
+    trained = _record("done", "t3", "t5")
+    # the follow-up keeps the old record's "queued": its start tells it from the ranking before
+    ranking = _record("running", "t5", queued="t1")
+    ranked = _record("done", "t5", "t6", queued="t1")
+    backend = _Backend(
+        {"rank": old_rank},
+        {"rank": old_rank, "train": training},
+        {"rank": old_rank, "train": trained},
+        {"rank": ranking, "train": trained},
+        {"rank": ranked, "train": trained},
+    )
+    seen = []
+    jobs = wait_for_jobs(backend, 1, before, ("train", "rank"), seen.append, timeout_s=5)
+    assert jobs == {"rank": ranked, "train": trained}
+
+
+def test_a_failed_training_stops_the_demo(monkeypatch):
+    monkeypatch.setattr(demo.annotator.time, "sleep", lambda s: None)
+    backend = _Backend({"train": {**_record("failed", "t3", "t4"), "error": "FloatingPointError: loss"}})
+    with pytest.raises(DemoError, match="the train job failed: FloatingPointError"):
+        wait_for_jobs(backend, 1, {}, ("train", "rank"), print)
