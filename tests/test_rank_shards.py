@@ -373,6 +373,41 @@ def test_rq_a_shard_that_keeps_failing_fails_the_ranking(model_dir, root, one_pr
     assert _stored(service) == one_process
 
 
+def test_rq_a_newer_ranking_cancels_the_running_ones_shards(model_dir, root, one_process, redis_url, tmp_path):
+    """A newer ranking on RQ: the running one's queued shards are cancelled and its running shard
+    stopped, so it never pushes; the newer one completes with the same scores."""
+    from fake_labelstudio import LabelStudioStub
+    from redis import Redis
+    from rq.job import Job, JobStatus
+
+    connection = Redis.from_url(redis_url)
+    connection.flushall()
+    fake = FakeLabelStudio([_task(i) for i in range(1, 13)])
+    with (
+        LabelStudioStub(fake) as stub,
+        _rq_workers(_worker_env(model_dir, root, stub.url, redis_url), tmp_path, count=1) as workers,
+    ):
+        service = _service(model_dir, root, fake, redis_url=redis_url)
+        older = _hand_to_rq(service)["run"]
+        deadline = time.monotonic() + 240
+        while not _horses(workers):
+            assert time.monotonic() < deadline, _tails(tmp_path)
+            time.sleep(0.05)
+        newer = _hand_to_rq(service)["run"]
+        record, _ = _wait_while_running(service, tmp_path, deadline)
+        _nothing_left(redis_url)
+        old_jobs = [
+            Job.fetch(f"hua-rank-{PROJECT}-{older}-{step}", connection=connection)
+            for step in ("first-0", "first-1", "first-2", "reduce-first")
+        ]
+        statuses = [job.get_status() for job in old_jobs]
+    assert record.status == "done" and record.run == newer, (record, _tails(tmp_path))
+    assert statuses[0] == JobStatus.STOPPED, statuses  # it was running: stopped, not left to finish
+    assert set(statuses[1:]) == {JobStatus.CANCELED}, statuses
+    assert len(fake.predictions) == 10  # the newer ranking's push only
+    assert _scores(_stored(service)) == _scores(one_process)
+
+
 def _redis_server(port: int, folder: Path) -> subprocess.Popen:
     """redis-server with its state kept on disk (append-only file), as a deployment's is: a restart loses no job."""
     command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--appendonly", "yes"]
