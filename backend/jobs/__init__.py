@@ -1,2 +1,3 @@
 """Background jobs: their shared state (``board``), where they run (``runners``), when (``scheduler``),
-what they do (``train``, ``rank``, ``predict``) and the entry point every way of running them calls (``entry``)."""
+what they do (``train``, ``rank``, ``predict``), a ranking split into shards (``shards``) and the entry
+point every way of running them calls (``entry``)."""
