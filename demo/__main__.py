@@ -1,4 +1,4 @@
-"""``make demo`` (``python -m demo``): watch the backend learn, on a CPU, in about a quarter of an hour.
+"""``make demo`` (``python -m demo``): watch the backend learn, on a CPU, in 15 to 20 minutes.
 
 It starts Label Studio (its own venv, as the end-to-end tests do) and the backend on loopback,
 creates a project of 60 digit scenes from bench/ and connects the backend. Then a scripted
@@ -38,6 +38,8 @@ from demo.scenes import LABEL_CONFIG, SCENES, write_scenes
 USERNAME = "demo@example.com"
 BACKEND_USER = "ml"
 SUBDIR = "demo-scenes"
+MARKER = ".hua-demo"  # a folder --workdir may empty
+DEFAULT_WORKDIR = REPO_ROOT / ".cache" / "demo"
 
 #: The backend's settings for a CPU (README's table lists them all): torchvision's ImageNet
 #: MobileNetV2 file from .cache/torch (``make weights``) under an FPN; a training every 10
@@ -124,8 +126,13 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the servers are stopped on the way out
     work = Path(args.workdir).resolve()
-    shutil.rmtree(work, ignore_errors=True)
+    ours = work == DEFAULT_WORKDIR.resolve() or (work / MARKER).exists()
+    if work.exists() and any(work.iterdir()) and not ours:
+        _say(f"{work} is not empty and not a demo's folder: give --workdir an empty or new one")
+        return 2
+    shutil.rmtree(work, ignore_errors=True)  # the last demo's
     work.mkdir(parents=True)
+    (work / MARKER).write_text("made by python -m demo; emptied by the next one\n")
     _say("Label Studio's venv (the end-to-end tests' one; the first time, pip installs it: minutes) ...")
     venv = ensure_ls_venv()
     _say(f"Starting Label Studio (its first start on a fresh data dir migrates: about a minute) in {work} ...")
@@ -204,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", default=str(REPO_ROOT / ".cache" / "demo"), help="emptied first")
+    parser.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="a demo's folder, emptied first")
     parser.add_argument("--ls-port", type=int, default=8080, help="any free port when taken")
     parser.add_argument("--backend-port", type=int, default=9090, help="any free port when taken")
     parser.add_argument("--password", default=None, help="Label Studio's (default: random, printed)")
