@@ -20,6 +20,7 @@ Every test session starts Label Studio on a fresh temporary data dir.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -314,3 +315,29 @@ def square_result(image: SquareImage, label: str, from_name: str = "label", to_n
 @pytest.fixture(scope="session")
 def square_images(label_studio: LabelStudioServer) -> SquareImages:
     return make_square_images(label_studio.document_root)
+
+
+#: A backend that trains after every 2 annotation events, in one short epoch (the training e2e tests).
+TRAINING_BACKEND_ENV: dict[str, str] = {
+    "TRAIN_EVERY": "2",
+    "EPOCHS": "1",
+    "TRAIN_MIN_ITERATIONS": "1",
+    "TRAIN_BATCH_SIZE": "2",
+    "ALLOW_WEIGHTS_DOWNLOAD": "false",
+    "EVAL_MIN_TASKS": "1",
+}
+
+
+@contextlib.contextmanager
+def training_backend(label_studio: LabelStudioServer, base: Path, **extra: str) -> Iterator[MLBackendServer]:
+    """A backend of its own under ``base`` with :data:`TRAINING_BACKEND_ENV` (and ``extra``); stopped after."""
+    try:
+        server = start_ml_backend(
+            label_studio, base / "model", base / "gunicorn.log", extra_env={**TRAINING_BACKEND_ENV, **extra}
+        )
+    except RuntimeError as e:
+        pytest.fail(f"the ML backend did not start: {e}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -127,23 +127,10 @@ def _of_version(ls_client, task_id: int, version: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def cloud_backend(label_studio, tmp_path_factory):
     """A backend of its own that trains after every 2 annotation events."""
-    from labelstudio import start_ml_backend
+    from labelstudio import training_backend
 
-    base = tmp_path_factory.mktemp("cloud-backend")
-    env = {
-        "TRAIN_EVERY": "2",
-        "EPOCHS": "1",
-        "TRAIN_MIN_ITERATIONS": "1",
-        "TRAIN_BATCH_SIZE": "2",
-        "ALLOW_WEIGHTS_DOWNLOAD": "false",
-        "EVAL_MIN_TASKS": "1",
-        "LOG_LEVEL": "INFO",
-    }
-    server = start_ml_backend(label_studio, base / "model", base / "gunicorn.log", extra_env=env)
-    try:
+    with training_backend(label_studio, tmp_path_factory.mktemp("cloud-backend"), LOG_LEVEL="INFO") as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _connect(ls_client, backend, project: int) -> int:

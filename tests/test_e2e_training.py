@@ -44,27 +44,10 @@ def _backend_env(label_studio, model_dir: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def training_backend(label_studio, tmp_path_factory):
     """A backend of its own that trains after every 2 annotation events."""
-    from labelstudio import start_ml_backend
+    from labelstudio import training_backend as started
 
-    base = tmp_path_factory.mktemp("training-backend")
-    env = {
-        "TRAIN_EVERY": "2",
-        "EPOCHS": "1",
-        "TRAIN_MIN_ITERATIONS": "1",
-        "TRAIN_BATCH_SIZE": "2",
-        "ALLOW_WEIGHTS_DOWNLOAD": "false",
-        "EVAL_MIN_TASKS": "1",
-    }
-    try:
-        server = start_ml_backend(label_studio, base / "model", base / "gunicorn.log", extra_env=env)
-    except RuntimeError as e:
-        server, error = None, str(e)
-    if server is None:
-        pytest.fail(f"the ML backend did not start: {error}", pytrace=False)
-    try:
+    with started(label_studio, tmp_path_factory.mktemp("training-backend")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _project(ls_client, square_images, title: str) -> tuple[int, list[dict]]:
