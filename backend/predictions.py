@@ -52,8 +52,8 @@ class TaskImage:
     failure: TaskFailure | None = None
 
 
-def box_result(box: Sequence[float], label: str, score: float, width: int, height: int, names: ProjectLabels) -> dict:
-    """One rectanglelabels region in Label Studio's percent coordinates.
+def region(box: Sequence[float], label: str, width: int, height: int, from_name: str, to_name: str) -> dict:
+    """One rectanglelabels region in Label Studio's percent coordinates (a prediction's or an annotation's).
 
     Args:
         box (Sequence[float]): x1, y1, x2, y2 in pixels of the image as displayed.
@@ -61,8 +61,8 @@ def box_result(box: Sequence[float], label: str, score: float, width: int, heigh
     """
     x1, y1, x2, y2 = (float(v) for v in box)
     return {
-        "from_name": names.from_name,
-        "to_name": names.to_name,
+        "from_name": from_name,
+        "to_name": to_name,
         "type": "rectanglelabels",
         "value": {
             "x": 100.0 * x1 / width,
@@ -72,11 +72,15 @@ def box_result(box: Sequence[float], label: str, score: float, width: int, heigh
             "rotation": 0,
             "rectanglelabels": [label],
         },
-        "score": float(score),
         "original_width": width,
         "original_height": height,
         "image_rotation": 0,
     }
+
+
+def box_result(box: Sequence[float], label: str, score: float, width: int, height: int, names: ProjectLabels) -> dict:
+    """A predicted :func:`region` of the project's control, with its score."""
+    return {**region(box, label, width, height, names.from_name, names.to_name), "score": float(score)}
 
 
 def task_prediction(

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from backend.predictions import region
 from bench.active_learning.dataset import DigitScenesConfig, write_digit_scenes
 
 LABELS: tuple[str, ...] = tuple(str(d) for d in range(10))
@@ -61,23 +62,8 @@ class SceneTask:
     def result(self) -> list[dict]:
         """The ground truth as an annotation result (Label Studio's percent coordinates)."""
         return [
-            {
-                "from_name": FROM_NAME,
-                "to_name": TO_NAME,
-                "type": "rectanglelabels",
-                "original_width": self.width,
-                "original_height": self.height,
-                "image_rotation": 0,
-                "value": {
-                    "x": 100.0 * x1 / self.width,
-                    "y": 100.0 * y1 / self.height,
-                    "width": 100.0 * (x2 - x1) / self.width,
-                    "height": 100.0 * (y2 - y1) / self.height,
-                    "rotation": 0,
-                    "rectanglelabels": [label],
-                },
-            }
-            for (x1, y1, x2, y2), label in zip(self.boxes, self.labels)
+            region(box, label, self.width, self.height, FROM_NAME, TO_NAME)
+            for box, label in zip(self.boxes, self.labels)
         ]
 
 

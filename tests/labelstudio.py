@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from backend.predictions import region
 from demo.labelstudio import (  # noqa: F401 (re-exported for the tests)
     DEFAULT_LS_VENV,
     HTTP_TIMEOUT_S,
@@ -291,25 +292,7 @@ def make_square_images(
 
 def square_result(image: SquareImage, label: str, from_name: str = "label", to_name: str = "image") -> list[dict]:
     """An annotation result (LS's percent coordinates) boxing ``image``'s square."""
-    x1, y1, x2, y2 = image.box
-    return [
-        {
-            "from_name": from_name,
-            "to_name": to_name,
-            "type": "rectanglelabels",
-            "original_width": image.width,
-            "original_height": image.height,
-            "image_rotation": 0,
-            "value": {
-                "x": 100.0 * x1 / image.width,
-                "y": 100.0 * y1 / image.height,
-                "width": 100.0 * (x2 - x1) / image.width,
-                "height": 100.0 * (y2 - y1) / image.height,
-                "rotation": 0,
-                "rectanglelabels": [label],
-            },
-        }
-    ]
+    return [region(image.box, label, image.width, image.height, from_name, to_name)]
 
 
 @pytest.fixture(scope="session")
