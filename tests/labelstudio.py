@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from backend.predictions import region
+from demo import labelstudio as harness
 from demo.labelstudio import (  # noqa: F401 (re-exported for the tests)
     DEFAULT_LS_VENV,
     HTTP_TIMEOUT_S,
@@ -50,20 +51,9 @@ from demo.labelstudio import (  # noqa: F401 (re-exported for the tests)
 )
 
 __all__ = [
-    "LS_VERSION",
-    "LabelStudio",
-    "LabelStudioError",
-    "LabelStudioServer",
-    "MLBackendServer",
+    *harness.__all__,
     "ImageSpec",
     "ImageSet",
-    "ensure_ls_venv",
-    "start_label_studio",
-    "start_ml_backend",
-    "stop_process",
-    "free_port",
-    "log_tail",
-    "project_uid",
     # fixtures
     "ls_venv",
     "label_studio",
