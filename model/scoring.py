@@ -121,6 +121,10 @@ class FirstPass:
             {key: why for p in parts for key, why in p.failed.items()},
         )
 
+    def by_key(self) -> dict[Hashable, Detections]:
+        """Each image's first-pass detections, by key (what the mirrored pass compares against)."""
+        return dict(zip(self.keys, self.detections))
+
     def drop(self, failed: dict[Hashable, str]) -> None:
         """Remove the images whose second pass failed (they have no SA), listing them as failed."""
         if not failed:
@@ -294,9 +298,8 @@ def score_pool(
     predict = first_pass_predict(detector, config)
     first = first_pass(predict, keys, source, config, batch_size, _share(progress, 0.0, 0.8))
     candidates = pool_candidates(first, config, budget)
-    originals = dict(zip(first.keys, first.detections))
     metrics, failed = flipped_metrics(
-        detector, originals, candidates, source, labeled_freq, config, batch_size, _share(progress, 0.8, 0.2)
+        detector, first.by_key(), candidates, source, labeled_freq, config, batch_size, _share(progress, 0.8, 0.2)
     )
     return rank_first_pass(first, metrics, failed, config)
 
@@ -324,8 +327,7 @@ def score_new_images(
     """
     first = first_pass(detector.predict, keys, source, config, batch_size)
     gated = [key for key, h in zip(first.keys, first.entropy.tolist()) if h >= scale.entropy_cutoff]
-    originals = dict(zip(first.keys, first.detections))
-    metrics, failed = flipped_metrics(detector, originals, gated, source, labeled_freq, config, batch_size)
+    metrics, failed = flipped_metrics(detector, first.by_key(), gated, source, labeled_freq, config, batch_size)
     first.drop(failed)
     scores = [score_single(h, metrics.get(key), scale) for key, h in zip(first.keys, first.entropy.tolist())]
     return NewScores(first.keys, first.detections, scores, first.failed)

@@ -316,7 +316,7 @@ class ShardWork:
         originals = {}
         for shard in sorted({position[key] // plan.size for key in keys}):
             first = load_first(folder.result(FIRST, shard))
-            originals |= {k: d for k, d in zip(first.keys, first.detections) if k in wanted}
+            originals |= {k: d for k, d in first.by_key().items() if k in wanted}
         urls = dict(map(tuple, plan.items))
         source = fetched_source(self.images, [[k, urls[k]] for k in keys], self.fetch_workers)
         freq = torch.tensor(plan.labeled_freq, dtype=torch.float64)
