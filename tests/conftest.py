@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+import torch
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -24,6 +25,15 @@ def offline_environment(tmp_path_factory: pytest.TempPathFactory):
         for name in ("LABEL_STUDIO_URL", "LABEL_STUDIO_HOST", "LABEL_STUDIO_API_KEY", "LABEL_STUDIO_ACCESS_TOKEN"):
             mp.delenv(name, raising=False)
         yield
+
+
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """Whatever torch thread count a test sets (the benchmark's in-process path sets one), the
+    next test starts with this process's own: a count left behind changes how convolutions round."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
