@@ -1,6 +1,6 @@
 """End to end against a real Label Studio 1.23.2: the HUA queue.
 
-A rank job (POST /rank to the running backend, or ``python -m backend rank``)
+A rank job (POST /rank to the running backend, or ``python -m backend rank``; in one process or in shards)
 must leave in Label Studio one prediction per unlabeled task of the serving
 version (boxes + task score), the project's model_version set to it, and one
 Data Manager tab "HUA queue" listing the unlabeled tasks by ascending score;
@@ -27,6 +27,7 @@ import pytest
 from test_scoring import CONFIG, calibrated_model, make_image
 from torchvision.transforms.functional import to_pil_image
 
+from backend.jobs.shards import SHARDS_DIR
 from helpers import LABEL_CONFIG
 from model.version_meta import VersionMeta
 from model.versions import VersionStore
@@ -149,11 +150,11 @@ def _rank(label_studio, ml_backend, project: int) -> dict:
     return _wait_for_rank(label_studio, ml_backend, project, before)
 
 
-def _cli_rank(ml_backend, project: int, *args: str) -> subprocess.CompletedProcess:
-    """``python -m backend rank --project P`` with the backend's environment."""
+def _cli_rank(ml_backend, project: int, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m backend rank --project P`` with the backend's environment (and ``env`` over it)."""
     from labelstudio import REPO_ROOT, _child_env  # imported here: pytest loads it as a plugin first
 
-    env = {**_child_env(), **ml_backend.env}
+    env = {**_child_env(), **ml_backend.env, **(env or {})}
     python = REPO_ROOT / ".venv" / "bin" / "python"
     command = [
         str(python if python.exists() else sys.executable),
@@ -408,3 +409,53 @@ def test_a_project_connected_before_its_tasks(label_studio, ls_client, ml_backen
     ids = [t["id"] for t in ls_client.tasks(project, view=view["id"])]
     _check_order(ids, {int(t): e["score"] for t, e in ranking["tasks"].items()})
     assert only["id"] not in ids
+
+
+# --------------------------------------------------------------------------
+# the same queue, ranked in shards
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sharded_backend(label_studio, tmp_path_factory):
+    """A second backend on the same Label Studio that ranks in shards of 2 tasks (batches of 2),
+    run as child processes (MAX_JOB_PROCESSES=2, no Redis), each on one torch thread as RQ
+    workers would be (so that a one-process ranking rounds alike)."""
+    from labelstudio import start_ml_backend  # imported here: pytest loads it as a plugin first
+
+    base = tmp_path_factory.mktemp("ml-backend-sharded")
+    env = {"MAX_JOB_PROCESSES": "2", "RANK_SHARD_SIZE": "2", "BATCH_SIZE": "2", "OMP_NUM_THREADS": "1"}
+    server = start_ml_backend(label_studio, base / "model", base / "gunicorn.log", extra_env=env)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_ranking_in_shards_pushes_what_one_process_ranks(label_studio, ls_client, sharded_backend, rank_folder):
+    """A pool of 7 tasks (one image missing) and a labelled one, ranked in 4 first-pass shards
+    through POST /rank: one prediction per unlabeled task in Label Studio with its stored score,
+    the queue tab in that order; then ranked again in one process (the CLI, MAX_JOB_PROCESSES=1):
+    the same ranking.json."""
+    names = [f"q{i}.png" for i in range(6)] + ["missing.png", "q6.png"]
+    project = _make_project(ls_client, sharded_backend, rank_folder, "e2e hua shards", names)
+    tasks = {t["data"]["image"]: t["id"] for t in ls_client.tasks(project)}
+    _annotate(ls_client, tasks[_url("q6.png")])
+    _connect(ls_client, sharded_backend, project)
+    record = _rank(label_studio, sharded_backend, project)
+    assert record["result"]["ranked"] == 6 and record["result"]["pushed"] == 6, record
+    assert list(record["result"]["failed"]) == [str(tasks[_url("missing.png")])], record
+    version, sharded = _ranking(sharded_backend, project)
+    shards = VersionStore(sharded_backend.model_dir).get(str(project), version).path / SHARDS_DIR
+    assert shards.is_dir() and not any(shards.iterdir())  # where the shards wrote, emptied once reduced
+    scores = {int(t): e["score"] for t, e in sharded["tasks"].items()}
+    for task_id, score in scores.items():
+        (prediction,) = _ours(ls_client, task_id, version)
+        assert prediction["score"] == pytest.approx(score, abs=SCORE_TOLERANCE)
+    ids = [t["id"] for t in ls_client.tasks(project, view=_queue_view(ls_client, project)["id"])]
+    _check_order(ids[:-1], scores)  # the scored tasks by ascending score, then the one without a score
+    assert ids[-1] == tasks[_url("missing.png")], ids
+
+    done = _cli_rank(sharded_backend, project, "--full", env={"MAX_JOB_PROCESSES": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert _ranking(sharded_backend, project) == (version, sharded)
