@@ -91,6 +91,42 @@ def test_summary_is_the_mean_over_seeds() -> None:
     assert out["summary"]["gate"]["miss_per_image"] == 2.0 and out["random_range"]["miss_per_image"] == [0.0, 2.0]
 
 
+def _seed_report(seed: int, misses: float, preset: str = "varied") -> dict:
+    quantities = dict.fromkeys(error_capture.QUANTITIES, 1.0)
+    per_seed = {
+        seed: {
+            "cycle0_ap50": 0.3 + seed / 1000,
+            "selectors": {"gate": {**quantities, "miss_per_image": misses}},
+            "random_range": {q: [0.0, misses] for q in quantities},
+        }
+    }
+    return error_capture.report_of(preset, 40, "synchronic", per_seed)
+
+
+def test_merge_joins_seeds_run_apart(tmp_path) -> None:
+    parts = []
+    for seed, misses in ((102, 4.0), (100, 1.0), (101, 2.5)):
+        parts.append(tmp_path / f"s{seed}.json")
+        parts[-1].write_text(json.dumps(_seed_report(seed, misses)))
+    out = tmp_path / "all.json"
+    assert error_capture.main(["--merge", *map(str, parts), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["seed_list"] == [100, 101, 102] and list(report["seeds"]) == ["100", "101", "102"]
+    assert report["summary"]["gate"]["miss_per_image"] == pytest.approx(2.5)
+    assert report["cycle0_ap50"] == pytest.approx(0.401)
+    assert "seeds [100, 101, 102]" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.parametrize("other", [_seed_report(101, 1.0, preset="uniform"), _seed_report(100, 2.0)])
+def test_merge_refuses_other_settings_or_a_seed_twice(tmp_path, other) -> None:
+    (tmp_path / "a.json").write_text(json.dumps(_seed_report(100, 1.0)))
+    (tmp_path / "b.json").write_text(json.dumps(other))
+    argv = ["--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "all.json")]
+    with pytest.raises(SystemExit, match="differ in preset|more than one report"):
+        error_capture.main(argv)
+    assert not (tmp_path / "all.json").exists()
+
+
 @pytest.mark.slow
 def test_tiny_run_end_to_end(tmp_path) -> None:
     out = tmp_path / "capture.json"

@@ -17,7 +17,10 @@ Usage (from the repository root)::
 
 Writes ``FILE`` (``summary``: per selector the means over seeds; ``random_range``:
 random's 2.5-97.5 % range over 1,000 draws, averaged over seeds; ``seeds``: the
-same per seed) and ``FILE`` with ``.md`` for the table.
+same per seed) and ``FILE`` with ``.md`` for the table. Seeds run as separate
+processes (one core each) are joined into one report without any pass again::
+
+    .venv/bin/python -m bench.active_learning.error_capture --merge A.json B.json C.json --out FILE.json
 """
 
 from __future__ import annotations
@@ -228,7 +231,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--preset", "--config", dest="config", choices=sorted(PRESETS) + sorted(ALIASES), default="varied"
     )
-    parser.add_argument("--seeds", nargs="+", type=int, required=True, help="development seeds (100+)")
+    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--seeds", nargs="+", type=int, help="development seeds (100+)")
+    inputs.add_argument(
+        "--merge", nargs="+", type=Path, metavar="JSON", help="join reports of other seeds, run nothing"
+    )
     parser.add_argument("--strategies", nargs="+", choices=list(SELECTORS), default=list(SELECTORS))
     parser.add_argument("--out", type=Path, required=True, help="the JSON file (a .md is written beside it)")
     parser.add_argument("--cache", type=Path, default=REPO_ROOT / "bench" / "out" / "cache")
@@ -238,11 +245,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = merged(args.merge) if args.merge else run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    args.out.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    """Train (or take from the cache) each seed's cycle-0 detector and measure every selector on it."""
     from bench.active_learning.__main__ import build_config, load_datasets, warm_started
     from bench.common import use_repo_torch_home
 
     use_repo_torch_home()  # the warm start is built from the repository's ImageNet file, as the benchmark's
-    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     cli = argparse.Namespace(
         **{
@@ -263,12 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     config, _ = warm_started(config, cli, data)
     torch.set_num_threads(args.threads)  # warm_started sizes threads for the benchmark's workers
     sim, loss = config.simulation, config.runs[0][1]
-    per_seed, ap50 = {}, []
+    per_seed = {}
     for seed in args.seeds:
         labeled = tuple(initial_set(len(data[seed].pool), sim.initial, seed))
         step = Step((RunSpec("random", loss, seed),), 0, labeled)
         detector, metrics, _, _ = trained_detector(step, data[seed], sim)
-        ap50.append(metrics["map_50"])
         per_seed[seed] = {
             "cycle0_ap50": metrics["map_50"],
             **seed_capture(detector, data[seed], sim, labeled, seed, args.strategies),
@@ -280,20 +296,32 @@ def main(argv: list[str] | None = None) -> int:
             ),
             flush=True,
         )
-    report = {
-        "preset": config.name,
-        "seed_list": args.seeds,
-        "budget": sim.budget,
+    return report_of(config.name, sim.budget, loss, per_seed)
+
+
+def merged(paths: Sequence[Path]) -> dict[str, object]:
+    """One report from the per-seed parts of several: the same preset, budget and loss, no seed twice."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    settings = {(p["preset"], p["budget"], p["loss"]) for p in parts}
+    if len(settings) != 1:
+        raise SystemExit(f"error_capture --merge: the reports differ in preset, budget or loss: {sorted(settings)}")
+    per_seed = {int(seed): result for part in parts for seed, result in part["seeds"].items()}
+    if len(per_seed) != sum(len(p["seeds"]) for p in parts):
+        raise SystemExit("error_capture --merge: a seed is in more than one report")
+    preset, budget, loss = settings.pop()
+    return report_of(preset, budget, loss, dict(sorted(per_seed.items())))
+
+
+def report_of(preset: str, budget: int, loss: str, per_seed: dict[int, dict]) -> dict[str, object]:
+    return {
+        "preset": preset,
+        "seed_list": list(per_seed),
+        "budget": budget,
         "loss": loss,
-        "cycle0_ap50": statistics.fmean(ap50),
+        "cycle0_ap50": statistics.fmean(r["cycle0_ap50"] for r in per_seed.values()),
         **summarise(per_seed),
         "seeds": {str(s): r for s, r in per_seed.items()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
-    args.out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
-    return 0
 
 
 if __name__ == "__main__":
