@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -476,6 +477,98 @@ class TestReport:
         assert "| hua + synchronic | 1.0 | 0.5 | 0.2 | 0.002 |" in report.timing_table(rows + selected + paused)
         png = report.plot(rows, tmp_path / "p.png", "t")
         assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+class TestHuaRules:
+    """The two rules of docs/method.md, section 7, on five seeds and five cycles of synthetic curves."""
+
+    RANDOM = (0.30, 0.40, 0.46, 0.50, 0.52)
+
+    @classmethod
+    def _rows(
+        cls,
+        sum_gain: float = 0.0,
+        mean_gain: float = 0.0,
+        mean_boxes: int = 100,
+        diverse: Sequence[float] = (0.0,) * 5,
+        seeds: int = 5,
+    ) -> list[Row]:
+        """Random draws 140 boxes a cycle, HUA (sum) 200, HUA (mean) ``mean_boxes``; the gains are added at
+        cycles 1..; HUA (sum) + diversity is HUA (sum) plus ``diverse[seed]`` at cycles 1.."""
+        rows = []
+        for seed in range(seeds):
+            for cycle, value in enumerate(cls.RANDOM):
+                base, later, boxes = value + seed / 100, cycle > 0, cycle + 1
+                hua = base + later * sum_gain
+                rows += [
+                    _row("random", "synchronic", seed, cycle, base, boxes=140 * boxes),
+                    _row("hua", "synchronic", seed, cycle, hua, boxes=200 * boxes),
+                    _row("hua_mean", "synchronic", seed, cycle, base + later * mean_gain, boxes=mean_boxes * boxes),
+                    _row("hua_kcenter", "synchronic", seed, cycle, hua + later * diverse[seed], boxes=200 * boxes),
+                ]
+        return rows
+
+    @staticmethod
+    def _rules(rows: list[Row]) -> report.HuaRules:
+        rules = report.hua_rules(report.curves(rows))
+        assert rules is not None
+        return rules
+
+    def test_mean_wins_when_it_needs_fewer_boxes_and_sum_saves_no_images(self) -> None:
+        rules = self._rules(self._rows())
+        # both reach random's final 0.54 (mean over seeds) exactly at 200 images: HUA (mean) with 500 boxes,
+        # HUA (sum) with 1000
+        assert rules.hua_mean.reach_boxes == pytest.approx(500) and rules.hua_sum.reach_boxes == pytest.approx(1000)
+        assert rules.aggregate == "mean"
+        text = report.markdown(self._rows(), "t", cycles=5, seeds=5)
+        assert "so HUA_AGGREGATE is **mean**." in text
+
+    def test_sum_stays_when_it_beats_random_on_images(self) -> None:
+        rules = self._rules(self._rows(sum_gain=0.03))
+        assert rules.hua_sum.reach_labeled < rules.hua_sum.final_labeled
+        assert rules.aggregate == "sum"
+
+    @pytest.mark.parametrize(("mean_gain", "mean_boxes"), [(-0.05, 100), (0.0, 250)])
+    def test_sum_stays_when_mean_needs_as_many_boxes_or_never_reaches(self, mean_gain: float, mean_boxes: int) -> None:
+        assert self._rules(self._rows(mean_gain=mean_gain, mean_boxes=mean_boxes)).aggregate == "sum"
+
+    @pytest.mark.parametrize(
+        ("diverse", "on"),
+        [
+            ((0.0, 0.002, 0.004, 0.006, 0.008), True),  # mean +0.4, interval [+0.0, +0.8]
+            ((-0.001,) * 5, False),  # the mean below zero
+            ((-0.04, 0.04, -0.03, 0.03, 0.01), False),  # mean +0.2, lower end -4.1 < -1
+        ],
+    )
+    def test_diversity_rule(self, diverse: tuple[float, ...], on: bool) -> None:
+        rules = self._rules(self._rows(diverse=diverse))
+        assert rules.diversity.mean == pytest.approx(sum(diverse) / 5)
+        assert rules.diversity_on is on
+        assert f"so HUA_DIVERSITY is **{'on' if on else 'off'}**." in report.markdown(
+            self._rows(diverse=diverse), "t", cycles=5, seeds=5
+        )
+        assert report.summary_numbers(self._rows(diverse=diverse))["hua_rules"]["diversity"] is on
+
+    def test_rules_are_provisional_until_every_seed_is_in(self) -> None:
+        text = report.markdown(self._rows(seeds=3), "t", cycles=5, seeds=5)
+        assert text.count("(provisional: 5 cycle(s), 3 seed(s) so far)") == 2
+
+    def test_hua_runs_are_compared_with_cald_too(self) -> None:
+        rows = self._rows() + [
+            _row("cald", "synchronic", r.seed, r.cycle, r.ap50 - 0.01 * (r.cycle > 0), boxes=r.boxes)
+            for r in self._rows()
+            if r.strategy == "random"
+        ]
+        compared = {c.curve.strategy: c for c in report.against_cald(report.curves(rows))}
+        assert set(compared) == {"hua", "hua_mean", "hua_kcenter"}
+        assert [d.mean for d in compared["hua"].diff] == pytest.approx([0.0, 0.01, 0.01, 0.01, 0.01])
+        text = report.markdown(rows, "t")
+        assert "| hua + synchronic | cald + synchronic | 5 | +0.0 [+0.0, +0.0]; +1.0" in text
+
+    def test_no_rule_without_its_runs(self) -> None:
+        rows = [r for r in self._rows() if r.strategy in ("random", "hua")]
+        assert report.hua_rules(report.curves(rows)) is None
+        assert "HUA_AGGREGATE" not in report.markdown(rows, "t")
 
 
 class TestLoopBookkeeping:

@@ -22,6 +22,7 @@ from pathlib import Path
 from bench.active_learning.loop import Row
 
 BASELINE = "random"
+CALD = "cald"
 #: The loss the ablation compares the others with, and the form the decision rule is about: the
 #: paper's synchronic form (``synchronic``; the balanced form ``synchronic-balanced`` is an ablation).
 REFERENCE_LOSS = "standard"
@@ -238,6 +239,14 @@ def selection_comparisons(all_curves: Sequence[Curve]) -> list[Comparison]:
     return [cmp for c, base in pairs if base is not None and (cmp := compare(c, base)) is not None]
 
 
+def against_cald(all_curves: Sequence[Curve]) -> list[Comparison]:
+    """Every HUA curve against CALD-style with the same loss, the strongest baseline measured before HUA's
+    redefinition: "labeled images (boxes) to reach" then reads as against CALD's final AP50."""
+    calds = {c.loss: c for c in all_curves if c.strategy == CALD}
+    pairs = [(c, calds.get(c.loss)) for c in all_curves if c.strategy.startswith("hua")]
+    return [cmp for c, base in pairs if base is not None and (cmp := compare(c, base)) is not None]
+
+
 def loss_comparisons(all_curves: Sequence[Curve]) -> list[Comparison]:
     """Random with each loss against random with the standard loss: the same images for every loss."""
     randoms = {c.loss: c for c in all_curves if c.strategy == BASELINE}
@@ -285,6 +294,112 @@ def decide(all_curves: Sequence[Curve]) -> Decision | None:
     (cmp,) = match
     loss = CANDIDATE_LOSS if cmp.overall.mean >= 0 else REFERENCE_LOSS
     return Decision(cmp.overall, len(cmp.diff), loss)
+
+
+#: The runs the rules of docs/method.md, section 7 are about: HUA with each aggregate and with the diversity pass.
+HUA_SUM, HUA_MEAN, HUA_DIVERSE = "hua", "hua_mean", "hua_kcenter"
+#: The diversity rule's floor on the lower end of its 95 % interval, in AP50 (fraction).
+DIVERSITY_FLOOR = -0.01
+
+
+@dataclass(frozen=True)
+class HuaRules:
+    """The two rules of docs/method.md, section 7, fixed before the confirmatory runs, with their inputs.
+
+    HUA_AGGREGATE becomes ``mean`` only if HUA (mean) reaches random's final AP50 with fewer labeled
+    boxes than HUA (sum) does (a curve that never reaches it needs infinitely many) AND HUA (sum) does
+    not beat random on labeled images, that is, does not reach random's final AP50 with fewer labeled
+    images than random has there. HUA_DIVERSITY becomes on only if HUA (sum) + diversity minus HUA
+    (sum), paired by seed and averaged over cycles 1.., has a mean >= 0 and a 95 % interval whose lower
+    end is above ``DIVERSITY_FLOOR``. Either rule is None when its runs are missing.
+
+    Attributes:
+        hua_sum (Comparison | None): HUA (sum) against random.
+        hua_mean (Comparison | None): HUA (mean) against random.
+        diversity (Interval | None): per seed, the mean over cycles 1.. of HUA (sum) + diversity - HUA (sum).
+        cycles (int): the fewest cycles any rule's curves reached (0 included); seeds likewise.
+    """
+
+    hua_sum: Comparison | None
+    hua_mean: Comparison | None
+    diversity: Interval | None
+    cycles: int
+    seeds: int
+
+    @property
+    def aggregate(self) -> str | None:
+        if self.hua_sum is None or self.hua_mean is None:
+            return None
+        mean_boxes, sum_boxes = self.hua_mean.reach_boxes, self.hua_sum.reach_boxes
+        fewer_boxes = mean_boxes is not None and (sum_boxes is None or mean_boxes < sum_boxes)
+        sum_images = self.hua_sum.reach_labeled
+        sum_beats_random = sum_images is not None and sum_images < self.hua_sum.final_labeled
+        return "mean" if fewer_boxes and not sum_beats_random else "sum"
+
+    @property
+    def diversity_on(self) -> bool | None:
+        if self.diversity is None or math.isnan(self.diversity.half):
+            return None
+        return self.diversity.mean >= 0 and self.diversity.mean - self.diversity.half > DIVERSITY_FLOOR
+
+    def text(self, cycles: int, seeds: int) -> list[str]:
+        """One paragraph per rule that has its runs; provisional until ``cycles`` cycles of ``seeds`` seeds."""
+        done = self.cycles >= cycles and self.seeds >= seeds
+        state = "" if done else f" (provisional: {self.cycles} cycle(s), {self.seeds} seed(s) so far)"
+        out = []
+        if self.aggregate is not None:
+            s, m = self.hua_sum, self.hua_mean
+            out.append(
+                "Rule on HUA_AGGREGATE (docs/method.md, section 7): labeled boxes to reach random's final AP50, "
+                f"HUA (mean) {_reach(m.reach_boxes, m.final_boxes)} against HUA (sum) "
+                f"{_reach(s.reach_boxes, s.final_boxes)}; labeled images, HUA (sum) "
+                f"{_reach(s.reach_labeled, s.final_labeled)} against random's {s.final_labeled:.0f}; "
+                f"so HUA_AGGREGATE is **{self.aggregate}**{state}."
+            )
+        if self.diversity_on is not None:
+            out.append(
+                "Rule on HUA_DIVERSITY (docs/method.md, section 7): HUA (sum) + diversity - HUA (sum), mean over "
+                f"cycles 1-{self.cycles - 1} = {self.diversity.text()} (95 % interval over {self.diversity.n} "
+                f"seeds; on only if the mean is >= 0 and the lower end above {100 * DIVERSITY_FLOOR:+.0f}), "
+                f"so HUA_DIVERSITY is **{'on' if self.diversity_on else 'off'}**{state}."
+            )
+        return out
+
+
+def hua_rules(all_curves: Sequence[Curve]) -> HuaRules | None:
+    """The rules' inputs from the curves with the default loss; None when no rule has its runs."""
+    by_strategy = {c.strategy: c for c in all_curves if c.loss == CANDIDATE_LOSS}
+    random = by_strategy.get(BASELINE)
+    hua_sum = by_strategy.get(HUA_SUM)
+    if random is None or hua_sum is None:
+        return None
+    against_random = {s: compare(by_strategy[s], random) for s in (HUA_SUM, HUA_MEAN) if s in by_strategy}
+    diverse = by_strategy.get(HUA_DIVERSE)
+    diversity = _later_cycles(compare(diverse, hua_sum)) if diverse is not None else None
+    used = [c for c in (random, hua_sum, by_strategy.get(HUA_MEAN), diverse) if c is not None]
+    if against_random.get(HUA_MEAN) is None and diversity is None:
+        return None
+    return HuaRules(
+        against_random.get(HUA_SUM),
+        against_random.get(HUA_MEAN),
+        diversity,
+        min(len(c.labeled) for c in used),
+        min(len(c.seeds) for c in used),
+    )
+
+
+def _later_cycles(cmp: Comparison | None) -> Interval | None:
+    """Per seed, the mean paired AP50 difference over cycles 1.. (None before cycle 1)."""
+    if cmp is None or len(cmp.diff) < 2:
+        return None
+    curve, base = cmp.curve, cmp.baseline
+    per_seed = [
+        statistics.fmean(
+            curve.ap50[c][curve.seeds.index(s)] - base.ap50[c][base.seeds.index(s)] for c in range(1, len(cmp.diff))
+        )
+        for s in cmp.seeds
+    ]
+    return Interval.of(per_seed)
 
 
 # --------------------------------------------------------------------------
@@ -366,6 +481,9 @@ def markdown(
     selection = selection_comparisons(all_curves)
     if selection:
         parts += ["### Selection against random (same loss, paired by seed)", "", comparison_table(selection), ""]
+    cald = against_cald(all_curves)
+    if cald:
+        parts += ["### HUA against CALD-style (same loss, paired by seed)", "", comparison_table(cald), ""]
     losses = loss_comparisons(all_curves)
     if losses:
         parts += [
@@ -377,6 +495,9 @@ def markdown(
     decision = decide(all_curves)
     if decision:
         parts += [decision.text(cycles, seeds), ""]
+    rules = hua_rules(all_curves)
+    if rules:
+        parts += [line for paragraph in rules.text(cycles, seeds) for line in (paragraph, "")]
     parts += ["### Labeled boxes (mean over seeds): what the annotator drew", "", _boxes_table(all_curves), ""]
     if plot_name:
         parts += [f"![AP50 against labeled images and boxes]({plot_name})", ""]
@@ -439,8 +560,10 @@ def summary_numbers(rows: Sequence[Row]) -> dict[str, object]:
         }
 
     decision = decide(all_curves)
+    rules = hua_rules(all_curves)
     return {
         "selection": {c.curve.name: numbers(c) for c in selection_comparisons(all_curves)},
+        "against_cald": {c.curve.name: numbers(c) for c in against_cald(all_curves)},
         "loss": {c.curve.name: numbers(c) for c in loss_comparisons(all_curves)},
         "decision": None
         if decision is None
@@ -450,6 +573,16 @@ def summary_numbers(rows: Sequence[Row]) -> dict[str, object]:
             "half95": decision.difference.half,
             "seeds": decision.difference.n,
             "cycles": decision.cycles,
+        },
+        "hua_rules": None
+        if rules is None
+        else {
+            "aggregate": rules.aggregate,
+            "diversity": rules.diversity_on,
+            "diversity_difference": None if rules.diversity is None else rules.diversity.mean,
+            "diversity_half95": None if rules.diversity is None else rules.diversity.half,
+            "seeds": rules.seeds,
+            "cycles": rules.cycles,
         },
     }
 
