@@ -164,19 +164,25 @@ def _task(task_id: int, name: str) -> dict:
     return {"id": task_id, "data": {"image": f"/data/local-files/?d={name}"}}
 
 
+def _predict(tasks, detector, tmp_path, root, batch_size=2, workers=2, **options):
+    """predict_tasks over the ``root`` fixture's images with every pre-annotation shown."""
+    return predict_tasks(
+        tasks,
+        NAMES,
+        _served(detector, tmp_path),
+        _loader(tmp_path, root),
+        batch_size=batch_size,
+        workers=workers,
+        display_threshold=0.0,
+        **options,
+    )
+
+
 class TestPredictTasks:
     def test_one_item_per_task_in_order(self, tmp_path, root):
         detector = _StubDetector()
         tasks = [_task(10 + i, f"{i}.png") for i in range(5)]
-        results = predict_tasks(
-            tasks,
-            NAMES,
-            _served(detector, tmp_path),
-            _loader(tmp_path, root),
-            batch_size=2,
-            workers=3,
-            display_threshold=0.0,
-        ).results
+        results = _predict(tasks, detector, tmp_path, root, workers=3).results
         sizes = [(r["result"][0]["original_width"], r["result"][0]["original_height"]) for r in results]
         assert sizes == [(30, 10), (10, 30), (20, 20), (16, 8), (8, 16)]
         assert all(r["model_version"] == "v0007" for r in results)
@@ -184,27 +190,11 @@ class TestPredictTasks:
     def test_batches_never_exceed_the_batch_size(self, tmp_path, root):
         detector = _StubDetector()
         tasks = [_task(i, f"{i}.png") for i in range(5)]
-        predict_tasks(
-            tasks,
-            NAMES,
-            _served(detector, tmp_path),
-            _loader(tmp_path, root),
-            batch_size=2,
-            workers=2,
-            display_threshold=0.0,
-        )
+        _predict(tasks, detector, tmp_path, root)
         assert detector.batches == [2, 2, 1]
 
     def test_exif_rotated_image_reports_the_displayed_size(self, tmp_path, root):
-        (result,) = predict_tasks(
-            [_task(1, "rotated.jpg")],
-            NAMES,
-            _served(_StubDetector(), tmp_path),
-            _loader(tmp_path, root),
-            batch_size=2,
-            workers=1,
-            display_threshold=0.0,
-        ).results
+        (result,) = _predict([_task(1, "rotated.jpg")], _StubDetector(), tmp_path, root, workers=1).results
         region = result["result"][0]
         assert (region["original_width"], region["original_height"]) == (40, 60)
         assert (region["value"]["width"], region["value"]["height"]) == pytest.approx((100.0, 100.0))
@@ -213,15 +203,7 @@ class TestPredictTasks:
         detector = _StubDetector()
         tasks = [_task(1, "0.png"), _task(2, "text.png"), {"id": 3, "data": {}}, _task(4, "1.png")]
         with caplog.at_level(logging.WARNING, logger="backend.predictions"):
-            out = predict_tasks(
-                tasks,
-                NAMES,
-                _served(detector, tmp_path),
-                _loader(tmp_path, root),
-                batch_size=8,
-                workers=2,
-                display_threshold=0.0,
-            )
+            out = _predict(tasks, detector, tmp_path, root, batch_size=8)
         # [] makes Label Studio store nothing: no "the model found nothing here" for a broken image
         assert out.results[1] == [] and out.results[2] == []
         assert out.results[0]["result"] and out.results[3]["result"]
@@ -236,15 +218,7 @@ class TestPredictTasks:
         detector = _StubDetector(fail_on_call=1)
         tasks = [_task(i, f"{i}.png") for i in range(3)]
         with caplog.at_level(logging.ERROR, logger="backend.predictions"):
-            out = predict_tasks(
-                tasks,
-                NAMES,
-                _served(detector, tmp_path),
-                _loader(tmp_path, root),
-                batch_size=2,
-                workers=2,
-                display_threshold=0.0,
-            )
+            out = _predict(tasks, detector, tmp_path, root)
         assert out.results[:2] == [[], []]
         assert len(out.results[2]["result"]) == 1
         assert [(f.task_id, f.reason) for f in out.failures] == [(0, "inference"), (1, "inference")]
@@ -252,15 +226,7 @@ class TestPredictTasks:
 
     def test_no_tasks(self, tmp_path, root):
         detector = _StubDetector()
-        out = predict_tasks(
-            [],
-            NAMES,
-            _served(detector, tmp_path),
-            _loader(tmp_path, root),
-            batch_size=2,
-            workers=2,
-            display_threshold=0.0,
-        )
+        out = _predict([], detector, tmp_path, root)
         assert (out.results, out.deferred, out.failures) == ([], [], [])
         assert detector.batches == []
 
@@ -269,26 +235,16 @@ class TestDeadline:
     """The split of one request into tasks answered now and tasks deferred, on a fake clock
     (each forward pass of the stub takes one fake second)."""
 
-    def _predict(self, tmp_path, root, tasks, deadline, ranking=None, clock=None):
+    def _run(self, tmp_path, root, tasks, deadline, ranking=None, clock=None):
         detector = _StubDetector(clock=clock)
-        out = predict_tasks(
-            tasks,
-            NAMES,
-            _served(detector, tmp_path),
-            _loader(tmp_path, root),
-            batch_size=2,
-            workers=2,
-            ranking=ranking,
-            display_threshold=0.0,
-            deadline=deadline,
-        )
+        out = _predict(tasks, detector, tmp_path, root, ranking=ranking, deadline=deadline)
         return out, detector
 
     def test_a_batch_starts_only_if_the_last_one_still_fits(self, tmp_path, root):
         clock = FakeClock()
         tasks = [_task(10 + i, f"{i}.png") for i in range(5)]
         # batch 1 at t=0 (nothing measured yet), batch 2 at t=1 (1 + 1 <= 2.5); at t=2, 2 + 1 > 2.5
-        out, detector = self._predict(tmp_path, root, tasks, Deadline(2.5, clock), clock=clock)
+        out, detector = self._run(tmp_path, root, tasks, Deadline(2.5, clock), clock=clock)
         assert detector.batches == [2, 2]
         assert all(r["result"] for r in out.results[:4]) and out.results[4] == []
         assert out.deferred == [14] and out.failures == []
@@ -299,7 +255,7 @@ class TestDeadline:
         stored = {"result": [], "score": 0.25, "model_version": "v0001"}
         ranking = StoredRanking(tasks={11: stored})
         tasks = [_task(10, "0.png"), _task(11, "1.png"), _task(12, "2.png")]
-        out, detector = self._predict(tmp_path, root, tasks, Deadline(5.0, clock), ranking, clock)
+        out, detector = self._run(tmp_path, root, tasks, Deadline(5.0, clock), ranking, clock)
         assert detector.batches == []
         assert out.results == [[], {**stored, "model_version": "v0007"}, []]
         assert out.deferred == [10, 12]
@@ -307,12 +263,12 @@ class TestDeadline:
     def test_failed_tasks_are_failures_not_deferred(self, tmp_path, root):
         clock = FakeClock()
         tasks = [_task(1, "text.png"), _task(2, "0.png"), _task(3, "1.png"), _task(4, "2.png")]
-        out, _ = self._predict(tmp_path, root, tasks, Deadline(0.5, clock), clock=clock)
+        out, _ = self._run(tmp_path, root, tasks, Deadline(0.5, clock), clock=clock)
         assert out.results[0] == [] and out.results[1]["result"]
         assert out.failures == [TaskFailure(1, "undecodable", out.failures[0].message)]
         assert out.deferred == [3, 4]
 
     def test_without_a_deadline_every_task_is_predicted(self, tmp_path, root):
         tasks = [_task(10 + i, f"{i}.png") for i in range(5)]
-        out, detector = self._predict(tmp_path, root, tasks, None, clock=FakeClock())
+        out, detector = self._run(tmp_path, root, tasks, None, clock=FakeClock())
         assert detector.batches == [2, 2, 1] and out.deferred == []
