@@ -760,6 +760,17 @@ def test_command_line_end_to_end_with_resume(tmp_path: Path, monkeypatch) -> Non
     assert "hua + synchronic" in (out / "report.md").read_text()
 
 
+def test_a_report_written_by_one_seeds_piece_stays_provisional(tmp_path: Path, monkeypatch) -> None:
+    """``--seeds 0`` runs a piece of a preset of three seeds: its report must not read as the final one."""
+    from bench.active_learning import __main__ as cli
+
+    monkeypatch.setitem(configs.PRESETS, "tiny", lambda: replace(configs.tiny(), seeds=(0, 1, 2)))
+    rows = [_row("random", loss, 0, c, 0.3) for loss in ("standard", "synchronic") for c in range(2)]
+    meta = {"machine": cli.machine(), "dataset": "d", "pool": 4, "test": 2, "classes": 1, "invocations": []}
+    cli.write_report(rows, replace(configs.tiny(), seeds=(0,)), meta, tmp_path, publish=False)
+    assert "(provisional: 2 cycle(s), 1 seed(s) so far)" in (tmp_path / "report.md").read_text()
+
+
 def test_a_second_invocation_on_the_same_output_is_refused(tmp_path: Path) -> None:
     from bench.active_learning import __main__ as cli
 

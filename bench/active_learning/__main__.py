@@ -270,7 +270,7 @@ def scene_section(config, cache: Path) -> str:
 
 def write_report(rows, config, meta: dict, out: Path, publish: bool, scenes: str = "") -> None:
     from bench.active_learning import report
-    from bench.active_learning.configs import PUBLISHED_AS
+    from bench.active_learning.configs import PRESETS, PUBLISHED_AS
 
     plot_path = report.plot(rows, out / "ap50.png", f"{config.name} ({meta['dataset']})")
     preamble = _invocations(meta) + _settings(config, meta) + (["", scenes] if scenes else [])
@@ -280,7 +280,8 @@ def write_report(rows, config, meta: dict, out: Path, publish: bool, scenes: str
         preamble,
         plot_path.name,
         cycles=config.simulation.cycles + 1,
-        seeds=len(config.seeds),
+        # complete means the preset's seeds, not those of this invocation (--seeds 0 runs one piece)
+        seeds=len(set(config.seeds) | set(PRESETS[config.name]().seeds)),
     )
     text += "\n" + report.timing_table(rows) + "\n"
     (out / "report.md").write_text(text)
