@@ -435,8 +435,9 @@ def print_summary(result: dict) -> None:
     )
 
 
-def run_checks(plan: Plan, args: argparse.Namespace, device: torch.device) -> dict:
-    """(a) to (d), each in turn, with the section's seconds."""
+def run_checks(plan: Plan, args: argparse.Namespace, device: torch.device, header: dict) -> dict:
+    """(a) to (d), each in turn, with the section's seconds; ``--out`` is rewritten after each
+    section, so a run stopped at a machine's time limit still leaves what it measured."""
     config = DetectorConfig(
         backbone=args.backbone,
         weights=args.weights,
@@ -457,6 +458,8 @@ def run_checks(plan: Plan, args: argparse.Namespace, device: torch.device) -> di
             result[name] = check()
             seconds[name] = time.perf_counter() - start
             print(flush=True)
+            if args.out:
+                write_json(args.out, {**header, **result, "seconds": seconds, "complete": False})
     return {**result, "seconds": seconds}
 
 
@@ -497,14 +500,15 @@ def main(argv: list[str] | None = None) -> dict:
         flush=True,
     )
     started = time.perf_counter()
-    result = {
+    header = {
         "device_name": name,
         "device": str(device),
+        "torch": torch.__version__,
         "backbone": args.backbone,
         "weights": args.weights,
         "smoke": plan.smoke,
-        **run_checks(plan, args, device),
     }
+    result = {**header, **run_checks(plan, args, device, header), "complete": True}
     result["elapsed_s"] = time.perf_counter() - started
     print_summary(result)
     if args.out:

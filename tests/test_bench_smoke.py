@@ -149,7 +149,8 @@ def test_gpu_check_smoke(tmp_path, capsys):
     assert _positive(hua["wall"]["b_over_a"])
     for section in ("(a) inference", "(b) one training step", "(c) torchrun", "(d) HUA scoring", "gpu_check on"):
         assert section in printed
-    assert json.loads(out.read_text())["torchrun"]["steps"] == 2
+    written = json.loads(out.read_text())
+    assert written["torchrun"]["steps"] == 2 and written["complete"] is True
 
 
 def test_bench_load_tiny(tmp_path, capsys):
