@@ -238,3 +238,45 @@ class TestSmallObjectBackbone:
         config = DetectorConfig(backbone="mobilenet_v2_fpn_stride8", weights="none", allow_download=False)
         anchors = build_empty_model(config, len(LABELS)).rpn.anchor_generator
         assert min(min(sizes) for sizes in anchors.sizes) == 16
+
+
+class TestFrozenBatchNorm:
+    """Our FrozenBatchNorm2d is torchvision's in one fused kernel: the same map, the same keys."""
+
+    @staticmethod
+    def _pair() -> tuple[torch.nn.Module, torch.nn.Module]:
+        from torchvision.ops import misc
+
+        from model.detector import FrozenBatchNorm2d
+
+        gen = torch.Generator().manual_seed(0)
+        theirs = misc.FrozenBatchNorm2d(6, eps=1e-3)
+        for name in ("weight", "bias", "running_mean"):
+            getattr(theirs, name).copy_(torch.randn(6, generator=gen))
+        theirs.running_var.copy_(torch.rand(6, generator=gen) + 0.1)
+        ours = FrozenBatchNorm2d(6, eps=1e-3)
+        ours.load_state_dict(theirs.state_dict())  # strict: the same keys
+        return theirs, ours
+
+    def test_same_output_and_input_gradient(self):
+        theirs, ours = self._pair()
+        x = torch.randn(2, 6, 5, 7, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        y_theirs, y_ours = theirs(x), ours(x)
+        assert torch.allclose(y_ours, y_theirs, atol=1e-5)
+        (g_theirs,) = torch.autograd.grad(y_theirs.square().sum(), x)
+        (g_ours,) = torch.autograd.grad(y_ours.square().sum(), x)
+        assert torch.allclose(g_ours, g_theirs, atol=1e-4)
+        assert not any(p.requires_grad for p in ours.parameters())  # nothing to train
+        ours.train()
+        before = {k: v.clone() for k, v in ours.state_dict().items()}
+        ours(x)
+        assert all(torch.equal(before[k], v) for k, v in ours.state_dict().items())  # never updated
+
+    def test_every_batchnorm_of_a_built_model_is_ours(self):
+        from torchvision.ops import misc
+
+        from model.detector import FrozenBatchNorm2d
+
+        model, _ = build_model(replace(CONFIG, weights="imagenet", allow_download=False), LABELS)
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d | misc.FrozenBatchNorm2d)]
+        assert norms and all(type(m) is FrozenBatchNorm2d for m in norms)
