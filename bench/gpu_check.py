@@ -36,7 +36,7 @@ The backbone defaults to BACKBONE=auto's choice for the device.
 
 Usage (from the repository root)::
 
-    .venv/bin/python -m bench.gpu_check --out /tmp/gpu_check.json   # a GPU machine: 86 s on an H200
+    .venv/bin/python -m bench.gpu_check --out /tmp/gpu_check.json   # a GPU machine: 76 s on an H200
     .venv/bin/python -m bench.gpu_check --smoke                      # any machine, seconds: tiny sizes
 """
 
