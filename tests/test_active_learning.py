@@ -747,6 +747,8 @@ def test_command_line_end_to_end_with_resume(tmp_path: Path, monkeypatch) -> Non
     assert len(list(cache.glob("pretrain-*"))) == 1  # pretrained once for both invocations and both seeds
     meta = json.loads((out / "meta.json").read_text())
     assert len(meta["invocations"]) == 2 and Path(meta["warm_start"]["path"]).is_dir()
+    built = meta["warm_start"]["check_ap50_agnostic"]
+    assert [i["warm_start_check_ap50"] for i in meta["invocations"]] == [built, built]
     for name in ("report.md", "ap50.png", "summary.json"):
         assert (out / name).exists(), name
     text = (out / "report.md").read_text()

@@ -409,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
                 "command": meta["command"],
                 "wall_s": time.perf_counter() - started,
                 "finished": time.strftime("%Y-%m-%d %H:%M"),
+                # a fresh clone rebuilds the warm start, not bit for bit: which build this piece used
+                "warm_start_check_ap50": meta["warm_start"].get("check_ap50_agnostic"),
             }
         )
         meta["config"] = dataclasses.asdict(config)
