@@ -7,12 +7,14 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torchvision.ops import misc
 
 from model.detections import Detections
 from model.detector import (
     BACKBONES,
     Detector,
     DetectorConfig,
+    FrozenBatchNorm2d,
     build_base_model,
     build_empty_model,
     build_model,
@@ -245,10 +247,6 @@ class TestFrozenBatchNorm:
 
     @staticmethod
     def _pair() -> tuple[torch.nn.Module, torch.nn.Module]:
-        from torchvision.ops import misc
-
-        from model.detector import FrozenBatchNorm2d
-
         gen = torch.Generator().manual_seed(0)
         theirs = misc.FrozenBatchNorm2d(6, eps=1e-3)
         for name in ("weight", "bias", "running_mean"):
@@ -273,10 +271,6 @@ class TestFrozenBatchNorm:
         assert all(torch.equal(before[k], v) for k, v in ours.state_dict().items())  # never updated
 
     def test_every_batchnorm_of_a_built_model_is_ours(self):
-        from torchvision.ops import misc
-
-        from model.detector import FrozenBatchNorm2d
-
         model, _ = build_model(replace(CONFIG, weights="imagenet", allow_download=False), LABELS)
         norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d | misc.FrozenBatchNorm2d)]
         assert norms and all(type(m) is FrozenBatchNorm2d for m in norms)
