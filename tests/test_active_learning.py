@@ -553,6 +553,11 @@ class TestHuaRules:
         text = report.markdown(self._rows(seeds=3), "t", cycles=5, seeds=5)
         assert text.count("(provisional: 5 cycle(s), 3 seed(s) so far)") == 2
 
+    def test_diversity_rule_waits_for_a_second_seed(self) -> None:
+        text = report.markdown(self._rows(diverse=(0.01,), seeds=1), "t", cycles=5, seeds=5)
+        assert "mean over cycles 1-4 = +1.0 on 1 seed; the rule needs its 95 % interval" in text
+        assert "HUA_DIVERSITY is" not in text
+
     def test_hua_runs_are_compared_with_cald_too(self) -> None:
         rows = self._rows() + [
             _row("cald", "synchronic", r.seed, r.cycle, r.ap50 - 0.01 * (r.cycle > 0), boxes=r.boxes)

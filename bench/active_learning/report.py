@@ -356,6 +356,12 @@ class HuaRules:
                 f"{_reach(s.reach_labeled, s.final_labeled)} against random's {s.final_labeled:.0f}; "
                 f"so HUA_AGGREGATE is **{self.aggregate}**{state}."
             )
+        if self.diversity is not None and self.diversity_on is None:
+            out.append(
+                "Rule on HUA_DIVERSITY (docs/method.md, section 7): HUA (sum) + diversity - HUA (sum), mean over "
+                f"cycles 1-{self.cycles - 1} = {self.diversity.text()} on {self.diversity.n} seed; the rule needs "
+                "its 95 % interval, so it is applied from 2 seeds on."
+            )
         if self.diversity_on is not None:
             out.append(
                 "Rule on HUA_DIVERSITY (docs/method.md, section 7): HUA (sum) + diversity - HUA (sum), mean over "
