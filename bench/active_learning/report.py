@@ -356,19 +356,22 @@ class HuaRules:
                 f"{_reach(s.reach_labeled, s.final_labeled)} against random's {s.final_labeled:.0f}; "
                 f"so HUA_AGGREGATE is **{self.aggregate}**{state}."
             )
-        if self.diversity is not None and self.diversity_on is None:
-            out.append(
+        if self.diversity is not None:
+            measured = (
                 "Rule on HUA_DIVERSITY (docs/method.md, section 7): HUA (sum) + diversity - HUA (sum), mean over "
-                f"cycles 1-{self.cycles - 1} = {self.diversity.text()} on {self.diversity.n} seed; the rule needs "
-                "its 95 % interval, so it is applied from 2 seeds on."
+                f"cycles 1-{self.cycles - 1} = {self.diversity.text()}"
             )
-        if self.diversity_on is not None:
-            out.append(
-                "Rule on HUA_DIVERSITY (docs/method.md, section 7): HUA (sum) + diversity - HUA (sum), mean over "
-                f"cycles 1-{self.cycles - 1} = {self.diversity.text()} (95 % interval over {self.diversity.n} "
-                f"seeds; on only if the mean is >= 0 and the lower end above {100 * DIVERSITY_FLOOR:+.0f}), "
-                f"so HUA_DIVERSITY is **{'on' if self.diversity_on else 'off'}**{state}."
-            )
+            if self.diversity_on is None:
+                out.append(
+                    f"{measured} on {self.diversity.n} seed; the rule needs its 95 % interval, so it is "
+                    "applied from 2 seeds on."
+                )
+            else:
+                out.append(
+                    f"{measured} (95 % interval over {self.diversity.n} seeds; on only if the mean is >= 0 and the "
+                    f"lower end above {100 * DIVERSITY_FLOOR:+.0f}), "
+                    f"so HUA_DIVERSITY is **{'on' if self.diversity_on else 'off'}**{state}."
+                )
         return out
 
 
