@@ -386,6 +386,96 @@ def test_rq_a_shard_that_keeps_failing_fails_the_ranking(model_dir, root, one_pr
     assert _stored(service) == one_process
 
 
+def _reduce_twice(stage: str, handed: dict, at_once: bool, caplog) -> None:
+    """A stage's reduce step started twice, as RQ does when two shards end together (each sees every
+    dependency ended, and each enqueues the reduce): at once, or the second once the first has ended."""
+    from backend.jobs.entry import reduce_ranking_from_env
+
+    barrier = threading.Barrier(2 if at_once else 1)
+
+    def reduce() -> None:
+        barrier.wait()
+        reduce_ranking_from_env(PROJECT, handed["version"], handed["run"], stage)
+
+    threads = [threading.Thread(target=reduce) for _ in range(2)]
+    with caplog.at_level(logging.INFO, logger="backend.jobs.entry"):
+        for thread in threads:
+            thread.start()
+            if not at_once:
+                thread.join(120)
+        for thread in threads:
+            thread.join(120)
+    assert not any(thread.is_alive() for thread in threads)
+    skipped = [r for r in caplog.records if f"its {stage} reduce step has run already" in r.getMessage()]
+    assert len(skipped) == 1, "the reduce step ran twice"
+
+
+def _shards_here(handed: dict, stage: str, count: int) -> None:
+    """Shards 0..count-1 of ``stage`` run in this process (what an RQ worker's job runs); a failing one fails."""
+    from backend.jobs.entry import run_shard_from_env
+
+    for index in range(count):
+        try:
+            run_shard_from_env(PROJECT, handed["version"], handed["run"], stage, index)
+        except Exception:  # its reason is in the run's folder, as on a worker
+            continue
+
+
+@pytest.fixture
+def worker_environ(model_dir, root, redis_url, monkeypatch) -> Iterator[FakeLabelStudio]:
+    """This process's environment as an RQ worker's, against an HTTP Label Studio stub."""
+    from fake_labelstudio import LabelStudioStub
+    from redis import Redis
+
+    Redis.from_url(redis_url).flushall()
+    fake = FakeLabelStudio([_task(i) for i in range(1, 13)])
+    with LabelStudioStub(fake) as stub:
+        for key, value in _worker_env(model_dir, root, stub.url, redis_url).items():
+            monkeypatch.setenv(key, value)
+        yield fake
+
+
+@pytest.mark.parametrize("at_once", [True, False], ids=["at-once", "one-after-the-other"])
+def test_rq_a_reduce_started_twice_pushes_and_records_once(
+    model_dir, root, one_process, redis_url, worker_environ, at_once, caplog
+):
+    fake = worker_environ
+    service = _service(model_dir, root, fake, redis_url=redis_url)
+    handed = _hand_to_rq(service)
+    _shards_here(handed, "first", handed["shards"])
+    _reduce_twice("first", handed, at_once, caplog)
+    folder = service.store.get(PROJECT, handed["version"]).path / "shards" / handed["run"]
+    flips = len(json.loads((folder / "candidates.json").read_text()))
+    _shards_here(handed, "flip", flips)
+    _reduce_twice("flip", handed, at_once, caplog)
+    record = service.board.read(PROJECT, "rank")
+    assert record.status == "done" and record.result["ranked"] == 10, record
+    assert len(fake.predictions) == 10  # one push
+    assert _stored(service) == one_process
+    assert not folder.exists()
+
+
+@pytest.mark.parametrize("at_once", [True, False], ids=["at-once", "one-after-the-other"])
+def test_rq_a_failed_reduce_started_twice_keeps_its_reason(model_dir, root, redis_url, worker_environ, at_once, caplog):
+    """The outcome of the first of two reduces stays: the second neither fails on the removed run
+    folder (FileNotFoundError, as CI once saw) nor overwrites the reason."""
+    service = _service(model_dir, root, worker_environ, redis_url=redis_url)
+    service.registry.get(PROJECT, NAMES.labels, NAMES.aliases)  # the rank job's model, loaded before the damage
+    weights = service.store.get(PROJECT, "v0001").weights_path
+    saved = weights.read_bytes()
+    try:
+        weights.write_bytes(b"damaged")
+        handed = _hand_to_rq(service)
+        _shards_here(handed, "first", handed["shards"])
+        _reduce_twice("first", handed, at_once, caplog)
+    finally:
+        weights.write_bytes(saved)
+    record = service.board.read(PROJECT, "rank")
+    assert record.status == "failed", record
+    assert re.match(r"ShardFailed: shard first \d failed: UnpicklingError", record.error), record.error
+    assert worker_environ.predictions == []
+
+
 def test_rq_a_newer_ranking_cancels_the_running_ones_shards(model_dir, root, one_process, redis_url, tmp_path):
     """A newer ranking on RQ: the running one's queued shards are cancelled and its running shard
     stopped, so it never pushes; the newer one completes with the same scores."""

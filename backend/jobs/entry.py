@@ -225,15 +225,29 @@ def reduce_ranking_from_env(project: str, version: str, run: str, stage: str) ->
     After that: the ranking pushed and recorded. A shard that failed for good
     (or any error here) fails the ranking with its reason, recorded, not
     raised: RQ retries a reduce only when its process dies. Nothing is
-    pushed then; the previous ranking keeps serving.
+    pushed then; the previous ranking keeps serving. A reduce that RQ
+    starts a second time waits for the first and leaves its outcome as it is.
     """
     service = _service_from_env()
     _, folder = _run_folder(service, project, version, run)
+    shards = _rq_shards(service.settings)
+    with shards.reduce_lock(project, run, stage):
+        if folder.reduced(stage):
+            logger.info("ranking %s of project %s: its %s reduce step has run already", run, project, stage)
+            return None
+        return _reduce(service, shards, folder, stage)
+
+
+def _reduce(service: Service, shards: RQShards, folder: RunFolder, stage: str) -> dict | None:
+    """``reduce_ranking_from_env``'s step, run once per stage."""
+    plan = folder.plan()
+    project, run = plan.project, plan.run
     try:
         ensure_current(service.store.root, project, run)
         if stage == FIRST:
-            candidates = gate(folder, folder.plan(), service.predictor.hua)
-            _rq_shards(service.settings).enqueue(folder.plan(), FLIP, len(candidates))
+            candidates = gate(folder, plan, service.predictor.hua)
+            shards.enqueue(plan, FLIP, len(candidates))
+            folder.mark_reduced(FIRST)
             _report(service, folder)
             return None
         result = ranking_job(service).finish_run(folder)

@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backend.jobs.board import HandedOn, JobBoard, JobRecord, read_json, utc_now
 from backend.jobs.shards import (
@@ -38,6 +39,9 @@ from model.hua import HUAConfig
 from model.owners import ProcessOwner
 from model.progress import Progress
 from model.scoring import PoolScores
+
+if TYPE_CHECKING:
+    from redis.lock import Lock
 
 logger = logging.getLogger(__name__)
 
@@ -440,6 +444,17 @@ class RQShards:
             depends_on=depends,
             retry=retry,
         )
+
+    def reduce_lock(self, project: str, run: str, stage: str) -> Lock:
+        """A Redis lock that one reduce step of a stage holds while it runs.
+
+        RQ can start a reduce twice, even at once: two shards that fail together
+        each see every dependency ended and each enqueue it. The second one waits
+        here, then sees the first's outcome (``RunFolder.reduced``). A lock whose
+        holder died lapses after the job timeout, as its RQ job does.
+        """
+        name = f"hua-rank-{project}-{run}-reduce-{stage}:lock"
+        return self.queue.connection.lock(name, timeout=self.timeout, blocking_timeout=self.timeout)
 
     def cancel(self, project: str, run: str) -> None:
         """Cancel a superseded run's jobs: those waiting are cancelled, those running stopped."""

@@ -158,6 +158,14 @@ class RunFolder:
         path = self.path / "candidates.json"
         return json.loads(path.read_text()) if path.exists() else None
 
+    def mark_reduced(self, stage: str) -> None:
+        _write_atomically(self.path / f"{stage}.reduced", b"")
+
+    def reduced(self, stage: str) -> bool:
+        """Whether ``stage``'s reduce step has run: its mark is there, or the run's folder is gone (the last
+        reduce step, and one that fails, removes it)."""
+        return (self.path / f"{stage}.reduced").exists() or not (self.path / "plan.json").exists()
+
     def done(self, stage: str, count: int) -> list[int]:
         return [i for i in range(count) if self.result(stage, i).exists()]
 
