@@ -765,6 +765,7 @@ def test_command_line_end_to_end_with_resume(tmp_path: Path, monkeypatch) -> Non
     (out / "report.md").unlink()  # the report can be rebuilt from the CSV alone
     assert cli.main(base + ["--report-only"]) == 0
     assert "hua + synchronic" in (out / "report.md").read_text()
+    assert json.loads((out / "meta.json").read_text()) == meta  # a report is no invocation: it changes nothing there
 
 
 def test_a_report_written_by_one_seeds_piece_stays_provisional(tmp_path: Path, monkeypatch) -> None:

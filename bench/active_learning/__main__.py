@@ -344,8 +344,12 @@ def _meta(args: argparse.Namespace, config, data: dict, argv: list[str] | None) 
         pool=len(first.pool),
         test=len(first.test),
         classes=len(first.labels),
-        command="python -m bench.active_learning " + shlex.join(sys.argv[1:] if argv is None else argv),
     )
+    command = "python -m bench.active_learning " + shlex.join(sys.argv[1:] if argv is None else argv)
+    if args.report_only:  # writes no row: the command that wrote them stays the one on record
+        meta.setdefault("command", command)
+    else:
+        meta["command"] = command
     meta.setdefault("invocations", [])
     return meta
 
