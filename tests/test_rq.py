@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -260,3 +261,53 @@ def test_worker_trains_against_label_studio(redis, redis_url, label_studio, ls_c
     # the serving app sees the worker's version (shared MODEL_DIR)
     setup = app.test_client().post("/setup", json={"project": str(project)})
     assert setup.get_json() == {"model_version": "v0002"}
+
+
+def _hold_reduce_lock(shards, ttl: float, seconds: float, events: list[str]) -> None:
+    with shards.reduce_lock("9", "run", "first", ttl=ttl):
+        events.append("held")
+        time.sleep(seconds)
+        events.append("released")
+
+
+def test_a_reduce_lock_is_renewed_while_its_holder_runs(redis, redis_url):
+    """Held 4 times its time to live: a second reduce of the same stage waits for all of it."""
+    from backend.jobs.runners import RQShards
+
+    shards = RQShards(redis_url, RQ_QUEUE, timeout=30, retries=0)
+    events: list[str] = []
+    holder = threading.Thread(target=_hold_reduce_lock, args=(shards, 0.5, 2.0, events))
+    holder.start()
+    while not events:
+        time.sleep(0.01)
+    with shards.reduce_lock("9", "run", "first", ttl=0.5):
+        events.append("second")
+    holder.join()
+    assert events == ["held", "released", "second"]
+    with shards.reduce_lock("9", "run", "flip", ttl=0.5):  # another stage's lock is another lock
+        pass
+
+
+def test_a_reduce_lock_whose_holder_was_killed_lapses(redis, redis_url):
+    """A work horse killed inside a reduce (OOM, SIGKILL) leaves its lock; it lapses after its time to
+    live, so RQ's retry of the reduce goes on instead of waiting for the job timeout (6 h)."""
+    from backend.jobs.runners import RQShards
+
+    code = (
+        "import sys, time\n"
+        "from backend.jobs.runners import RQShards\n"
+        f"shards = RQShards({redis_url!r}, {RQ_QUEUE!r}, timeout=30, retries=0)\n"
+        "with shards.reduce_lock('9', 'run', 'first', ttl=1.0):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        holder.kill()
+    finally:
+        holder.wait()
+    start = time.monotonic()
+    with RQShards(redis_url, RQ_QUEUE, timeout=30, retries=0).reduce_lock("9", "run", "first", ttl=1.0):
+        waited = time.monotonic() - start
+    assert 0.3 < waited < 5, waited  # it was held, then lapsed

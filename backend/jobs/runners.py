@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+REDUCE_LOCK_TTL_S = 60.0  # a dead reduce's lock lapses within this; RQ retries its job after the worker TTL
+
 
 class JobSlots:
     """At most ``limit`` job processes at once, among all processes sharing MODEL_DIR, started in the order asked.
@@ -445,16 +447,35 @@ class RQShards:
             retry=retry,
         )
 
-    def reduce_lock(self, project: str, run: str, stage: str) -> Lock:
-        """A Redis lock that one reduce step of a stage holds while it runs.
+    @contextmanager
+    def reduce_lock(self, project: str, run: str, stage: str, ttl: float = REDUCE_LOCK_TTL_S) -> Iterator[None]:
+        """Hold a Redis lock for one reduce step of a run's stage (waiting up to the job timeout for it).
 
         RQ can start a reduce twice, even at once: two shards that fail together
         each see every dependency ended and each enqueue it. The second one waits
-        here, then sees the first's outcome (``RunFolder.reduced``). A lock whose
-        holder died lapses after the job timeout, as its RQ job does.
+        here, then sees the first's outcome (``RunFolder.reduced``). The lock
+        lives ``ttl`` seconds and is renewed while its holder runs, so one whose
+        process died lapses about as soon as RQ retries its job.
         """
+        from redis.exceptions import LockError
+
         name = f"hua-rank-{project}-{run}-reduce-{stage}:lock"
-        return self.queue.connection.lock(name, timeout=self.timeout, blocking_timeout=self.timeout)
+        # thread_local=False: the renewing thread uses the token the acquiring thread got
+        lock = self.queue.connection.lock(name, timeout=ttl, blocking_timeout=self.timeout, thread_local=False)
+        if not lock.acquire():
+            raise LockError(f"{name}: still held after {self.timeout} s")
+        stop = threading.Event()
+        renewer = threading.Thread(target=_renew, args=(lock, ttl / 3, stop), name="reduce-lock", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            renewer.join()
+            try:
+                lock.release()
+            except LockError as exc:  # it lapsed (Redis restarted?): the step's work is done all the same
+                logger.warning("%s: %s", name, exc)
 
     def cancel(self, project: str, run: str) -> None:
         """Cancel a superseded run's jobs: those waiting are cancelled, those running stopped."""
@@ -478,6 +499,18 @@ class RQShards:
         ids = [*q.get_job_ids(), *q.deferred_job_registry.get_job_ids(), *q.scheduled_job_registry.get_job_ids()]
         ids += [i.split(":")[0] for i in q.started_job_registry.get_job_ids()]  # {job id}:{execution id}
         return sorted({i for i in ids if i.startswith(prefix)})
+
+
+def _renew(lock: Lock, every: float, stop: threading.Event) -> None:
+    """Reset ``lock``'s time to live every ``every`` seconds until ``stop`` (or until it is lost)."""
+    from redis.exceptions import LockError, RedisError
+
+    while not stop.wait(every):
+        try:
+            lock.reacquire()
+        except (LockError, RedisError) as exc:
+            logger.warning("reduce lock %s not renewed: %s", lock.name, exc)
+            return
 
 
 def _job_id(plan: ShardPlan, step: str) -> str:
