@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -766,6 +767,9 @@ def test_command_line_end_to_end_with_resume(tmp_path: Path, monkeypatch) -> Non
     assert cli.main(base + ["--report-only"]) == 0
     assert "hua + synchronic" in (out / "report.md").read_text()
     assert json.loads((out / "meta.json").read_text()) == meta  # a report is no invocation: it changes nothing there
+    one_seed = [a for a in base if a != "1"]  # a piece of seed 0 writes the report of both seeds' rows
+    assert cli.main(one_seed + ["--report-only"]) == 0
+    assert re.findall(r"^\| (\d) \| pool \|", (out / "report.md").read_text(), re.M) == ["0", "1"]
 
 
 def test_a_report_written_by_one_seeds_piece_stays_provisional(tmp_path: Path, monkeypatch) -> None:

@@ -33,6 +33,7 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import IO
@@ -257,14 +258,15 @@ def _settings(config, meta: dict) -> list[str]:
     ]
 
 
-def scene_section(config, cache: Path) -> str:
-    """The statistics of each seed's digit scenes (``dataset.statistics_markdown``); empty for VOC and COCO."""
+def scene_section(config, cache: Path, seeds: Sequence[int] = ()) -> str:
+    """The statistics of the digit scenes of ``seeds`` (the config's when empty; ``dataset.statistics_markdown``);
+    empty for VOC and COCO."""
     from bench.active_learning import dataset
 
     if config.dataset != "digits":
         return ""
     return dataset.statistics_markdown(
-        {s: dataset.prepare_digit_scenes(replace(config.digits, seed=s), cache) for s in config.seeds}
+        {s: dataset.prepare_digit_scenes(replace(config.digits, seed=s), cache) for s in seeds or config.seeds}
     )
 
 
@@ -419,7 +421,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         meta["config"] = dataclasses.asdict(config)
     (args.out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
-    write_report(rows, config, meta, args.out, args.publish, scene_section(config, args.cache))
+    # the scenes of the seeds the rows hold, whichever piece (--seeds) writes the report
+    scenes = scene_section(config, args.cache, sorted({r.seed for r in rows}))
+    write_report(rows, config, meta, args.out, args.publish, scenes)
     print((args.out / "report.md").read_text())
     if lock is not None:
         lock.close()
