@@ -34,7 +34,7 @@ from torchvision.transforms.functional import to_pil_image
 from backend.app import create_app
 from backend.jobs.board import run_job
 from backend.jobs.entry import ranking_job
-from backend.jobs.shards import ShardFailed, Superseded, current_run
+from backend.jobs.shards import RunFolder, ShardFailed, Superseded, current_run
 from backend.labels import parse_label_config
 from backend.ranking_store import RANKING_FILE
 from backend.service import build_service
@@ -444,15 +444,14 @@ def test_rq_a_reduce_started_twice_pushes_and_records_once(
     handed = _hand_to_rq(service)
     _shards_here(handed, "first", handed["shards"])
     _reduce_twice("first", handed, at_once, caplog)
-    folder = service.store.get(PROJECT, handed["version"]).path / "shards" / handed["run"]
-    flips = len(json.loads((folder / "candidates.json").read_text()))
-    _shards_here(handed, "flip", flips)
+    folder = RunFolder(service.store.get(PROJECT, handed["version"]), handed["run"])
+    _shards_here(handed, "flip", len(folder.candidates()))
     _reduce_twice("flip", handed, at_once, caplog)
     record = service.board.read(PROJECT, "rank")
     assert record.status == "done" and record.result["ranked"] == 10, record
     assert len(fake.predictions) == 10  # one push
     assert _stored(service) == one_process
-    assert not folder.exists()
+    assert not folder.path.exists()
 
 
 @pytest.mark.parametrize("at_once", [True, False], ids=["at-once", "one-after-the-other"])

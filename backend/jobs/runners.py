@@ -459,7 +459,7 @@ class RQShards:
         """
         from redis.exceptions import LockError
 
-        name = f"hua-rank-{project}-{run}-reduce-{stage}:lock"
+        name = f"{_run_prefix(project, run)}reduce-{stage}:lock"
         # thread_local=False: the renewing thread uses the token the acquiring thread got
         lock = self.queue.connection.lock(name, timeout=ttl, blocking_timeout=self.timeout, thread_local=False)
         if not lock.acquire():
@@ -483,7 +483,7 @@ class RQShards:
         from rq.exceptions import InvalidJobOperation, NoSuchJobError
         from rq.job import Job, JobStatus
 
-        prefix = f"hua-rank-{project}-{run}-"
+        prefix = _run_prefix(project, run)
         for job_id in self._job_ids(prefix):
             try:
                 job = Job.fetch(job_id, connection=self.queue.connection)
@@ -513,5 +513,10 @@ def _renew(lock: Lock, every: float, stop: threading.Event) -> None:
             return
 
 
+def _run_prefix(project: str, run: str) -> str:
+    """What the RQ ids of a run's jobs (and its reduce locks) start with."""
+    return f"hua-rank-{project}-{run}-"
+
+
 def _job_id(plan: ShardPlan, step: str) -> str:
-    return f"hua-rank-{plan.project}-{plan.run}-{step}"
+    return _run_prefix(plan.project, plan.run) + step
