@@ -70,6 +70,7 @@ from bench.bench_hua_aggregate import median_seconds, synthetic_pool
 from bench.bench_predict import GunicornServer, free_port
 from bench.common import (
     SHAPE_LABELS,
+    add_detector_arguments,
     backend_env,
     fmt_goal,
     label_config,
@@ -184,13 +185,7 @@ def check_answered_from_ranking(answer: dict, ranking: StoredRanking, task_ids: 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=24, help="images in the pool (default 24: about 4 minutes)")
-    parser.add_argument("--backbone", default="mobilenet_v2_fpn", help="detector backbone (default mobilenet_v2_fpn)")
-    parser.add_argument(
-        "--weights",
-        default="imagenet",
-        choices=("imagenet", "none"),
-        help="initial weights, never downloaded (default imagenet, from TORCH_HOME)",
-    )
+    add_detector_arguments(parser)
     parser.add_argument("--image-size", default="320x240", help="WIDTHxHEIGHT of the scenes (default 320x240)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     parser.add_argument(

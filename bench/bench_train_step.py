@@ -56,6 +56,7 @@ import torch
 from bench.common import (
     REPO_ROOT,
     SHAPE_LABELS,
+    add_detector_arguments,
     fmt_goal,
     median,
     parse_size,
@@ -242,13 +243,7 @@ def check_same_start(samples: dict[str, dict[str, list]]) -> bool:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="mobilenet_v2_fpn", help="detector backbone (default mobilenet_v2_fpn)")
-    parser.add_argument(
-        "--weights",
-        default="imagenet",
-        choices=("imagenet", "none"),
-        help="initial weights, never downloaded (default imagenet, from TORCH_HOME)",
-    )
+    add_detector_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=2, help="images per step (default 2)")
     parser.add_argument("--image-size", default="320x240", help="WIDTHxHEIGHT of the scenes (default 320x240)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps of each kind (default 5)")

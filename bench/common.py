@@ -10,6 +10,7 @@ which weights were really used.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -52,6 +53,17 @@ def use_repo_torch_home() -> str:
     """Set TORCH_HOME to the repository's cache unless it is set already; returns the one in use."""
     os.environ.setdefault("TORCH_HOME", str(REPO_TORCH_HOME))
     return os.environ["TORCH_HOME"]
+
+
+def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--backbone`` and ``--weights`` as the CPU benchmarks take them (ImageNet weights from TORCH_HOME)."""
+    parser.add_argument("--backbone", default="mobilenet_v2_fpn", help="detector backbone (default mobilenet_v2_fpn)")
+    parser.add_argument(
+        "--weights",
+        default="imagenet",
+        choices=("imagenet", "none"),
+        help="initial weights, never downloaded (default imagenet, from TORCH_HOME)",
+    )
 
 
 def parse_size(text: str) -> tuple[int, int]:
