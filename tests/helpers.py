@@ -6,9 +6,13 @@ Nothing here downloads anything; every server listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import signal
+import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -199,6 +203,23 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.02) -> No
         if time.monotonic() > deadline:
             raise TimeoutError(f"waited {timeout} s for {what}")
         time.sleep(interval)
+
+
+def kill9(proc: subprocess.Popen) -> None:
+    """SIGKILL a process the test started, and check that it died of that signal."""
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(10) == -signal.SIGKILL
+
+
+@contextlib.contextmanager
+def reaped(proc: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    """Kill ``proc`` (started by the test) on the way out if it still runs, whatever the test asserted."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def webhook(action: str, project: str | int = "5", **extra) -> dict:

@@ -4,7 +4,6 @@ lock, record and failures (errors, killed processes)."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -17,7 +16,7 @@ import pytest
 from backend.jobs.board import JobBoard, JobRecord, ProgressWriter, run_job
 from backend.jobs.scheduler import Scheduler
 from backend.jobs.train import TrainingError
-from helpers import wait_for
+from helpers import kill9, reaped, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -172,17 +171,11 @@ class TestRunJob:
             run_job(JobBoard({str(tmp_path / "models")!r}), "1", "train", work)
             """
         )
-        proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
-        try:
+        with reaped(subprocess.Popen([sys.executable, "-c", script], cwd=REPO)) as proc:
             wait_for(started.exists, 60, "the job to start")
             board = JobBoard(tmp_path / "models")
             assert board.read("1", "train").status == "running"
-            proc.send_signal(signal.SIGKILL)
-            assert proc.wait(10) == -signal.SIGKILL
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            kill9(proc)
         record = board.read("1", "train")  # nobody holds the lock: the process is gone
         assert record.status == "failed" and "died" in record.error and record.finished is None
         assert board.all()["1"]["train"]["status"] == "failed"

@@ -16,7 +16,7 @@ import pytest
 
 from backend.jobs.board import JobBoard
 from backend.jobs.scheduler import Scheduler
-from helpers import wait_for, webhook
+from helpers import kill9, wait_for, webhook
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT = "5"
@@ -30,11 +30,6 @@ def _sleeper(script: str, *args: str) -> subprocess.Popen:
     return proc
 
 
-def _kill9(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(10) == -signal.SIGKILL
-
-
 class TestOwnersThatAreGone:
     def test_a_process_is_recognised_and_its_end_seen(self):
         from model.owners import ProcessOwner, _start_time
@@ -45,7 +40,7 @@ class TestOwnersThatAreGone:
         proc = _sleeper("")
         owner = ProcessOwner(proc.pid, me.host, _start_time(proc.pid))
         assert not owner.is_gone()
-        _kill9(proc)
+        kill9(proc)
         assert owner.is_gone()
 
     def test_a_reused_pid_is_not_the_owner(self):
@@ -70,7 +65,7 @@ class TestOwnersThatAreGone:
         try:
             assert board.claim_pending("1", "train") is False  # its owner is alive: the flag holds
         finally:
-            _kill9(proc)
+            kill9(proc)
         assert board.claim_pending("1", "train") is True  # at once, not after JOB_TIMEOUT
         assert board.claim_pending("1", "train") is False  # and the new flag is this process's
 
@@ -96,7 +91,7 @@ class TestOwnersThatAreGone:
             started.wait(60)
             assert board.claim_pending("1", "train")
             """)
-        _kill9(proc)
+        kill9(proc)
         raw = json.loads((tmp_path / "1" / ".jobs" / "train.json").read_text())
         assert raw["status"] == "running" and (tmp_path / "1" / ".jobs" / "train.pending").exists()
         board = JobBoard(tmp_path)
@@ -121,7 +116,7 @@ class TestOwnersThatAreGone:
             threading.Thread(target=run_job, args=(board, "3", "train", work), daemon=True).start()
             saved.wait(60)
             """)
-        _kill9(proc)
+        kill9(proc)
         record = JobBoard(tmp_path).read("3", "train")
         assert (record.status, record.result["model_version"], record.error) == ("done", "v0001", None)
 

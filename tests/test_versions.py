@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ import pytest
 import torch
 
 import model.versions as versions_module
-from helpers import wait_for
+from helpers import kill9, reaped, wait_for
 from model.detector import DetectorConfig
 from model.registry import ModelRegistry, load_version_model
 from model.version_meta import VersionMeta
@@ -443,22 +442,17 @@ def test_a_killed_save_leaves_no_version(tmp_path, stage):
     store = VersionStore(tmp_path / "models")
     first = store.save("3", {"w": torch.ones(2)}, VersionMeta(labels=["car"]))
     marker = tmp_path / "stalled"
-    proc = subprocess.Popen(
+    writer = subprocess.Popen(
         [sys.executable, "-c", _SAVE_SCRIPT, str(store.root), stage, str(marker)],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
-    try:
+    with reaped(writer) as proc:
         wait_for(lambda: marker.exists() or proc.poll() is not None, 120, "the save to start", interval=0.05)
         assert proc.poll() is None, f"the writer exited with {proc.returncode} before it was killed"
         partial = list((store.root / "3").glob(".tmp-*"))
         assert len(partial) == 1 and (partial[0] / "weights.pt").is_file()
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(10) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill9(proc)
     assert [v.name for v in store.versions("3")] == ["v0001"]
     assert store.latest("3") == first
     assert store.projects() == ["3"]
