@@ -770,6 +770,10 @@ def test_command_line_end_to_end_with_resume(tmp_path: Path, monkeypatch) -> Non
     one_seed = [a for a in base if a != "1"]  # a piece of seed 0 writes the report of both seeds' rows
     assert cli.main(one_seed + ["--report-only"]) == 0
     assert re.findall(r"^\| (\d) \| pool \|", (out / "report.md").read_text(), re.M) == ["0", "1"]
+    assert meta["warm_start"]["check_on"] == "seed 0's test split"  # the first seed of the build's invocation
+    seed_1 = [a for a in base if a != "0"]  # a later piece of seed 1 names the split the build was checked on
+    assert cli.main(seed_1 + ["--resume"]) == 0
+    assert f"AP50 {100 * built:.1f} on seed 0's test split" in (out / "report.md").read_text()
 
 
 def test_a_report_written_by_one_seeds_piece_stays_provisional(tmp_path: Path, monkeypatch) -> None:

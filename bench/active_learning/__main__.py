@@ -192,6 +192,7 @@ def warm_started(config, args: argparse.Namespace, data: dict) -> tuple[object, 
         args.cache,
         select_device(sim.device),
         check=data[config.seeds[0]].test,
+        check_on=f"seed {config.seeds[0]}'s test split",
     )
     detector = replace(sim.detector, weights=str(version.path))
     info = {"path": str(version.path), "from": sim.detector.weights, **(version.meta.pretraining or {})}
@@ -239,7 +240,8 @@ def _settings(config, meta: dict) -> list[str]:
     start = (
         f"warm start pretrained on {warm.get('images')} scenes of held-back digits as one class "
         f"({warm.get('iterations')} iterations from {warm.get('from')} weights, class-agnostic AP50 "
-        f"{100 * warm.get('check_ap50_agnostic', float('nan')):.1f} on seed {config.seeds[0]}'s test split)"
+        f"{100 * warm.get('check_ap50_agnostic', float('nan')):.1f} on "
+        f"{warm.get('check_on', 'the test split of the first seed of the invocation that built it')})"
         if warm
         else f"{det.weights} weights"
     )

@@ -88,6 +88,7 @@ def warm_start(
     cache_root: Path | str,
     device: torch.device,
     check: Sequence[Sample] = (),
+    check_on: str = "",
 ) -> Version:
     """The pretrained checkpoint of ``config``: from the cache, or trained now and cached.
 
@@ -97,6 +98,8 @@ def warm_start(
         check (Sequence[Sample]): images (of any classes) on which the new checkpoint's
             class-agnostic AP50 is measured and kept in its meta (none: not measured),
             with the detector's own ``rpn_test_proposals``, as the benchmark measures.
+        check_on (str): what ``check`` is, kept beside its AP50: a later invocation may read
+            the cached checkpoint with other seeds, so only the build knows which split it was.
     Raises:
         RuntimeError: the detector's configured weights are not available.
     """
@@ -119,6 +122,7 @@ def warm_start(
     }
     if check:
         pretraining["check_ap50_agnostic"] = evaluate_map(model, class_agnostic(check))["map_50"]
+        pretraining["check_on"] = check_on
     meta = VersionMeta(
         labels=list(names),
         backbone=detector.backbone,
