@@ -216,20 +216,25 @@ def test_the_ui_shows_the_trainings_in_a_browser(training_backend, trained):
             browser.close()
 
 
-def test_cli_trains_in_the_foreground(label_studio, ls_client, square_images, tmp_path):
-    project, tasks = _project(ls_client, square_images, "e2e training by the CLI")
-    annotation_ids = [_annotate(ls_client, square_images, task) for task in tasks[:3]]
-    model_dir = tmp_path / "models"
-    env = _backend_env(label_studio, model_dir)
-    done = subprocess.run(
-        [sys.executable, "-m", "backend", "train", "--project", str(project)],
+def _train_cli(env: dict[str, str], *args: str, timeout: float = JOB_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """``python -m backend train ARGS`` in the foreground, as an operator runs it, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "backend", "train", *args],
         cwd=REPO_ROOT,
         env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=JOB_TIMEOUT_S,
+        timeout=timeout,
     )
+
+
+def test_cli_trains_in_the_foreground(label_studio, ls_client, square_images, tmp_path):
+    project, tasks = _project(ls_client, square_images, "e2e training by the CLI")
+    annotation_ids = [_annotate(ls_client, square_images, task) for task in tasks[:3]]
+    model_dir = tmp_path / "models"
+    env = _backend_env(label_studio, model_dir)
+    done = _train_cli(env, "--project", str(project))
     assert done.returncode == 0, f"rc {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     # v0001 is the base version the training starts from (made once, as the service makes it), v0002 the trained one
     assert "v0002" in done.stdout, done.stdout
@@ -244,15 +249,7 @@ def test_cli_trains_in_the_foreground(label_studio, ls_client, square_images, tm
     assert unlabeled and all(any(p["model_version"] == "v0002" for p in t["predictions"]) for t in unlabeled)
 
     # run again with nothing new: no new version
-    again = subprocess.run(
-        [sys.executable, "-m", "backend", "train", "--project", str(project), "--quiet", "--no-follow-up"],
-        cwd=REPO_ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=JOB_TIMEOUT_S,
-    )
+    again = _train_cli(env, "--project", str(project), "--quiet", "--no-follow-up")
     assert again.returncode == 0, again.stderr[-4000:]
     assert sorted(p.name for p in (model_dir / str(project)).glob("v*")) == ["v0001", "v0002"]
 
@@ -268,15 +265,7 @@ def test_cli_fails_cleanly_without_label_studio(tmp_path):
             "BACKBONE": "mobilenet_v3_320_fpn",
         }
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "backend", "train", "--project", "8", "--quiet"],
-        cwd=REPO_ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _train_cli(env, "--project", "8", "--quiet", timeout=300)
     assert done.returncode == 1
     assert "failed" in done.stderr and "secret-token-value" not in done.stderr + done.stdout
     record = json.loads((tmp_path / "models" / "8" / ".jobs" / "train.json").read_text())
