@@ -241,7 +241,7 @@ def _settings(config, meta: dict) -> list[str]:
         f"warm start pretrained on {warm.get('images')} scenes of held-back digits as one class "
         f"({warm.get('iterations')} iterations from {warm.get('from')} weights, class-agnostic AP50 "
         f"{100 * warm.get('check_ap50_agnostic', float('nan')):.1f} on "
-        f"{warm.get('check_on', 'the test split of the first seed of the invocation that built it')})"
+        f"{warm.get('check_on') or 'the test split of the first seed of the invocation that built it'})"
         if warm
         else f"{det.weights} weights"
     )
