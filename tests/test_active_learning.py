@@ -774,6 +774,25 @@ def test_command_line_end_to_end_with_resume(tmp_path: Path, monkeypatch) -> Non
     seed_1 = [a for a in base if a != "0"]  # a later piece of seed 1 names the split the build was checked on
     assert cli.main(seed_1 + ["--resume"]) == 0
     assert f"AP50 {100 * built:.1f} on seed 0's test split" in (out / "report.md").read_text()
+    _a_killed_piece_stays_on_record(cli, seed_1, out, monkeypatch)
+
+
+def _a_killed_piece_stays_on_record(cli, args: list[str], out: Path, monkeypatch) -> None:
+    """A piece stopped midway (its rows stay in the CSV) is listed, unfinished, in meta.json and the report."""
+    from bench.active_learning import workers
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workers, "run_all", killed)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(args + ["--resume", "--max-minutes", "5"])
+    last = json.loads((out / "meta.json").read_text())["invocations"][-1]
+    assert last["wall_s"] is None and last["command"].endswith("--max-minutes 5") and last["started"]
+    assert cli.main(args + ["--report-only"]) == 0
+    report = (out / "report.md").read_text()
+    assert f"`{last['command']}` (started {last['started']}, did not finish)" in report
+    assert "over 4 invocation(s), not counting 1 that did not finish." in report
 
 
 def test_a_report_written_by_one_seeds_piece_stays_provisional(tmp_path: Path, monkeypatch) -> None:

@@ -223,13 +223,24 @@ def machine() -> dict[str, object]:
 
 
 def _invocations(meta: dict) -> list[str]:
-    """The commands that wrote the rows, and their wall time."""
+    """The commands that wrote the rows, and their wall time; an invocation that was killed
+    has no wall time, but its rows are in the CSV, so it is listed as unfinished."""
     runs = meta.get("invocations", [])
-    minutes = sum(r["wall_s"] for r in runs) / 60
+    ended = [r for r in runs if r.get("wall_s") is not None]
+    minutes = sum(r["wall_s"] for r in ended) / 60
+    unfinished = len(runs) - len(ended)
     return [
-        "Commands: " + "; ".join(f"`{r['command']}` ({r['wall_s'] / 60:.0f} min)" for r in runs) + "  ",
-        f"Wall time: {minutes:.1f} min over {len(runs)} invocation(s).  ",
+        "Commands: " + "; ".join(f"`{r['command']}` ({_lasted(r)})" for r in runs) + "  ",
+        f"Wall time: {minutes:.1f} min over {len(runs)} invocation(s)"
+        + (f", not counting {unfinished} that did not finish" if unfinished else "")
+        + ".  ",
     ]
+
+
+def _lasted(invocation: dict) -> str:
+    if invocation.get("wall_s") is None:
+        return f"started {invocation.get('started', '?')}, did not finish"
+    return f"{invocation['wall_s'] / 60:.0f} min"
 
 
 def _settings(config, meta: dict) -> list[str]:
@@ -358,6 +369,10 @@ def _meta(args: argparse.Namespace, config, data: dict, argv: list[str] | None) 
     return meta
 
 
+def _write_meta(out: Path, meta: dict) -> None:
+    (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+
+
 def _exclusive(out: Path) -> IO[str]:
     """A lock on ``out``, held while the returned file is open: two invocations appending to one
     CSV would interleave their rows and each rewrite the file under the other.
@@ -402,6 +417,16 @@ def main(argv: list[str] | None = None) -> int:
             print(calibrate_command(config, data, meta, args).read_text())
             return 0
         started = time.perf_counter()
+        # on record before the run: a piece killed midway (its rows stay) is still listed
+        invocation = {
+            "command": meta["command"],
+            "started": time.strftime("%Y-%m-%d %H:%M"),
+            "wall_s": None,
+            # a fresh clone rebuilds the warm start, not bit for bit: which build this piece used
+            "warm_start_check_ap50": meta["warm_start"].get("check_ap50_agnostic"),
+        }
+        meta["invocations"].append(invocation)
+        _write_meta(args.out, meta)
         rows = run_all(
             config.specs(),
             data,
@@ -412,17 +437,9 @@ def main(argv: list[str] | None = None) -> int:
             resume=args.resume,
             max_minutes=args.max_minutes,
         )
-        meta["invocations"].append(
-            {
-                "command": meta["command"],
-                "wall_s": time.perf_counter() - started,
-                "finished": time.strftime("%Y-%m-%d %H:%M"),
-                # a fresh clone rebuilds the warm start, not bit for bit: which build this piece used
-                "warm_start_check_ap50": meta["warm_start"].get("check_ap50_agnostic"),
-            }
-        )
+        invocation.update(wall_s=time.perf_counter() - started, finished=time.strftime("%Y-%m-%d %H:%M"))
         meta["config"] = dataclasses.asdict(config)
-    (args.out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    _write_meta(args.out, meta)
     # the scenes of the seeds the rows hold, whichever piece (--seeds) writes the report
     scenes = scene_section(config, args.cache, sorted({r.seed for r in rows}))
     write_report(rows, config, meta, args.out, args.publish, scenes)
