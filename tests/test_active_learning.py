@@ -437,6 +437,39 @@ class TestReport:
         assert (cmp.final_labeled, cmp.final_boxes) == (200, 700)
         assert cmp.reach_labeled == pytest.approx(180.0) and cmp.reach_boxes == pytest.approx(700.0)
 
+    def test_mean_over_later_cycles(self) -> None:
+        (cmp,) = report.selection_comparisons(report.curves(self._rows()))
+        # per seed, the mean of its differences at cycles 1-4: 0.01, 0.015, 0.02
+        assert cmp.later.mean == pytest.approx(0.015) and cmp.later.n == 3
+        assert "; +3.0 [+3.0, +3.0] | +1.5 [+0.3, +2.7] | 3/4 |" in report.comparison_table([cmp])
+
+    @staticmethod
+    def _on_one_line(strategy: str, boxes: Sequence[int], seed: int) -> list[Row]:
+        """A run whose AP50 is one line in its labeled boxes (the same line for every run; seeds shift it)."""
+        return [
+            _row(strategy, "synchronic", seed, c, 0.2 + 0.0005 * b + seed / 100, boxes=b) for c, b in enumerate(boxes)
+        ]
+
+    def test_per_box_pairs_runs_at_the_baselines_boxes(self) -> None:
+        rows = []
+        for seed in range(3):
+            rows += self._on_one_line("random", [100, 200, 300, 400, 500], seed)
+            rows += self._on_one_line("cald", [100, 300, 500, 700, 900], seed)  # busier picks
+            rows += self._on_one_line("hua", [100, 150, 200, 250, 300], seed)  # sparser picks
+        busy, sparse = report.selection_comparisons(report.curves(rows))
+        assert busy.later.mean == pytest.approx(0.0005 * 250)  # ahead per image: 100 to 400 more boxes
+        per_box = report.compare_per_box(busy)
+        assert [d.mean for d in per_box.diff] == pytest.approx([0.0] * 4, abs=1e-12)
+        assert per_box.later.mean == pytest.approx(0.0, abs=1e-12)
+        per_box = report.compare_per_box(sparse)  # draws 300 boxes in all: random's 400 and 500 lie beyond
+        assert per_box.diff[2:] == [None, None] and per_box.later.mean == pytest.approx(0.0, abs=1e-12)
+        assert report.ap50_at_boxes([100, 300], [0.2, 0.4], 250) == pytest.approx(0.35)
+        assert report.ap50_at_boxes([100, 300], [0.2, 0.4], 301) is None
+        text = report.markdown(rows, "t")
+        assert "| hua + synchronic | random + synchronic | 3 | +0.0 [+0.0, +0.0]; +0.0 [+0.0, +0.0]; " in text
+        assert "beyond its boxes; beyond its boxes | +0.0 [+0.0, +0.0] |" in text
+        assert report.summary_numbers(rows)["selection"]["hua + synchronic"]["per_box_diff"][2] is None
+
     @pytest.mark.parametrize(("shift", "outcome"), [(0.0, "synchronic"), (0.004, "synchronic"), (-0.004, "standard")])
     def test_decision_rule(self, shift: float, outcome: str) -> None:
         rows = []

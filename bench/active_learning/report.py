@@ -9,6 +9,15 @@ first set, and runs with the same loss share cycle 0's model, so the difference
 per seed and cycle removes the first set's luck. A 95 % interval is Student's t
 over the seeds' paired differences. "Labels (boxes) to reach random's final
 AP50" is read off the mean curve, interpolated linearly between cycles.
+
+Per image, runs are compared cycle by cycle (the same labeled images); per box, at
+the baseline's labeled boxes: each seed's curve is interpolated linearly between
+its cycles at the baseline's box count of the same seed and cycle, and paired with
+the baseline there (``BoxComparison``). A run whose picks are busier than the
+baseline's reaches a box count earlier, so per box it is judged at fewer images.
+Learning curves are concave, so a straight line between two cycles lies below the
+curve: the interpolation understates a run between its cycles, and leans against
+the run whose cycles are further apart in boxes (the busier one).
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from bench.active_learning.loop import Row
 
@@ -104,6 +115,7 @@ class Curve:
         seeds (list[int]): the seeds that reached the curve's last cycle, ascending.
         ap50 (list[list[float]]): ``ap50[cycle][k]`` for seed ``seeds[k]``; ``ap`` likewise.
         boxes (list[float]): mean labeled boxes at each cycle.
+        seed_boxes (list[list[int]]): ``seed_boxes[cycle][k]``, the labeled boxes of seed ``seeds[k]``.
     """
 
     strategy: str
@@ -113,6 +125,7 @@ class Curve:
     ap50: list[list[float]]
     ap: list[list[float]]
     boxes: list[float]
+    seed_boxes: list[list[int]]
 
     @property
     def name(self) -> str:
@@ -148,6 +161,7 @@ def curves(rows: Sequence[Row]) -> list[Curve]:
                 [[r.ap50 for r in p] for p in pick],
                 [[r.ap for r in p] for p in pick],
                 [statistics.fmean(r.boxes for r in p) for p in pick],
+                [[r.boxes for r in p] for p in pick],
             )
         )
     return sorted(out, key=lambda c: (c.strategy != BASELINE, c.strategy, c.loss))
@@ -187,6 +201,7 @@ class Comparison:
             equal by construction when the loss is the same, so it is not counted).
         compared (int): cycles counted in ``at_or_above``.
         overall (Interval): per seed, the mean difference over every compared cycle, 0 included.
+        later (Interval | None): per seed, the mean difference over cycles 1.. (None before cycle 1).
         reach_labeled, reach_boxes (float | None): labeled images and boxes at which the mean
             curve reaches the baseline's final mean AP50 (None: not within the run).
         final_labeled, final_boxes (float): the baseline's labeled images and mean boxes there.
@@ -199,6 +214,7 @@ class Comparison:
     at_or_above: int
     compared: int
     overall: Interval
+    later: Interval | None
     reach_labeled: float | None
     reach_boxes: float | None
     final_labeled: float
@@ -217,6 +233,7 @@ def compare(curve: Curve, baseline: Curve) -> Comparison | None:
     mean_c = [statistics.fmean(curve.ap50[c][i] for i in ci) for c in range(n)]
     mean_b = [statistics.fmean(baseline.ap50[c][j] for j in bi) for c in range(n)]
     per_seed = [statistics.fmean(d[k] for d in diffs) for k in range(len(seeds))]
+    later = [statistics.fmean(d[k] for d in diffs[1:]) for k in range(len(seeds))] if n > 1 else None
     return Comparison(
         curve,
         baseline,
@@ -225,10 +242,54 @@ def compare(curve: Curve, baseline: Curve) -> Comparison | None:
         sum(1 for a, b in zip(mean_c[1:], mean_b[1:]) if a >= b),
         n - 1,
         Interval.of(per_seed),
+        None if later is None else Interval.of(later),
         labeled_to_reach(curve.labeled[:n], mean_c, mean_b[-1]),
         labeled_to_reach(curve.boxes[:n], mean_c, mean_b[-1]),
         float(baseline.labeled[n - 1]),
         baseline.boxes[n - 1],
+    )
+
+
+def ap50_at_boxes(boxes: Sequence[float], ap50: Sequence[float], target: float) -> float | None:
+    """One seed's AP50 at ``target`` labeled boxes, interpolated linearly between its cycles (None outside them)."""
+    if not boxes[0] <= target <= boxes[-1]:
+        return None
+    return float(np.interp(target, boxes, ap50))
+
+
+@dataclass(frozen=True)
+class BoxComparison:
+    """A curve against a baseline per labeled box: at each of the baseline's cycles 1.., the curve's AP50 at the
+    baseline's labeled boxes (``ap50_at_boxes``, per seed) minus the baseline's AP50, paired by seed.
+
+    Attributes:
+        pairing (Comparison): the per-image comparison it reads its curves and seeds from.
+        diff (list[Interval | None]): per baseline cycle 1.., the paired difference; None where a seed's curve
+            does not span the baseline's boxes (sparser picks that never drew that many, within the run).
+        later (Interval | None): per seed, the mean difference over the cycles that every seed spans.
+    """
+
+    pairing: Comparison
+    diff: list[Interval | None]
+    later: Interval | None
+
+
+def compare_per_box(cmp: Comparison) -> BoxComparison:
+    """``cmp``'s curves compared at the baseline's labeled boxes, cycles 1 to the last both reached."""
+    curve, base = cmp.curve, cmp.baseline
+    per_cycle: list[list[float] | None] = []
+    for c in range(1, len(cmp.diff)):
+        values = []
+        for s in cmp.seeds:
+            i, j = curve.seeds.index(s), base.seeds.index(s)
+            own = [curve.seed_boxes[k][i] for k in range(len(curve.seed_boxes))]
+            at = ap50_at_boxes(own, [curve.ap50[k][i] for k in range(len(own))], base.seed_boxes[c][j])
+            values.append(None if at is None else at - base.ap50[c][j])
+        per_cycle.append(None if None in values else values)
+    spanned = [v for v in per_cycle if v is not None]
+    later = [statistics.fmean(v[k] for v in spanned) for k in range(len(cmp.seeds))] if spanned else None
+    return BoxComparison(
+        cmp, [None if v is None else Interval.of(v) for v in per_cycle], None if later is None else Interval.of(later)
     )
 
 
@@ -384,7 +445,8 @@ def hua_rules(all_curves: Sequence[Curve]) -> HuaRules | None:
         return None
     against_random = {s: compare(by_strategy[s], random) for s in (HUA_SUM, HUA_MEAN) if s in by_strategy}
     diverse = by_strategy.get(HUA_DIVERSE)
-    diversity = _later_cycles(compare(diverse, hua_sum)) if diverse is not None else None
+    pair = compare(diverse, hua_sum) if diverse is not None else None
+    diversity = None if pair is None else pair.later
     used = [c for c in (random, hua_sum, by_strategy.get(HUA_MEAN), diverse) if c is not None]
     if against_random.get(HUA_MEAN) is None and diversity is None:
         return None
@@ -395,20 +457,6 @@ def hua_rules(all_curves: Sequence[Curve]) -> HuaRules | None:
         min(len(c.labeled) for c in used),
         min(len(c.seeds) for c in used),
     )
-
-
-def _later_cycles(cmp: Comparison | None) -> Interval | None:
-    """Per seed, the mean paired AP50 difference over cycles 1.. (None before cycle 1)."""
-    if cmp is None or len(cmp.diff) < 2:
-        return None
-    curve, base = cmp.curve, cmp.baseline
-    per_seed = [
-        statistics.fmean(
-            curve.ap50[c][curve.seeds.index(s)] - base.ap50[c][base.seeds.index(s)] for c in range(1, len(cmp.diff))
-        )
-        for s in cmp.seeds
-    ]
-    return Interval.of(per_seed)
 
 
 # --------------------------------------------------------------------------
@@ -441,17 +489,33 @@ def _reach(value: float | None, final: float) -> str:
 def comparison_table(comparisons: Sequence[Comparison]) -> str:
     """One row per comparison: paired differences per cycle, cycles at or above, labels and boxes to reach."""
     lines = [
-        "| run | vs | seeds | AP50 - baseline per cycle: mean [95 % interval] | mean AP50 >= baseline, "
-        "cycles 1.. | labeled images to reach its final AP50 | labeled boxes to reach it |",
-        "|---|---|---:|---|---:|---:|---:|",
+        "| run | vs | seeds | AP50 - baseline per cycle: mean [95 % interval] | mean over cycles 1.. "
+        "| mean AP50 >= baseline, cycles 1.. | labeled images to reach its final AP50 | labeled boxes to reach it |",
+        "|---|---|---:|---|---|---:|---:|---:|",
     ]
     for cmp in comparisons:
         diffs = "; ".join(d.text() for d in cmp.diff)
+        later = "" if cmp.later is None else cmp.later.text()
         lines.append(
-            f"| {cmp.curve.name} | {cmp.baseline.name} | {len(cmp.seeds)} | {diffs} "
+            f"| {cmp.curve.name} | {cmp.baseline.name} | {len(cmp.seeds)} | {diffs} | {later} "
             f"| {cmp.at_or_above}/{cmp.compared} | {_reach(cmp.reach_labeled, cmp.final_labeled)} of "
             f"{cmp.final_labeled:.0f} | {_reach(cmp.reach_boxes, cmp.final_boxes)} of {cmp.final_boxes:.0f} |"
         )
+    return "\n".join(lines)
+
+
+def box_table(comparisons: Sequence[Comparison]) -> str:
+    """One row per comparison at equal labeled boxes (``compare_per_box``), cycles 1.. of the baseline."""
+    lines = [
+        "| run | vs | seeds | AP50 - baseline at the baseline's labeled boxes, cycles 1..: mean [95 % interval] "
+        "| mean over the cycles every seed spans |",
+        "|---|---|---:|---|---|",
+    ]
+    for cmp in comparisons:
+        per_box = compare_per_box(cmp)
+        diffs = "; ".join("beyond its boxes" if d is None else d.text() for d in per_box.diff)
+        later = "" if per_box.later is None else per_box.later.text()
+        lines.append(f"| {cmp.curve.name} | {cmp.baseline.name} | {len(cmp.seeds)} | {diffs} | {later} |")
     return "\n".join(lines)
 
 
@@ -466,6 +530,12 @@ def loss_table(comparisons: Sequence[Comparison]) -> str:
         diffs = "; ".join(d.text() for d in cmp.diff)
         lines.append(f"| {cmp.curve.loss} | {len(cmp.seeds)} | {diffs} | {cmp.overall.text()} |")
     return "\n".join(lines)
+
+
+PER_BOX = (
+    "Per labeled box (each run's AP50 at the baseline's labeled boxes of the same seed and cycle, interpolated "
+    "linearly between the run's cycles):"
+)
 
 
 def markdown(
@@ -487,12 +557,13 @@ def markdown(
     parts = [f"## {title}", "", *preamble, ""]
     parts += ["### AP50 (x100), mean ± std over seeds", "", metric_table(all_curves, "ap50"), ""]
     parts += ["### AP 0.5:0.95 (x100), mean ± std over seeds", "", metric_table(all_curves, "ap"), ""]
-    selection = selection_comparisons(all_curves)
-    if selection:
-        parts += ["### Selection against random (same loss, paired by seed)", "", comparison_table(selection), ""]
-    cald = against_cald(all_curves)
-    if cald:
-        parts += ["### HUA against CALD-style (same loss, paired by seed)", "", comparison_table(cald), ""]
+    for heading, comparisons in (
+        ("Selection against random", selection_comparisons(all_curves)),
+        ("HUA against CALD-style", against_cald(all_curves)),
+    ):
+        if comparisons:
+            parts += [f"### {heading} (same loss, paired by seed)", "", "Per labeled image:", ""]
+            parts += [comparison_table(comparisons), "", PER_BOX, "", box_table(comparisons), ""]
     losses = loss_comparisons(all_curves)
     if losses:
         parts += [
@@ -550,16 +621,25 @@ def timing_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def _pair(interval: Interval | None) -> list[float] | None:
+    """``[mean, half-width of its 95 % interval]``, or None."""
+    return None if interval is None else [interval.mean, interval.half]
+
+
 def summary_numbers(rows: Sequence[Row]) -> dict[str, object]:
     """The comparisons and the decision as plain numbers, for a json file next to the report."""
     all_curves = curves(rows)
 
     def numbers(cmp: Comparison) -> dict[str, object]:
+        per_box = compare_per_box(cmp)
         return {
             "baseline": cmp.baseline.name,
             "seeds": cmp.seeds,
             "ap50_diff_mean": [d.mean for d in cmp.diff],
             "ap50_diff_half95": [d.half for d in cmp.diff],
+            "ap50_later": _pair(cmp.later),
+            "per_box_diff": [_pair(d) for d in per_box.diff],
+            "per_box_later": _pair(per_box.later),
             "cycles_at_or_above": cmp.at_or_above,
             "cycles_compared": cmp.compared,
             "labeled_to_reach": cmp.reach_labeled,
