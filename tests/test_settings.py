@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from backend.settings import ENVIRONMENT, Settings, SettingsError
+from model.hua import HUAConfig
 
 
 class TestFromEnv:
@@ -208,7 +209,7 @@ def test_hua_config_slice():
             "HUA_MIN_CANDIDATES": "8",
             "HUA_CANDIDATES": "30",
             "HUA_OVERLAP_IOU": "0.4",
-            "HUA_DIVERSITY": "true",
+            "HUA_DIVERSITY": "false",
             "HUA_DIVERSITY_WINDOW": "16",
             "HUA_SCORE_THRESHOLD": "0.1",
             "HUA_MERGE_IOU": "0.8",
@@ -217,11 +218,19 @@ def test_hua_config_slice():
     )
     config = settings.hua_config()
     assert (config.retrieval_fraction, config.min_candidates, config.candidates) == (0.25, 8, 30)
-    assert (config.overlap_iou, config.merge_iou, config.diversity, config.diversity_window) == (0.4, 0.8, True, 16)
+    assert (config.overlap_iou, config.merge_iou, config.diversity, config.diversity_window) == (0.4, 0.8, False, 16)
     assert (config.aggregate, config.confident_score) == ("mean", 0.4)
     detector = settings.detector_config("cpu")  # the analysis threshold ends in the detector
     assert detector.analysis_threshold == 0.1
     assert settings.display_threshold == 0.5  # the display threshold stays the service's own
+
+
+def test_the_default_ranking_is_the_confirmatory_rules_outcome():
+    """docs/method.md section 7: HUA_AGGREGATE stayed sum, HUA_DIVERSITY became on, in the service only."""
+    config = Settings.from_env({}).hua_config()
+    assert (config.aggregate, config.diversity, config.diversity_window) == ("sum", True, 64)
+    assert not HUAConfig().diversity  # HUA as such, the benchmark's `hua` run, has no diversity pass
+    assert config == dataclasses.replace(HUAConfig(), diversity=True)  # and no other default differs from the method's
 
 
 def test_the_default_loss_is_the_papers_synchronic_form():
