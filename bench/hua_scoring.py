@@ -1,4 +1,6 @@
-"""HUA's scoring cost on one pool: (a) a plain pass, (b) HUA, (c) a CALD-style pass.
+"""HUA's scoring cost on one pool: (a) a plain pass, (b) HUA, (c) a CALD-style pass, (d) HUA with the
+diversity pass (``HUA_DIVERSITY``, the service's default: pooled features in the first pass, k-center
+greedy over the ranking's top ``diversity_window``).
 
 The steps are defined in ``bench.bench_hua``'s docstring, which runs them with
 the aggregation and the ranked /predict; ``bench.gpu_check`` runs (a) and (b)
@@ -9,7 +11,7 @@ GPU check runs on a machine without the service's web and Label Studio packages.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -124,9 +126,16 @@ def build_detector(pool: Pool) -> tuple[Detector, str]:
 
 
 def _scoring_steps(
-    detector: Detector, images: list[Tensor], hua: HUAConfig, batch_size: int, outputs: dict, cald: bool
+    detector: Detector,
+    images: list[Tensor],
+    hua: HUAConfig,
+    batch_size: int,
+    outputs: dict,
+    cald: bool,
+    diversity: bool = False,
 ) -> dict[str, Callable[[], None]]:
-    """The timed steps (a), (b) and, with ``cald``, (c); each keeps its last output in ``outputs``."""
+    """The timed steps (a), (b), with ``cald`` (c), with ``diversity`` (d); each keeps its last output in
+    ``outputs``."""
     keys = list(range(len(images)))
     source = images.__getitem__
     freq = labeled_class_frequency([], len(SHAPE_LABELS))
@@ -134,6 +143,11 @@ def _scoring_steps(
         "a": lambda: outputs.update(plain=predict_pool(detector, keys, source, batch_size=batch_size)),
         "b": lambda: outputs.update(hua=score_pool(detector, keys, source, freq, hua, batch_size=batch_size)),
     }
+    if diversity:
+        diverse = replace(hua, diversity=True)
+        steps["d"] = lambda: outputs.update(
+            diverse=score_pool(detector, keys, source, freq, diverse, batch_size=batch_size)
+        )
     # warm-up: every input shape each step will see (batched, flipped, rotated, resized)
     warm = keys[: min(len(keys), 2)]
     predict_pool(detector, warm, source, batch_size=batch_size)
@@ -153,14 +167,21 @@ def _clock_summary(samples: dict[str, dict[str, list[float]]], clock: str, n: in
         "b_over_a": med["b"] / med["a"],
         "round_b_over_a": [b / a for a, b in zip(samples["a"][clock], samples["b"][clock])],
     }
-    if "c" in samples:
-        summary["c_over_b"] = med["c"] / med["b"]
-        summary["round_c_over_b"] = [c / b for b, c in zip(samples["b"][clock], samples["c"][clock])]
+    for step in ("c", "d"):
+        if step in samples:
+            summary[f"{step}_over_b"] = med[step] / med["b"]
+            summary[f"round_{step}_over_b"] = [x / b for b, x in zip(samples["b"][clock], samples[step][clock])]
     return summary
 
 
-def time_scoring(pool: Pool, repeats: int, cald: bool = True) -> dict:
-    """(a), (b) and, with ``cald``, (c) on one pool, ``repeats`` interleaved rounds; medians and ratios.
+#: (d) / (b) at most this: the diversity pass adds a mean over one feature map per image and k-center
+#: greedy over the ranking's top ``diversity_window`` (fixed before its first run).
+DIVERSITY_GOAL = 1.05
+
+
+def time_scoring(pool: Pool, repeats: int, cald: bool = True, diversity: bool = False) -> dict:
+    """(a), (b), with ``cald`` (c), with ``diversity`` (d) on one pool, ``repeats`` interleaved rounds;
+    medians and ratios.
 
     The goals are judged on wall time, the time a user waits.
     """
@@ -169,7 +190,8 @@ def time_scoring(pool: Pool, repeats: int, cald: bool = True) -> dict:
     hua = HUAConfig(retrieval_fraction=0.5, min_candidates=0)
     n, p = pool.n, num_candidates(pool.n, hua)
     outputs: dict[str, object] = {}
-    samples = interleaved(_scoring_steps(detector, images, hua, pool.batch_size, outputs, cald), repeats)
+    steps = _scoring_steps(detector, images, hua, pool.batch_size, outputs, cald, diversity)
+    samples = interleaved(steps, repeats)
     p_seen = int(outputs["hua"].ranking.candidate_mask.sum())
     if p_seen != p:
         raise RuntimeError(f"score_pool ranked {p_seen} candidates, expected P = {p}")
@@ -193,4 +215,9 @@ def time_scoring(pool: Pool, repeats: int, cald: bool = True) -> dict:
         result["c_over_b_goal"] = 2.0
         result["cald_mean_consistency"] = float(outputs["cald"].mean())
         result["c_over_b_met"] = result["wall"]["c_over_b"] >= result["c_over_b_goal"]
+    if diversity:
+        result["forward_passes"]["d"] = n + p
+        result["d_over_b_goal"] = DIVERSITY_GOAL
+        result["d_over_b_met"] = result["wall"]["d_over_b"] <= DIVERSITY_GOAL
+        result["diversity_window"] = min(n, hua.diversity_window)
     return result

@@ -51,13 +51,14 @@ def test_bench_hua_tiny(tmp_path, capsys):
     assert result["N"] == 4 and result["P"] == expected_p
     assert "N=4 P=2" in printed
     scoring = result["scoring"]
-    assert scoring["forward_passes"] == {"a": 4, "b": 6, "c": 20}
+    assert scoring["forward_passes"] == {"a": 4, "b": 6, "c": 20, "d": 6}
     for clock in ("wall", "cpu"):
-        assert all(_positive(scoring[clock]["median_s"][step]) for step in "abc")
-        assert _positive(scoring[clock]["b_over_a"]) and _positive(scoring[clock]["c_over_b"])
+        assert all(_positive(scoring[clock]["median_s"][step]) for step in "abcd")
+        assert all(_positive(scoring[clock][f"{step}_over_{base}"]) for step, base in ("ba", "cb", "db"))
+    assert scoring["diversity_window"] == 4 and isinstance(scoring["d_over_b_met"], bool)
     assert scoring["b_over_a_goal"] == pytest.approx(1 + 2 / 4 + 0.1)
     assert isinstance(scoring["b_over_a_met"], bool) and isinstance(scoring["c_over_b_met"], bool)
-    assert "b/a =" in printed and "c/b =" in printed
+    assert "b/a =" in printed and "c/b =" in printed and "d/b =" in printed
 
     assert result["aggregation"]["N"] == 1000 and _positive(result["aggregation"]["median_s"])
     predict = result["predict"]
