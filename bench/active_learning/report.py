@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -486,37 +486,52 @@ def _reach(value: float | None, final: float) -> str:
     return "not reached" if value is None else f"{value:.0f} ({100 * value / final:.0f} %)"
 
 
+def _text(interval: Interval | None, missing: str = "") -> str:
+    return missing if interval is None else interval.text()
+
+
+def _pair_table(
+    columns: str, align: str, comparisons: Sequence[Comparison], cells: Callable[[Comparison], list[str]]
+) -> str:
+    """A table of comparisons: run, baseline and seeds, then ``columns``, whose cells ``cells(cmp)`` gives."""
+    head = f"| run | vs | seeds | {columns} |"
+    rows = [f"| {c.curve.name} | {c.baseline.name} | {len(c.seeds)} | {' | '.join(cells(c))} |" for c in comparisons]
+    return "\n".join([head, f"|---|---|---:|{align}", *rows])
+
+
 def comparison_table(comparisons: Sequence[Comparison]) -> str:
-    """One row per comparison: paired differences per cycle, cycles at or above, labels and boxes to reach."""
-    lines = [
-        "| run | vs | seeds | AP50 - baseline per cycle: mean [95 % interval] | mean over cycles 1.. "
-        "| mean AP50 >= baseline, cycles 1.. | labeled images to reach its final AP50 | labeled boxes to reach it |",
-        "|---|---|---:|---|---|---:|---:|---:|",
-    ]
-    for cmp in comparisons:
-        diffs = "; ".join(d.text() for d in cmp.diff)
-        later = "" if cmp.later is None else cmp.later.text()
-        lines.append(
-            f"| {cmp.curve.name} | {cmp.baseline.name} | {len(cmp.seeds)} | {diffs} | {later} "
-            f"| {cmp.at_or_above}/{cmp.compared} | {_reach(cmp.reach_labeled, cmp.final_labeled)} of "
-            f"{cmp.final_labeled:.0f} | {_reach(cmp.reach_boxes, cmp.final_boxes)} of {cmp.final_boxes:.0f} |"
-        )
-    return "\n".join(lines)
+    """One row per comparison: paired differences per cycle and over cycles 1.., cycles at or above, labels and
+    boxes to reach."""
+    columns = (
+        "AP50 - baseline per cycle: mean [95 % interval] | mean over cycles 1.. | mean AP50 >= baseline, cycles 1.. "
+        "| labeled images to reach its final AP50 | labeled boxes to reach it"
+    )
+    return _pair_table(
+        columns,
+        "---|---|---:|---:|---:|",
+        comparisons,
+        lambda cmp: [
+            "; ".join(d.text() for d in cmp.diff),
+            _text(cmp.later),
+            f"{cmp.at_or_above}/{cmp.compared}",
+            f"{_reach(cmp.reach_labeled, cmp.final_labeled)} of {cmp.final_labeled:.0f}",
+            f"{_reach(cmp.reach_boxes, cmp.final_boxes)} of {cmp.final_boxes:.0f}",
+        ],
+    )
 
 
 def box_table(comparisons: Sequence[Comparison]) -> str:
     """One row per comparison at equal labeled boxes (``compare_per_box``), cycles 1.. of the baseline."""
-    lines = [
-        "| run | vs | seeds | AP50 - baseline at the baseline's labeled boxes, cycles 1..: mean [95 % interval] "
-        "| mean over the cycles every seed spans |",
-        "|---|---|---:|---|---|",
-    ]
-    for cmp in comparisons:
+    columns = (
+        "AP50 - baseline at the baseline's labeled boxes, cycles 1..: mean [95 % interval] "
+        "| mean over the cycles every seed spans"
+    )
+
+    def cells(cmp: Comparison) -> list[str]:
         per_box = compare_per_box(cmp)
-        diffs = "; ".join("beyond its boxes" if d is None else d.text() for d in per_box.diff)
-        later = "" if per_box.later is None else per_box.later.text()
-        lines.append(f"| {cmp.curve.name} | {cmp.baseline.name} | {len(cmp.seeds)} | {diffs} | {later} |")
-    return "\n".join(lines)
+        return ["; ".join(_text(d, "beyond its boxes") for d in per_box.diff), _text(per_box.later)]
+
+    return _pair_table(columns, "---|---|", comparisons, cells)
 
 
 def loss_table(comparisons: Sequence[Comparison]) -> str:
