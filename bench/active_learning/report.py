@@ -263,13 +263,11 @@ class BoxComparison:
     baseline's labeled boxes (``ap50_at_boxes``, per seed) minus the baseline's AP50, paired by seed.
 
     Attributes:
-        pairing (Comparison): the per-image comparison it reads its curves and seeds from.
         diff (list[Interval | None]): per baseline cycle 1.., the paired difference; None where a seed's curve
             does not span the baseline's boxes (sparser picks that never drew that many, within the run).
         later (Interval | None): per seed, the mean difference over the cycles that every seed spans.
     """
 
-    pairing: Comparison
     diff: list[Interval | None]
     later: Interval | None
 
@@ -277,19 +275,19 @@ class BoxComparison:
 def compare_per_box(cmp: Comparison) -> BoxComparison:
     """``cmp``'s curves compared at the baseline's labeled boxes, cycles 1 to the last both reached."""
     curve, base = cmp.curve, cmp.baseline
-    per_cycle: list[list[float] | None] = []
-    for c in range(1, len(cmp.diff)):
-        values = []
-        for s in cmp.seeds:
-            i, j = curve.seeds.index(s), base.seeds.index(s)
-            own = [curve.seed_boxes[k][i] for k in range(len(curve.seed_boxes))]
-            at = ap50_at_boxes(own, [curve.ap50[k][i] for k in range(len(own))], base.seed_boxes[c][j])
-            values.append(None if at is None else at - base.ap50[c][j])
-        per_cycle.append(None if None in values else values)
-    spanned = [v for v in per_cycle if v is not None]
+    own = range(len(curve.seed_boxes))
+
+    def difference(seed: int, cycle: int) -> float | None:
+        i, j = curve.seeds.index(seed), base.seeds.index(seed)
+        boxes, ap50 = [curve.seed_boxes[k][i] for k in own], [curve.ap50[k][i] for k in own]
+        at = ap50_at_boxes(boxes, ap50, base.seed_boxes[cycle][j])
+        return None if at is None else at - base.ap50[cycle][j]
+
+    per_cycle = [[difference(s, c) for s in cmp.seeds] for c in range(1, len(cmp.diff))]
+    spanned = [v for v in per_cycle if None not in v]
     later = [statistics.fmean(v[k] for v in spanned) for k in range(len(cmp.seeds))] if spanned else None
     return BoxComparison(
-        cmp, [None if v is None else Interval.of(v) for v in per_cycle], None if later is None else Interval.of(later)
+        [Interval.of(v) if None not in v else None for v in per_cycle], None if later is None else Interval.of(later)
     )
 
 
