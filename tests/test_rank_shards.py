@@ -492,7 +492,10 @@ def test_rq_a_newer_ranking_cancels_the_running_ones_shards(model_dir, root, one
         service = _service(model_dir, root, fake, redis_url=redis_url)
         older = _hand_to_rq(service)["run"]
         deadline = time.monotonic() + 240
-        while not _horses(workers):
+        running = Job.fetch(f"hua-rank-{PROJECT}-{older}-first-0", connection=connection)
+        # a horse is forked before its job is marked started; in between, no registry lists the job, so a
+        # cancel cannot reach it and the shard ends itself at its next check (FINISHED, not STOPPED)
+        while not (_horses(workers) and running.get_status() == JobStatus.STARTED):
             assert time.monotonic() < deadline, _tails(tmp_path)
             time.sleep(0.05)
         newer = _hand_to_rq(service)["run"]
