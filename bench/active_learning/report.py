@@ -221,6 +221,14 @@ class Comparison:
     final_boxes: float
 
 
+def _over_cycles(per_cycle: Sequence[Sequence[float]]) -> Interval | None:
+    """Per seed, the mean of its paired differences over ``per_cycle`` (a list per cycle, a value per seed),
+    as an interval over the seeds; None without a cycle."""
+    if not per_cycle:
+        return None
+    return Interval.of([statistics.fmean(d[k] for d in per_cycle) for k in range(len(per_cycle[0]))])
+
+
 def compare(curve: Curve, baseline: Curve) -> Comparison | None:
     """Paired comparison of ``curve`` with ``baseline``; None without a common seed."""
     n = min(len(curve.labeled), len(baseline.labeled))
@@ -232,8 +240,6 @@ def compare(curve: Curve, baseline: Curve) -> Comparison | None:
     diffs = [[curve.ap50[c][i] - baseline.ap50[c][j] for i, j in zip(ci, bi)] for c in range(n)]
     mean_c = [statistics.fmean(curve.ap50[c][i] for i in ci) for c in range(n)]
     mean_b = [statistics.fmean(baseline.ap50[c][j] for j in bi) for c in range(n)]
-    per_seed = [statistics.fmean(d[k] for d in diffs) for k in range(len(seeds))]
-    later = [statistics.fmean(d[k] for d in diffs[1:]) for k in range(len(seeds))] if n > 1 else None
     return Comparison(
         curve,
         baseline,
@@ -241,8 +247,8 @@ def compare(curve: Curve, baseline: Curve) -> Comparison | None:
         [Interval.of(d) for d in diffs],
         sum(1 for a, b in zip(mean_c[1:], mean_b[1:]) if a >= b),
         n - 1,
-        Interval.of(per_seed),
-        None if later is None else Interval.of(later),
+        _over_cycles(diffs),
+        _over_cycles(diffs[1:]),
         labeled_to_reach(curve.labeled[:n], mean_c, mean_b[-1]),
         labeled_to_reach(curve.boxes[:n], mean_c, mean_b[-1]),
         float(baseline.labeled[n - 1]),
@@ -285,10 +291,7 @@ def compare_per_box(cmp: Comparison) -> BoxComparison:
 
     per_cycle = [[difference(s, c) for s in cmp.seeds] for c in range(1, len(cmp.diff))]
     spanned = [v for v in per_cycle if None not in v]
-    later = [statistics.fmean(v[k] for v in spanned) for k in range(len(cmp.seeds))] if spanned else None
-    return BoxComparison(
-        [Interval.of(v) if None not in v else None for v in per_cycle], None if later is None else Interval.of(later)
-    )
+    return BoxComparison([Interval.of(v) if None not in v else None for v in per_cycle], _over_cycles(spanned))
 
 
 def selection_comparisons(all_curves: Sequence[Curve]) -> list[Comparison]:
